@@ -1,0 +1,46 @@
+"""HMAC-SHA256, constant-time compare and random bytes.
+
+MicroPython has hashlib.sha256 but no `hmac` module, so HMAC (RFC 2104) is
+built here from sha256; tests check it against CPython's hmac.
+"""
+import hashlib
+
+try:
+    import os as _os
+
+    _urandom = _os.urandom
+except (ImportError, AttributeError):  # some MicroPython ports keep urandom elsewhere
+    _urandom = None
+
+_BLOCK = 64
+
+
+def _sha256(data):
+    return hashlib.sha256(data).digest()
+
+
+def hmac_sha256(key, msg):
+    if len(key) > _BLOCK:
+        key = _sha256(key)
+    key = key + b"\x00" * (_BLOCK - len(key))
+    inner = bytes(b ^ 0x36 for b in key)
+    outer = bytes(b ^ 0x5C for b in key)
+    return _sha256(outer + _sha256(inner + msg))
+
+
+def compare_digest(a, b):
+    """Compare two byte strings in time that depends only on their length."""
+    if len(a) != len(b):
+        return False
+    diff = 0
+    for x, y in zip(a, b):
+        diff |= x ^ y
+    return diff == 0
+
+
+def random_bytes(n):
+    if _urandom is not None:
+        return _urandom(n)
+    import random  # MicroPython without os.urandom: not for keys, only for jitter/ids
+
+    return bytes(random.getrandbits(8) for _ in range(n))

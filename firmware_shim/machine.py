@@ -1,0 +1,43 @@
+"""The device itself: its id, a reset, and a watchdog.
+
+On CPython (a Raspberry Pi gateway) the id comes from the config or the host
+name, reset exits the process so systemd restarts it, and the watchdog is a
+no-op (systemd's WatchdogSec can be added by the unit). On a MicroPython board
+these map to machine.unique_id(), machine.reset() and machine.WDT.
+"""
+import sys
+
+try:
+    import machine as _machine  # MicroPython boards (not the unix port)
+except ImportError:  # CPython and the MicroPython unix port have no `machine`
+    _machine = None
+
+
+def device_id(default=None):
+    if default:
+        return default
+    if _machine is not None and hasattr(_machine, "unique_id"):
+        return "".join("%02x" % b for b in _machine.unique_id())
+    try:
+        import socket
+
+        return socket.gethostname()
+    except (ImportError, AttributeError):
+        return "device"
+
+
+def reset():
+    if _machine is not None and hasattr(_machine, "reset"):
+        _machine.reset()
+    sys.exit(3)
+
+
+class Watchdog:
+    def __init__(self, timeout_ms):
+        self._wdt = None
+        if _machine is not None and hasattr(_machine, "WDT"):
+            self._wdt = _machine.WDT(timeout=timeout_ms)
+
+    def feed(self):
+        if self._wdt is not None:
+            self._wdt.feed()

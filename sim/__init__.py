@@ -1,0 +1,1 @@
+"""fleetstage fleet simulator."""

@@ -1,0 +1,49 @@
+"""Test helpers shared by the core suite on CPython (pytest) and MicroPython.
+
+Nothing here may need more than the MicroPython unix port offers: no
+tempfile, contextlib, functools or os.path.
+"""
+import os
+
+_counter = [0]
+
+
+def _rmtree(path):
+    try:
+        names = os.listdir(path)
+    except OSError:
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+        return
+    for n in names:
+        _rmtree(path + "/" + n)
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
+
+
+def tmpdir(tag="t"):
+    """A fresh empty directory under /tmp, unique to this process and call."""
+    base = "/tmp/fleetstage-tests"
+    try:
+        os.mkdir(base)
+    except OSError:
+        pass
+    _counter[0] += 1
+    seed = os.urandom(4)
+    name = "%s/%s-%d-%s" % (base, tag, _counter[0], "".join("%02x" % b for b in seed))
+    _rmtree(name)
+    os.mkdir(name)
+    return name
+
+
+def raises(exc_type, fn, *args, **kwargs):
+    """Call fn and return the exception it raised; fail if it raised nothing or another type."""
+    try:
+        fn(*args, **kwargs)
+    except exc_type as exc:
+        return exc
+    raise AssertionError("%s did not raise %s" % (getattr(fn, "__name__", fn), exc_type.__name__))

@@ -1,0 +1,52 @@
+"""firmware_shim on both interpreters: CRC32, HMAC-SHA256, codec round trips."""
+from firmware_shim import codec, minipack
+from firmware_shim.checksum import crc32, crc32_pure
+from firmware_shim.crypto import compare_digest, hmac_sha256
+
+import corekit
+
+
+def test_crc32_matches_known_values_and_fallback():
+    assert crc32(b"") == 0
+    assert crc32(b"123456789") == 0xCBF43926  # the standard check value
+    assert crc32_pure(b"123456789") == 0xCBF43926
+    data = bytes(range(256)) * 3
+    assert crc32(data) == crc32_pure(data)
+    assert crc32(data[100:], crc32(data[:100])) == crc32(data)
+
+
+def test_hmac_sha256_rfc4231_case_2():
+    mac = hmac_sha256(b"Jefe", b"what do ya want for nothing?")
+    assert mac == bytes.fromhex(
+        "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+    )
+    long_key = b"\xaa" * 131  # longer than the block: hashed first (RFC 4231 case 6)
+    mac = hmac_sha256(long_key, b"Test Using Larger Than Block-Size Key - Hash Key First")
+    assert mac == bytes.fromhex(
+        "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
+    )
+
+
+def test_compare_digest():
+    assert compare_digest(b"abc", b"abc")
+    assert not compare_digest(b"abc", b"abd")
+    assert not compare_digest(b"abc", b"ab")
+
+
+def test_codec_round_trip_and_canonical_order():
+    value = {"z": [1, -1, -33, 300, 2**40, -(2**40), 2**64 - 1, 1.5, None, True, False],
+             "a": {"nested": b"\x00\xff", "s": "é" * 40}, 7: "int key"}
+    assert codec.unpackb(codec.packb(value)) == value
+    assert minipack.unpackb(minipack.packb(value)) == value
+    # canonical bytes do not depend on insertion order
+    other = {}
+    for k in (7, "a", "z"):
+        other[k] = value[k]
+    assert codec.canonical(other) == codec.canonical(value)
+
+
+def test_codec_rejects_bad_input():
+    for bad in (b"", b"\xc1", b"\xd9\x05ab", b"\x92\x01", b"\x01\x02", b"\xa2\xff\xfe",
+                b"\xdd\xff\xff\xff\xff", b"\xd4\x01\x02", b"\x91" * 40 + b"\x00"):
+        corekit.raises(codec.CodecError, codec.unpackb, bad)
+        corekit.raises(codec.CodecError, minipack.unpackb, bad)

@@ -1,0 +1,1 @@
+"""fleetstage operator side: the CLI, the rollout orchestrator, keys, the Pi installer."""

@@ -1,0 +1,36 @@
+"""The `fleetstage` command line.
+
+Each subcommand lives in its own module under tools/ that defines
+`register(subparsers)`; this file only lists them. A handler returns the
+process exit code.
+"""
+import argparse
+import importlib
+import sys
+
+COMMAND_MODULES = [
+]
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="fleetstage",
+        description="Staged feature-flag migrations on fleets of edge gateways, with automatic rollback.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    return args.handler(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
