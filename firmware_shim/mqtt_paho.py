@@ -42,7 +42,7 @@ class MqttCodeError(MqttError):
             text = _paho.error_string(rc)
         except Exception:  # unknown code: keep the number
             text = "rc=%d" % self.rc
-        MqttError.__init__(self, "%s%s" % (what + ": " if what else "", text))
+        MqttError.__init__(self, "{}{}".format(what + ": " if what else "", text))
 
 
 class MqttConnectError(MqttCodeError):
@@ -59,20 +59,20 @@ def parse_broker_url(url):
         raise MqttConfigError("broker URL must be a non-empty string")
     parts = urlsplit(url)
     if parts.scheme not in ("mqtt", "mqtts"):
-        raise MqttConfigError("broker URL %r: scheme must be mqtt:// or mqtts://" % url)
+        raise MqttConfigError(f"broker URL {url!r}: scheme must be mqtt:// or mqtts://")
     if not parts.hostname:
-        raise MqttConfigError("broker URL %r has no host" % url)
+        raise MqttConfigError(f"broker URL {url!r} has no host")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise MqttConfigError("broker URL %r: no path, query or fragment allowed" % url)
+        raise MqttConfigError(f"broker URL {url!r}: no path, query or fragment allowed")
     tls = parts.scheme == "mqtts"
     try:
         port = parts.port
     except ValueError:
-        raise MqttConfigError("broker URL %r: port must be 1..65535" % url) from None
+        raise MqttConfigError(f"broker URL {url!r}: port must be 1..65535") from None
     if port is None:
         port = 8883 if tls else 1883
     if not 0 < port < 65536:
-        raise MqttConfigError("broker URL %r: port must be 1..65535" % url)
+        raise MqttConfigError(f"broker URL {url!r}: port must be 1..65535")
     return parts.hostname, port, tls
 
 
@@ -187,7 +187,7 @@ class PahoLink:
                 client.tls_set(ca_certs=c.ca, certfile=c.cert, keyfile=c.key,
                                cert_reqs=ssl.CERT_REQUIRED)
             except (OSError, ssl.SSLError, ValueError) as exc:
-                raise MqttConfigError("TLS setup failed: %s" % exc) from None
+                raise MqttConfigError(f"TLS setup failed: {exc}") from None
             if c.insecure:
                 client.tls_insecure_set(True)  # dev only: skip the host-name check
         if c.will is not None:
@@ -211,7 +211,7 @@ class PahoLink:
     def _paho_connect(self, client, userdata, flags, reason_code, properties):
         if reason_code.is_failure:
             self.last_error = MqttConnectError(reason_code.value, "broker refused connection")
-            self._log("mqtt: %s" % self.last_error)
+            self._log(f"mqtt: {self.last_error}")
             self._schedule_retry()
             return
         self.connected = True
@@ -311,14 +311,14 @@ class PahoLink:
         if self.connected:
             rc, _mid = self._client.subscribe(topic, qos=qos)
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                raise MqttCodeError(rc, "subscribe %s" % topic)
+                raise MqttCodeError(rc, f"subscribe {topic}")
 
     def publish(self, topic, payload, qos=0, retain=False):
         if not self.connected:
-            raise MqttNotConnected("link down: cannot publish to %s" % topic)
+            raise MqttNotConnected(f"link down: cannot publish to {topic}")
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            raise MqttCodeError(info.rc, "publish %s" % topic)
+            raise MqttCodeError(info.rc, f"publish {topic}")
 
     def pending_out(self):
         """Bytes or QoS>0 messages still queued inside paho (a drain check)."""
@@ -333,7 +333,9 @@ class PahoLink:
 
     def _read(self):
         rc = self._client.loop_read()
-        if rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_AGAIN):
+        if rc == MQTTErrorCode.MQTT_ERR_CONN_REFUSED:
+            self.last_error = MqttConnectError(rc, "broker refused connection")
+        elif rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_AGAIN):
             self.last_error = MqttCodeError(rc, "read")
 
     def _write(self):
