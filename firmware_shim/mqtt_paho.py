@@ -41,7 +41,7 @@ class MqttCodeError(MqttError):
         try:
             text = _paho.error_string(rc)
         except Exception:  # unknown code: keep the number
-            text = "rc=%d" % self.rc
+            text = f"rc={self.rc}"
         MqttError.__init__(self, "{}{}".format(what + ": " if what else "", text))
 
 

@@ -43,7 +43,8 @@ def acl_broker():
         f.write(render_passwords(ACL_USERS))
     os.chmod(pw_path, 0o600)
     extra = (
-        f"allow_anonymous false\npassword_file {pw_path}\nacl_file {SHIPPED_ACL}\nuse_username_as_clientid true\n"
+        f"allow_anonymous false\npassword_file {pw_path}\nacl_file {SHIPPED_ACL}\n"
+        "use_username_as_clientid true\n"
     )
     b = Broker(workdir, extra=extra).start()
     b.users = dict(ACL_USERS)

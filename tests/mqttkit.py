@@ -34,7 +34,8 @@ def mosquitto_binary():
         return found
     raise BrokerMissing(
         "mosquitto is not installed (looked in {} and PATH); install it with "
-        "`apt-get install mosquitto` (the MQTT tests need a real broker)".format(", ".join(CANDIDATES))
+        "`apt-get install mosquitto` (the MQTT tests need a real broker)".format(
+            ", ".join(CANDIDATES))
     )
 
 
@@ -51,18 +52,18 @@ class Broker:
         os.makedirs(workdir, exist_ok=True)
         self.port = port or free_port()
         self.host = "127.0.0.1"
-        self.url = "mqtt://127.0.0.1:%d" % self.port
+        self.url = f"mqtt://127.0.0.1:{self.port}"
         self.conf = os.path.join(workdir, "mosquitto.conf")
         with open(self.conf, "w") as f:
             f.write(
                 # Started as root, mosquitto would switch to user "mosquitto" and
                 # lose access to our private temp files: stay who we are.
-                "user %s\n"
+                f"user {_me()}\n"
                 "per_listener_settings true\n"
-                "persistence true\npersistence_location %s/\n"
+                f"persistence true\npersistence_location {workdir}/\n"
                 "autosave_interval 1\nautosave_on_changes true\n"
                 "max_queued_messages 100000\n"
-                "listener %d 127.0.0.1\n%s" % (_me(), workdir, self.port, extra)
+                f"listener {self.port} 127.0.0.1\n{extra}"
             )
         self.proc = None
         self.log_path = os.path.join(workdir, "mosquitto.log")
@@ -81,7 +82,7 @@ class Broker:
             except OSError:
                 time.sleep(0.05)
         self.stop()
-        raise RuntimeError("mosquitto did not accept connections on port %d" % self.port)
+        raise RuntimeError(f"mosquitto did not accept connections on port {self.port}")
 
     def read_log(self):
         try:

@@ -29,7 +29,8 @@ def password_line(username, password, salt=None, iterations=101):
         raise ValueError("username must be non-empty and contain no ':'")
     salt = salt if salt is not None else os.urandom(12)
     digest = hashlib.pbkdf2_hmac("sha512", password.encode("utf-8"), salt, iterations)
-    return f"{username}:$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+    salt_b64, digest_b64 = base64.b64encode(salt).decode(), base64.b64encode(digest).decode()
+    return f"{username}:$7${iterations}${salt_b64}${digest_b64}"
 
 
 def render_acl(fleet, devices):
