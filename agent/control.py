@@ -1,0 +1,572 @@
+"""MigrationControl: the runbook's operations on one device.
+
+Owns: the current stage and migration state, the operator's flag overrides,
+cooldown and quarantine, the latency baseline, the migration history and the
+change sequence number, all kept in the flag store. It asks the transition
+table (agent.transitions) whether a request is allowed, the health window
+(agent.health) whether the device is healthy, and then makes the change.
+
+Must never: do I/O of its own (store, clock and file system are handed in),
+show a state that is not on flash, or commit half a change. Every change is
+built as one dict of store changes (stage, every flag, state, history entry,
+sequence number and the caller's `extra_changes`) and committed at once; only
+after the commit returns are the flags, services and health window updated
+and the events emitted. If the commit fails, the in-memory state is untouched
+and the StoreError reaches the caller.
+
+Persisted times (cooldown deadline, restarts, history) are wall-clock ms, since
+the monotonic clock restarts at every boot; the health window itself runs on
+the monotonic clock.
+"""
+from agent import health as health_mod
+from agent import transitions as tr
+from agent.config import Config
+from agent.events import EventBus
+from agent.flags import FLAG_NAMES, FeatureFlags, FlagError, check_flag_map, check_flag_value
+from agent.history import History
+from agent.plan import Plan
+from agent.store import Store, StoreError
+from agent.transitions import (  # noqa: F401 - re-exported: callers catch these from here
+    AT_STAGE,
+    COOLDOWN,
+    QUARANTINED,
+    ControlError,
+    NotReady,
+    Quarantined,
+    TransitionRefused,
+)
+from firmware_shim.clock import SystemClock
+from firmware_shim.files import FileSystem, join
+
+STORE_FILE = "agent.store"
+FLAG_PREFIX = "flag."
+_RESERVED = ("ctl.", FLAG_PREFIX, "health.")
+_MAX_PERSISTED_RESTARTS = 64
+
+
+class MigrationControl:
+    def __init__(self, store, plan, config, clock, events, flags):
+        self.store = store
+        self.plan = plan
+        self.config = config
+        self.clock = clock
+        self.events = events
+        self.flags = flags
+        self.services = None
+        self.health = health_mod.HealthWindow(config.window_ms, config.restart_window_ms,
+                                              config.max_samples)
+        self.history = History(config.history_length)
+        self.stage = 0
+        self.state = AT_STAGE
+        self.seq = 0
+        self._overrides = {}
+        self._cooldown_until = None
+        self._quarantine = None
+        self._auto_rollbacks = {}
+        self._baseline = None
+        self._stage_entered = None
+        self._restart_log = []  # [wall_ms, name], oldest first; mirrors "health.restarts"
+        self._monitor_interval = None
+        self._next_check = None
+        self.service_errors = 0
+        self.restart_persist_errors = 0
+        self.recovered_notes = []
+
+    # -- wiring -------------------------------------------------------------
+
+    @classmethod
+    def open(cls, state_dir, plan=None, config=None, clock=None, fs=None):
+        """Open (or create) the device state in `state_dir` and wire flags and services."""
+        from agent.services import Services  # imported here: services import flags
+
+        fs = fs or FileSystem()
+        fs.makedirs(state_dir)
+        if plan is None:
+            plan = Plan.default()
+        elif isinstance(plan, dict):
+            plan = Plan.from_dict(plan)
+        config = Config.coerce(config)
+        clock = clock or SystemClock()
+        events = EventBus()
+        # The flags get the bus only after the stored state is restored, so
+        # rebuilding the state at boot is not reported as a flag change.
+        flags = FeatureFlags(config.flags)
+        store = Store(join(state_dir, STORE_FILE), fs=fs)
+        control = cls(store, plan, config, clock, events, flags)
+        try:
+            control._restore()
+            flags.attach_events(events)
+            control.services = Services(flags, events=events, clock=clock)
+            control.services.set_restart_listener(control._on_service_restart)
+            control._apply_services()
+        except BaseException:
+            store.close()
+            raise
+        return control
+
+    def close(self):
+        self.store.close()
+
+    # -- the runbook's operations ------------------------------------------
+
+    def status(self):
+        self._refresh_timers()
+        now = self.clock.monotonic_ms()
+        return {
+            "current_stage": self.stage,
+            "state": self.state,
+            "flags": self.flags.values(),
+            "overrides": dict(self._overrides),
+            "system_health": self._system_health(now),
+            "migration_history": self.history.entries(),
+            "plan": self.plan.summary(),
+            "environment": self.config.environment,
+            "seq": self.seq,
+            "cooldown": self._cooldown_info(),
+            "quarantine": None if self._quarantine is None else dict(self._quarantine),
+            "auto_rollbacks": dict(self._auto_rollbacks),
+            "monitoring": {"interval_ms": self._monitor_interval,
+                           "next_check_ms": self._next_check},
+        }
+
+    def validate_readiness_for_stage(self, n):
+        """{"ready": bool, "reasons": [...]}: may the device go to stage n now?"""
+        self._refresh_timers()
+        reasons = []
+        if type(n) is not int or n < 1 or n > self.plan.max_stage:
+            reasons.append(f"plan {self.plan.name} has stages 1..{self.plan.max_stage}, not {n!r}")
+        elif self.stage != n - 1:
+            reasons.append(f"at stage {self.stage}; stage {n} needs stage {n - 1} first")
+        if self.state == QUARANTINED:
+            q = self._quarantine or {}
+            reasons.append("quarantined at stage {} after {} automatic rollbacks".format(
+                q.get("stage"), q.get("rollbacks")))
+        elif self.state == COOLDOWN:
+            reasons.append("cooling down after an automatic rollback for {} ms more".format(
+                self._cooldown_info()["remaining_ms"]))
+        verdict = self._verdict(self.clock.monotonic_ms())
+        for v in verdict["violations"]:
+            reasons.append("unhealthy: " + v["message"])
+        return {"ready": not reasons, "reasons": reasons, "stage": n,
+                "current_stage": self.stage, "state": self.state}
+
+    def migrate_to_stage(self, n, extra_changes=None):
+        self._refresh_timers()
+        event = tr.MigrateRequested
+        new_state = tr.next_state(self.state, event)
+        readiness = self.validate_readiness_for_stage(n)
+        if not readiness["ready"]:
+            raise NotReady(self.state, event, readiness["reasons"])
+        now = self.clock.monotonic_ms()
+        baseline = health_mod.make_baseline(self.health.snapshot(now), self.stage,
+                                            self.config.thresholds["min_samples"])
+        more = {}
+        if baseline is not None:
+            more["ctl.baseline"] = baseline
+        entry = self._change_stage(n, new_state, "migrate", "operator", more, extra_changes)
+        if baseline is not None:
+            self._baseline = baseline
+        stage = self.plan.stage(n)
+        self.events.emit("migration.stage_enabled", {
+            "stage": n, "from": entry["from"], "name": stage.name, "risk": stage.risk,
+            "flags": list(stage.flags), "seq": self.seq})
+        return self._result(entry)
+
+    def rollback_to_stage(self, n, extra_changes=None, reason="operator"):
+        self._refresh_timers()
+        event = tr.RollbackRequested
+        new_state = tr.next_state(self.state, event)
+        if type(n) is not int or n < 0 or n >= self.stage:
+            raise TransitionRefused(self.state, event,
+                                    f"target must be a stage from 0 to {self.stage - 1}, "
+                                    f"below the current stage {self.stage}, not {n!r}")
+        if not isinstance(reason, str):
+            raise ControlError("rollback reason must be a string")
+        entry = self._change_stage(n, new_state, "rollback", reason, {}, extra_changes)
+        self.events.emit("migration.rollback", {
+            "from": entry["from"], "to": n, "reason": reason, "automatic": False,
+            "seq": self.seq})
+        return self._result(entry)
+
+    def emergency_rollback(self, reason, extra_changes=None):
+        """Straight to stage 0, whatever the state; operator overrides are dropped too."""
+        self._refresh_timers()
+        if not isinstance(reason, str) or not reason:
+            raise ControlError("emergency_rollback needs a reason (a non-empty string)")
+        event = tr.EmergencyRollback
+        new_state = tr.next_state(self.state, event)
+        dropped = sorted(self._overrides)
+        entry = self._change_stage(0, new_state, "emergency_rollback", reason, {},
+                                   extra_changes, overrides={})
+        if dropped:
+            entry["overrides_dropped"] = dropped
+        self.events.emit("migration.emergency_rollback", {
+            "from": entry["from"], "to": 0, "reason": reason, "overrides_dropped": dropped,
+            "seq": self.seq})
+        return self._result(entry)
+
+    def check_health_and_rollback(self):
+        """ok with the health figures, or an automatic one-stage rollback with the violations."""
+        self._refresh_timers()
+        now = self.clock.monotonic_ms()
+        snapshot = self.health.snapshot(now)
+        verdict = self._verdict(now, snapshot)
+        report = self._health_report(snapshot, verdict)
+        if verdict["healthy"]:
+            return {"result": "ok", "health": report}
+        violations = verdict["violations"]
+        self.events.emit("health.violation", {"stage": self.stage, "violations": violations})
+        if self.stage == 0:
+            # Nothing left to roll back: report it, and let the operator decide.
+            return {"result": "unhealthy", "violations": violations, "rolled_back_to": None,
+                    "health": report}
+        return self._automatic_rollback(violations, report)
+
+    def metrics(self):
+        now = self.clock.monotonic_ms()
+        snapshot = self.health.snapshot(now)
+        return {
+            "performance_impact": health_mod.performance_impact(snapshot, self._baseline),
+            "error_rate": snapshot["error_rate"],
+            "restart_frequency": snapshot["restarts_per_min"],
+            "latency_p50": snapshot["latency_p50"],
+            "latency_p95": snapshot["latency_p95"],
+            "samples": snapshot["samples"],
+            "baseline": None if self._baseline is None else dict(self._baseline),
+            "stage": self.stage,
+            "state": self.state,
+            "seq": self.seq,
+            "event_handler_errors": self.events.errors,
+            "events_emitted": self.events.emitted,
+            "flag_unknown_reads": self.flags.unknown_read_total,
+            "flag_unknown_names": dict(self.flags.unknown_reads),
+            "service_errors": self.service_errors,
+            "restart_persist_errors": self.restart_persist_errors,
+            "store": self.store.stats(),
+        }
+
+    def start_health_monitoring(self, interval_ms=None):
+        """Check health every interval_ms (default: the config's, 30 s) when poll() is called."""
+        if interval_ms is None:
+            interval_ms = self.config.monitoring_interval_ms
+        if type(interval_ms) is not int or interval_ms <= 0:
+            raise ControlError(f"interval_ms must be a positive integer, not {interval_ms!r}")
+        self._monitor_interval = interval_ms
+        self._next_check = self.clock.monotonic_ms() + interval_ms
+        return {"result": "ok", "interval_ms": interval_ms, "next_check_ms": self._next_check}
+
+    def stop_health_monitoring(self):
+        self._monitor_interval = None
+        self._next_check = None
+
+    def poll(self):
+        """Run the health check if it is due; returns its result, or None."""
+        self._refresh_timers()
+        if self._monitor_interval is None:
+            return None
+        now = self.clock.monotonic_ms()
+        if now < self._next_check:
+            return None
+        self._next_check = now + self._monitor_interval
+        return self.check_health_and_rollback()
+
+    # -- flags and quarantine ----------------------------------------------
+
+    def set_flag_override(self, name, value, extra_changes=None):
+        check_flag_value(name, value)
+        overrides = dict(self._overrides)
+        overrides[name] = value
+        return self._change_overrides(overrides, "flag_override",
+                                      "{}={}".format(name, "true" if value else "false"),
+                                      extra_changes)
+
+    def clear_flag_override(self, name, extra_changes=None):
+        check_flag_value(name, False)
+        overrides = dict(self._overrides)
+        overrides.pop(name, None)
+        return self._change_overrides(overrides, "flag_override_cleared", name, extra_changes)
+
+    def clear_quarantine(self, extra_changes=None):
+        self._refresh_timers()
+        new_state = tr.next_state(self.state, tr.QuarantineCleared)
+        more = {"ctl.quarantine": None, "ctl.auto_rollbacks": {}, "ctl.cooldown_until": None}
+        entry = self._entry("quarantine_cleared", self.stage, new_state, "operator")
+        self._commit(more, entry, extra_changes, new_state)
+        self._quarantine = None
+        self._auto_rollbacks = {}
+        self._cooldown_until = None
+        return self._result(entry)
+
+    # -- what services and apps report ------------------------------------
+
+    def record_outcome(self, ok, latency_ms, service=None):
+        self.health.record_outcome(ok, latency_ms, self.clock.monotonic_ms())
+
+    def record_restart(self, name=None):
+        """Count a restart; it is committed so a crash loop is seen across reboots."""
+        now = self.clock.monotonic_ms()
+        wall = self._wall_ms()
+        self.health.record_restart(now, name)
+        log = [r for r in self._restart_log if r[0] >= wall - self.config.restart_window_ms]
+        log.append([wall, name])
+        log = log[-_MAX_PERSISTED_RESTARTS:]
+        try:
+            self.store.commit({"health.restarts": log})
+        except StoreError:
+            # A full or failing flash must not take the supervisor down with it;
+            # the in-memory window still counts this restart.
+            self.restart_persist_errors += 1
+            return
+        self._restart_log = log
+
+    def _on_service_restart(self, name, now_ms=None):
+        self.record_restart(name)
+        self.events.emit("services.restart", {"name": name})
+
+    # -- internals: changing state -----------------------------------------
+
+    def _automatic_rollback(self, violations, report):
+        from_stage = self.stage
+        to_stage = from_stage - 1
+        count = self._auto_rollbacks.get(str(from_stage), 0) + 1
+        if count >= self.config.quarantine_after:
+            event = tr.RepeatedHealthViolation
+        else:
+            event = tr.HealthViolation
+        new_state = tr.next_state(self.state, event)
+        counts = dict(self._auto_rollbacks)
+        counts[str(from_stage)] = count
+        wall = self._wall_ms()
+        cooldown_until = wall + self.config.cooldown_ms
+        quarantine = self._quarantine
+        if new_state == QUARANTINED and quarantine is None:
+            quarantine = {"stage": to_stage, "from_stage": from_stage, "since": wall,
+                          "rollbacks": count,
+                          "reason": "; ".join(v["message"] for v in violations)}
+        more = {"ctl.auto_rollbacks": counts, "ctl.cooldown_until": cooldown_until,
+                "ctl.quarantine": quarantine}
+        self._change_stage(to_stage, new_state, "auto_rollback", "health",
+                                   more, None, violations=violations)
+        self._auto_rollbacks = counts
+        self._cooldown_until = cooldown_until
+        self._quarantine = quarantine
+        self.events.emit("migration.rollback", {
+            "from": from_stage, "to": to_stage, "reason": "health", "automatic": True,
+            "violations": violations, "state": new_state, "seq": self.seq})
+        return {"result": "rollback_triggered", "violations": violations,
+                "rolled_back_to": to_stage, "state": new_state, "health": report}
+
+    def _change_stage(self, n, new_state, op, reason, more, extra_changes,
+                      overrides=None, violations=None):
+        """Commit a stage change in one store commit, then update memory."""
+        if overrides is None:
+            overrides = self._overrides
+        stage_flags = self.plan.flags_for_stage(n)
+        values = self.flags.preview(stage_flags, overrides)
+        wall = self._wall_ms()
+        changes = {
+            "ctl.stage": n, "ctl.overrides": dict(overrides), "ctl.stage_entered": wall,
+            # The new stage starts with a clean health window: restarts and
+            # errors of the stage we left must not count against this one.
+            "health.restarts": [],
+        }
+        for name in FLAG_NAMES:
+            changes[FLAG_PREFIX + name] = values[name]
+        changes.update(more)
+        entry = self._entry(op, n, new_state, reason)
+        if violations:
+            entry["violations"] = violations
+        self._commit(changes, entry, extra_changes, new_state)
+        self.stage = n
+        self._overrides = dict(overrides)
+        self._stage_entered = wall
+        self._restart_log = []
+        self.health.reset()
+        self._apply_flags(stage_flags, overrides)
+        return entry
+
+    def _change_overrides(self, overrides, op, reason, extra_changes):
+        self._refresh_timers()
+        new_state = tr.next_state(self.state, tr.FlagOverrideRequested)
+        values = self.flags.preview(None, overrides)
+        changes = {"ctl.overrides": dict(overrides)}
+        for name in FLAG_NAMES:
+            changes[FLAG_PREFIX + name] = values[name]
+        entry = self._entry(op, self.stage, new_state, reason)
+        self._commit(changes, entry, extra_changes, new_state)
+        self._overrides = dict(overrides)
+        self._apply_flags(None, overrides)
+        return self._result(entry)
+
+    def _entry(self, op, to_stage, new_state, reason):
+        return {"seq": self.seq + 1, "at": self._wall_ms(), "op": op, "from": self.stage,
+                "to": to_stage, "state": new_state, "reason": reason}
+
+    def _commit(self, changes, entry, extra_changes, new_state):
+        """One atomic store commit: changes + state + sequence number + history + extras."""
+        batch = {}
+        if extra_changes:
+            batch.update(self._check_extra(extra_changes))
+        batch.update(changes)
+        seq = self.seq + 1
+        batch["ctl.seq"] = seq
+        batch["ctl.state"] = new_state
+        batch["ctl.plan_hash"] = self.plan.hash
+        if entry is not None:
+            batch.update(self.history.changes_for(seq, entry))
+        self.store.commit(batch)  # raises StoreError; nothing in memory has changed yet
+        self.seq = seq
+        self.state = new_state
+        if entry is not None:
+            self.history.committed(seq, entry)
+
+    def _check_extra(self, extra):
+        if not isinstance(extra, dict):
+            raise ControlError("extra_changes must be a mapping of store keys")
+        for key in sorted(extra):
+            if not isinstance(key, str):
+                raise ControlError(f"extra_changes keys must be strings, not {key!r}")
+            for prefix in _RESERVED:
+                if key.startswith(prefix):
+                    raise ControlError(f"extra_changes may not write {key!r}: {prefix}* belongs to "
+                                       "MigrationControl")
+        return extra
+
+    def _apply_flags(self, stage_flags, overrides):
+        self.flags.apply(stage_flags=stage_flags, overrides=overrides)
+        self._apply_services()
+
+    def _apply_services(self):
+        if self.services is None:
+            return
+        try:
+            self.services.apply_flags()
+        except Exception:  # noqa: BLE001 - the flags are committed; a service bug is counted
+            self.service_errors += 1
+
+    def _refresh_timers(self):
+        if self.state != COOLDOWN or self._cooldown_until is None:
+            return
+        if self._wall_ms() < self._cooldown_until:
+            return
+        new_state = tr.next_state(self.state, tr.CooldownExpired)
+        self._commit({"ctl.cooldown_until": None}, None, None, new_state)
+        self._cooldown_until = None
+
+    # -- internals: reading ------------------------------------------------
+
+    def _wall_ms(self):
+        return int(self.clock.wall_time() * 1000)
+
+    def _verdict(self, now, snapshot=None):
+        if snapshot is None:
+            snapshot = self.health.snapshot(now)
+        criteria = self.plan.stage(self.stage).success_criteria if self.stage else None
+        return health_mod.evaluate(snapshot, self.config.thresholds, self._baseline, criteria)
+
+    def _health_report(self, snapshot, verdict):
+        return {
+            "error_rate": snapshot["error_rate"],
+            "restart_frequency": snapshot["restarts_per_min"],
+            "restarts": snapshot["restarts"],
+            "samples": snapshot["samples"],
+            "latency_p50": snapshot["latency_p50"],
+            "latency_p95": snapshot["latency_p95"],
+            "baseline_latency_p50": None if self._baseline is None
+            else self._baseline["latency_p50"],
+            "latency_vs_baseline": health_mod.latency_ratio(snapshot, self._baseline),
+            "performance_impact": health_mod.performance_impact(snapshot, self._baseline),
+            "healthy": verdict["healthy"],
+            "enough_samples": verdict["enough_samples"],
+            "violations": verdict["violations"],
+        }
+
+    def _system_health(self, now):
+        snapshot = self.health.snapshot(now)
+        return self._health_report(snapshot, self._verdict(now, snapshot))
+
+    def _cooldown_info(self):
+        if self.state != COOLDOWN or self._cooldown_until is None:
+            return None
+        remaining = self._cooldown_until - self._wall_ms()
+        return {"until": self._cooldown_until, "remaining_ms": remaining if remaining > 0 else 0}
+
+    def _result(self, entry):
+        return {"result": "ok", "stage": self.stage, "from": entry["from"], "state": self.state,
+                "seq": self.seq, "flags": self.flags.values(), "entry": dict(entry)}
+
+    # -- internals: restoring from the store -------------------------------
+
+    def _restore(self):
+        """Rebuild memory from the store; anything unusable falls back to the safe value."""
+        get = self.store.get
+        self.seq = _int_or(get("ctl.seq"), 0, 0, None, self.recovered_notes, "ctl.seq")
+        stage = _int_or(get("ctl.stage"), 0, 0, None, self.recovered_notes, "ctl.stage")
+        if stage > self.plan.max_stage:
+            self.recovered_notes.append(f"stage {stage} is beyond plan {self.plan.name}; "
+                                        f"using stage {self.plan.max_stage}")
+            stage = self.plan.max_stage
+        self.stage = stage
+        state = get("ctl.state", AT_STAGE)
+        if state not in tr.STATES:
+            self.recovered_notes.append(f"unknown state {state!r}; using {AT_STAGE}")
+            state = AT_STAGE
+        self.state = state
+        overrides = get("ctl.overrides", {})
+        try:
+            check_flag_map(overrides, "stored overrides")
+        except FlagError as exc:
+            self.recovered_notes.append(f"dropped stored overrides: {exc}")
+            overrides = {}
+        self._overrides = dict(overrides)
+        self._cooldown_until = _int_or(get("ctl.cooldown_until"), None, 0, None,
+                                       self.recovered_notes, "ctl.cooldown_until")
+        q = get("ctl.quarantine")
+        self._quarantine = q if isinstance(q, dict) else None
+        counts = get("ctl.auto_rollbacks", {})
+        self._auto_rollbacks = counts if isinstance(counts, dict) else {}
+        baseline = get("ctl.baseline")
+        self._baseline = baseline if isinstance(baseline, dict) else None
+        self._stage_entered = get("ctl.stage_entered")
+        self.history.restore(self.store.items())
+        self._restore_restarts(get("health.restarts", []))
+        self.flags.apply(stage_flags=self.plan.flags_for_stage(self.stage),
+                         overrides=self._overrides)
+        self._reconcile_flags(get("ctl.plan_hash"))
+
+    def _restore_restarts(self, stored):
+        now = self.clock.monotonic_ms()
+        wall = self._wall_ms()
+        log = []
+        if isinstance(stored, list):
+            for item in stored:
+                if (isinstance(item, list) and len(item) == 2 and type(item[0]) is int
+                        and item[0] >= wall - self.config.restart_window_ms):
+                    log.append([item[0], item[1]])
+        self._restart_log = log
+        # Map wall times onto this boot's monotonic clock.
+        self.health.load_restarts([(now - (wall - t), n) for t, n in log])
+
+    def _reconcile_flags(self, stored_hash):
+        """If config or plan changed since the last boot, commit the flags in force now."""
+        values = self.flags.values()
+        stale = [n for n in FLAG_NAMES if self.store.get(FLAG_PREFIX + n) != values[n]]
+        if stored_hash == self.plan.hash and not stale:
+            return
+        changes = {}
+        for name in FLAG_NAMES:
+            changes[FLAG_PREFIX + name] = values[name]
+        entry = None
+        if stored_hash is not None and stored_hash != self.plan.hash:
+            reason = f"plan {stored_hash[:12]} -> {self.plan.hash[:12]}"
+            entry = self._entry("plan_changed", self.stage, self.state, reason)
+        self._commit(changes, entry, None, self.state)
+
+
+def _int_or(value, default, minimum, maximum, notes, what):
+    if value is None:
+        return default
+    if type(value) is not int or value < minimum or (maximum is not None and value > maximum):
+        notes.append(f"invalid {what} {value!r}; using {default!r}")
+        return default
+    return value

@@ -1,0 +1,119 @@
+"""The migration state machine: every allowed (state, event) pair in one table.
+
+Theory of operation. The device is always at a stage (0..N, kept beside the
+state) and in one of three states:
+
+    AT_STAGE     normal: the operator may migrate forward or roll back.
+    COOLDOWN     an automatic rollback just happened: no advancing until the
+                 cooldown expires, so a device cannot flap up and down.
+    QUARANTINED  automatic rollbacks kept happening at one stage: no advancing
+                 until an operator clears the quarantine.
+
+Rolling back (by hand, automatically, or the emergency rollback to stage 0) is
+allowed in every state: going back is always the safe direction. A pair that
+is not in TRANSITIONS is refused with TransitionRefused, which names the state,
+the event and the reason from REFUSALS. Must never: touch the store, the flags
+or the clock; MigrationControl does that once the table says yes.
+"""
+
+AT_STAGE = "AT_STAGE"
+COOLDOWN = "COOLDOWN"
+QUARANTINED = "QUARANTINED"
+STATES = (AT_STAGE, COOLDOWN, QUARANTINED)
+
+MigrateRequested = "MigrateRequested"
+RollbackRequested = "RollbackRequested"
+EmergencyRollback = "EmergencyRollback"
+HealthViolation = "HealthViolation"
+RepeatedHealthViolation = "RepeatedHealthViolation"
+CooldownExpired = "CooldownExpired"
+QuarantineCleared = "QuarantineCleared"
+FlagOverrideRequested = "FlagOverrideRequested"
+EVENTS = (MigrateRequested, RollbackRequested, EmergencyRollback, HealthViolation,
+          RepeatedHealthViolation, CooldownExpired, QuarantineCleared, FlagOverrideRequested)
+
+TRANSITIONS = {
+    AT_STAGE: {
+        MigrateRequested: AT_STAGE,
+        RollbackRequested: AT_STAGE,
+        EmergencyRollback: AT_STAGE,
+        HealthViolation: COOLDOWN,
+        RepeatedHealthViolation: QUARANTINED,
+        FlagOverrideRequested: AT_STAGE,
+    },
+    COOLDOWN: {
+        RollbackRequested: COOLDOWN,
+        EmergencyRollback: COOLDOWN,
+        HealthViolation: COOLDOWN,
+        RepeatedHealthViolation: QUARANTINED,
+        CooldownExpired: AT_STAGE,
+        FlagOverrideRequested: COOLDOWN,
+    },
+    QUARANTINED: {
+        RollbackRequested: QUARANTINED,
+        EmergencyRollback: QUARANTINED,
+        HealthViolation: QUARANTINED,
+        RepeatedHealthViolation: QUARANTINED,
+        QuarantineCleared: AT_STAGE,
+        FlagOverrideRequested: QUARANTINED,
+    },
+}
+
+REFUSALS = {
+    AT_STAGE: {
+        CooldownExpired: "not cooling down",
+        QuarantineCleared: "not quarantined",
+    },
+    COOLDOWN: {
+        MigrateRequested: "cooling down after an automatic rollback",
+        QuarantineCleared: "not quarantined",
+    },
+    QUARANTINED: {
+        MigrateRequested: "quarantined after repeated automatic rollbacks; "
+                          "an operator must clear_quarantine first",
+        CooldownExpired: "quarantined, not cooling down",
+    },
+}
+
+
+class ControlError(Exception):
+    """Base of every error MigrationControl raises on purpose."""
+
+
+class TransitionRefused(ControlError):
+    def __init__(self, state, event, reason):
+        super().__init__(f"{event} refused in state {state}: {reason}")
+        self.state = state
+        self.event = event
+        self.reason = reason
+
+
+class NotReady(TransitionRefused):
+    """validate_readiness_for_stage said no; `.reasons` lists why."""
+
+    def __init__(self, state, event, reasons):
+        super().__init__(state, event, "; ".join(reasons))
+        self.reasons = list(reasons)
+
+
+class Quarantined(TransitionRefused):
+    """The device is quarantined and will not advance."""
+
+
+def next_state(state, event):
+    """The state after `event`, or TransitionRefused (Quarantined when that is why)."""
+    if state not in TRANSITIONS:
+        raise TransitionRefused(state, event, "unknown state")
+    allowed = TRANSITIONS[state]
+    if event in allowed:
+        return allowed[event]
+    reason = REFUSALS.get(state, {}).get(event)
+    if reason is None:
+        reason = "unknown event" if event not in EVENTS else "not allowed in this state"
+    if state == QUARANTINED and event == MigrateRequested:
+        raise Quarantined(state, event, reason)
+    raise TransitionRefused(state, event, reason)
+
+
+def allowed_events(state):
+    return sorted(TRANSITIONS.get(state, {}))
