@@ -1,0 +1,387 @@
+"""The flag store on both interpreters: commits, recovery, power cuts and I/O errors.
+
+The thorough power-loss matrix (every offset of a compaction, every bit flip,
+random operation sequences) is CPython-only, in tests/test_store_powerloss.py;
+this file is the subset that must also hold on the device's interpreter.
+"""
+import corekit
+from faultfs import EIO, PAD_FF, PAD_NONE, PAD_RANDOM, PAD_ZERO, FaultFS, PowerCut
+
+from agent.store import (
+    HEADER_SIZE,
+    Store,
+    StoreFormatError,
+    StoreFullError,
+    StoreIOError,
+    StoreValueError,
+)
+from firmware_shim.files import ENOSPC, FileSystem
+
+
+def _path():
+    return corekit.tmpdir("store") + "/flags.db"
+
+
+_LOG = []  # what the store logged (a list, so MicroPython needs no function attributes)
+
+
+def _quiet(msg):
+    _LOG.append(msg)
+
+
+def _open(path, fs=None, **kw):
+    kw.setdefault("logger", _quiet)
+    return Store(path, fs=fs, **kw)
+
+
+def _read(path):
+    return FileSystem().read_bytes(path)
+
+
+def _write(path, data):
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def test_round_trip_of_every_value_type():
+    path = _path()
+    s = _open(path)
+    value = {"n": [1, -5, 2**40, -(2**63), 2**64 - 1, 1.5, None, True, b"\x00\xff", "é"],
+             "d": {"x": {"y": []}}}
+    seq = s.commit({"flag": True, "stage": 3, "blob": value, "name": "ünï"})
+    assert seq == 1
+    assert s.get("flag") is True
+    assert s.get("stage") == 3
+    assert s.get("blob") == value
+    assert s.get("missing", "dflt") == "dflt"
+    assert s.items() == [("blob", value), ("flag", True), ("name", "ünï"), ("stage", 3)]
+    s.close()
+    s = _open(path)
+    assert s.items() == [("blob", value), ("flag", True), ("name", "ünï"), ("stage", 3)]
+    assert s.get("flag") is True
+    s.close()
+
+
+def test_none_deletes_and_deleting_a_missing_key_is_a_no_op():
+    path = _path()
+    s = _open(path)
+    s.commit({"a": 1, "b": 2})
+    assert s.commit({"a": None, "zz": None}) == 2
+    assert s.get("a") is None
+    assert s.items() == [("b", 2)]
+    assert s.commit({"zz": None}) is None
+    s.close()
+    s = _open(path)
+    assert s.items() == [("b", 2)]
+    s.close()
+
+
+def test_reopen_keeps_state_and_sequence_numbers_keep_rising():
+    path = _path()
+    s = _open(path)
+    seqs = [s.commit({"k": i}) for i in range(5)]
+    assert seqs == [1, 2, 3, 4, 5]
+    s.close()
+    s = _open(path)
+    assert s.get("k") == 4
+    assert s.stats()["recovered"] == 0
+    assert s.commit({"k": 99}) == 6
+    s.compact()
+    s.close()
+    s = _open(path)
+    assert s.commit({"k": 100}) == 7
+    s.close()
+
+
+def test_noop_commit_writes_nothing_and_types_are_not_confused():
+    path = _path()
+    fs = FaultFS()
+    s = _open(path, fs)
+    s.commit({"on": True, "n": 1, "f": 1.0, "l": [1, True]})
+    before = (fs.bytes_written, fs.writes, s.stats()["bytes_written"])
+    assert s.commit({"on": True, "n": 1, "f": 1.0, "l": [1, True], "gone": None}) is None
+    assert s.commit({}) is None
+    assert (fs.bytes_written, fs.writes, s.stats()["bytes_written"]) == before
+    # 1 == True == 1.0 in Python, but they are different values to store
+    assert s.commit({"on": 1}) is not None
+    assert s.get("on") == 1 and s.get("on") is not True
+    assert s.commit({"l": [True, True]}) is not None
+    assert fs.bytes_written > before[0]
+    s.close()
+
+
+def test_one_flag_commit_is_small():
+    fs = FaultFS()
+    s = _open(_path(), fs)
+    before = fs.bytes_written
+    s.commit({"use_genserver_span_management": True})
+    assert 0 < fs.bytes_written - before <= 64
+    assert fs.op_counts.get("fsync", 0) >= 1
+    s.close()
+
+
+def test_bad_input_gets_a_named_error_and_writes_nothing():
+    fs = FaultFS()
+    s = _open(_path(), fs)
+    s.commit({"a": 1})
+    before = fs.bytes_written
+    corekit.raises(StoreValueError, s.commit, {1: "int key"})
+    corekit.raises(StoreValueError, s.commit, [("a", 2)])
+    corekit.raises(StoreValueError, s.commit, {"a": 2, "b": object()})
+    assert fs.bytes_written == before
+    assert s.items() == [("a", 1)]
+    s.close()
+
+
+def test_compaction_bounds_the_file_and_keeps_state():
+    path = _path()
+    fs = FaultFS()
+    s = _open(path, fs, compact_min_bytes=512, compact_factor=2)
+    for i in range(300):
+        s.commit({"k" + str(i % 7): i, "stage": i % 4})
+    st = s.stats()
+    assert st["compactions"] >= 5
+    assert fs.base.size(path) < 1024
+    expected = s.items()
+    s.close()
+    s = _open(path, fs)
+    assert s.items() == expected
+    assert s.get("k6") == 293
+    assert s.stats()["recovered"] == 0
+    assert s.commit({"k0": -1}) == 301
+    s.close()
+    assert not fs.base.exists(path + ".tmp")
+
+
+def test_batch_is_atomic_under_a_cut_at_every_byte():
+    path = _path()
+    fs = FaultFS()
+    s = _open(path, fs)
+    s.commit({"a": 1, "b": 1})
+    s.close()
+    old = [("a", 1), ("b", 1)]
+    new = [("a", 2), ("b", 2), ("c", 2)]
+    seen = {}
+    pads = (PAD_NONE, PAD_ZERO, PAD_FF, PAD_RANDOM)
+    n = 0
+    while True:
+        work = corekit.tmpdir("cut") + "/flags.db"
+        _write(work, _read(path))
+        s = _open(work, fs)
+        fs.cut_after(n)
+        try:
+            s.commit({"a": 2, "b": 2, "c": 2})
+            done = True
+        except PowerCut:
+            done = False
+        fs.reboot(pad=pads[n % 4])
+        s = _open(work, fs)
+        got = s.items()
+        assert got == old or got == new, (n, got)
+        seen[n] = got == new
+        # 2 may have been in flight: once any byte of it reached the file it is never reused
+        assert s.commit({"after": n}) >= (3 if n > 0 else 2)
+        s.close()
+        s = _open(work, fs)
+        assert s.get("after") == n and s.stats()["recovered"] == 0
+        s.close()
+        if done:
+            break
+        n += 1
+    # torn before the last byte: old state; all bytes written: the in-flight commit
+    assert not any(seen[i] for i in range(n - 1))
+    assert seen[n - 1] and seen[n]
+
+
+def test_torn_tail_is_dropped_and_the_file_rewritten():
+    path = _path()
+    s = _open(path)
+    s.commit({"a": 1})
+    s.commit({"b": 2})
+    s.close()
+    clean = _read(path)
+    for tail in (b"\x43", b"\x43\x05\x00\x00\x03\x00\x00\x00", b"\xff" * 20, b"\x00" * 7):
+        _write(path, clean + tail)
+        del _LOG[:]
+        s = _open(path)
+        assert s.items() == [("a", 1), ("b", 2)]
+        st = s.stats()
+        assert st["recovered"] == 1 and st["corruption_detected"] == 0
+        assert st["dropped_bytes"] == len(tail)
+        assert any("torn" in line for line in _LOG)
+        seq = s.commit({"c": 3})
+        assert seq > 3  # 3 may have been the torn record's number
+        s.close()
+        s = _open(path)
+        assert s.stats()["recovered"] == 0 and s.get("c") == 3
+        s.close()
+        _write(path, clean)
+
+
+def test_corruption_keeps_good_prefix_and_moves_damaged_file_aside():
+    path = _path()
+    s = _open(path)
+    s.commit({"a": 1})
+    end_of_first = s.stats()["file_bytes"]
+    s.commit({"a": 2, "b": 2})
+    s.commit({"c": 3})
+    s.close()
+    data = bytearray(_read(path))
+    data[end_of_first + 14] ^= 0x10  # inside the payload of the second commit
+    _write(path, bytes(data))
+    del _LOG[:]
+    s = _open(path)
+    assert s.items() == [("a", 1)]
+    st = s.stats()
+    assert st["corruption_detected"] == 1 and st["recovered"] == 1
+    assert any("CORRUPTION" in line for line in _LOG)
+    assert _read(path + ".corrupt-1") == bytes(data)
+    assert s.commit({"d": 4}) == 4  # 3 was seen after the damage: never reused
+    s.close()
+    s = _open(path)
+    assert s.items() == [("a", 1), ("d", 4)]
+    assert s.stats()["corruption_detected"] == 0
+    s.close()
+
+
+def test_damaged_header_is_reported_but_records_survive():
+    path = _path()
+    s = _open(path)
+    s.commit({"a": 1})
+    s.close()
+    data = bytearray(_read(path))
+    data[9] ^= 0x01  # the generation field
+    _write(path, bytes(data))
+    s = _open(path)
+    assert s.items() == [("a", 1)]
+    assert s.stats()["corruption_detected"] == 1
+    s.close()
+
+
+def test_newer_format_version_is_refused_and_left_alone():
+    path = _path()
+    s = _open(path)
+    s.commit({"a": 1})
+    s.close()
+    from agent.store import encode_header
+    from firmware_shim.checksum import crc32
+    head = bytearray(encode_header(7))
+    head[4] = 2
+    head[12:16] = crc32(bytes(head[:12])).to_bytes(4, "little")
+    data = bytes(head) + _read(path)[HEADER_SIZE:]
+    _write(path, data)
+    corekit.raises(StoreFormatError, _open, path)
+    assert _read(path) == data
+
+
+def test_enospc_on_write_leaves_old_state_and_the_store_usable():
+    path = _path()
+    fs = FaultFS()
+    s = _open(path, fs)
+    s.commit({"a": 1})
+    fs.fail("write", ENOSPC, partial=5)
+    err = corekit.raises(StoreFullError, s.commit, {"a": 2, "b": 2})
+    assert "ENOSPC" in str(err)
+    assert s.items() == [("a", 1)]
+    assert s.stats()["failed_commits"] == 1
+    # space is back: the next commit works, and nothing of the failed one surfaces
+    assert s.commit({"c": 3}) is not None
+    s.close()
+    s = _open(path, fs)
+    assert s.items() == [("a", 1), ("c", 3)]
+    assert s.stats()["recovered"] == 0
+    s.close()
+
+
+def test_fsync_error_acknowledges_nothing_even_after_reopen():
+    path = _path()
+    fs = FaultFS()
+    s = _open(path, fs)
+    s.commit({"a": 1})
+    fs.fail("fsync", EIO)
+    corekit.raises(StoreIOError, s.commit, {"a": 2})
+    assert s.get("a") == 1
+    s.close()
+    s = _open(path, fs)
+    assert s.get("a") == 1  # the record reached the file, but the rollback rewrote it
+    seq = s.commit({"a": 3})
+    assert seq == 3  # 2 was burned by the failed commit
+    s.close()
+
+
+def test_store_that_cannot_roll_back_repairs_before_next_commit():
+    path = _path()
+    fs = FaultFS()
+    s = _open(path, fs)
+    s.commit({"a": 1})
+    fs.fail("fsync", ENOSPC, times=3)  # the commit's fsync and the rollback's fsync fail
+    corekit.raises(StoreFullError, s.commit, {"a": 2})
+    assert s.stats()["needs_repair"]
+    assert s.get("a") == 1
+    corekit.raises(StoreFullError, s.commit, {"b": 1})  # the repair still cannot write
+    assert s.items() == [("a", 1)]
+    fs.clear_faults()
+    assert s.commit({"b": 1}) is not None
+    assert not s.stats()["needs_repair"]
+    s.close()
+    s = _open(path, fs)
+    assert s.items() == [("a", 1), ("b", 1)]
+    s.close()
+
+
+def test_leftover_tmp_is_ignored_and_removed():
+    path = _path()
+    s = _open(path)
+    s.commit({"a": 1})
+    s.close()
+    _write(path + ".tmp", b"FSTG half a snapshot")
+    s = _open(path)
+    assert s.items() == [("a", 1)]
+    s.close()
+    assert not FileSystem().exists(path + ".tmp")
+
+
+def test_missing_file_with_complete_tmp_is_adopted():
+    # a FAT-like file system removes the old file before the rename
+    path = _path()
+    s = _open(path)
+    s.commit({"a": 1})
+    s.compact()
+    s.close()
+    fs = FileSystem()
+    fs.rename(path, path + ".tmp")
+    s = _open(path)
+    assert s.items() == [("a", 1)]
+    assert s.stats()["recovered"] == 1
+    assert s.commit({"b": 2}) == 2
+    s.close()
+    assert not fs.exists(path + ".tmp")
+
+
+def test_power_cut_between_compaction_steps_keeps_state():
+    path = _path()
+    fs = FaultFS()
+    s = _open(path, fs)
+    s.commit({"a": 1, "b": 2})
+    s.close()
+    clean = _read(path)
+    steps = 0
+    while True:
+        _write(path, clean)
+        fs.remove(path + ".tmp")
+        s = _open(path, fs)
+        fs.cut_at_op(steps + 1)
+        try:
+            s.compact()
+            finished = True
+        except PowerCut:
+            finished = False
+        fs.reboot()
+        s = _open(path, fs)
+        assert s.items() == [("a", 1), ("b", 2)], steps
+        assert s.commit({"c": steps}) == 2
+        s.close()
+        if finished:
+            break
+        steps += 1
+    assert steps >= 6  # exists/remove, open, write, flush, fsync, close, rename, fsync_dir, open
