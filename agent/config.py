@@ -119,7 +119,7 @@ class Config:
 
     @classmethod
     def from_dict(cls, data):
-        config = cls.__new__(cls)
+        config = cls()  # MicroPython has no cls.__new__ to skip __init__
         config._load(data)
         return config
 

@@ -25,6 +25,7 @@ from agent.events import EventBus
 from agent.flags import FLAG_NAMES, FeatureFlags, FlagError, check_flag_map, check_flag_value
 from agent.history import History
 from agent.plan import Plan
+from agent.services import Services
 from agent.store import Store, StoreError
 from agent.transitions import (  # noqa: F401 - re-exported: callers catch these from here
     AT_STAGE,
@@ -77,8 +78,6 @@ class MigrationControl:
     @classmethod
     def open(cls, state_dir, plan=None, config=None, clock=None, fs=None):
         """Open (or create) the device state in `state_dir` and wire flags and services."""
-        from agent.services import Services  # imported here: services import flags
-
         fs = fs or FileSystem()
         fs.makedirs(state_dir)
         if plan is None:
@@ -105,6 +104,8 @@ class MigrationControl:
         return control
 
     def close(self):
+        if self.services is not None:
+            self.services.close()
         self.store.close()
 
     # -- the runbook's operations ------------------------------------------
@@ -320,8 +321,8 @@ class MigrationControl:
         self._restart_log = log
 
     def _on_service_restart(self, name, now_ms=None):
+        # The supervisor emits "services.restart" itself; here we only count it.
         self.record_restart(name)
-        self.events.emit("services.restart", {"name": name})
 
     # -- internals: changing state -----------------------------------------
 
