@@ -44,7 +44,7 @@ class LegacyPathViolation(ServicesError):
     """A legacy (global-state) path was used while enforcement is strict."""
 
     def __init__(self, service, operation):
-        ServicesError.__init__(self, f"legacy path used: {service}.{operation}")
+        super().__init__(f"legacy path used: {service}.{operation}")
         self.service = service
         self.operation = operation
 

@@ -149,7 +149,7 @@ class SampledEvents(ServiceFront):
     METHODS = SAMPLER_METHODS
 
     def __init__(self, name, impl, emitter, clock):
-        ServiceFront.__init__(self, name, impl)
+        super().__init__(name, impl)
         self._emitter = emitter
         self._clock = clock
 

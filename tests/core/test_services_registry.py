@@ -1,8 +1,9 @@
 """The agent registry (stage 1), in both implementations."""
 import corekit
+from test_services_kit import make
+
 from agent.services import LEGACY, NEW, RegistryError
 from agent.services import registry as registry_mod
-from test_services_kit import make
 
 
 def both():
@@ -70,7 +71,7 @@ def test_info_is_copied_on_register():
 def test_registry_is_bounded():
     for reg, _impl in both():
         for i in range(registry_mod.MAX_AGENTS):
-            reg.register("agent-%d" % i)
+            reg.register(f"agent-{i}")
         corekit.raises(RegistryError, reg.register, "one-too-many")
         reg.register("agent-0", {"again": True}, replace=True)  # replacing is not growing
         assert reg.count() == registry_mod.MAX_AGENTS
