@@ -1,0 +1,376 @@
+"""AgentRuntime: MigrationControl + protocol + a link + a clock, as one device on the wire.
+
+Owns: what the agent does with each inbound message (decode, verify, replay
+guard, control op, ack, status), converging to the retained desired state,
+periodic health reports, the automatic-rollback poll, and a bounded queue of
+reports held while the broker is away.
+
+Must never: import a transport (the link is handed in: paho on CPython, a
+umqtt link on a board), block, or die on bad input. Anything a message can
+cause is caught here, counted, and answered with a reason code; a failed store
+commit leaves the device at its last committed state.
+
+The link contract (duck-typed):
+    link.connected                     bool
+    link.set_callbacks(on_message, on_connect, on_disconnect)
+    link.subscribe(topic, qos)         remembered and re-sent on every reconnect
+    link.publish(topic, payload, qos, retain)   raises when it cannot send
+    link.poll(timeout_ms)              (only for run()) drive I/O, call callbacks
+Callbacks run inside the link's I/O call, so a QoS 1 command is acknowledged
+to the broker only after its store commit: a crash before that means redelivery.
+"""
+from agent import VERSION
+from agent import protocol as P
+from agent.control import ControlError, NotReady, Quarantined, TransitionRefused
+from agent.flags import FlagError
+from agent.store import StoreError
+
+STATUS_HEALTH_KEYS = ("healthy", "error_rate", "restart_frequency", "samples",
+                      "latency_p50", "performance_impact")
+DESIRED_RETRY_MS = 5000
+
+
+class ReportQueue:
+    """Reports waiting for the broker: bounded, drops the oldest, counts drops.
+
+    A retained status replaces the queued one (only the latest state matters).
+    """
+
+    def __init__(self, limit=256):
+        self.limit = limit
+        self.items = []
+        self.dropped = 0
+
+    def push(self, topic, payload, qos, retain):
+        if retain:
+            self.items = [it for it in self.items if not (it[3] and it[0] == topic)]
+        self.items.append((topic, payload, qos, retain))
+        while len(self.items) > self.limit:
+            self.items.pop(0)
+            self.dropped += 1
+
+    def __len__(self):
+        return len(self.items)
+
+
+class AgentRuntime:
+    def __init__(self, control, link, fleet, device_id, groups=(), key=None, clock=None,
+                 insecure=False, queue_limit=256, health_interval_ms=30000,
+                 status_interval_ms=60000, monitor_interval_ms=None, log=None):
+        self.control = control
+        self.link = link
+        self.fleet = P.validate_id(fleet, "fleet")
+        self.device_id = P.validate_id(device_id)
+        self.groups = sorted(groups)
+        self.key = key
+        self.clock = clock or control.clock
+        self.insecure = insecure
+        self.queue = ReportQueue(queue_limit)
+        self.health_interval_ms = health_interval_ms
+        self.status_interval_ms = status_interval_ms
+        self.monitor_interval_ms = monitor_interval_ms
+        self.log = log or _quiet
+        self.guard = P.ReplayGuard.from_store(control.store)
+        self.counters = {"messages": 0, "applied": 0, "duplicate": 0, "rejected": 0,
+                         "errors": 0, "published": 0, "queued": 0, "reconnects": 0}
+        self._started_ms = self.clock.monotonic_ms()
+        self._next_health = self._started_ms + health_interval_ms
+        self._next_status = self._started_ms + status_interval_ms
+        self._desired_inbox = {}
+        self._pending_desired = None
+        self._next_desired_try = 0
+        self._topics = {}
+        self.last_error = None
+        self.stopping = False
+
+    # -- life cycle --------------------------------------------------------
+    def start(self):
+        if self.key is None and not self.insecure:
+            raise ControlError("no key: commands cannot be verified (set insecure only for dev)")
+        if self.insecure:
+            self.log("WARNING: insecure mode: unsigned commands are accepted")
+        self.link.set_callbacks(self.on_message, self.on_connect, self.on_disconnect)
+        for topic, qos in P.subscriptions(self.fleet, self.device_id, self.groups):
+            self.link.subscribe(topic, qos)
+        for leaf in P.DEVICE_LEAVES:
+            self._topics[leaf] = P.device_topic(self.fleet, self.device_id, leaf)
+        self.control.events.subscribe("*", self._on_event)
+        if self.monitor_interval_ms is not None:
+            self.control.start_health_monitoring(self.monitor_interval_ms)
+        if getattr(self.link, "connected", False):
+            self.on_connect()
+
+    def will(self):
+        """(topic, payload) the link registers as its last will: marks the device offline."""
+        return (P.device_topic(self.fleet, self.device_id, "status"),
+                P.encode_offline_status(self.device_id, self.key))
+
+    def run(self, poll_ms=100, extra_poll=None):
+        """Blocking loop for a single agent (the Pi); `stopping` ends it."""
+        while not self.stopping:
+            try:
+                self.link.poll(poll_ms)
+            except Exception as exc:  # the link's own trouble: it reconnects by itself
+                self._count_error("link", exc)
+            if extra_poll is not None:
+                extra_poll()
+            self.tick()
+
+    # -- link callbacks ----------------------------------------------------
+    def on_connect(self):
+        self.counters["reconnects"] += 1
+        self.log("connected to broker")
+        self.publish_status()
+        self._flush()
+
+    def on_disconnect(self, why=None):
+        self.log(f"broker link lost ({why}); running on local flags")
+
+    def on_message(self, topic, payload, retain=False):
+        """Never raises: every failure becomes an ack with a reason code or a counted error."""
+        self.counters["messages"] += 1
+        try:
+            channel = P.parse_topic(topic)[1]
+        except P.ProtocolError as exc:
+            self._count_error("topic", exc)
+            return
+        try:
+            if channel == P.KIND_CMD:
+                self._handle_command(payload)
+            elif channel == P.KIND_DESIRED:
+                if payload:  # an empty retained payload clears the desired state
+                    self._desired_inbox[topic] = payload
+        except Exception as exc:  # a bug or a broken store: keep running, report it
+            self._count_error("message", exc)
+
+    # -- commands ----------------------------------------------------------
+    def _decode(self, payload, decoder):
+        return decoder(payload, self.key, self.device_id, self.groups,
+                       plan_hash=self.control.plan.hash, max_stage=self.control.plan.max_stage,
+                       insecure=self.insecure)
+
+    def _handle_command(self, payload):
+        try:
+            cmd = self._decode(payload, P.decode_command)
+            if self.guard.check(cmd) == P.DUPLICATE:
+                self._ack(cmd.id, P.DUPLICATE, seq=cmd.seq)
+                return
+        except P.CommandRejected as exc:
+            self._ack(exc.command_id, P.REJECTED, exc.reason, exc.detail)
+            return
+        self._apply(cmd, cmd.op, cmd.args)
+
+    def _apply(self, msg, op, args, ack_refusal=True):
+        """Run one op with the guard's record in the same commit; ack the outcome."""
+        record = self.guard.record(msg)
+        try:
+            self._dispatch(op, args, record)
+        except (ControlError, FlagError, StoreError) as exc:
+            if ack_refusal:
+                self._refused(msg, *refusal_of(exc))
+            return False
+        self.guard.commit(record)
+        self._ack(msg.id, P.APPLIED, seq=msg.seq)
+        self.publish_status()
+        return True
+
+    def _refused(self, msg, reason, detail):
+        self._ack(msg.id, P.REJECTED, reason, detail, seq=msg.seq)
+        return False
+
+    def _dispatch(self, op, args, record):
+        c = self.control
+        if op == P.OP_MIGRATE:
+            c.migrate_to_stage(args["stage"], extra_changes=record)
+        elif op == P.OP_ROLLBACK:
+            c.rollback_to_stage(args["stage"], extra_changes=record)
+        elif op == P.OP_EMERGENCY_ROLLBACK:
+            c.emergency_rollback(args["reason"], extra_changes=record)
+        elif op == P.OP_SET_FLAG:
+            c.set_flag_override(args["name"], args["value"], extra_changes=record)
+        elif op == P.OP_CLEAR_FLAG:
+            c.clear_flag_override(args["name"], extra_changes=record)
+        elif op == P.OP_CLEAR_QUARANTINE:
+            c.clear_quarantine(extra_changes=record)
+        elif op == "noop":  # a desired state already met: only the guard moves on
+            c.store.commit(record)
+        else:  # decode_command already refused unknown ops; keep the table honest
+            raise ControlError(f"unknown op {op!r}")
+
+    # -- desired state -----------------------------------------------------
+    def _take_desired(self):
+        """Decode what arrived on desired topics since the last tick; pick the winner."""
+        inbox, self._desired_inbox = self._desired_inbox, {}
+        states = []
+        for topic in sorted(inbox):
+            try:
+                state = self._decode(inbox[topic], P.decode_desired)
+                if self.guard.check(state) == P.DUPLICATE:
+                    continue  # already applied: a retained copy seen again on reconnect
+            except P.CommandRejected as exc:
+                if exc.reason != P.STALE_SEQUENCE:  # an old retained state is normal
+                    self._ack(exc.command_id, P.REJECTED, exc.reason, exc.detail)
+                continue
+            states.append(state)
+        return P.pick_desired(states)
+
+    def _converge(self, state, first_try):
+        """Step toward state.stage: forward one stage at a time, rollbacks straight."""
+        c = self.control
+        action = state.action(c.stage)
+        op, args = action if action is not None else ("noop", {})
+        if op == P.OP_MIGRATE:
+            while c.stage + 1 < state.stage:
+                try:
+                    c.migrate_to_stage(c.stage + 1)  # intermediate: no guard record
+                except (ControlError, StoreError) as exc:
+                    if first_try:
+                        self._refused(state, *refusal_of(exc))
+                    return False
+                self.publish_status()
+        return self._apply(state, op, args, ack_refusal=first_try)
+
+    def _handle_desired(self, now):
+        state = None
+        if self._desired_inbox:
+            state = self._take_desired()
+        if state is not None:
+            self._pending_desired = None
+            if not self._converge(state, True):
+                self._pending_desired = state
+                self._next_desired_try = now + DESIRED_RETRY_MS
+        elif self._pending_desired is not None and now >= self._next_desired_try:
+            state, self._pending_desired = self._pending_desired, None
+            try:
+                fresh = self.guard.check(state) == "new"
+            except P.CommandRejected:
+                fresh = False  # overtaken by a later command
+            if fresh and not self._converge(state, False):
+                self._pending_desired = state
+                self._next_desired_try = now + DESIRED_RETRY_MS
+
+    # -- periodic work -----------------------------------------------------
+    def tick(self):
+        """Call every ~100 ms: desired state, health check / rollback, reports, queue."""
+        now = self.clock.monotonic_ms()
+        try:
+            self._handle_desired(now)
+        except Exception as exc:
+            self._count_error("desired", exc)
+        try:
+            result = self.control.poll()
+            if result is not None and result.get("result") not in ("ok", "unhealthy"):
+                self.log("health: {}".format(result.get("result")))
+                self.publish_status()
+        except Exception as exc:  # a store error during an automatic rollback
+            self._count_error("health", exc)
+        if now >= self._next_health:
+            self._next_health = now + self.health_interval_ms
+            self.publish_health()
+        if now >= self._next_status:
+            self._next_status = now + self.status_interval_ms
+            self.publish_status()
+        if self.queue.items and getattr(self.link, "connected", False):
+            self._flush()
+
+    # -- reports -----------------------------------------------------------
+    def _ack(self, command_id, result, reason=None, detail=None, seq=None):
+        self.counters[result] = self.counters.get(result, 0) + 1
+        if result == P.REJECTED:
+            self.log(f"rejected {command_id}: {reason} {detail}")
+        payload = P.encode_ack(command_id, result, reason, detail, state=self.control.state,
+                               device_id=self.device_id, seq=seq, key=self.key,
+                               now=self._now())
+        self._send(self._topics["ack"], payload, 1, False)
+
+    def status_payload(self, online=True):
+        c = self.control
+        st = c.status()
+        health = st["system_health"]
+        summary = {k: health.get(k) for k in STATUS_HEALTH_KEYS}
+        summary["violations"] = len(health.get("violations") or ())
+        q = st["quarantine"]
+        return P.encode_status(
+            self.device_id, c.stage, c.flags.values(), health=summary, plan_hash=c.plan.hash,
+            agent_version=VERSION, uptime_s=self.uptime_s(), online=online, groups=self.groups,
+            quarantined=q is not None,
+            extra={"state": c.state, "seq": c.seq, "guard_seq": self.guard.last_seq,
+                   "queue_dropped": self.queue.dropped},
+            key=self.key, now=self._now())
+
+    def publish_status(self):
+        self._send(self._topics["status"], self.status_payload(), 1, True)
+
+    def publish_health(self):
+        try:
+            metrics = self.control.metrics()
+            metrics["runtime"] = dict(self.counters)
+            metrics["runtime"]["queue_len"] = len(self.queue)
+            metrics["runtime"]["queue_dropped"] = self.queue.dropped
+            payload = P.encode_health(self.device_id, metrics, key=self.key, now=self._now())
+        except Exception as exc:
+            self._count_error("health report", exc)
+            return
+        self._send(self._topics["health"], payload, 0, False)
+
+    def _on_event(self, name, payload):
+        data = P.encode_event(self.device_id, name, payload, key=self.key, now=self._now())
+        self._send(self._topics["event"], data, 1, False)
+
+    def _send(self, topic, payload, qos, retain):
+        if getattr(self.link, "connected", False) and not self.queue.items:
+            try:
+                self.link.publish(topic, payload, qos, retain)
+                self.counters["published"] += 1
+                return
+            except Exception as exc:  # the link went down under us: keep the report
+                self.last_error = exc
+        self.counters["queued"] += 1
+        self.queue.push(topic, payload, qos, retain)
+
+    def _flush(self):
+        while self.queue.items and getattr(self.link, "connected", False):
+            topic, payload, qos, retain = self.queue.items[0]
+            try:
+                self.link.publish(topic, payload, qos, retain)
+            except Exception as exc:
+                self.last_error = exc
+                return
+            self.queue.items.pop(0)
+            self.counters["published"] += 1
+
+    # -- helpers -----------------------------------------------------------
+    def uptime_s(self):
+        return (self.clock.monotonic_ms() - self._started_ms) // 1000
+
+    def _now(self):
+        return int(self.clock.wall_time() * 1000)
+
+    def _count_error(self, where, exc):
+        self.counters["errors"] += 1
+        self.last_error = exc
+        self.log(f"error in {where}: {exc.__class__.__name__}: {exc}")
+
+    def local_emergency_rollback(self, reason):
+        """The console path (no broker needed): no command, so no guard record."""
+        result = self.control.emergency_rollback("local: " + reason)
+        self.publish_status()
+        return result
+
+
+def refusal_of(exc):
+    """(reason code, detail) for an exception a control operation raised."""
+    if isinstance(exc, Quarantined):
+        return P.QUARANTINED, exc.reason
+    if isinstance(exc, NotReady):
+        return P.NOT_READY, list(exc.reasons)
+    if isinstance(exc, TransitionRefused):
+        return P.NOT_READY, [exc.reason]
+    if isinstance(exc, StoreError):
+        # Nothing was committed; the operator may resend once storage recovers.
+        return P.NOT_READY, [f"storage error: {exc}"]
+    return P.MALFORMED, str(exc)  # FlagError / ControlError: arguments it cannot take
+
+
+def _quiet(msg):
+    return None

@@ -1,0 +1,155 @@
+"""AgentRuntime with a fake link: acks, status, queueing, desired-state convergence.
+
+Runs on CPython and MicroPython (no pytest imports)."""
+from corekit import tmpdir
+
+from agent import protocol as P
+from agent.control import MigrationControl
+from agent.runtime import AgentRuntime
+from firmware_shim import codec
+from firmware_shim.clock import ManualClock
+
+FLEET_KEY = bytes(range(32))
+DEV = "dev-1"
+
+
+class FakeLink:
+    def __init__(self, connected=True):
+        self.connected = connected
+        self.subs = []
+        self.sent = []
+        self.cb = None
+
+    def set_callbacks(self, on_message, on_connect, on_disconnect):
+        self.cb = (on_message, on_connect, on_disconnect)
+
+    def subscribe(self, topic, qos=1):
+        self.subs.append(topic)
+
+    def publish(self, topic, payload, qos=0, retain=False):
+        if not self.connected:
+            raise OSError("down")
+        self.sent.append((topic, payload, qos, retain))
+
+    def leaf(self, leaf):
+        out = []
+        for topic, payload, _q, _retain in self.sent:
+            if topic.endswith("/" + leaf):
+                out.append(P.decode_report(payload, P.derive_device_key(FLEET_KEY, DEV)))
+        return out
+
+
+def make(link=None, queue_limit=256, groups=("g1",)):
+    clock = ManualClock()
+    control = MigrationControl.open(tmpdir("rt"), clock=clock)
+    link = link or FakeLink()
+    rt = AgentRuntime(control, link, "fl", DEV, groups, key=P.derive_device_key(FLEET_KEY, DEV),
+                      clock=clock, queue_limit=queue_limit)
+    rt.start()
+    return rt, link, control, clock
+
+
+def cmd(control, op, args, seq, target="device:" + DEV, key=FLEET_KEY, cid=None):
+    return P.encode_command(op, args, target, seq, control.plan.hash, key, devices=[DEV],
+                            command_id=cid)
+
+
+def deliver(rt, target, payload, channel="cmd"):
+    topic = (P.cmd_topic if channel == "cmd" else P.desired_topic)("fl", target)
+    rt.on_message(topic, payload, False)
+
+
+def test_subscribes_to_own_group_and_broadcast_topics():
+    rt, link, control, _ = make()
+    assert "fleetstage/fl/cmd/all" in link.subs
+    assert "fleetstage/fl/cmd/group/g1" in link.subs
+    assert "fleetstage/fl/desired/device/dev-1" in link.subs
+    assert link.leaf("status")[0]["online"] is True
+    control.close()
+
+
+def test_signed_migrate_applies_once_and_reports():
+    rt, link, control, _ = make()
+    c = cmd(control, "migrate", {"stage": 1}, 10)
+    deliver(rt, "device:" + DEV, c)
+    deliver(rt, "device:" + DEV, c)  # QoS 1 redelivery
+    acks = link.leaf("ack")
+    assert [a["result"] for a in acks] == ["applied", "duplicate"]
+    assert control.stage == 1
+    assert link.leaf("status")[-1]["stage"] == 1
+    names = [e["name"] for e in link.leaf("event")]
+    assert "migration.stage_enabled" in names
+    assert control.store.get(P.ReplayGuard.KEY_SEQ) == 10
+    control.close()
+
+
+def test_hostile_commands_are_rejected_and_state_untouched():
+    rt, link, control, _ = make()
+    deliver(rt, "device:" + DEV, cmd(control, "migrate", {"stage": 1}, 10))
+    forged = cmd(control, "migrate", {"stage": 2}, 11, key=bytes(32))
+    other_plan = P.encode_command("migrate", {"stage": 2}, "device:" + DEV, 12, "f" * 64,
+                                  FLEET_KEY, devices=[DEV])
+    stale = cmd(control, "rollback", {"stage": 0}, 5)
+    skip = cmd(control, "migrate", {"stage": 3}, 13)
+    for payload in (forged, other_plan, stale, b"", b"\xc1", b"\x93\x01\x02", skip):
+        deliver(rt, "device:" + DEV, payload)
+    reasons = [a.get("reason") for a in link.leaf("ack")[1:]]
+    assert reasons == ["bad_signature", "wrong_plan", "stale_sequence", "malformed",
+                       "malformed", "malformed", "not_ready"]
+    assert control.stage == 1
+    assert rt.counters["errors"] == 0
+    control.close()
+
+
+def test_reports_queue_while_down_bounded_and_flush_on_reconnect():
+    link = FakeLink(connected=False)
+    rt, link, control, clock = make(link, queue_limit=5)
+    for i in range(4):
+        deliver(rt, "device:" + DEV, cmd(control, "migrate", {"stage": i + 1}, 20 + i))
+    assert control.stage == 4  # local flags keep working with no broker
+    assert len(rt.queue) == 5 and rt.queue.dropped > 0
+    link.connected = True
+    rt.on_connect()
+    assert len(rt.queue) == 0
+    statuses = [s for s in link.leaf("status")]
+    assert statuses[-1]["stage"] == 4
+    control.close()
+
+
+def test_desired_state_converges_step_by_step_and_once():
+    rt, link, control, clock = make()
+    d = P.encode_desired("group:g1", 3, 50, control.plan.hash, FLEET_KEY, devices=[DEV])
+    deliver(rt, "group:g1", d, "desired")
+    rt.tick()
+    assert control.stage == 3
+    hist = [e["op"] for e in control.status()["migration_history"]]
+    assert hist.count("migrate") == 3
+    deliver(rt, "group:g1", d, "desired")  # retained copy again after a reconnect
+    rt.tick()
+    assert control.stage == 3
+    assert [a["result"] for a in link.leaf("ack")] == ["applied"]
+    control.close()
+
+
+def test_emergency_desired_outranks_older_states_in_one_burst():
+    rt, link, control, clock = make()
+    deliver(rt, "device:" + DEV, cmd(control, "migrate", {"stage": 1}, 10))
+    em = P.encode_desired("all", 0, 40, control.plan.hash, FLEET_KEY, devices=[DEV],
+                          emergency=True, reason="bad release")
+    older = P.encode_desired("device:" + DEV, 2, 30, control.plan.hash, FLEET_KEY, devices=[DEV])
+    deliver(rt, "device:" + DEV, older, "desired")
+    deliver(rt, "all", em, "desired")
+    rt.tick()
+    assert control.stage == 0
+    assert control.status()["migration_history"][0]["op"] == "emergency_rollback"  # newest first
+    control.close()
+
+
+def test_garbage_on_any_topic_never_raises():
+    rt, link, control, _ = make()
+    for topic in ("fleetstage/fl/cmd/all", "fleetstage/fl/desired/all", "junk", "fleetstage/x"):
+        for payload in (b"", b"\xff" * 10, codec.packb({"id": 1}), codec.packb([1, 2])):
+            rt.on_message(topic, payload, True)
+    rt.tick()
+    assert control.stage == 0
+    control.close()
