@@ -7,7 +7,8 @@ raises ConfigError naming the field and why, and the agent stops at start.
 
 Required: device_id, fleet, broker (mqtt://host[:port] or mqtts://...),
 key_file, state_dir, environment. Optional: groups (list), insecure (false),
-tls {ca, cert, key}, credentials {username, password}, and tuning knobs
+tls {ca, cert, key}, credentials {username, password}, control (overrides
+for agent.config.Config: thresholds, cooldown_ms, ...), and tuning knobs
 (keepalive_s, backoff_min_s, backoff_max_s, health_interval_ms,
 status_interval_ms, queue_limit, plan_file, clean_session).
 """
@@ -29,7 +30,7 @@ _TUNING = {
 
 _KNOWN = (
     "device_id", "fleet", "groups", "broker", "key_file", "state_dir", "environment",
-    "insecure", "tls", "credentials", "plan_file", "clean_session",
+    "insecure", "tls", "credentials", "plan_file", "clean_session", "control",
 )
 
 
@@ -145,6 +146,7 @@ class AgentConfig:
         self.key_file = _string(d, "key_file")
         self.state_dir = _string(d, "state_dir")
         self.environment = check_name("environment", d.get("environment"))
+        self.control = self._control_config(d)
         self.plan_file = _string(d, "plan_file", required=False)
         self.insecure = self._bool(d, "insecure", False)
         self.clean_session = self._bool(d, "clean_session", False)
@@ -162,6 +164,25 @@ class AgentConfig:
             self._number(d, name)
         if self.backoff_min_s > self.backoff_max_s:
             raise ConfigError("backoff_min_s", "must not exceed backoff_max_s")
+
+    def _control_config(self, d):
+        """agent.config.Config for MigrationControl: environment + optional "control" overrides."""
+        from agent.config import Config
+        from agent.config import ConfigError as ControlConfigError
+
+        extra = d.get("control", {})
+        if not isinstance(extra, dict):
+            raise ConfigError("control", "must be an object (thresholds, cooldown_ms, ...)")
+        if "environment" in extra:
+            raise ConfigError("control.environment", "set the top-level 'environment' instead")
+        data = dict(extra)
+        data["environment"] = self.environment
+        try:
+            return Config.from_dict(data)
+        except ControlConfigError as exc:
+            field = getattr(exc, "field", "?")
+            where = "environment" if field == "environment" else "control." + str(field)
+            raise ConfigError(where, getattr(exc, "reason", str(exc))) from None
 
     def _bool(self, d, field, default):
         value = d.get(field, default)
