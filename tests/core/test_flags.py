@@ -1,8 +1,8 @@
 """agent.flags and agent.events: catalogue, layers and sources, hot path, change events."""
+import corekit
+
 from agent.events import EventBus
 from agent.flags import CATALOGUE, FLAG_NAMES, FeatureFlags, FlagError, UnknownFlag
-
-import corekit
 
 
 def _recorder(bus, name="feature_flag.changed"):
@@ -74,7 +74,7 @@ def test_unknown_name_is_an_error_when_set_and_counted_when_read():
 def test_unknown_read_counts_stay_bounded():
     flags = FeatureFlags()
     for i in range(100):
-        flags.enabled("random_%d" % i)
+        flags.enabled("random_" + str(i))
     assert flags.unknown_read_total == 100
     assert len(flags.unknown_reads) <= 33
     assert sum(flags.unknown_reads.values()) == 100

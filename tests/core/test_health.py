@@ -124,7 +124,7 @@ def test_thresholds_are_configurable():
 def test_several_violations_are_all_reported():
     base = make_baseline(_window(30, 0, latency=10).snapshot(0), 1, T["min_samples"])
     w = _window(20, 10, latency=40)
-    for i in range(11):
+    for _ in range(11):
         w.record_restart(0)
     verdict = evaluate(w.snapshot(0), T, base, {"max_performance_impact": 0.1})
     assert _metrics(verdict) == ["error_rate", "latency", "performance_impact",

@@ -1,9 +1,9 @@
 """agent.plan and agent.config: the runbook's plan and environments as validated data."""
+import corekit
+
 from agent.config import DEFAULT_THRESHOLDS, Config, ConfigError
 from agent.flags import FLAG_NAMES
 from agent.plan import DEFAULT_PLAN, Plan, PlanError
-
-import corekit
 
 
 def _copy(value):
