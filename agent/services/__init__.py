@@ -33,6 +33,7 @@ from agent.services.base import (
     RegistryError,
     ServicesError,
     SpanError,
+    SwitchFailed,
     UnknownService,
 )
 from agent.services.enforcement import Enforcement
@@ -56,6 +57,7 @@ __all__ = [
     "Services", "SERVICE_FLAGS", "ENFORCE_FLAG", "LEGACY", "NEW", "RUNNING", "ESCALATED",
     "EMITTED", "DUPLICATE", "SAMPLED_OUT", "ServicesError", "RegistryError",
     "ContextError", "SpanError", "EventError", "UnknownService", "LegacyPathViolation",
+    "SwitchFailed",
 ]
 
 # (service, flag that selects its NEW implementation), in start order
@@ -119,15 +121,26 @@ class Services:
         """Move every service to the implementation its flag asks for, keeping its state.
 
         Call after any flag change. Returns the moves made, in start order:
-        [{"service": name, "from": impl, "to": impl}, ...].
+        [{"service": name, "from": impl, "to": impl}, ...]. A service that
+        cannot move (its state will not export) stays whole where it was; the
+        others still move, and then SwitchFailed names the ones that did not.
+        Calling again retries them.
         """
         moves = []
+        failed = []
         for name, flag in SERVICE_FLAGS:
             want = NEW if self.flags.enabled(flag) else LEGACY
             was = self.supervisor.impl_of(name)
-            if self.supervisor.switch(name, want):
+            try:
+                moved = self.supervisor.switch(name, want)
+            except Exception as exc:  # noqa: BLE001 - one broken service must not block the rest
+                failed.append((name, type(exc).__name__))
+                continue
+            if moved:
                 moves.append({"service": name, "from": was, "to": want})
         self.enforcement.set_active(self.flags.enabled(ENFORCE_FLAG))
+        if failed:
+            raise SwitchFailed(failed, moves)
         return moves
 
     def set_restart_listener(self, fn):

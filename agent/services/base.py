@@ -40,6 +40,19 @@ class UnknownService(ServicesError):
     """A supervisor call naming a service it does not run."""
 
 
+class SwitchFailed(ServicesError):
+    """apply_flags could not move some services; they stay, whole, where they were.
+
+    `.failed` is [(service, exception type name)], `.moves` the moves that were made.
+    """
+
+    def __init__(self, failed, moves):
+        names = ", ".join(f"{name} ({why})" for name, why in failed)
+        super().__init__("could not switch: " + names)
+        self.failed = failed
+        self.moves = moves
+
+
 class LegacyPathViolation(ServicesError):
     """A legacy (global-state) path was used while enforcement is strict."""
 

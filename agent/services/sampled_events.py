@@ -181,6 +181,9 @@ class _EmitterLogic:
     """The telemetry buffer; subclasses say where its state lives (`_state`)."""
 
     def emit(self, name, measurements, metadata=None, now_ms=0, duplicates=0):
+        """Buffer one event as is (sampling is emit_event's job; this one sends everything)."""
+        if not isinstance(name, str) or not isinstance(measurements, dict):
+            raise EventError(f"telemetry needs a str name and a dict, got {name!r}")
         state = self._state("emit")
         buffer = state["buffer"]
         buffer.append({"name": name, "measurements": measurements,

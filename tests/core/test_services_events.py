@@ -134,3 +134,17 @@ def test_expired_keys_are_pruned_before_evicting():
         se.emit_event("p", {}, {"i": "late"}, now_ms=50)
         st = se.status()
         assert st["keys"] == 1 and st["evicted"] == 0
+
+
+def test_telemetry_emitter_direct_use():
+    for s, _clock, impl in both():
+        tel = s.telemetry
+        assert tel.impl_name == impl
+        tel.emit("boot", {"ms": 12}, None, 5)
+        corekit.raises(EventError, tel.emit, 7, {})
+        corekit.raises(EventError, tel.emit, "x", "not a dict")
+        assert tel.pending() == 1
+        assert tel.drain() == [{"name": "boot", "measurements": {"ms": 12}, "metadata": {},
+                                "now_ms": 5, "duplicates": 0}]
+        assert tel.drain() == []
+        assert tel.status()["drained"] == 1 and tel.status()["emitted"] == 1

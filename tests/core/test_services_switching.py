@@ -3,7 +3,14 @@ and stage-4 enforcement, which records legacy use only when its flag is on."""
 import corekit
 from test_services_kit import make
 
-from agent.services import LEGACY, NEW, SERVICE_FLAGS, LegacyPathViolation, legacy_state
+from agent.services import (
+    LEGACY,
+    NEW,
+    SERVICE_FLAGS,
+    LegacyPathViolation,
+    SwitchFailed,
+    legacy_state,
+)
 from agent.services import enforcement as enforcement_mod
 
 
@@ -170,3 +177,23 @@ def test_many_devices_in_one_process_stay_apart_through_switches():
         assert s.registry.list_agents() == [f"dev-{i}"]
         assert s.registry.impl_name == (NEW if i % 2 else LEGACY)
         s.close()
+
+
+def test_a_service_that_cannot_move_stays_whole_and_the_rest_move():
+    s, flags, _clock, _events = make(stage=2)
+    sid = s.spans.start_span("held")
+    stuck = s.spans.impl
+
+    def unreadable():
+        raise RuntimeError("state unreadable")
+
+    stuck.export_state = unreadable
+    flags.set_stage(3)
+    err = corekit.raises(SwitchFailed, s.apply_flags)
+    assert err.failed == [("spans", "RuntimeError")]
+    assert [m["service"] for m in err.moves] == ["telemetry", "sampled_events"]
+    assert s.spans.impl is stuck and s.spans.impl_name == LEGACY
+    assert [x["id"] for x in s.spans.get_stack()] == [sid]
+    del stuck.export_state  # the fault clears: applying again finishes the move
+    assert s.apply_flags() == [{"service": "spans", "from": LEGACY, "to": NEW}]
+    assert [x["id"] for x in s.spans.get_stack()] == [sid]
