@@ -33,11 +33,14 @@ API (all names below are public)
                                 emergency=False, reason=None, ...) -> bytes
                  decode_desired(...same as decode_command...) -> DesiredState
                  pick_desired(states) -> the winning DesiredState or None
+                 DesiredState.action(current_stage) -> (op, args) or None
+                 control_call(op, args) -> (MigrationControl method name, [positional args])
                  ReplayGuard  (see its docstring: check / record / commit / from_store)
   reports        encode_ack(command_id, result, reason=None, detail=None, state=None, ...)
                  encode_status(device_id, stage, flags, ...)  encode_offline_status(device_id)
                  encode_health(device_id, metrics)  encode_event(device_id, name, payload)
-                 decode_report(payload, key=None, kind=None) -> dict      ReportError
+                 decode_report(payload, key=None, kind=None, device_id=None,
+                               fleet_key=None) -> dict                      ReportError
 
 Keys and threat model. `fleetstage keygen` makes a 32-byte fleet key that only
 the operator holds. Each device holds only its device key,
@@ -65,6 +68,20 @@ operator machines with synced clocks stay ordered). A device applies a message
 only if its seq is above the highest it has applied; that single rule makes an
 emergency rollback outrank everything issued before it, whether queued or
 retained, and makes a later decision (higher seq) win over an earlier one.
+Limits: a device whose store was wiped (last seq 0) accepts any validly signed
+old message once; a fresh retained desired state (higher seq) puts it right.
+
+Runtime recipe. On a cmd topic: cmd = decode_command(...); r = guard.check(cmd);
+"duplicate" -> ack DUPLICATE; else name, pos = control_call(cmd.op, cmd.args);
+changes = guard.record(cmd); getattr(control, name)(*pos, extra_changes=changes);
+guard.commit(changes); ack APPLIED. CommandRejected -> ack REJECTED with .reason
+(NotReady -> NOT_READY with its reasons, Quarantined -> QUARANTINED). On a
+desired topic: an empty payload means cleared; gather what arrives just after
+subscribing and apply pick_desired() of it (so a stale broad state does not
+flash through), via .action(current_stage) and the same guard; stale and
+duplicate desired states are expected on every reconnect and need no ack.
+An operator's emergency rollback should also be published as a retained
+desired state (emergency=True), so devices that were offline obey it too.
 """
 import hashlib
 
@@ -110,6 +127,15 @@ OP_CLEAR_FLAG = "clear_flag"
 OP_CLEAR_QUARANTINE = "clear_quarantine"
 OPS = (OP_MIGRATE, OP_ROLLBACK, OP_EMERGENCY_ROLLBACK, OP_SET_FLAG, OP_CLEAR_FLAG,
        OP_CLEAR_QUARANTINE)
+# op -> (MigrationControl method, its positional argument names); see control_call.
+_CONTROL = {
+    OP_MIGRATE: ("migrate_to_stage", ("stage",)),
+    OP_ROLLBACK: ("rollback_to_stage", ("stage",)),
+    OP_EMERGENCY_ROLLBACK: ("emergency_rollback", ("reason",)),
+    OP_SET_FLAG: ("set_flag_override", ("name", "value")),
+    OP_CLEAR_FLAG: ("clear_flag_override", ("name",)),
+    OP_CLEAR_QUARANTINE: ("clear_quarantine", ()),
+}
 
 KIND_CMD = "cmd"
 KIND_DESIRED = "desired"
@@ -282,7 +308,8 @@ def parse_topic(topic):
 
 def subscriptions(fleet, device_id, groups=()):
     """The device's cmd and desired topics for all, each of its groups, and itself."""
-    targets = ["all"] + [make_target("group", g) for g in sorted(groups)]
+    targets = ["all"] + [make_target("group", validate_id(g, "group name"))
+                         for g in sorted(groups)]
     targets.append(make_target("device", device_id))
     out = []
     for t in targets:
@@ -437,6 +464,13 @@ def pick_desired(states):
         if best is None or (s.seq, s.emergency) > (best.seq, best.emergency):
             best = s
     return best
+
+
+def control_call(op, args):
+    """(MigrationControl method name, positional args) for a verified op/args, e.g.
+    getattr(control, name)(*pos, extra_changes=guard.record(cmd))."""
+    name, arg_names = _CONTROL[op]
+    return name, [args[a] for a in arg_names]
 
 
 def new_command_id():
@@ -657,9 +691,12 @@ def _decode(payload, kind, key, device_id, groups, plan_hash, max_stage, insecur
     env = _unpack(payload, max_payload)
     command_id = _check_command_id(env.get("id"))
     fields = (_CMD_FIELDS if kind == KIND_CMD else _DESIRED_FIELDS) + ("sigs",)
-    for k in env:  # before the MAC, so junk keys never reach canonical()
+    for k in env:  # the shape is checked before the MAC; types and ranges after it
         if k not in fields:
             _malformed(f"unknown field {str(k)[:40]!r}", command_id)
+    for k in fields[:-1]:
+        if k not in env:
+            _malformed("missing field " + k, command_id)
     body = _verify(env, kind, key, device_id, command_id, insecure)
     _validate(env, kind, max_stage)
     if not target_matches(env["target"], device_id, groups):
@@ -845,9 +882,14 @@ def _check_report_text(name):
         raise ProtocolError(f"event name must be a string of 1..{MAX_ID_LEN} characters")
 
 
-def decode_report(payload, key=None, kind=None, max_payload=MAX_PAYLOAD):
-    """Operator side: report bytes -> dict (without "sig"). With key (K_d of the
-    sending device), an absent or wrong MAC raises ReportError."""
+def decode_report(payload, key=None, kind=None, device_id=None, fleet_key=None,
+                  max_payload=MAX_PAYLOAD):
+    """Operator side: report bytes -> dict (without "sig"), or raises ReportError.
+
+    kind / device_id: what the topic says it must be. key: the sender's K_d;
+    fleet_key instead derives K_d from the report's device. With either, an
+    absent or wrong MAC is refused.
+    """
     if not isinstance(payload, (bytes, bytearray)) or not payload or len(payload) > max_payload:
         raise ReportError(f"report payload must be 1..{max_payload} bytes")
     try:
@@ -858,11 +900,21 @@ def decode_report(payload, key=None, kind=None, max_payload=MAX_PAYLOAD):
         raise ReportError("not a fleetstage report")
     if kind is not None and body["kind"] != kind:
         raise ReportError(f"expected a {kind} report")
-    if not isinstance(body.get("device"), str):
-        raise ReportError("report names no device")
+    sender = body.get("device")
+    try:
+        validate_id(sender)
+    except BadId as exc:
+        raise ReportError(str(exc)) from None
+    if device_id is not None and sender != device_id:
+        raise ReportError(f"report from {sender} on the topic of {device_id}")
     sig = body.pop("sig", None)
+    if key is None and fleet_key is not None:
+        key = derive_device_key(fleet_key, sender)
     if key is not None:
-        want = hmac_sha256(key, _REPORT_DOMAIN + codec.canonical(body))[:MAC_BYTES]
+        try:
+            want = hmac_sha256(key, _REPORT_DOMAIN + codec.canonical(body))[:MAC_BYTES]
+        except codec.CodecError as exc:
+            raise ReportError(str(exc)[:120]) from None
         if not isinstance(sig, bytes) or not compare_digest(sig, want):
             raise ReportError("report MAC does not verify")
     return body

@@ -1,0 +1,501 @@
+"""agent.protocol on both interpreters: signing, every reason code, the replay
+guard, topics, targets, keys, reports and the malformed-payload corpus."""
+import json
+
+import corekit
+
+from agent import protocol as p
+from firmware_shim import codec
+
+FLEET_KEY = bytes(range(32))
+PLAN = "ab" * 32
+KEY_A = p.derive_device_key(FLEET_KEY, "gw-a")
+KEY_B = p.derive_device_key(FLEET_KEY, "gw-b")
+
+
+def _cmd(op="migrate", args=None, target="device:gw-a", seq=10, plan=PLAN, devices=None,
+         command_id=None, key=FLEET_KEY):
+    if args is None:
+        args = {"stage": 1}
+    return p.encode_command(op, args, target, seq, plan, key, devices=devices,
+                            command_id=command_id, issued_at=1700000000)
+
+
+def _decode(payload, device_id="gw-a", key=KEY_A, groups=("canary",), **kw):
+    return p.decode_command(payload, key, device_id, groups, plan_hash=PLAN, **kw)
+
+
+def _reason(payload, **kw):
+    exc = corekit.raises(p.CommandRejected, _decode, payload, **kw)
+    assert exc.reason in p.REASONS, exc.reason
+    return exc.reason
+
+
+def _resign(env, devices=("gw-a",), key=FLEET_KEY, kind="cmd"):
+    """Sign an arbitrary envelope as the operator would (to test post-MAC checks)."""
+    env = dict(env)
+    env.pop("sigs", None)
+    body = codec.canonical(env)
+    tag = b"fleetstage-cmd\x00" if kind == "cmd" else b"fleetstage-desired\x00"
+    from firmware_shim.crypto import hmac_sha256
+    env["sigs"] = {d: hmac_sha256(p.derive_device_key(key, d), tag + body)[:16] for d in devices}
+    return codec.packb(env)
+
+
+def _env(payload):
+    return codec.unpackb(payload)
+
+
+# ------------------------------------------------------------------ signatures
+
+def test_sign_verify_round_trip_for_each_op():
+    flag = "use_ets_agent_registry"
+    cases = [("migrate", {"stage": 4}, "migrate_to_stage", [4]),
+             ("rollback", {"stage": 0}, "rollback_to_stage", [0]),
+             ("emergency_rollback", {"reason": "error rate 40%"}, "emergency_rollback",
+              ["error rate 40%"]),
+             ("set_flag", {"name": flag, "value": True}, "set_flag_override", [flag, True]),
+             ("clear_flag", {"name": flag}, "clear_flag_override", [flag]),
+             ("clear_quarantine", {}, "clear_quarantine", [])]
+    for op, args, method, positional in cases:
+        cmd = _decode(_cmd(op, args, command_id="0123456789abcdef"))
+        assert cmd.op == op and cmd.args == args
+        assert cmd.id == "0123456789abcdef" and cmd.seq == 10 and cmd.plan == PLAN
+        assert cmd.target == "device:gw-a" and cmd.issued_at == 1700000000
+        assert len(cmd.digest) == 16
+        assert p.control_call(cmd.op, cmd.args) == (method, positional)
+
+
+def test_broadcast_carries_one_mac_per_device_and_each_device_verifies_its_own():
+    inventory = {"gw-a": ["canary"], "gw-b": [], "gw-c": ["canary", "east"]}
+    devices = p.select_devices("all", inventory)
+    payload = _cmd(target="all", devices=devices)
+    assert sorted(_env(payload)["sigs"]) == ["gw-a", "gw-b", "gw-c"]
+    for d in devices:
+        cmd = p.decode_command(payload, p.derive_device_key(FLEET_KEY, d), d, inventory[d])
+        assert cmd.target == "all"
+    group = p.select_devices("group:canary", inventory)
+    assert group == ["gw-a", "gw-c"]
+    payload = _cmd(target="group:canary", devices=group)
+    assert _decode(payload).target == "group:canary"
+    # gw-b is not in the group: it has no MAC and is not targeted
+    exc = corekit.raises(p.CommandRejected, p.decode_command, payload, KEY_B, "gw-b", [])
+    assert exc.reason == p.BAD_SIGNATURE
+
+
+def test_broadcast_without_device_list_is_refused_by_the_encoder():
+    corekit.raises(p.ProtocolError, _cmd, target="all")
+    corekit.raises(p.ProtocolError, _cmd, target="group:canary", devices=[])
+
+
+def test_leaked_device_key_forges_nothing_for_another_device():
+    # gw-b's key leaked: the attacker signs gw-a's entry with it, or derives from it
+    honest = _env(_cmd(target="all", devices=["gw-a", "gw-b"]))
+    honest["args"] = {"stage": 4}
+    honest.pop("sigs")
+    from firmware_shim.crypto import hmac_sha256
+    body = codec.canonical(honest)
+    forged = dict(honest)
+    forged["sigs"] = {"gw-a": hmac_sha256(KEY_B, b"fleetstage-cmd\x00" + body)[:16]}
+    assert _reason(codec.packb(forged)) == p.BAD_SIGNATURE
+    # treating the leaked device key as a fleet key derives a different key for gw-a
+    assert p.derive_device_key(KEY_B, "gw-a") != KEY_A
+    assert _reason(_resign(honest, key=KEY_B)) == p.BAD_SIGNATURE
+    # gw-b itself still accepts commands signed for it (its own key is the leak's scope)
+    cmd = p.decode_command(_resign(honest, devices=["gw-b"]), KEY_B, "gw-b", [])
+    assert cmd.args == {"stage": 4}
+    # and the device keys differ from each other and from the fleet key
+    assert KEY_A != KEY_B and KEY_A != FLEET_KEY and len(KEY_A) == 32
+
+
+def test_bad_signature_cases():
+    good = _cmd()
+    env = _env(good)
+    tampered = dict(env)
+    tampered["args"] = {"stage": 4}
+    assert _reason(codec.packb(tampered)) == p.BAD_SIGNATURE
+    unsigned = dict(env)
+    del unsigned["sigs"]
+    assert _reason(codec.packb(unsigned)) == p.BAD_SIGNATURE
+    empty = dict(env, sigs={})
+    assert _reason(codec.packb(empty)) == p.BAD_SIGNATURE
+    wrong_len = dict(env, sigs={"gw-a": env["sigs"]["gw-a"][:8]})
+    assert _reason(codec.packb(wrong_len)) == p.BAD_SIGNATURE
+    not_bytes = dict(env, sigs={"gw-a": "x" * 16})
+    assert _reason(codec.packb(not_bytes)) == p.BAD_SIGNATURE
+    assert _reason(good, key=KEY_B) == p.BAD_SIGNATURE
+    assert _reason(good, key=None) == p.BAD_SIGNATURE
+    # another fleet's key
+    other = _cmd(key=bytes(32))
+    assert _reason(other) == p.BAD_SIGNATURE
+
+
+def test_desired_state_mac_does_not_verify_as_a_command_and_back():
+    # the same body MACed under the desired-state domain tag does not verify as a command
+    assert _reason(_resign(_env(_cmd()), kind="desired")) == p.BAD_SIGNATURE
+    assert _decode(_resign(_env(_cmd()))).op == "migrate"
+    cmd_bytes = _cmd()
+    exc = corekit.raises(p.CommandRejected, p.decode_desired, cmd_bytes, KEY_A, "gw-a")
+    assert exc.reason == p.MALFORMED
+
+
+def test_insecure_mode_accepts_unsigned_but_still_checks_a_present_signature():
+    unsigned = _cmd(key=None)
+    assert "sigs" not in _env(unsigned)
+    assert _reason(unsigned) == p.BAD_SIGNATURE
+    assert _decode(unsigned, insecure=True).op == "migrate"
+    assert _decode(unsigned, key=None, insecure=True).op == "migrate"
+    assert _reason(_cmd(), key=KEY_B, insecure=True) == p.BAD_SIGNATURE
+
+
+# ----------------------------------------------------------------- reason codes
+
+def test_malformed_shapes():
+    good = _env(_cmd(command_id="0123456789abcdef"))
+    cases = [
+        b"", b"\xc1", b"\x93\x01\x02\x03", codec.packb("text"), _cmd()[:-3], _cmd() + b"\x00",
+        codec.packb(dict(good, extra=1)),
+        codec.packb({k: v for k, v in good.items() if k != "seq"}),
+        _resign(dict(good, seq="10")), _resign(dict(good, seq=0)), _resign(dict(good, seq=-5)),
+        _resign(dict(good, seq=True)), _resign(dict(good, v=2)), _resign(dict(good, v=True)),
+        _resign(dict(good, id="XYZ")), _resign(dict(good, id="0123456789ABCDEF")),
+        _resign(dict(good, target="group:")), _resign(dict(good, target="device:a/b")),
+        _resign(dict(good, target="everyone")), _resign(dict(good, plan="")),
+        _resign(dict(good, plan=5)), _resign(dict(good, issued_at=-1)),
+        _resign(dict(good, issued_at=float("nan"))), _resign(dict(good, issued_at="now")),
+        _resign(dict(good, args=[1])), _resign(dict(good, args={"stage": 5})),
+        _resign(dict(good, args={"stage": 0})), _resign(dict(good, args={"stage": True})),
+        _resign(dict(good, args={"stage": 1.0})), _resign(dict(good, args={})),
+        _resign(dict(good, args={"stage": 1, "force": True})),
+        _resign(dict(good, op="emergency_rollback", args={"reason": ""})),
+        _resign(dict(good, op="emergency_rollback", args={"reason": "x" * 201})),
+        _resign(dict(good, op="set_flag", args={"name": "Use-Flag", "value": True})),
+        _resign(dict(good, op="set_flag", args={"name": "use_x", "value": 1})),
+        _resign(dict(good, op="rollback", args={"stage": 4})),
+        _resign(dict(good, op=7)),
+        _resign(dict(good, target="device:gw-b")),  # signed for gw-a, targets gw-b
+        codec.packb(dict(good, args={"stage": 1, 1.5: 2})),  # decodable, not canonical
+        _resign(dict(good, kind="desired")),
+    ]
+    for i, payload in enumerate(cases):
+        exc = corekit.raises(p.CommandRejected, _decode, payload)
+        assert exc.reason == p.MALFORMED, (i, exc.reason, exc.detail)
+    # the id is echoed once it could be read, for the ack
+    exc = corekit.raises(p.CommandRejected, _decode, cases[-2])
+    assert exc.command_id == "0123456789abcdef"
+
+
+def test_unknown_op_and_wrong_plan():
+    assert _reason(_resign(dict(_env(_cmd()), op="format_disk", args={}))) == p.UNKNOWN_OP
+    assert _reason(_cmd(plan="cd" * 32)) == p.WRONG_PLAN
+    # without a plan to compare, the plan is not checked
+    assert p.decode_command(_cmd(plan="cd" * 32), KEY_A, "gw-a").plan == "cd" * 32
+
+
+def test_payload_size_limit():
+    devices = [f"gw-{i:05d}" for i in range(200)] + ["gw-a"]
+    big = _cmd(target="all", devices=devices)
+    assert len(big) > 4096
+    assert _decode(big).op == "migrate"
+    exc = corekit.raises(p.CommandRejected, _decode, big, max_payload=4096)
+    assert exc.reason == p.MALFORMED and "exceeds" in exc.detail
+    # the signed body (without MACs) has its own limit
+    huge = dict(_env(_cmd()), op="emergency_rollback", args={"reason": "x" * 5000})
+    assert _reason(_resign(huge)) == p.MALFORMED
+    corekit.raises(p.CommandRejected, _cmd, "set_flag", {"name": "a" * 65, "value": True})
+
+
+def test_all_reason_codes_are_distinct_constants():
+    assert len(set(p.REASONS)) == 8
+    for name in ("bad_signature", "replayed", "stale_sequence", "malformed", "unknown_op",
+                 "wrong_plan", "not_ready", "quarantined"):
+        assert name in p.REASONS
+    exc = p.CommandRejected(p.NOT_READY, ["stage 1 not enabled"], "0123456789abcdef")
+    assert exc.reason == "not_ready" and exc.detail == ["stage 1 not enabled"]
+    assert isinstance(exc, p.ProtocolError) and isinstance(exc, ValueError)
+
+
+# ------------------------------------------------------------------ replay guard
+
+def _msg(seq, command_id=None, stage=1):
+    return _decode(_cmd(args={"stage": stage}, seq=seq, command_id=command_id))
+
+
+def _apply(guard, msg):
+    result = guard.check(msg)
+    if result == "new":
+        guard.commit(guard.record(msg))
+    return result
+
+
+def test_guard_duplicate_is_applied_once():
+    guard = p.ReplayGuard()
+    first = _msg(5, "00000000000000aa")
+    assert _apply(guard, first) == "new"
+    again = _msg(5, "00000000000000aa")  # QoS 1 redelivery: same bytes content
+    assert guard.check(again) == p.DUPLICATE
+    assert guard.last_seq == 5 and len(guard.recent) == 1
+
+
+def test_guard_replayed_and_stale():
+    guard = p.ReplayGuard()
+    _apply(guard, _msg(5, "00000000000000aa"))
+    _apply(guard, _msg(9, "00000000000000bb"))
+    # same id, other content
+    exc = corekit.raises(p.CommandRejected, guard.check, _msg(12, "00000000000000aa", 2))
+    assert exc.reason == p.REPLAYED
+    # same seq, other id
+    exc = corekit.raises(p.CommandRejected, guard.check, _msg(9, "00000000000000cc"))
+    assert exc.reason == p.REPLAYED
+    # older seq, unknown id: stale
+    exc = corekit.raises(p.CommandRejected, guard.check, _msg(7, "00000000000000dd"))
+    assert exc.reason == p.STALE_SEQUENCE
+    assert guard.check(_msg(10, "00000000000000ee")) == "new"
+
+
+def test_guard_out_of_order_delivery_rejects_the_older_one():
+    older, newer = _msg(20, "0000000000000001"), _msg(21, "0000000000000002")
+    guard = p.ReplayGuard()
+    assert _apply(guard, newer) == "new"
+    exc = corekit.raises(p.CommandRejected, guard.check, older)
+    assert exc.reason == p.STALE_SEQUENCE
+
+
+def test_guard_record_is_pure_until_commit_and_survives_the_store():
+    guard = p.ReplayGuard()
+    msg = _msg(5, "00000000000000aa")
+    changes = guard.record(msg)
+    assert guard.last_seq == 0 and guard.recent == []  # commit failed -> nothing changed
+    assert guard.check(msg) == "new"
+    assert changes == {"proto.last_seq": 5, "proto.recent": [["00000000000000aa", 5, msg.digest]]}
+
+    class FakeStore:
+        def __init__(self, data):
+            self.data = data
+
+        def get(self, key, default=None):
+            return self.data.get(key, default)
+
+    reloaded = p.ReplayGuard.from_store(FakeStore(changes))
+    assert reloaded.check(msg) == p.DUPLICATE
+    assert p.ReplayGuard.from_store(FakeStore({})).last_seq == 0
+    corekit.raises(p.GuardStateError, p.ReplayGuard.from_store, FakeStore({"proto.last_seq": "x"}))
+    corekit.raises(p.GuardStateError, p.ReplayGuard.from_dict, {"proto.recent": 5})
+    junk = p.ReplayGuard.from_dict({"proto.last_seq": 3, "proto.recent": [["a", 1], 7]})
+    assert junk.recent == [] and junk.last_seq == 3
+
+
+def test_guard_window_is_bounded_and_evicted_ids_are_stale():
+    guard = p.ReplayGuard(window=4)
+    msgs = [_msg(100 + i, f"{i:016x}") for i in range(6)]
+    for m in msgs:
+        assert _apply(guard, m) == "new"
+    assert len(guard.recent) == 4 and guard.last_seq == 105
+    exc = corekit.raises(p.CommandRejected, guard.check, msgs[0])
+    assert exc.reason == p.STALE_SEQUENCE
+    assert guard.check(msgs[5]) == p.DUPLICATE
+
+
+def test_desired_states_share_the_sequence_and_emergency_outranks_older():
+    guard = p.ReplayGuard()
+    keys = dict(key=KEY_A, device_id="gw-a", groups=["canary"], plan_hash=PLAN)
+    retained = p.decode_desired(p.encode_desired("all", 4, 30, PLAN, FLEET_KEY, ["gw-a"]), **keys)
+    emergency = p.decode_desired(p.encode_desired(
+        "group:canary", 0, 31, PLAN, FLEET_KEY, ["gw-a"], emergency=True, reason="errors"), **keys)
+    queued = _msg(29, "0000000000000029", stage=4)
+    assert p.pick_desired([retained, None, emergency]) is emergency
+    assert emergency.action(3) == ("emergency_rollback", {"reason": "errors"})
+    assert retained.action(1) == ("migrate", {"stage": 4})
+    assert retained.action(4) is None
+    assert p.decode_desired(p.encode_desired("all", 1, 5, PLAN, FLEET_KEY, ["gw-a"]),
+                            **keys).action(3) == ("rollback", {"stage": 1})
+    assert _apply(guard, emergency) == "new"
+    for late in (retained, queued):
+        exc = corekit.raises(p.CommandRejected, guard.check, late)
+        assert exc.reason == p.STALE_SEQUENCE
+    assert guard.check(emergency) == p.DUPLICATE  # the retained copy on every reconnect
+    later = p.decode_desired(p.encode_desired("all", 2, 40, PLAN, FLEET_KEY, ["gw-a"]), **keys)
+    assert guard.check(later) == "new"  # a later decision needs a higher seq
+    corekit.raises(p.CommandRejected, p.encode_desired, "all", 3, 41, PLAN, FLEET_KEY, ["gw-a"],
+                   emergency=True, reason="x")  # an emergency is stage 0
+
+
+def test_next_seq_is_monotonic():
+    assert p.next_seq(0, 1700000000.5) == 1700000000500
+    assert p.next_seq(1700000000500, 1700000000.5) == 1700000000501
+    assert p.next_seq(5, 0) == 6
+    ids = set(p.new_command_id() for _ in range(20))
+    assert len(ids) == 20 and all(len(i) == 16 for i in ids)
+
+
+# ------------------------------------------------------------- topics, targets
+
+def test_topics_build_and_parse():
+    assert p.cmd_topic("f1", "all") == "fleetstage/f1/cmd/all"
+    assert p.desired_topic("f1", "group:east") == "fleetstage/f1/desired/group/east"
+    assert p.cmd_topic("f1", "device:gw-a") == "fleetstage/f1/cmd/device/gw-a"
+    assert p.device_topic("f1", "gw-a", "status") == "fleetstage/f1/device/gw-a/status"
+    assert p.device_wildcard("f1", "ack") == "fleetstage/f1/device/+/ack"
+    assert p.parse_topic("fleetstage/f1/cmd/all") == ("f1", "cmd", "all", None)
+    assert p.parse_topic("fleetstage/f1/desired/group/east") == ("f1", "desired", "group:east",
+                                                                 None)
+    assert p.parse_topic("fleetstage/f1/device/gw-a/ack") == ("f1", "device", "device:gw-a", "ack")
+    for t in ("fleetstage/f1/device/gw-a/ack", "fleetstage/f1/cmd/device/gw-a",
+              "fleetstage/f1/desired/all"):
+        fleet, channel, target, leaf = p.parse_topic(t)
+        if channel == "device":
+            assert p.device_topic(fleet, target[7:], leaf) == t
+        else:
+            assert getattr(p, channel + "_topic")(fleet, target) == t
+    for bad in ("", "other/f1/cmd/all", "fleetstage/f1/cmd", "fleetstage/f1/cmd/all/x",
+                "fleetstage/f1/cmd/group", "fleetstage/f+/cmd/all", "fleetstage/f1/cmd/zone/x",
+                "fleetstage/f1/device/gw-a/secrets", "fleetstage/f1/cmd/device/#", 7):
+        corekit.raises(p.BadTopic, p.parse_topic, bad)
+    corekit.raises(p.BadTopic, p.device_topic, "f1", "gw-a", "secrets")
+    corekit.raises(p.BadId, p.cmd_topic, "f/1", "all")
+
+
+def test_subscriptions_cover_all_groups_and_self():
+    subs = p.subscriptions("f1", "gw-a", ["west", "east"])
+    topics = [t for t, q in subs]
+    assert all(q == 1 for t, q in subs)
+    assert topics == [
+        "fleetstage/f1/cmd/all", "fleetstage/f1/desired/all",
+        "fleetstage/f1/cmd/group/east", "fleetstage/f1/desired/group/east",
+        "fleetstage/f1/cmd/group/west", "fleetstage/f1/desired/group/west",
+        "fleetstage/f1/cmd/device/gw-a", "fleetstage/f1/desired/device/gw-a",
+    ]
+    corekit.raises(p.BadId, p.subscriptions, "f1", "gw-a", ["ok", "bad/group"])
+
+
+def test_ids_and_targets():
+    assert p.validate_id("gw-01.b8:27") == "gw-01.b8:27"
+    for bad in ("", "a/b", "a+b", "a#", "a b", "x" * 65, None, 5, "é"):
+        corekit.raises(p.BadId, p.validate_id, bad)
+    assert p.validate_id("x" * 64) == "x" * 64
+    assert p.parse_target("all") == ("all", None)
+    assert p.parse_target("group:east") == ("group", "east")
+    assert p.parse_target("device:b8:27:eb") == ("device", "b8:27:eb")
+    for bad in ("", "ALL", "group:", "zone:x", ":x", "device:a/b", "group:+", None):
+        corekit.raises(p.BadTarget, p.parse_target, bad)
+    assert p.make_target("group", "east") == "group:east"
+    assert p.make_target("all") == "all"
+    assert p.target_matches("all", "gw-a", [])
+    assert p.target_matches("group:east", "gw-a", ["west", "east"])
+    assert not p.target_matches("group:east", "gw-a", ["west"])
+    assert p.target_matches("device:gw-a", "gw-a", [])
+    assert not p.target_matches("device:gw-b", "gw-a", ["gw-b"])
+
+
+# ------------------------------------------------------------------------- keys
+
+def test_key_derivation_is_deterministic_and_distinct():
+    assert p.derive_device_key(FLEET_KEY, "gw-a") == KEY_A
+    assert p.derive_device_key(bytes(32), "gw-a") != KEY_A
+    keys = set(p.derive_device_key(FLEET_KEY, f"gw-{i}") for i in range(50))
+    assert len(keys) == 50
+    corekit.raises(p.KeyFileError, p.derive_device_key, b"short", "gw-a")
+    corekit.raises(p.BadId, p.derive_device_key, FLEET_KEY, "a/b")
+    k1, k2 = p.new_fleet_key(), p.new_fleet_key()
+    assert len(k1) == 32 and k1 != k2
+
+
+def test_key_files():
+    fleet = p.parse_key_file(p.format_key_file(FLEET_KEY))
+    assert (fleet.kind, fleet.key, fleet.device_id) == ("fleet", FLEET_KEY, None)
+    assert "00010203" not in repr(fleet)
+    dev = p.parse_key_file(p.format_key_file(KEY_A, "device", "gw-a"))
+    assert (dev.kind, dev.key, dev.device_id) == ("device", KEY_A, "gw-a")
+    assert p.agent_key(dev, "gw-a") == (KEY_A, None)
+    corekit.raises(p.KeyFileError, p.agent_key, dev, "gw-b")
+    key, warning = p.agent_key(fleet, "gw-a")
+    assert key == KEY_A and "FLEET" in warning
+    raw = p.parse_key_file(FLEET_KEY)
+    assert (raw.kind, raw.key) == ("raw", FLEET_KEY)
+    hexed = p.parse_key_file(FLEET_KEY.hex().upper().encode() + b"\n")
+    assert (hexed.kind, hexed.key) == ("raw", FLEET_KEY)
+    for bad in (b"", b"abc", b"fleetstage-key v2 fleet " + FLEET_KEY.hex().encode(),
+                b"fleetstage-key v1 fleet " + FLEET_KEY.hex()[:-2].encode(),
+                b"fleetstage-key v1 device a/b " + FLEET_KEY.hex().encode(),
+                b"fleetstage-key v1 other " + FLEET_KEY.hex().encode(), b"\xff" * 40, "text"):
+        corekit.raises(p.KeyFileError, p.parse_key_file, bad)
+    corekit.raises(p.KeyFileError, p.format_key_file, b"short")
+    corekit.raises(p.KeyFileError, p.format_key_file, FLEET_KEY, "group")
+
+
+# ---------------------------------------------------------------------- reports
+
+def test_ack_round_trip_and_device_mac():
+    payload = p.encode_ack("0123456789abcdef", p.REJECTED, p.NOT_READY,
+                           ["stage 1 not enabled", "x" * 500], state={"stage": 0},
+                           device_id="gw-a", seq=7, key=KEY_A, now=1700000000)
+    body = p.decode_report(payload, key=KEY_A, kind="ack", device_id="gw-a")
+    assert body["result"] == "rejected" and body["reason"] == "not_ready"
+    assert body["detail"][0] == "stage 1 not enabled" and len(body["detail"][1]) == 200
+    assert body["state"] == {"stage": 0} and body["seq"] == 7 and "sig" not in body
+    assert p.decode_report(payload, fleet_key=FLEET_KEY)["device"] == "gw-a"
+    corekit.raises(p.ReportError, p.decode_report, payload, key=KEY_B)
+    corekit.raises(p.ReportError, p.decode_report, payload, kind="status")
+    corekit.raises(p.ReportError, p.decode_report, payload, device_id="gw-b")
+    # gw-b cannot speak as gw-a
+    forged = p.encode_ack("0123456789abcdef", p.APPLIED, device_id="gw-a", key=KEY_B)
+    corekit.raises(p.ReportError, p.decode_report, forged, fleet_key=FLEET_KEY)
+    unsigned = p.encode_ack("0123456789abcdef", p.DUPLICATE, device_id="gw-a")
+    assert p.decode_report(unsigned)["result"] == "duplicate"
+    corekit.raises(p.ReportError, p.decode_report, unsigned, key=KEY_A)
+    corekit.raises(p.ProtocolError, p.encode_ack, "x", "maybe")
+    corekit.raises(p.ProtocolError, p.encode_ack, "x", p.REJECTED)
+    corekit.raises(p.ProtocolError, p.encode_ack, "x", p.APPLIED, p.MALFORMED)
+    corekit.raises(p.ProtocolError, p.encode_ack, "x", p.REJECTED, "nope")
+    assert p.decode_report(p.encode_ack(None, p.REJECTED, p.MALFORMED, "empty payload",
+                                        device_id="gw-a"))["id"] is None
+
+
+def test_status_health_event_and_last_will():
+    flags = {"use_ets_agent_registry": True, "enforce_no_process_dict": False}
+    status = p.decode_report(p.encode_status(
+        "gw-a", 1, flags, health={"error_rate": 0.01}, plan_hash=PLAN, agent_version="0.1.0",
+        uptime_s=42, groups=["canary"], quarantined=False, key=KEY_A, now=5), key=KEY_A)
+    assert status["online"] is True and status["stage"] == 1 and status["flags"] == flags
+    assert status["plan"] == PLAN and status["agent_version"] == "0.1.0"
+    assert status["uptime_s"] == 42 and status["health"] == {"error_rate": 0.01}
+    will = p.decode_report(p.encode_offline_status("gw-a", key=KEY_A), key=KEY_A, kind="status")
+    assert will["online"] is False and will["device"] == "gw-a"
+    health = p.decode_report(p.encode_health("gw-a", {"error_rate": 0.2}, now=9), kind="health")
+    assert health["metrics"] == {"error_rate": 0.2} and health["at"] == 9
+    event = p.decode_report(p.encode_event("gw-a", "migration.rollback", {"to": 0}),
+                            kind="event")
+    assert event["name"] == "migration.rollback" and event["payload"] == {"to": 0}
+    corekit.raises(p.ProtocolError, p.encode_event, "gw-a", "")
+    for bad in (b"", b"\xc1", codec.packb([1]), codec.packb({"kind": "ack"}),
+                codec.packb({"kind": "ack", "device": "a/b"}), "str"):
+        corekit.raises(p.ReportError, p.decode_report, bad)
+
+
+# ----------------------------------------------------------------------- corpus
+
+def _corpus_dir():
+    here = __file__.replace("\\", "/")
+    base = here[:here.rfind("/")] if "/" in here else "."
+    return base + "/../corpus/malformed"
+
+
+def test_malformed_corpus_gets_its_reason_code():
+    folder = _corpus_dir()
+    with open(folder + "/manifest.json") as f:
+        manifest = json.load(f)
+    fleet_key = bytes.fromhex(manifest["fleet_key"])
+    device = manifest["device_id"]
+    key = p.derive_device_key(fleet_key, device)
+    assert len(manifest["cases"]) >= 20
+    seen = set()
+    for case in manifest["cases"]:
+        with open(folder + "/" + case["file"], "rb") as f:
+            payload = f.read()
+        decode = p.decode_desired if case.get("desired") else p.decode_command
+        exc = corekit.raises(p.CommandRejected, decode, payload, key, device,
+                             manifest["groups"], plan_hash=manifest["plan_hash"],
+                             max_payload=case.get("max_payload", p.MAX_PAYLOAD))
+        assert exc.reason == case["reason"], (case["file"], exc.reason, exc.detail)
+        seen.add(exc.reason)
+    assert seen == {p.MALFORMED, p.BAD_SIGNATURE, p.WRONG_PLAN, p.UNKNOWN_OP}
