@@ -321,7 +321,7 @@ def test_cooldown_blocks_advancing_until_it_expires_even_across_reboot():
 
 def test_repeated_rollbacks_at_one_stage_quarantine_the_device():
     c, d, clock = _open(config={"quarantine_after": 3, "cooldown_ms": MINUTE})
-    for attempt in range(3):
+    for _ in range(3):
         _advance_to(c, 2)
         r = _violate(c)
         assert r["rolled_back_to"] == 1
