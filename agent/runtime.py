@@ -28,6 +28,7 @@ from agent.store import StoreError
 STATUS_HEALTH_KEYS = ("healthy", "error_rate", "restart_frequency", "samples",
                       "latency_p50", "performance_impact")
 DESIRED_RETRY_MS = 5000
+_NOT_SIGNED_FOR_US = "no signature for this device"  # agent.protocol's detail text
 
 
 class ReportQueue:
@@ -208,8 +209,13 @@ class AgentRuntime:
                 if self.guard.check(state) == P.DUPLICATE:
                     continue  # already applied: a retained copy seen again on reconnect
             except P.CommandRejected as exc:
-                if exc.reason != P.STALE_SEQUENCE:  # an old retained state is normal
-                    self._ack(exc.command_id, P.REJECTED, exc.reason, exc.detail)
+                if exc.reason == P.STALE_SEQUENCE:
+                    continue  # an old retained state, overtaken: normal after a reconnect
+                if exc.reason == P.BAD_SIGNATURE and exc.detail == _NOT_SIGNED_FOR_US:
+                    # The operator left us out (we refused the command): not ours to apply.
+                    self.log(f"desired state {exc.command_id} is not signed for this device")
+                    continue
+                self._ack(exc.command_id, P.REJECTED, exc.reason, exc.detail)
                 continue
             states.append(state)
         return P.pick_desired(states)

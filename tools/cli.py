@@ -9,6 +9,11 @@ import importlib
 import sys
 
 COMMAND_MODULES = [
+    "tools.agent_cmd",
+    "tools.keygen",
+    "tools.operator_cmd",
+    "tools.local_cmd",
+    "tools.mosquitto_acl",
 ]
 
 

@@ -1,0 +1,66 @@
+"""`fleetstage keygen`: the fleet key, and device keys derived from it.
+
+    fleetstage keygen --out fleet.key                       a new 32-byte fleet key
+    fleetstage keygen --device gw-17 --fleet-key fleet.key --out gw-17.key
+
+Owns: writing key files (mode 0600, never over an existing file without
+--force). The key format and the derivation are agent.protocol's. Must never
+print a key.
+"""
+import os
+import sys
+
+from agent import protocol as P
+
+
+class KeygenError(Exception):
+    pass
+
+
+def write_key_file(path, data, force=False):
+    """Create `path` with mode 0600; refuse to replace it unless force."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
+        raise KeygenError(f"{path} exists; use --force to replace it") from None
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(path, 0o600)  # O_CREAT's mode is not applied to a file that already existed
+
+
+def read_key_file(path):
+    with open(path, "rb") as f:
+        return P.parse_key_file(f.read())
+
+
+def _run(args):
+    try:
+        if args.device:
+            if not args.fleet_key:
+                raise KeygenError("--device needs --fleet-key FILE")
+            info = read_key_file(args.fleet_key)
+            if info.kind == "device":
+                raise KeygenError(f"{args.fleet_key} is a device key, not the fleet key")
+            data = P.format_key_file(P.derive_device_key(info.key, args.device), "device",
+                                     args.device)
+        else:
+            data = P.format_key_file(P.new_fleet_key(), "fleet")
+        write_key_file(args.out, data, args.force)
+    except (KeygenError, OSError, P.ProtocolError) as exc:
+        print(f"fleetstage keygen: {exc}", file=sys.stderr)
+        return 1
+    what = f"device key for {args.device}" if args.device else "fleet key"
+    print(f"wrote {what} to {args.out} (mode 0600)")
+    return 0
+
+
+def register(sub):
+    p = sub.add_parser("keygen", help="write a fleet key, or derive a device key from it")
+    p.add_argument("--out", required=True, help="file to write (mode 0600)")
+    p.add_argument("--force", action="store_true", help="replace an existing file")
+    p.add_argument("--device", help="derive the key of this device id")
+    p.add_argument("--fleet-key", help="the fleet key file (with --device)")
+    p.set_defaults(handler=_run)

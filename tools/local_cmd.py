@@ -1,0 +1,244 @@
+"""`fleetstage local ...`: the runbook's console path on the gateway itself, no broker.
+
+    fleetstage local status --config PATH [--json]
+    fleetstage local emergency-rollback --reason TEXT --config PATH [--json]
+
+Owns: the state-directory lock (fcntl.flock on <state_dir>/agent.lock), the
+agent's local console (a unix socket <state_dir>/agent.sock speaking one JSON
+line each way), and the fallback that opens the store directly when no agent
+runs. Must never: touch the store while another process holds the lock. The
+running agent holds it for its whole life, so "talk to the agent" and "act on
+the store" can never happen at once.
+"""
+import errno
+import fcntl
+import json
+import os
+import socket
+import sys
+
+LOCK_FILE = "agent.lock"
+SOCKET_FILE = "agent.sock"
+MAX_REQUEST = 64 * 1024
+
+
+class LocalError(Exception):
+    """The console path could not do what was asked (exit code 1)."""
+
+
+class StateDirLocked(LocalError):
+    pass
+
+
+class StateDirLock:
+    """An exclusive, non-blocking flock on <state_dir>/agent.lock (released on close/exit)."""
+
+    def __init__(self, state_dir):
+        os.makedirs(state_dir, exist_ok=True)
+        self.path = os.path.join(state_dir, LOCK_FILE)
+        self._fd = None
+
+    def acquire(self):
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise StateDirLocked(
+                    f"{self.path} is held by another process (is the agent running?)") from None
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, b"%d\n" % os.getpid())
+        self._fd = fd
+        return self
+
+    def release(self):
+        if self._fd is not None:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            finally:
+                os.close(self._fd)
+                self._fd = None
+
+
+class ConsoleServer:
+    """The agent's side of the local console: non-blocking, polled from the agent's loop.
+
+    `handler(request_dict) -> reply_dict`. A bad request gets {"ok": false,
+    "error": ...}; nothing a local client sends can stop the agent.
+    """
+
+    def __init__(self, state_dir, handler):
+        self.path = os.path.join(state_dir, SOCKET_FILE)
+        self.handler = handler
+        try:
+            os.unlink(self.path)  # a stale socket from a crashed agent (we hold the lock)
+        except FileNotFoundError:
+            pass
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.bind(self.path)
+        os.chmod(self.path, 0o600)
+        self._sock.listen(4)
+        self._sock.setblocking(False)
+
+    def fileno(self):
+        return self._sock.fileno()
+
+    def poll(self):
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            try:
+                self._serve(conn)
+            except Exception:  # a client that hangs up mid-request must not hurt the agent
+                pass
+            finally:
+                conn.close()
+
+    def _serve(self, conn):
+        conn.settimeout(2.0)
+        data = b""
+        while not data.endswith(b"\n") and len(data) < MAX_REQUEST:
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        try:
+            request = json.loads(data.decode("utf-8"))
+            if not isinstance(request, dict):
+                raise ValueError("request must be a JSON object")
+            reply = self.handler(request)
+        except Exception as exc:
+            reply = {"ok": False, "error": f"{exc.__class__.__name__}: {exc}"}
+        conn.sendall(json.dumps(reply, sort_keys=True, default=str).encode() + b"\n")
+
+    def close(self):
+        self._sock.close()
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+
+def console_request(state_dir, request, timeout=10.0):
+    """Send one request to a running agent; None when no agent listens."""
+    path = os.path.join(state_dir, SOCKET_FILE)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(path)
+    except (FileNotFoundError, ConnectionRefusedError):
+        s.close()
+        return None
+    try:
+        s.sendall(json.dumps(request).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        s.close()
+    if not data:
+        raise LocalError("the agent closed the console without answering")
+    return json.loads(data.decode("utf-8"))
+
+
+def handle_local_request(control, request):
+    """What both paths do with a request, given an open MigrationControl."""
+    op = request.get("op")
+    if op == "status":
+        return {"ok": True, "status": control.status()}
+    if op == "emergency_rollback":
+        reason = request.get("reason")
+        if not isinstance(reason, str) or not reason:
+            return {"ok": False, "error": "emergency_rollback needs a non-empty reason"}
+        result = control.emergency_rollback("local: " + reason)
+        return {"ok": True, "result": result, "status": control.status()}
+    return {"ok": False, "error": f"unknown op {op!r}"}
+
+
+def _direct(cfg, request):
+    """No agent answers: take the lock and act on the store ourselves."""
+    from tools.agent_cmd import open_control
+
+    lock = StateDirLock(cfg.state_dir)
+    try:
+        lock.acquire()
+    except StateDirLocked:
+        sock = os.path.join(cfg.state_dir, SOCKET_FILE)
+        raise LocalError(f"the agent holds {lock.path} but its console {sock} does not answer; "
+                         "stop it (systemctl stop fleetstage-agent) and retry") from None
+    try:
+        control = open_control(cfg)
+        try:
+            return handle_local_request(control, request)
+        finally:
+            control.close()
+    finally:
+        lock.release()
+
+
+def run_local(cfg, request):
+    """Returns (reply, via) where via is "agent" or "store"."""
+    reply = console_request(cfg.state_dir, request)
+    if reply is not None:
+        return reply, "agent"
+    return _direct(cfg, request), "store"
+
+
+def _print_status(status, via):
+    print("device stage {}  state {}  (via {})".format(status.get("current_stage"),
+                                                  status.get("state"), via))
+    flags = status.get("flags") or {}
+    for name in sorted(flags):
+        print("  {:<32} {}".format(name, "on" if flags[name] else "off"))
+
+
+def _run(args):
+    from agent.agent_config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"fleetstage local: {exc}", file=sys.stderr)
+        return 2
+    if args.local_command == "status":
+        request = {"op": "status"}
+    else:
+        request = {"op": "emergency_rollback", "reason": args.reason}
+    try:
+        reply, via = run_local(cfg, request)
+    except (LocalError, OSError, ValueError) as exc:
+        print(f"fleetstage local: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # the store or control refused: say what, do not trace
+        print(f"fleetstage local: {exc.__class__.__name__}: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        reply["via"] = via
+        print(json.dumps(reply, indent=2, sort_keys=True, default=str))
+    elif reply.get("ok"):
+        if request["op"] == "emergency_rollback":
+            print(f"emergency rollback applied (via {via})")
+        _print_status(reply["status"], via)
+    else:
+        print("fleetstage local: {}".format(reply.get("error")), file=sys.stderr)
+    return 0 if reply.get("ok") else 1
+
+
+def register(sub):
+    p = sub.add_parser("local", help="console path on the gateway: works with no broker")
+    lsub = p.add_subparsers(dest="local_command", metavar="ACTION")
+    lsub.required = True
+    st = lsub.add_parser("status", help="stage, state and flags of this device")
+    er = lsub.add_parser("emergency-rollback", help="go straight to stage 0 on this device")
+    er.add_argument("--reason", required=True)
+    for q in (st, er):
+        q.add_argument("--config", required=True, help="the agent's JSON config")
+        q.add_argument("--json", action="store_true")
+        q.set_defaults(handler=_run)
