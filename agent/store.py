@@ -361,8 +361,14 @@ class Store:
         self._rewrite()
 
     def close(self):
+        """Release the file; a store that still needs repair tries it one last time."""
         if self._closed:
             return
+        if self._needs_repair:
+            try:
+                self._rewrite()
+            except StoreError as exc:
+                self._log(f"store: closing {self.path} unrepaired: {exc}")
         self._closed = True
         self._close_handle()
 

@@ -17,7 +17,8 @@ Faults (each armed once; reboot() clears them all):
 - cut_at_op(n): power dies instead of the n-th next operation of any kind
   (1 = the very next one); `trace` lists the operations, so a test can run
   once to learn the steps and then cut between each pair of them.
-- cut_before(op, nth=1): power dies instead of the nth next call of `op`.
+- cut_before(op, nth=1, keep=0): power dies instead of the nth next call of
+  `op`; for "write", the first `keep` bytes of that write still land (torn).
 - fail(op, code=ENOSPC, nth=1, times=1, partial=0): the nth next call of `op`
   ("write", "fsync", "flush", "rename", "open_write", ...) raises
   OSError(code) and power stays on; a failing write first writes `partial`
@@ -26,6 +27,7 @@ Faults (each armed once; reboot() clears them all):
 lose_unsynced=True also models a disk cache: at reboot each file written
 through this wrapper keeps only the bytes it had at its last fsync (a file
 opened for writing starts with none). Renames and removes are durable at once.
+Call settle() after writing files behind the wrapper's back.
 
 Counters: writes, bytes_written, op_counts (op -> calls), trace (list of
 (op, path)), powered (False after a cut), cuts (how many cuts happened).
@@ -84,14 +86,18 @@ class FaultFS:
     def cut_at_op(self, n):
         self._cut_at_op = n
 
-    def cut_before(self, op, nth=1):
-        self._cut_op = [op, nth]
+    def cut_before(self, op, nth=1, keep=0):
+        self._cut_op = [op, nth, keep]
 
     def fail(self, op, code=ENOSPC, nth=1, times=1, partial=0):
         self._fails[op] = [nth, times, code, partial]
 
     def clear_faults(self):
         self._clear_faults()
+
+    def settle(self):
+        """Count everything now in the files as durable (e.g. after a test wrote a file itself)."""
+        self._synced = {}
 
     # ------------------------------------------------------------ power
 
@@ -158,7 +164,7 @@ class FaultFS:
 
     # ------------------------------------------------------------ the gate every op passes
 
-    def _enter(self, op, path=None, handle=None):
+    def _enter(self, op, path=None, handle=None, data=None):
         if not self.powered:
             raise PowerCut(op)
         if handle is not None and handle.epoch != self._epoch:
@@ -171,6 +177,10 @@ class FaultFS:
         if self._cut_op is not None and self._cut_op[0] == op:
             self._cut_op[1] -= 1
             if self._cut_op[1] <= 0:
+                if data is not None:
+                    keep = min(self._cut_op[2], len(data))
+                    self._write_through(handle, data[:keep])
+                    self._torn = (handle.path, len(data) - keep)
                 self._power_off()
                 raise PowerCut(op)
         self.op_counts[op] = self.op_counts.get(op, 0) + 1
@@ -209,7 +219,7 @@ class FaultFS:
         return h
 
     def write(self, f, data):
-        spec = self._enter("write", handle=f)
+        spec = self._enter("write", handle=f, data=data)
         if spec is not None:
             self._write_through(f, data[:spec[3]])
             self._raise_injected(spec)
