@@ -14,6 +14,7 @@ COMMAND_MODULES = [
     "tools.operator_cmd",
     "tools.local_cmd",
     "tools.mosquitto_acl",
+    "tools.sim_cmd",
 ]
 
 

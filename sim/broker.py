@@ -1,0 +1,172 @@
+"""A virtual MQTT broker and link for the discrete-event simulator.
+
+It keeps the parts of MQTT 3.1.1 that a rollout depends on: topic filters
+with + and #, retained messages (delivered on subscribe, cleared by an empty
+payload), QoS 1 redelivery modelled as delay rather than loss, QoS 0 loss,
+per-message latency, and broker outages that disconnect every client.
+Everything happens in virtual time on one heap, so a run is reproducible.
+"""
+from __future__ import annotations
+
+import heapq
+import random
+from typing import Callable
+
+
+def topic_matches(filt: str, topic: str) -> bool:
+    if filt == topic:
+        return True
+    fparts = filt.split("/")
+    tparts = topic.split("/")
+    for i, f in enumerate(fparts):
+        if f == "#":
+            return True
+        if i >= len(tparts):
+            return False
+        if f != "+" and f != tparts[i]:
+            return False
+    return len(fparts) == len(tparts)
+
+
+class BrokerDown(OSError):
+    pass
+
+
+class VirtualLink:
+    """The link contract agent.runtime expects, served by a VirtualBroker."""
+
+    def __init__(self, broker: VirtualBroker, client_id: str) -> None:
+        self.broker = broker
+        self.client_id = client_id
+        self.connected = False
+        self.subscriptions: list[tuple[str, int]] = []
+        self.on_message: Callable | None = None
+        self.on_connect: Callable | None = None
+        self.on_disconnect: Callable | None = None
+        self.will: tuple[str, bytes] | None = None
+
+    def set_callbacks(self, on_message, on_connect, on_disconnect) -> None:
+        self.on_message, self.on_connect, self.on_disconnect = on_message, on_connect, on_disconnect
+
+    def subscribe(self, topic: str, qos: int = 1) -> None:
+        self.subscriptions.append((topic, qos))
+        if self.connected:
+            self.broker.subscribe(self, topic)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
+        if not self.connected:
+            raise BrokerDown("not connected")
+        self.broker.publish(topic, payload, qos, retain)
+
+    def poll(self, timeout_ms: int = 0) -> None:
+        pass  # the simulator's event loop delivers messages
+
+    def connect(self) -> None:
+        self.broker.connect(self)
+
+    def drop(self, graceful: bool = False) -> None:
+        """The device lost power or its network: the broker publishes its will."""
+        self.broker.disconnect(self, graceful)
+
+
+class VirtualBroker:
+    def __init__(self, rng: random.Random, latency_ms: tuple[int, int] = (20, 200),
+                 loss: float = 0.0) -> None:
+        self.rng = rng
+        self.latency_ms = latency_ms
+        self.loss = loss
+        self.now = 0
+        self.up = True
+        self.links: set[VirtualLink] = set()
+        self.exact: dict[str, set[VirtualLink]] = {}
+        self.wild: list[tuple[str, VirtualLink]] = []
+        self.retained: dict[str, bytes] = {}
+        self.queue: list = []
+        self._n = 0
+        self.counters = {"published": 0, "delivered": 0, "lost_qos0": 0, "redelivered_qos1": 0,
+                         "dropped_outage": 0}
+
+    # clients --------------------------------------------------------------
+    def connect(self, link: VirtualLink) -> None:
+        if not self.up:
+            return
+        link.connected = True
+        self.links.add(link)
+        for topic, _qos in link.subscriptions:
+            self.subscribe(link, topic)
+        if link.on_connect:
+            link.on_connect()
+
+    def disconnect(self, link: VirtualLink, graceful: bool = False) -> None:
+        if not link.connected:
+            return
+        link.connected = False
+        self.links.discard(link)
+        for subs in self.exact.values():
+            subs.discard(link)
+        self.wild = [(f, lk) for f, lk in self.wild if lk is not link]
+        if link.will and not graceful and self.up:
+            self.publish(link.will[0], link.will[1], 1, True)
+        if link.on_disconnect:
+            link.on_disconnect("connection lost")
+
+    def subscribe(self, link: VirtualLink, filt: str) -> None:
+        if "+" in filt or "#" in filt:
+            self.wild.append((filt, link))
+            hits = [(t, p) for t, p in self.retained.items() if topic_matches(filt, t)]
+        else:
+            self.exact.setdefault(filt, set()).add(link)
+            hits = [(filt, self.retained[filt])] if filt in self.retained else []
+        for topic, payload in hits:
+            self._schedule(link, topic, payload, True, 1)
+
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        self.counters["published"] += 1
+        if retain:
+            if payload:
+                self.retained[topic] = payload
+            else:
+                self.retained.pop(topic, None)
+        targets = set(self.exact.get(topic, ()))
+        for filt, link in self.wild:
+            if topic_matches(filt, topic):
+                targets.add(link)
+        for link in sorted(targets, key=lambda lk: lk.client_id):
+            self._schedule(link, topic, payload, False, qos)
+
+    def _schedule(self, link: VirtualLink, topic: str, payload: bytes, retain: bool,
+                  qos: int) -> None:
+        delay = self.rng.randint(*self.latency_ms)
+        if self.loss and self.rng.random() < self.loss:
+            if qos == 0:
+                self.counters["lost_qos0"] += 1
+                return
+            self.counters["redelivered_qos1"] += 1
+            delay += self.rng.randint(1000, 5000)  # the sender's retry after no PUBACK
+        self._n += 1
+        heapq.heappush(self.queue, (self.now + delay, self._n, link, topic, payload, retain))
+
+    # time -----------------------------------------------------------------
+    def deliver_until(self, t: int) -> None:
+        while self.queue and self.queue[0][0] <= t:
+            when, _n, link, topic, payload, retain = heapq.heappop(self.queue)
+            self.now = max(self.now, when)
+            if not self.up or not link.connected:
+                self.counters["dropped_outage"] += 1
+                continue
+            self.counters["delivered"] += 1
+            if link.on_message:
+                link.on_message(topic, payload, retain)
+        self.now = max(self.now, t)
+
+    def go_down(self) -> None:
+        self.up = False
+        for link in sorted(self.links, key=lambda lk: lk.client_id):
+            self.disconnect(link)
+        self.queue.clear()
+
+    def come_up(self, links: list[VirtualLink]) -> None:
+        self.up = True
+        for link in links:
+            if not link.connected:
+                self.connect(link)

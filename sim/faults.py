@@ -1,0 +1,70 @@
+"""Fault profiles for the fleet simulator.
+
+A profile says how the world misbehaves: which devices belong to a bad cohort
+(and how badly they do at which stage), how flaky the links are, when the
+broker is out, how often power is cut during a write, how far clocks drift.
+Profiles are data; the simulator applies them with its seeded random source,
+so a run is reproducible from (profile, seed).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """What the apps on a healthy device do each health tick."""
+
+    calls_per_tick: int = 40
+    error_rate: float = 0.005
+    latency_ms: float = 20.0
+    latency_jitter: float = 0.25
+
+
+@dataclass(frozen=True)
+class BadCohort:
+    """A slice of the fleet (say, one hardware revision) that breaks at a stage."""
+
+    name: str = "rev-b"
+    fraction: float = 0.08
+    from_stage: int = 3
+    error_rate: float = 0.15
+    latency_factor: float = 1.0
+
+
+@dataclass(frozen=True)
+class FaultProfile:
+    name: str = "default"
+    traffic: Traffic = field(default_factory=Traffic)
+    cohorts: tuple[BadCohort, ...] = ()
+    loss: float = 0.0                 # probability a message is dropped
+    latency_ms: tuple[int, int] = (20, 200)  # uniform one-way delivery delay
+    broker_outages: tuple[tuple[int, int], ...] = ()  # (start_ms, end_ms) of virtual time
+    power_cut_rate: float = 0.0       # probability a device loses power during a given commit
+    clock_skew_s: float = 0.0         # wall clocks drift uniformly within +/- this
+
+
+PROFILES = {
+    "clean": FaultProfile(name="clean"),
+    "default": FaultProfile(
+        name="default",
+        cohorts=(BadCohort(),),
+        loss=0.01,
+        power_cut_rate=0.01,
+        clock_skew_s=30.0,
+    ),
+    "bad-cohort": FaultProfile(name="bad-cohort", cohorts=(BadCohort(),)),
+    "flaky-links": FaultProfile(name="flaky-links", loss=0.05, latency_ms=(50, 2000)),
+    "broker-outage": FaultProfile(name="broker-outage", broker_outages=((60_000, 240_000),)),
+    "power-cuts": FaultProfile(name="power-cuts", power_cut_rate=0.05),
+    "clock-skew": FaultProfile(name="clock-skew", clock_skew_s=600.0),
+}
+
+
+def profile(name: str) -> FaultProfile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(
+            "unknown fault profile %r (known: %s)" % (name, ", ".join(sorted(PROFILES)))
+        ) from None

@@ -1,0 +1,353 @@
+"""The virtual-time fleet simulation: real agents, a virtual broker, a wave rollout.
+
+Every simulated device is the real agent: MigrationControl (store, flags,
+health, services) and AgentRuntime (protocol, replay guard, acks, status),
+over a MemFS and a VirtualLink. The operator side signs real commands and
+desired states with the fleet key and judges each wave only from what comes
+back over the wire (acks, statuses, events), as the real orchestrator must.
+The world misbehaves as the FaultProfile says.
+"""
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+
+from agent import protocol as P
+from agent.control import MigrationControl
+from agent.runtime import AgentRuntime
+from firmware_shim.clock import ManualClock
+from sim.broker import VirtualBroker, VirtualLink
+from sim.faults import BadCohort, FaultProfile
+from sim.memfs import MemFS
+from sim.strategy import WavePolicy, WaveResult, judge_wave
+
+TICK_MS = 10_000           # traffic and runtime tick
+MONITOR_MS = 30_000        # each agent's health check interval (the runbook's default)
+ACK_TIMEOUT_MS = 60_000
+REBOOT_MS = (5_000, 30_000)
+
+
+@dataclass
+class SimSettings:
+    devices: int = 500
+    seed: int = 7
+    fleet: str = "simfleet"
+    soak_ms: int = 300_000          # how long each wave is watched before the next
+    policy: WavePolicy = field(default_factory=WavePolicy)
+    profile: FaultProfile = field(default_factory=FaultProfile)
+
+
+class SkewedClock:
+    """The fleet's virtual clock, seen by one device whose wall clock is off."""
+
+    def __init__(self, base: ManualClock, skew_s: float) -> None:
+        self.base = base
+        self.skew_s = skew_s
+
+    def monotonic_ms(self) -> int:
+        return self.base.monotonic_ms()
+
+    def wall_time(self) -> float:
+        return self.base.wall_time() + self.skew_s
+
+
+class SimDevice:
+    def __init__(self, sim: Simulation, device_id: str, groups: list[str],
+                 cohort: BadCohort | None, skew_s: float) -> None:
+        self.sim = sim
+        self.device_id = device_id
+        self.groups = groups
+        self.cohort = cohort
+        self.fs = MemFS()
+        self.clock = SkewedClock(sim.clock, skew_s)
+        self.link = VirtualLink(sim.broker, device_id)
+        self.key = P.derive_device_key(sim.fleet_key, device_id)
+        self.rng = random.Random("%d:%s" % (sim.settings.seed, device_id))
+        self.boots = 0
+        self.power_cuts = 0
+        self.down_until: int | None = None
+        self.control: MigrationControl | None = None
+        self.runtime: AgentRuntime | None = None
+        self.boot()
+
+    def boot(self) -> None:
+        self.boots += 1
+        self.control = MigrationControl.open("/state", clock=self.clock, fs=self.fs)
+        self.runtime = AgentRuntime(
+            self.control, self.link, self.sim.settings.fleet, self.device_id, self.groups,
+            key=self.key, clock=self.clock, health_interval_ms=60_000,
+            status_interval_ms=120_000, monitor_interval_ms=MONITOR_MS)
+        self.link.will = self.runtime.will()
+        self.runtime.start()
+        on_message = self.link.on_message
+
+        def deliver(topic: str, payload: bytes, retain: bool = False) -> None:
+            rate = self.sim.settings.profile.power_cut_rate
+            if rate and self.rng.random() < rate:
+                self.fs.arm_cut(self.rng.randint(0, 48))
+            on_message(topic, payload, retain)
+            if self.fs.dead:
+                self.lose_power()
+
+        self.link.on_message = deliver
+        if self.sim.broker.up:
+            self.link.connect()
+
+    def lose_power(self) -> None:
+        self.power_cuts += 1
+        self.sim.counters["power_cuts"] += 1
+        self.link.drop()
+        self.runtime = None
+        self.control = None
+        self.fs.power_cut()
+        self.down_until = self.sim.clock.now_ms + self.rng.randint(*REBOOT_MS)
+
+    def tick(self, now: int) -> None:
+        if self.control is None:
+            if self.down_until is not None and now >= self.down_until:
+                self.down_until = None
+                self.boot()
+            return
+        traffic = self.sim.settings.profile.traffic
+        err, lat = traffic.error_rate, traffic.latency_ms
+        c = self.cohort
+        if c is not None and self.control.stage >= c.from_stage:
+            err, lat = c.error_rate, lat * c.latency_factor
+        rng = self.rng
+        for _ in range(traffic.calls_per_tick):
+            jitter = 1 + traffic.latency_jitter * (2 * rng.random() - 1)
+            self.control.record_outcome(rng.random() >= err, lat * jitter)
+        self.runtime.tick()
+        if self.fs.dead:
+            self.lose_power()
+
+
+class Operator:
+    """The rollout orchestrator's view: signs commands, reads reports."""
+
+    def __init__(self, sim: Simulation) -> None:
+        self.sim = sim
+        self.link = VirtualLink(sim.broker, "operator")
+        self.seq = 0
+        self.acks: dict[str, dict[str, dict]] = {}   # command id -> device -> ack body
+        self.status: dict[str, dict] = {}            # device -> latest status body
+        self.events: list[tuple[int, str, str]] = []
+        self.bad_reports = 0
+        fleet = sim.settings.fleet
+        self.link.set_callbacks(self.on_message, None, None)
+        for leaf in ("ack", "status", "event"):
+            self.link.subscribe(P.device_wildcard(fleet, leaf), 1)
+        self.link.connect()
+
+    def on_message(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        try:
+            body = P.decode_report(payload, fleet_key=self.sim.fleet_key)
+        except P.ReportError:
+            self.bad_reports += 1
+            return
+        device = body["device"]
+        kind = body["kind"]
+        if kind == "ack":
+            self.acks.setdefault(body["id"], {})[device] = body
+        elif kind == "status":
+            prev = self.status.get(device, {})
+            merged = dict(prev)
+            merged.update(body)
+            self.status[device] = merged
+        elif kind == "event":
+            self.events.append((self.sim.clock.now_ms, device, body.get("name", "?")))
+
+    def send(self, op: str, args: dict, target: str, devices: list[str], stage: int) -> str:
+        self.seq = P.next_seq(self.seq, self.sim.clock.wall_time())
+        plan_hash = self.sim.plan_hash
+        key = self.sim.fleet_key
+        command_id = P.new_command_id()
+        desired = P.encode_desired(target, stage, self.seq, plan_hash, key, devices=devices,
+                                   emergency=(op == "emergency_rollback"))
+        fleet = self.sim.settings.fleet
+        if self.sim.broker.up:
+            self.link.publish(P.desired_topic(fleet, target), desired, 1, True)
+            self.seq = P.next_seq(self.seq, self.sim.clock.wall_time())
+            cmd = P.encode_command(op, args, target, self.seq, plan_hash, key, devices=devices,
+                                   command_id=command_id)
+            self.link.publish(P.cmd_topic(fleet, target), cmd, 1, False)
+        return command_id
+
+
+class Simulation:
+    def __init__(self, settings: SimSettings) -> None:
+        self.settings = settings
+        self.rng = random.Random(settings.seed)
+        self.clock = ManualClock(start_ms=0, wall_start=1_800_000_000.0)
+        prof = settings.profile
+        self.broker = VirtualBroker(self.rng, prof.latency_ms, prof.loss)
+        self.fleet_key = bytes(self.rng.getrandbits(8) for _ in range(32))
+        self.counters = {"power_cuts": 0}
+        self.timeline: list[dict] = []
+        self.waves: list[WaveResult] = []
+        ids = ["gw-%05d" % i for i in range(settings.devices)]
+        self.wave_of = {}
+        for w, members in enumerate(settings.policy.split(ids), 1):
+            for d in members:
+                self.wave_of[d] = w
+        self.wave_count = max(self.wave_of.values())
+        self.devices: list[SimDevice] = []
+        for d in ids:
+            cohort = None
+            for c in prof.cohorts:
+                if self.rng.random() < c.fraction:
+                    cohort = c
+            groups = ["wave-%d" % self.wave_of[d]] + ([cohort.name] if cohort else [])
+            skew = self.rng.uniform(-prof.clock_skew_s, prof.clock_skew_s)
+            self.devices.append(SimDevice(self, d, groups, cohort, skew))
+        self.by_id = {dev.device_id: dev for dev in self.devices}
+        self.plan_hash = self.devices[0].control.plan.hash
+        self.stages = len(self.devices[0].control.plan.stages)
+        self.operator = Operator(self)
+        self.outages = sorted(prof.broker_outages)
+
+    # the event loop ----------------------------------------------------------
+    def run_for(self, ms: int) -> None:
+        end = self.clock.now_ms + ms
+        while self.clock.now_ms < end:
+            step = min(TICK_MS, end - self.clock.now_ms)
+            self.broker.deliver_until(self.clock.now_ms + step)
+            self.clock.advance(step)
+            self._outages()
+            now = self.clock.now_ms
+            for dev in self.devices:
+                dev.tick(now)
+            self._sample()
+
+    def _outages(self) -> None:
+        now = self.clock.now_ms
+        for start, end in self.outages:
+            if start <= now < end and self.broker.up:
+                self.broker.go_down()
+                self.timeline.append({"t_ms": now, "event": "broker down"})
+            elif now >= end and not self.broker.up and not any(
+                    s <= now < e for s, e in self.outages):
+                links = [d.link for d in self.devices if d.control is not None]
+                self.broker.come_up([self.operator.link] + links)
+                self.timeline.append({"t_ms": now, "event": "broker up"})
+
+    def _sample(self) -> None:
+        counts = [0] * (self.stages + 1)
+        for dev in self.devices:
+            if dev.control is not None:
+                counts[dev.control.stage] += 1
+        self.timeline.append({"t_ms": self.clock.now_ms, "stages": counts})
+
+    # the rollout -------------------------------------------------------------
+    def rollout(self) -> str:
+        for stage in range(1, self.stages + 1):
+            for wave in range(1, self.wave_count + 1):
+                members = sorted(d for d, w in self.wave_of.items() if w == wave)
+                target = "group:wave-%d" % wave
+                cid = self.operator.send("migrate", {"stage": stage}, target, members, stage)
+                self.run_for(ACK_TIMEOUT_MS)
+                self.run_for(self.settings.soak_ms)
+                result = self._judge(stage, wave, cid, members)
+                self.waves.append(result)
+                if result.halted:
+                    self._halt(stage, wave)
+                    return "halted at stage %d wave %d: %s" % (stage, wave, result.why)
+        return "completed: every device at stage %d" % self.stages
+
+    def _judge(self, stage: int, wave: int, cid: str, members: list[str]) -> WaveResult:
+        """Judge by where each device stands now, as its reports say.
+
+        A first ack of `rejected` for a transient reason (a power cut during the
+        commit) does not fail a device that has since converged from the
+        retained desired state; a device whose status shows a lower stage than
+        it acknowledged rolled itself back.
+        """
+        acks = self.operator.acks.get(cid, {})
+        result = WaveResult(stage=stage, wave=wave, devices=len(members))
+        for d in members:
+            ack = acks.get(d)
+            st = self.operator.status.get(d, {})
+            at_stage = st.get("stage") == stage and st.get("online", True)
+            if ack is not None and ack["result"] == "rejected" and not at_stage:
+                result.rejected += 1
+                reason = ack.get("reason", "?")
+                result.reasons[reason] = result.reasons.get(reason, 0) + 1
+            elif at_stage:
+                result.applied += 1
+            elif ack is not None or st.get("online", True) and "stage" in st:
+                result.rolled_back += 1
+            else:
+                result.unanswered += 1
+        return judge_wave(self.settings.policy, result)
+
+    def _halt(self, stage: int, wave: int) -> None:
+        """Roll back every wave that reached `stage`, through the same signed path."""
+        for w in range(1, wave + 1):
+            members = sorted(d for d, x in self.wave_of.items() if x == w)
+            self.operator.send("rollback", {"stage": stage - 1}, "group:wave-%d" % w, members,
+                               stage - 1)
+        self.run_for(ACK_TIMEOUT_MS + self.settings.soak_ms)
+
+    # the verdict ---------------------------------------------------------------
+    def check_consistency(self) -> list[str]:
+        """Every device's flags must be exactly its stage's flags (or its overrides)."""
+        problems = []
+        plan = self.devices[0].control.plan if self.devices[0].control else None
+        for dev in self.devices:
+            if dev.control is None:
+                dev.fs.power_cut()
+                dev.boot()  # a device still rebooting: read its flash as it would boot
+            st = dev.control.status()
+            expected = plan.flags_for_stage(st["current_stage"]) if plan else None
+            if expected is not None:
+                for name in expected:
+                    if st["flags"].get(name) is not True:
+                        problems.append("%s: stage %d without flag %s" % (
+                            dev.device_id, st["current_stage"], name))
+        return problems
+
+
+def run(settings: SimSettings) -> dict:
+    started = time.perf_counter()
+    sim = Simulation(settings)
+    setup_s = time.perf_counter() - started
+    outcome = sim.rollout()
+    problems = sim.check_consistency()
+    wall_s = time.perf_counter() - started
+    final = [0] * (sim.stages + 1)
+    quarantined = auto_rollbacks = stores_recovered = 0
+    for dev in sim.devices:
+        st = dev.control.status()
+        final[st["current_stage"]] += 1
+        quarantined += st["quarantine"] is not None
+        auto_rollbacks += sum(st["auto_rollbacks"].values())
+        stores_recovered += bool(dev.control.store.stats().get("recovered"))
+    events: dict[str, int] = {}
+    for _t, _d, name in sim.operator.events:
+        events[name] = events.get(name, 0) + 1
+    return {
+        "settings": {"devices": settings.devices, "seed": settings.seed,
+                     "profile": settings.profile.name, "waves": list(settings.policy.waves),
+                     "soak_ms": settings.soak_ms,
+                     "max_failure_ratio": settings.policy.max_failure_ratio},
+        "outcome": outcome,
+        "consistent": not problems,
+        "problems": problems[:50],
+        "virtual_time_s": sim.clock.now_ms / 1000,
+        "wall_time_s": round(wall_s, 2),
+        "setup_s": round(setup_s, 2),
+        "final_stages": final,
+        "cohorts": {c.name: sum(1 for d in sim.devices if d.cohort is c)
+                    for c in settings.profile.cohorts},
+        "waves": [vars(w) | {"failed": w.failed} for w in sim.waves],
+        "auto_rollbacks": auto_rollbacks,
+        "quarantined": quarantined,
+        "power_cuts": sim.counters["power_cuts"],
+        "stores_recovered_after_cut": stores_recovered,
+        "events": events,
+        "broker": dict(sim.broker.counters),
+        "bad_reports": sim.operator.bad_reports,
+        "timeline": [t for t in sim.timeline if "stages" in t][:: max(1, len(sim.timeline) // 400)],
+        "incidents": [t for t in sim.timeline if "event" in t],
+    }
