@@ -22,9 +22,10 @@ from agent import health as health_mod
 from agent import transitions as tr
 from agent.config import Config
 from agent.events import EventBus
-from agent.flags import FLAG_NAMES, FeatureFlags, FlagError, check_flag_map, check_flag_value
+from agent.flags import FLAG_NAMES, FeatureFlags, check_flag_value
 from agent.history import History
 from agent.plan import Plan
+from agent.restore import restore
 from agent.services import Services
 from agent.store import Store, StoreError
 from agent.transitions import (  # noqa: F401 - re-exported: callers catch these from here
@@ -93,7 +94,7 @@ class MigrationControl:
         store = Store(join(state_dir, STORE_FILE), fs=fs)
         control = cls(store, plan, config, clock, events, flags)
         try:
-            control._restore()
+            restore(control)
             flags.attach_events(events)
             control.services = Services(flags, events=events, clock=clock)
             control.services.set_restart_listener(control._on_service_restart)
@@ -214,6 +215,7 @@ class MigrationControl:
         verdict = self._verdict(now, snapshot)
         report = self._health_report(snapshot, verdict)
         if verdict["healthy"]:
+            self._forgive_proven_stage()
             return {"result": "ok", "health": report}
         violations = verdict["violations"]
         self.events.emit("health.violation", {"stage": self.stage, "violations": violations})
@@ -301,6 +303,11 @@ class MigrationControl:
     # -- what services and apps report ------------------------------------
 
     def record_outcome(self, ok, latency_ms, service=None):
+        """One call's outcome (ok: True/False; latency_ms: a number or None)."""
+        if ok is not True and ok is not False:
+            raise ControlError(f"outcome ok must be True or False, not {ok!r}")
+        if latency_ms is not None and type(latency_ms) is not int and type(latency_ms) is not float:
+            raise ControlError(f"latency_ms must be a number or None, not {latency_ms!r}")
         self.health.record_outcome(ok, latency_ms, self.clock.monotonic_ms())
 
     def record_restart(self, name=None):
@@ -356,6 +363,23 @@ class MigrationControl:
             "violations": violations, "state": new_state, "seq": self.seq})
         return {"result": "rollback_triggered", "violations": violations,
                 "rolled_back_to": to_stage, "state": new_state, "health": report}
+
+    def _forgive_proven_stage(self):
+        """Forget earlier automatic rollbacks from this stage once it has held for its
+        whole monitoring time: quarantine is for flapping, not for a bad week long ago."""
+        key = str(self.stage)
+        if self.stage == 0 or key not in self._auto_rollbacks or self.state != AT_STAGE:
+            return
+        held = self._wall_ms() - (self._stage_entered or 0)
+        if self._stage_entered is None or held < self.plan.stage(self.stage).monitor_ms:
+            return
+        counts = dict(self._auto_rollbacks)
+        del counts[key]
+        try:
+            self._commit({"ctl.auto_rollbacks": counts}, None, None, self.state)
+        except StoreError:
+            return  # still counted; the next healthy check tries again
+        self._auto_rollbacks = counts
 
     def _change_stage(self, n, new_state, op, reason, more, extra_changes,
                       overrides=None, violations=None):
@@ -451,7 +475,10 @@ class MigrationControl:
         if self._wall_ms() < self._cooldown_until:
             return
         new_state = tr.next_state(self.state, tr.CooldownExpired)
-        self._commit({"ctl.cooldown_until": None}, None, None, new_state)
+        try:
+            self._commit({"ctl.cooldown_until": None}, None, None, new_state)
+        except StoreError:
+            return  # stay in COOLDOWN (the safe side) and try again on the next call
         self._cooldown_until = None
 
     # -- internals: reading ------------------------------------------------
@@ -495,79 +522,3 @@ class MigrationControl:
     def _result(self, entry):
         return {"result": "ok", "stage": self.stage, "from": entry["from"], "state": self.state,
                 "seq": self.seq, "flags": self.flags.values(), "entry": dict(entry)}
-
-    # -- internals: restoring from the store -------------------------------
-
-    def _restore(self):
-        """Rebuild memory from the store; anything unusable falls back to the safe value."""
-        get = self.store.get
-        self.seq = _int_or(get("ctl.seq"), 0, 0, None, self.recovered_notes, "ctl.seq")
-        stage = _int_or(get("ctl.stage"), 0, 0, None, self.recovered_notes, "ctl.stage")
-        if stage > self.plan.max_stage:
-            self.recovered_notes.append(f"stage {stage} is beyond plan {self.plan.name}; "
-                                        f"using stage {self.plan.max_stage}")
-            stage = self.plan.max_stage
-        self.stage = stage
-        state = get("ctl.state", AT_STAGE)
-        if state not in tr.STATES:
-            self.recovered_notes.append(f"unknown state {state!r}; using {AT_STAGE}")
-            state = AT_STAGE
-        self.state = state
-        overrides = get("ctl.overrides", {})
-        try:
-            check_flag_map(overrides, "stored overrides")
-        except FlagError as exc:
-            self.recovered_notes.append(f"dropped stored overrides: {exc}")
-            overrides = {}
-        self._overrides = dict(overrides)
-        self._cooldown_until = _int_or(get("ctl.cooldown_until"), None, 0, None,
-                                       self.recovered_notes, "ctl.cooldown_until")
-        q = get("ctl.quarantine")
-        self._quarantine = q if isinstance(q, dict) else None
-        counts = get("ctl.auto_rollbacks", {})
-        self._auto_rollbacks = counts if isinstance(counts, dict) else {}
-        baseline = get("ctl.baseline")
-        self._baseline = baseline if isinstance(baseline, dict) else None
-        self._stage_entered = get("ctl.stage_entered")
-        self.history.restore(self.store.items())
-        self._restore_restarts(get("health.restarts", []))
-        self.flags.apply(stage_flags=self.plan.flags_for_stage(self.stage),
-                         overrides=self._overrides)
-        self._reconcile_flags(get("ctl.plan_hash"))
-
-    def _restore_restarts(self, stored):
-        now = self.clock.monotonic_ms()
-        wall = self._wall_ms()
-        log = []
-        if isinstance(stored, list):
-            for item in stored:
-                if (isinstance(item, list) and len(item) == 2 and type(item[0]) is int
-                        and item[0] >= wall - self.config.restart_window_ms):
-                    log.append([item[0], item[1]])
-        self._restart_log = log
-        # Map wall times onto this boot's monotonic clock.
-        self.health.load_restarts([(now - (wall - t), n) for t, n in log])
-
-    def _reconcile_flags(self, stored_hash):
-        """If config or plan changed since the last boot, commit the flags in force now."""
-        values = self.flags.values()
-        stale = [n for n in FLAG_NAMES if self.store.get(FLAG_PREFIX + n) != values[n]]
-        if stored_hash == self.plan.hash and not stale:
-            return
-        changes = {}
-        for name in FLAG_NAMES:
-            changes[FLAG_PREFIX + name] = values[name]
-        entry = None
-        if stored_hash is not None and stored_hash != self.plan.hash:
-            reason = f"plan {stored_hash[:12]} -> {self.plan.hash[:12]}"
-            entry = self._entry("plan_changed", self.stage, self.state, reason)
-        self._commit(changes, entry, None, self.state)
-
-
-def _int_or(value, default, minimum, maximum, notes, what):
-    if value is None:
-        return default
-    if type(value) is not int or value < minimum or (maximum is not None and value > maximum):
-        notes.append(f"invalid {what} {value!r}; using {default!r}")
-        return default
-    return value

@@ -360,6 +360,46 @@ def test_rollbacks_at_different_stages_do_not_add_up():
     c.close()
 
 
+def test_a_stage_that_held_for_its_monitoring_time_is_forgiven():
+    c, d, clock = _open(config={"quarantine_after": 2, "cooldown_ms": MINUTE})
+    _advance_to(c, 2)
+    _violate(c)
+    assert c.status()["auto_rollbacks"] == {"2": 1}
+    clock.advance(MINUTE)
+    _advance_to(c, 2)
+    clock.advance(119 * MINUTE)  # stage 2 is monitored for 2 hours
+    assert c.check_health_and_rollback()["result"] == "ok"
+    assert c.status()["auto_rollbacks"] == {"2": 1}
+    clock.advance(MINUTE)
+    assert c.check_health_and_rollback()["result"] == "ok"
+    assert c.status()["auto_rollbacks"] == {}
+    _violate(c)
+    assert c.state == COOLDOWN  # a fresh first rollback, not a repeat
+    c.close()
+
+
+def test_cooldown_expiry_that_cannot_be_committed_stays_in_cooldown():
+    fs = faultfs.FaultFS()
+    c, d, clock = _open(fs=fs, config={"cooldown_ms": MINUTE})
+    _advance_to(c, 1)
+    _violate(c)
+    clock.advance(MINUTE)
+    fs.fail("write", times=1)
+    assert c.status()["state"] == COOLDOWN
+    assert c.status()["state"] == AT_STAGE  # the next call commits it
+    c.close()
+
+
+def test_bad_outcomes_are_refused_by_name():
+    c, d, clock = _open()
+    corekit.raises(ControlError, c.record_outcome, "yes", 5)
+    corekit.raises(ControlError, c.record_outcome, True, "5ms")
+    c.record_outcome(True, None)
+    c.record_outcome(False, 2.5)
+    assert c.metrics()["samples"] == 2
+    c.close()
+
+
 # -- restarts survive reboots ---------------------------------------------------
 
 def test_restart_counts_persist_so_a_crash_loop_is_caught_after_reboot():
