@@ -99,7 +99,7 @@ class FeatureFlags:
         # names outside the catalogue.
         try:
             return self._effective[name]
-        except KeyError:
+        except (KeyError, TypeError):  # TypeError: an unhashable name, still just unknown
             return self._unknown(name)
 
     def _unknown(self, name):

@@ -69,6 +69,8 @@ def test_unknown_name_is_an_error_when_set_and_counted_when_read():
     assert flags.enabled("other") is False
     assert flags.unknown_read_total == 3
     assert flags.unknown_reads == {"use_magic": 2, "other": 1}
+    assert flags.enabled(["not", "hashable"]) is False
+    assert flags.unknown_read_total == 4
 
 
 def test_unknown_read_counts_stay_bounded():
