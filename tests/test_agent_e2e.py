@@ -1,0 +1,202 @@
+"""End to end: an agent PROCESS on a real mosquitto, driven by signed commands.
+
+Stage 0 -> 4 -> back with acks, retained status and events; hostile payloads
+each answered with their reason code while the state stays put; the local
+console path with and without a running agent; a bad config stops the agent
+at start naming the field.
+"""
+import json
+import os
+
+import pytest
+
+from agent import protocol as P
+from firmware_shim import codec
+from firmware_shim.crypto import hmac_sha256
+from firmware_shim.mqtt_paho import MqttConfig, PahoLink
+from tests.agentkit import PLAN, World, wait_until
+from tests.mqttkit import unique
+from tools.local_cmd import StateDirLock, StateDirLocked
+
+
+@pytest.fixture
+def world(broker, tmp_path):
+    w = World(broker, tmp_path)
+    yield w
+    w.close()
+
+
+def _resigned(payload, fleet_key, **changes):
+    """A validly signed envelope with fields the encoder would refuse (e.g. an unknown op)."""
+    env = codec.unpackb(payload)
+    env.pop("sigs")
+    env.update(changes)
+    body = codec.canonical(env)
+    key = P.derive_device_key(fleet_key, "gw1")
+    env["sigs"] = {"gw1": hmac_sha256(key, b"fleetstage-cmd\x00" + body)[:16]}
+    return codec.packb(env)
+
+
+def _flags_at(stage):
+    on = PLAN.flags_for_stage(stage)
+    return {name: on.get(name, False) for name in sorted(PLAN.flags_for_stage(PLAN.max_stage))}
+
+
+def _subset(flags):
+    return {k: flags[k] for k in _flags_at(0)}
+
+
+def test_stage_0_to_4_and_back(world):
+    agent = world.agent().start()
+    obs, op = world.observer, world.operator
+    st = obs.wait_stage(0)
+    assert st["plan"] == PLAN.hash and st["groups"] == ["pilot"] and st["agent_version"]
+    for stage in (1, 2, 3, 4):
+        out = op.publish_stage(stage, "device:gw1", ["gw1"], timeout=15)
+        assert out.exit_code() == 0, out.to_dict()
+        assert out.acks["gw1"]["result"] == "applied"
+        st = obs.wait_stage(stage)
+        assert _subset(st["flags"]) == _flags_at(stage)
+    out = op.rollback(2, "group:pilot", ["gw1"], timeout=15)
+    assert out.acks["gw1"]["result"] == "applied"
+    obs.wait_stage(2)
+    out = op.emergency_rollback("e2e drill", "all", ["gw1"], timeout=15)
+    assert out.acks["gw1"]["result"] == "applied"
+    st = obs.wait_stage(0)
+    assert _subset(st["flags"]) == _flags_at(0)
+    events = [(e["name"], e["payload"]) for e in obs.of("event")]
+    enabled = [p["stage"] for n, p in events if n == "migration.stage_enabled"]
+    assert enabled == [1, 2, 3, 4]
+    assert [p["to"] for n, p in events if n == "migration.rollback"] == [2]
+    assert [p["reason"] for n, p in events if n == "migration.emergency_rollback"] == \
+        ["e2e drill"]
+    assert any(n == "feature_flag.changed" for n, _ in events)
+    assert obs.of("health"), "health metrics go out on an interval"
+    # The retained status a newcomer reads is the latest one.
+    fresh = []
+    link = PahoLink(MqttConfig(world.broker.host, world.broker.port, client_id=unique("late")))
+    link.set_callbacks(on_message=lambda t, p, r: fresh.append((t, p, r)))
+    link.subscribe(P.device_topic(world.fleet, "gw1", "status"))
+    world.loop.add(link)
+    link.start()
+    assert world.loop.run_until(lambda: fresh, 10)
+    retained = P.decode_report(fresh[0][1], P.derive_device_key(world.fleet_key, "gw1"))
+    assert fresh[0][2] is True and retained["stage"] == 0 and retained["online"] is True
+    assert agent.alive()
+
+
+def test_hostile_input_gets_reason_codes_and_changes_nothing(world):
+    agent = world.agent().start()
+    obs, op = world.observer, world.operator
+    obs.wait_stage(0)
+    good = op.publish_stage(1, "device:gw1", ["gw1"], timeout=15)
+    assert good.acks["gw1"]["result"] == "applied"
+    obs.wait_stage(1)
+    # The retained desired state that follows is acked too; let it land first.
+    obs.wait_for(lambda: any(a["id"] == good.desired_id for a in obs.of("ack")))
+
+    target = "device:gw1"
+    seq = good.seq + 10
+    applied = P.encode_command("migrate", {"stage": 2}, target, seq, PLAN.hash,
+                               world.fleet_key, devices=["gw1"])
+    cid = P.decode_command(applied, None, "gw1", insecure=True).id
+    cases = [
+        ("forged", P.encode_command("migrate", {"stage": 2}, target, seq + 1, PLAN.hash,
+                                    P.new_fleet_key(), devices=["gw1"]), "bad_signature"),
+        ("other plan", P.encode_command("migrate", {"stage": 2}, target, seq + 2, "ab" * 32,
+                                        world.fleet_key, devices=["gw1"]), "wrong_plan"),
+        ("unsigned", P.encode_command("migrate", {"stage": 2}, target, seq + 3, PLAN.hash,
+                                      None, devices=["gw1"]), "bad_signature"),
+        ("truncated", applied[: len(applied) // 2], "malformed"),
+        ("oversized", b"\xc6" + (300000).to_bytes(4, "big") + b"\x00" * 300000, "malformed"),
+        ("random", os.urandom(64), "malformed"),
+        ("empty", b"", "malformed"),
+        ("unknown op", _resigned(applied, world.fleet_key, op="reboot", args={},
+                                 seq=seq + 4, id=P.new_command_id()), "unknown_op"),
+    ]
+    state_before = obs.last_status()
+    for name, payload, reason in cases:
+        n = len(obs.of("ack"))
+        world.publish_raw(target, payload)
+        obs.wait_for(lambda n=n: len(obs.of("ack")) > n)
+        ack = obs.of("ack")[n]
+        assert ack["result"] == "rejected" and ack["reason"] == reason, (name, ack)
+        assert agent.alive(), name
+    # Now the real one, twice (QoS 1 redelivery), then a replay of its id with
+    # other content, then an older sequence number (out of order).
+    for expected in ("applied", "duplicate"):
+        n = len(obs.of("ack"))
+        world.publish_raw(target, applied)
+        obs.wait_for(lambda n=n: len(obs.of("ack")) > n)
+        assert obs.of("ack")[n]["result"] == expected
+    replay = P.encode_command("rollback", {"stage": 0}, target, seq + 20, PLAN.hash,
+                              world.fleet_key, devices=["gw1"], command_id=cid)
+    older = P.encode_command("rollback", {"stage": 0}, target, seq - 5, PLAN.hash,
+                             world.fleet_key, devices=["gw1"])
+    for payload, reason in ((replay, "replayed"), (older, "stale_sequence")):
+        n = len(obs.of("ack"))
+        world.publish_raw(target, payload)
+        obs.wait_for(lambda n=n: len(obs.of("ack")) > n)
+        assert obs.of("ack")[n]["reason"] == reason
+    st = obs.wait_stage(2)
+    assert st["stage"] == 2 and state_before["stage"] == 1
+    history = [e for e in obs.of("event") if e["name"] == "migration.stage_enabled"]
+    assert [e["payload"]["stage"] for e in history] == [1, 2]  # nothing hostile applied
+    assert agent.alive()
+
+
+def test_local_console_with_and_without_agent(world):
+    agent = world.agent()
+    # No agent: act on the store directly (and hold the lock while doing so).
+    r = agent.cli("local", "status", "--config", agent.config_path, "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["via"] == "store" and out["status"]["current_stage"] == 0
+    agent.start()
+    world.observer.wait_stage(0)
+    world.operator.publish_stage(1, "device:gw1", ["gw1"], timeout=15)
+    world.observer.wait_stage(1)
+    # The running agent holds the lock: nobody else may open its store.
+    with pytest.raises(StateDirLocked):
+        StateDirLock(agent.state_dir).acquire()
+    r = agent.cli("local", "emergency-rollback", "--reason", "console drill",
+                  "--config", agent.config_path, "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["via"] == "agent" and out["status"]["current_stage"] == 0
+    world.observer.wait_stage(0)  # the agent told the broker too
+    agent.stop()
+    r = agent.cli("local", "emergency-rollback", "--reason", "again", "--config",
+                  agent.config_path, "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["via"] == "store"
+    world.observer.wait_for(lambda: world.observer.last_status()["online"] is False)
+
+
+@pytest.mark.parametrize("field,value,needle", [
+    ("broker", "http://x:1", "'broker'"),
+    ("device_id", "a/b", "'device_id'"),
+    ("groups", "pilot", "'groups'"),
+    ("insecure", "yes", "'insecure'"),
+])
+def test_bad_config_stops_agent_at_start(world, field, value, needle):
+    agent = world.agent(config={field: value})
+    agent.start()
+    assert agent.proc.wait(20) == 2
+    assert needle in agent.log()
+
+
+def test_missing_key_file_stops_agent(world):
+    agent = world.agent(config={"key_file": "/nonexistent/gw1.key"})
+    agent.start()
+    assert agent.proc.wait(20) == 2
+    assert "'key_file'" in agent.log()
+
+
+def test_insecure_mode_warns_and_accepts_unsigned(world):
+    agent = world.agent(config={"insecure": True}).start()
+    world.observer.wait_stage(0)
+    assert wait_until(lambda: "insecure" in agent.log())
+    assert "WARNING" in agent.log()
+    unsigned = P.encode_command("migrate", {"stage": 1}, "device:gw1", 5, PLAN.hash, None)
+    world.publish_raw("device:gw1", unsigned)
+    world.observer.wait_stage(1)
