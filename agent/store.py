@@ -189,7 +189,8 @@ def parse_log(data):
     out.last_seq = seq or 0
     out.good_end = pos
     if pos < len(data) or len(data) < HEADER_SIZE:
-        found, out.max_seq_after = _scan_for_valid(data, pos + 1, seq)
+        # from pos itself: an intact record there that is out of order is damage too
+        found, out.max_seq_after = _scan_for_valid(data, pos, seq)
         out.tail = "corrupt" if found else "torn"
     if not out.header_ok and len(data) > 0:
         out.tail = "corrupt"

@@ -627,3 +627,33 @@ def test_random_operations_with_a_fault_at_every_write(tmp_path_factory, ops, ki
         fs, _counts = _replay(tmp_path, ops, arm, pad, lose_unsynced, tag="n" + str(n))
         if kind == "cut":
             assert fs.cuts == 1
+
+
+# ------------------------------------------------------------ records out of order
+
+
+def test_swapped_records_are_corruption_not_a_mix(tmp_path):
+    states, seqs = _build(tmp_path / "base.db", NoSyncFS())
+    clean = _read(tmp_path / "base.db")
+    (a0, a1), (b0, b1) = _record_spans(clean)[-2:]
+    swapped = clean[:a0] + clean[b0:b1] + clean[a0:a1]
+    path = tmp_path / "flags.db"
+    _write(path, swapped)
+    s = _open(path, NoSyncFS())
+    assert _state(s) == states[-3]  # each record is intact, but not in its place
+    assert s.stats()["corruption_detected"] == 1
+    assert s.commit({"probe": 1}) > seqs[-1]
+    s.close()
+
+
+def test_duplicated_last_record_is_dropped(tmp_path):
+    states, seqs = _build(tmp_path / "base.db", NoSyncFS())
+    clean = _read(tmp_path / "base.db")
+    start, end = _record_spans(clean)[-1]
+    path = tmp_path / "flags.db"
+    _write(path, clean + clean[start:end])
+    s = _open(path, NoSyncFS())
+    assert _state(s) == states[-1]
+    assert s.stats()["recovered"] == 1 and s.stats()["corruption_detected"] == 0
+    assert s.commit({"probe": 1}) > seqs[-1]
+    s.close()
