@@ -199,9 +199,8 @@ class MigrationControl:
         new_state = tr.next_state(self.state, event)
         dropped = sorted(self._overrides)
         entry = self._change_stage(0, new_state, "emergency_rollback", reason, {},
-                                   extra_changes, overrides={})
-        if dropped:
-            entry["overrides_dropped"] = dropped
+                                   extra_changes, overrides={},
+                                   details={"overrides_dropped": dropped} if dropped else None)
         self.events.emit("migration.emergency_rollback", {
             "from": entry["from"], "to": 0, "reason": reason, "overrides_dropped": dropped,
             "seq": self.seq})
@@ -382,7 +381,7 @@ class MigrationControl:
         self._auto_rollbacks = counts
 
     def _change_stage(self, n, new_state, op, reason, more, extra_changes,
-                      overrides=None, violations=None):
+                      overrides=None, violations=None, details=None):
         """Commit a stage change in one store commit, then update memory."""
         if overrides is None:
             overrides = self._overrides
@@ -401,6 +400,8 @@ class MigrationControl:
         entry = self._entry(op, n, new_state, reason)
         if violations:
             entry["violations"] = violations
+        if details:
+            entry.update(details)
         self._commit(changes, entry, extra_changes, new_state)
         self.stage = n
         self._overrides = dict(overrides)
@@ -520,5 +521,6 @@ class MigrationControl:
         return {"until": self._cooldown_until, "remaining_ms": remaining if remaining > 0 else 0}
 
     def _result(self, entry):
+        # A copy: the history keeps `entry` itself, and callers may change what they get.
         return {"result": "ok", "stage": self.stage, "from": entry["from"], "state": self.state,
                 "seq": self.seq, "flags": self.flags.values(), "entry": dict(entry)}

@@ -637,3 +637,84 @@ def test_failed_commit_leaves_memory_unchanged_and_control_usable():
     c, d, clock = _open(d, clock)
     assert c.stage == 2 and c.seq == seq + 1
     c.close()
+
+
+# -- a long random walk against the invariants ------------------------------
+
+class _Lcg:
+    """A tiny seeded generator: the same walk on CPython and MicroPython."""
+
+    def __init__(self, seed):
+        self.x = seed
+
+    def below(self, n):
+        self.x = (self.x * 1103515245 + 12345) & 0x7FFFFFFF
+        return (self.x >> 8) % n
+
+
+def _check_invariants(c, last_seq):
+    assert c.seq >= last_seq
+    store = c.store
+    assert store.get("ctl.stage") in (None, c.stage) and store.get("ctl.seq") == c.seq
+    assert store.get("ctl.state", AT_STAGE) == c.state
+    expected = c.flags.preview(Plan.default().flags_for_stage(c.stage), c.flags.overrides())
+    assert c.flags.values() == expected
+    for name in FLAG_NAMES:
+        assert store.get("flag." + name) == expected[name], name
+    seqs = [e["seq"] for e in c.status()["migration_history"]]
+    assert seqs == sorted(seqs, reverse=True) and len(set(seqs)) == len(seqs)
+    assert (c.state == QUARANTINED) == (c.status()["quarantine"] is not None)
+    return c.seq
+
+
+def test_random_walk_keeps_memory_store_and_flags_consistent():
+    rng = _Lcg(2024)
+    config = {"quarantine_after": 2, "cooldown_ms": 2 * MINUTE, "history_length": 8,
+              "environment": "staging"}
+    c, d, clock = _open(config=config)
+    last = c.seq
+    ops = ("migrate", "migrate", "migrate", "migrate", "rollback", "emergency", "override",
+           "clear_override", "violate", "violate", "clear_quarantine", "wait", "restart",
+           "reopen")
+    done = {}
+    seen = {}
+    for _ in range(250):
+        op = ops[rng.below(len(ops))]
+        flag = FLAG_NAMES[rng.below(len(FLAG_NAMES))]
+        try:
+            if op == "migrate":
+                _traffic(c)
+                c.migrate_to_stage(c.stage + 1)
+            elif op == "rollback":
+                c.rollback_to_stage(rng.below(c.stage + 1))
+            elif op == "emergency":
+                c.emergency_rollback("walk")
+            elif op == "override":
+                c.set_flag_override(flag, rng.below(2) == 1)
+            elif op == "clear_override":
+                c.clear_flag_override(flag)
+            elif op == "violate":
+                _violate(c)
+            elif op == "clear_quarantine":
+                c.clear_quarantine()
+            elif op == "wait":
+                clock.advance(rng.below(3) * MINUTE)
+            elif op == "restart":
+                c.record_restart("spans")
+            else:
+                before = (c.stage, c.state, c.seq, c.flags.values(),
+                          c.status()["migration_history"])
+                c.close()
+                c, d, clock = _open(d, clock, config=config)
+                assert (c.stage, c.state, c.seq, c.flags.values(),
+                        c.status()["migration_history"]) == before
+            done[op] = done.get(op, 0) + 1
+        except TransitionRefused:
+            done["refused"] = done.get("refused", 0) + 1
+        last = _check_invariants(c, last)
+        seen[(c.state, c.stage)] = True
+    c.close()
+    states = sorted(set(state for state, _ in seen))
+    stages = sorted(set(stage for _, stage in seen))
+    assert states == [AT_STAGE, COOLDOWN, QUARANTINED] and stages == [0, 1, 2, 3, 4], seen
+    assert done.get("refused", 0) > 0 and done.get("reopen", 0) > 0
