@@ -24,10 +24,12 @@ class Observer:
         self.fleet, self.fleet_key, self.loop = fleet, fleet_key, loop
         self.reports = []  # (leaf, report dict, retained)
         self.bad = 0
+        # A persistent session: QoS 1 reports sent while we reconnect still reach us.
         self.link = PahoLink(MqttConfig(broker.host, broker.port, client_id=unique("obs"),
-                                        backoff_min=0.05, backoff_max=0.3))
+                                        clean_session=False, backoff_min=0.05,
+                                        backoff_max=0.3))
         self.link.set_callbacks(on_message=self._on)
-        self.link.subscribe(f"fleetstage/{fleet}/device/#")
+        self.link.subscribe(f"fleetstage/{fleet}/device/#", qos=1)
         loop.add(self.link)
         self.link.start()
         assert loop.run_until(lambda: self.link.connected, 10)
