@@ -56,7 +56,7 @@ class VirtualLink:
     def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
         if not self.connected:
             raise BrokerDown("not connected")
-        self.broker.publish(topic, payload, qos, retain)
+        self.broker.publish(topic, payload, qos, retain, sender=self)
 
     def poll(self, timeout_ms: int = 0) -> None:
         pass  # the simulator's event loop delivers messages
@@ -82,6 +82,7 @@ class VirtualBroker:
         self.wild: list[tuple[str, VirtualLink]] = []
         self.retained: dict[str, bytes] = {}
         self.queue: list = []
+        self.last_delivery: dict[tuple[int, int], int] = {}
         self._n = 0
         self.counters = {"published": 0, "delivered": 0, "lost_qos0": 0, "redelivered_qos1": 0,
                          "dropped_outage": 0}
@@ -120,7 +121,8 @@ class VirtualBroker:
         for topic, payload in hits:
             self._schedule(link, topic, payload, True, 1)
 
-    def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool,
+                sender: VirtualLink | None = None) -> None:
         self.counters["published"] += 1
         if retain:
             if payload:
@@ -132,10 +134,10 @@ class VirtualBroker:
             if topic_matches(filt, topic):
                 targets.add(link)
         for link in sorted(targets, key=lambda lk: lk.client_id):
-            self._schedule(link, topic, payload, False, qos)
+            self._schedule(link, topic, payload, False, qos, sender)
 
     def _schedule(self, link: VirtualLink, topic: str, payload: bytes, retain: bool,
-                  qos: int) -> None:
+                  qos: int, sender: VirtualLink | None = None) -> None:
         delay = self.rng.randint(*self.latency_ms)
         if self.loss and self.rng.random() < self.loss:
             if qos == 0:
@@ -143,8 +145,13 @@ class VirtualBroker:
                 return
             self.counters["redelivered_qos1"] += 1
             delay += self.rng.randint(1000, 5000)  # the sender's retry after no PUBACK
+        when = self.now + delay
+        # MQTT keeps one client's messages in order on the way to another client
+        pair = (id(sender), id(link))
+        when = max(when, self.last_delivery.get(pair, 0))
+        self.last_delivery[pair] = when
         self._n += 1
-        heapq.heappush(self.queue, (self.now + delay, self._n, link, topic, payload, retain))
+        heapq.heappush(self.queue, (when, self._n, link, topic, payload, retain))
 
     # time -----------------------------------------------------------------
     def deliver_until(self, t: int) -> None:
@@ -164,6 +171,7 @@ class VirtualBroker:
         for link in sorted(self.links, key=lambda lk: lk.client_id):
             self.disconnect(link)
         self.queue.clear()
+        self.last_delivery.clear()
 
     def come_up(self, links: list[VirtualLink]) -> None:
         self.up = True

@@ -245,6 +245,7 @@ class Simulation:
             for wave in range(1, self.wave_count + 1):
                 members = sorted(d for d, w in self.wave_of.items() if w == wave)
                 target = "group:wave-%d" % wave
+                self.wait_for_broker()
                 cid = self.operator.send("migrate", {"stage": stage}, target, members, stage)
                 self.run_for(ACK_TIMEOUT_MS)
                 self.run_for(self.settings.soak_ms)
@@ -254,6 +255,16 @@ class Simulation:
                     self._halt(stage, wave)
                     return "halted at stage %d wave %d: %s" % (stage, wave, result.why)
         return "completed: every device at stage %d" % self.stages
+
+    def wait_for_broker(self, limit_ms: int = 3_600_000) -> None:
+        """An orchestrator does not publish into a dead broker: it waits, bounded."""
+        waited = 0
+        while not self.broker.up and waited < limit_ms:
+            self.run_for(TICK_MS)
+            waited += TICK_MS
+        if waited:
+            self.timeline.append({"t_ms": self.clock.now_ms,
+                                  "event": "operator waited %d s for the broker" % (waited // 1000)})
 
     def _judge(self, stage: int, wave: int, cid: str, members: list[str]) -> WaveResult:
         """Judge by where each device stands now, as its reports say.
@@ -275,14 +286,15 @@ class Simulation:
                 result.reasons[reason] = result.reasons.get(reason, 0) + 1
             elif at_stage:
                 result.applied += 1
-            elif ack is not None or st.get("online", True) and "stage" in st:
-                result.rolled_back += 1
+            elif ack is not None:
+                result.rolled_back += 1  # it took the stage, then its health sent it back
             else:
                 result.unanswered += 1
         return judge_wave(self.settings.policy, result)
 
     def _halt(self, stage: int, wave: int) -> None:
         """Roll back every wave that reached `stage`, through the same signed path."""
+        self.wait_for_broker()
         for w in range(1, wave + 1):
             members = sorted(d for d, x in self.wave_of.items() if x == w)
             self.operator.send("rollback", {"stage": stage - 1}, "group:wave-%d" % w, members,

@@ -81,7 +81,7 @@ def judge_wave(policy: WavePolicy, result: WaveResult) -> WaveResult:
     """Fill in `halted` and `why` from the counts; the caller acts on it."""
     if result.devices == 0:
         return result
-    acked = (result.applied + result.rejected) / result.devices
+    acked = (result.applied + result.rejected + result.rolled_back) / result.devices
     failure = result.failed / result.devices
     if acked < policy.min_ack_ratio:
         result.halted = True
