@@ -263,8 +263,8 @@ class Simulation:
             self.run_for(TICK_MS)
             waited += TICK_MS
         if waited:
-            self.timeline.append({"t_ms": self.clock.now_ms,
-                                  "event": "operator waited %d s for the broker" % (waited // 1000)})
+            why = "operator waited %d s for the broker" % (waited // 1000)
+            self.timeline.append({"t_ms": self.clock.now_ms, "event": why})
 
     def _judge(self, stage: int, wave: int, cid: str, members: list[str]) -> WaveResult:
         """Judge by where each device stands now, as its reports say.
