@@ -78,14 +78,20 @@ class MigrationControl:
 
     @classmethod
     def open(cls, state_dir, plan=None, config=None, clock=None, fs=None):
-        """Open (or create) the device state in `state_dir` and wire flags and services."""
+        """Open (or create) the device state in `state_dir` and wire flags and services.
+
+        plan: a Plan, a plan dict or the path of a plan JSON file (default: the runbook's).
+        config: a Config, a config dict or the path of a config JSON file (default env).
+        """
         fs = fs or FileSystem()
         fs.makedirs(state_dir)
         if plan is None:
             plan = Plan.default()
         elif isinstance(plan, dict):
             plan = Plan.from_dict(plan)
-        config = Config.coerce(config)
+        elif isinstance(plan, str):
+            plan = Plan.load(plan, fs)
+        config = Config.load(config, fs) if isinstance(config, str) else Config.coerce(config)
         clock = clock or SystemClock()
         events = EventBus()
         # The flags get the bus only after the stored state is restored, so

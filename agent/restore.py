@@ -10,6 +10,7 @@ since the last boot, the flags now in force are committed (one commit, with a
 """
 from agent import transitions as tr
 from agent.flags import FLAG_NAMES, FlagError, check_flag_map
+from agent.store import StoreError
 from agent.transitions import AT_STAGE
 
 FLAG_PREFIX = "flag."
@@ -78,7 +79,12 @@ def _reconcile_flags(control, stored_hash):
     if stored_hash is not None and stored_hash != control.plan.hash:
         reason = f"plan {stored_hash[:12]} -> {control.plan.hash[:12]}"
         entry = control._entry("plan_changed", control.stage, control.state, reason)
-    control._commit(changes, entry, None, control.state)
+    try:
+        control._commit(changes, entry, None, control.state)
+    except StoreError as exc:
+        # Boot anyway with the right flags in memory; every stage or flag change
+        # writes all flags again, so the store catches up at the next commit.
+        control.recovered_notes.append(f"could not commit the flags in force: {exc}")
 
 
 def _int_or(value, default, minimum, maximum, notes, what):

@@ -542,6 +542,35 @@ def test_invalid_stored_values_fall_back_to_safe_ones():
     c.close()
 
 
+def test_plan_and_config_may_be_json_files():
+    import json
+    d = corekit.tmpdir("files")
+    short = dict(DEFAULT_PLAN)
+    short["stages"] = DEFAULT_PLAN["stages"][:2]
+    with open(d + "/plan.json", "w") as f:
+        f.write(json.dumps(short))
+    with open(d + "/config.json", "w") as f:
+        f.write(json.dumps({"environment": "prod", "cooldown_ms": 1234}))
+    c, _, clock = _open(d + "/state", plan=d + "/plan.json", config=d + "/config.json")
+    assert c.plan.max_stage == 2 and c.config.cooldown_ms == 1234
+    assert c.flags.enabled("enable_migration_monitoring")
+    c.close()
+
+
+def test_boot_survives_a_store_that_cannot_take_the_flag_commit():
+    fs = faultfs.FaultFS()
+    c, d, clock = _open(fs=fs)
+    c.close()
+    fs.fail("write", times=1)
+    c, d, clock = _open(d, clock, fs=fs, config={"environment": "staging"})
+    assert c.flags.enabled("use_logger_error_context")  # the config is in force anyway
+    assert c.store.get("flag.use_logger_error_context") is False
+    assert any("could not commit" in note for note in c.recovered_notes)
+    c.set_flag_override("use_genserver_telemetry", True)  # writes every flag again
+    assert c.store.get("flag.use_logger_error_context") is True
+    c.close()
+
+
 def test_a_shorter_plan_clamps_the_stage_and_is_recorded():
     c, d, clock = _open()
     _advance_to(c, 4)
