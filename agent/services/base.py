@@ -71,7 +71,7 @@ class ServiceFront:
     implementation it had; do not do that across `apply_flags`.
     """
 
-    METHODS = ()
+    METHODS = ()  # type: tuple[str, ...]
 
     def __init__(self, name, impl):
         self.name = name
@@ -101,7 +101,7 @@ class LegacyHolder:
     """
 
     IMPL = LEGACY
-    NAME = None
+    NAME = ""  # set by each implementation: its slot in legacy_state
 
     def __init__(self, owner, guard, state=None, clock=None):
         self._owner = owner
@@ -125,7 +125,7 @@ class OwnedHolder:
     """Where a NEW implementation keeps its state: in the service object itself."""
 
     IMPL = NEW
-    NAME = None
+    NAME = ""  # set by each implementation (names its service in which_services)
 
     def __init__(self, state=None, clock=None):
         self._clock = clock

@@ -19,7 +19,7 @@ writes go through `pdict_get`/`pdict_put`; `tools/check_legacy.py` looks for
 those names the way the runbook greps for `Process.put`/`Process.get`.
 """
 
-_PDICT = {}
+_PDICT = {}  # type: dict
 _next_owner = [0]
 
 
