@@ -117,3 +117,16 @@ def next_state(state, event):
 
 def allowed_events(state):
     return sorted(TRANSITIONS.get(state, {}))
+
+
+def table_text():
+    """The table as text lines ("STATE --Event--> NEXT", then the refusals), for docs
+    and `status` dumps: the diagram is drawn from the same table the code obeys."""
+    lines = []
+    for state in STATES:
+        for event in sorted(TRANSITIONS[state]):
+            lines.append(f"{state} --{event}--> {TRANSITIONS[state][event]}")
+    for state in STATES:
+        for event in sorted(REFUSALS.get(state, {})):
+            lines.append(f"{state} --{event}--x refused: {REFUSALS[state][event]}")
+    return lines

@@ -80,6 +80,18 @@ def test_table_answers_every_state_event_pair():
             assert event in tr.TRANSITIONS[state]
 
 
+def test_table_text_lists_every_transition_and_refusal():
+    lines = tr.table_text()
+    allowed = sum(len(v) for v in tr.TRANSITIONS.values())
+    refused = sum(len(v) for v in tr.REFUSALS.values())
+    assert len(lines) == allowed + refused
+    assert "COOLDOWN --CooldownExpired--> AT_STAGE" in lines
+    assert any(line.startswith("QUARANTINED --MigrateRequested--x refused") for line in lines)
+    for state in tr.STATES:  # refusals name only pairs the table leaves out
+        for event in tr.REFUSALS.get(state, {}):
+            assert event not in tr.TRANSITIONS[state]
+
+
 # -- driving each state through the control ---------------------------------
 
 TABLE_CONFIG = {"quarantine_after": 2, "cooldown_ms": 10 * MINUTE}
