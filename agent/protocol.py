@@ -32,6 +32,7 @@ API (all names below are public)
                  encode_desired(target, stage, seq, plan_hash, fleet_key, devices=None,
                                 emergency=False, reason=None, ...) -> bytes
                  decode_desired(...same as decode_command...) -> DesiredState
+                 seal(env, kind, fleet_key, devices) -> bytes  (no validation; for tests)
                  pick_desired(states) -> the winning DesiredState or None
                  DesiredState.action(current_stage) -> (op, args) or None
                  control_call(op, args) -> (MigrationControl method name, [positional args])
@@ -42,25 +43,33 @@ API (all names below are public)
                  decode_report(payload, key=None, kind=None, device_id=None,
                                fleet_key=None) -> dict                      ReportError
 
+Wire format of a command or desired state: a msgpack map {"v": 1, "body": B,
+"sigs": T}. B is the canonical msgpack (firmware_shim.codec.canonical) of the
+envelope {v, kind, id, seq, plan, target, op, args, issued_at} (desired: stage,
+emergency, reason instead of op, args), at most MAX_BODY bytes. T is a table of
+24-byte entries sorted by tag: tag = SHA-256("fleetstage-tag:" + device_id)[:8],
+then MAC = HMAC-SHA256(K_d, "fleetstage-cmd" + zero byte + B)[:16]
+("fleetstage-desired" + zero byte for desired states). A device finds its
+entry by binary search and checks the MAC over the exact bytes B before it
+parses B: nothing unauthenticated is interpreted (except the id, peeked for
+the ack of a rejection), and a broadcast costs a device one HMAC, not an
+unpack of the whole table.
+
 Keys and threat model. `fleetstage keygen` makes a 32-byte fleet key that only
 the operator holds. Each device holds only its device key,
-K_d = HMAC-SHA256(fleet_key, "fleetstage-device:" + device_id). A command or
-desired state carries `sigs`, a map {device_id: MAC} with one 16-byte MAC
-(HMAC-SHA256 truncated to 128 bits) per targeted device, each computed with
-that device's K_d over a domain tag plus the canonical msgpack of the envelope
-without `sigs`. A broadcast (all, group) therefore carries one MAC per device
-the operator knows to be in the target; the operator computes them all from the
-fleet key. So a device key leaked from device A forges nothing that device B
-accepts: B checks only its own entry, under a key A cannot derive. The price is
-a payload that grows by about 30 bytes per targeted device (1,000 devices: about
-30 KB); MAX_PAYLOAD bounds it, and large fleets address groups. A device that
-the operator did not know of when signing finds no entry and rejects the
-message (bad_signature) until it is re-signed. Devices sign their own reports
-(acks, status, health, events) with K_d, so the operator can tell which device
-spoke; the broker ACL is the first line, the MAC the second. Not covered:
-a stolen fleet key forges everything; a key file of kind "fleet" on a device
-works (agent_key derives K_d from it) but turns that device into a fleet-wide
-forger, so agent_key returns a warning to log. MACs do not hide content.
+K_d = HMAC-SHA256(fleet_key, "fleetstage-device:" + device_id). A broadcast
+(all, group) carries one MAC per device the operator knows to be in the target;
+the operator computes them all from the fleet key. So a device key leaked from
+device A forges nothing that device B accepts: B checks only its own entry,
+under a key A cannot derive. The price is 24 bytes per targeted device (1,000
+devices: 24 KB); MAX_PAYLOAD bounds it, and large fleets address groups. A
+device the operator did not know of when signing finds no entry and rejects
+the message (bad_signature) until it is re-signed. Devices sign their own
+reports (acks, status, health, events) with K_d, so the operator can tell
+which device spoke; the broker ACL is the first line, the MAC the second. Not
+covered: a stolen fleet key forges everything; a key file of kind "fleet" on a
+device works (agent_key derives K_d from it) but makes that device a
+fleet-wide forger, so agent_key returns a warning to log. MACs hide nothing.
 
 Sequence numbers are one fleet-wide operator sequence shared by commands and
 desired states (next_seq makes them from the wall clock in ms, so several
@@ -90,9 +99,11 @@ from firmware_shim.crypto import compare_digest, hmac_sha256, random_bytes
 
 VERSION = 1
 MAX_STAGE = 4  # the default plan's stage count; pass the plan's own to encode/decode
-MAX_PAYLOAD = 256 * 1024  # a signed broadcast to ~8,000 devices; boards may pass less
+MAX_PAYLOAD = 256 * 1024  # a broadcast signed for ~10,000 devices; boards may pass less
 MAX_BODY = 4096  # the signed envelope without its MAC table
 MAC_BYTES = 16
+TAG_BYTES = 8
+_ENTRY_BYTES = TAG_BYTES + MAC_BYTES
 KEY_BYTES = 32
 MAX_ID_LEN = 64
 MAX_REASON_LEN = 200
@@ -596,15 +607,33 @@ def _validate(env, kind, max_stage):
     return command_id
 
 
-def _mac(key, kind, body_bytes):
-    return hmac_sha256(key, _DOMAIN[kind] + body_bytes)[:MAC_BYTES]
+def _mac(key, kind, body):
+    return hmac_sha256(key, _DOMAIN[kind] + body)[:MAC_BYTES]
 
 
-def _sign(env, kind, fleet_key, devices, max_stage):
-    _validate(env, kind, max_stage)
+def device_tag(device_id):
+    """The 8 bytes that index a device's entry in a MAC table (public, not secret)."""
+    return hashlib.sha256(b"fleetstage-tag:" + validate_id(device_id).encode()).digest()[:TAG_BYTES]
+
+
+def seal(env, kind, fleet_key, devices):
+    """Wrap an envelope dict for the wire WITHOUT validating it (encode_* validate
+    first; tests use this to reach the checks behind the MAC). fleet_key None:
+    unsigned. devices: ids to add a MAC for."""
     body = codec.canonical(env)
-    if len(body) > MAX_BODY:
-        _malformed(f"signed body of {len(body)} bytes exceeds {MAX_BODY}")
+    outer = {"v": VERSION, "body": body}
+    if fleet_key is not None:
+        entries = sorted(device_tag(d) + _mac(derive_device_key(fleet_key, d), kind, body)
+                         for d in devices)
+        outer["sigs"] = b"".join(entries)
+    return codec.packb(outer)
+
+
+def _encode(env, kind, fleet_key, devices, max_stage):
+    _validate(env, kind, max_stage)
+    body_len = len(codec.canonical(env))
+    if body_len > MAX_BODY:
+        _malformed(f"signed body of {body_len} bytes exceeds {MAX_BODY}")
     if fleet_key is not None:
         tkind, tname = parse_target(env["target"])
         if devices is None:
@@ -613,12 +642,7 @@ def _sign(env, kind, fleet_key, devices, max_stage):
             devices = [tname]
         if not devices:
             raise ProtocolError("no devices to sign for")
-        sigs = {}
-        for d in devices:
-            sigs[d] = _mac(derive_device_key(fleet_key, d), kind, body)
-        env = dict(env)
-        env["sigs"] = sigs
-    return codec.packb(env)
+    return seal(env, kind, fleet_key, devices)
 
 
 def encode_command(op, args, target, seq, plan_hash, fleet_key, devices=None, command_id=None,
@@ -631,7 +655,7 @@ def encode_command(op, args, target, seq, plan_hash, fleet_key, devices=None, co
     env = {"v": VERSION, "kind": KIND_CMD, "id": command_id or new_command_id(), "seq": seq,
            "plan": plan_hash, "target": target, "op": op, "args": args,
            "issued_at": issued_at}
-    return _sign(env, KIND_CMD, fleet_key, devices, max_stage)
+    return _encode(env, KIND_CMD, fleet_key, devices, max_stage)
 
 
 def encode_desired(target, stage, seq, plan_hash, fleet_key, devices=None, emergency=False,
@@ -640,10 +664,11 @@ def encode_desired(target, stage, seq, plan_hash, fleet_key, devices=None, emerg
     env = {"v": VERSION, "kind": KIND_DESIRED, "id": command_id or new_command_id(),
            "seq": seq, "plan": plan_hash, "target": target, "stage": stage,
            "emergency": emergency, "reason": reason, "issued_at": issued_at}
-    return _sign(env, KIND_DESIRED, fleet_key, devices, max_stage)
+    return _encode(env, KIND_DESIRED, fleet_key, devices, max_stage)
 
 
-def _unpack(payload, max_payload):
+def _unwrap(payload, max_payload):
+    """Outer map -> (body bytes, sigs bytes or None); raises malformed."""
     if not isinstance(payload, (bytes, bytearray, memoryview)):
         _malformed("payload must be bytes")
     if len(payload) > max_payload:
@@ -651,70 +676,103 @@ def _unpack(payload, max_payload):
     if not len(payload):
         _malformed("empty payload")
     try:
-        env = codec.unpackb(bytes(payload))
+        outer = codec.unpackb(bytes(payload))
     except codec.CodecError as exc:
         _malformed(str(exc)[:120])
-    if not isinstance(env, dict):
+    if not isinstance(outer, dict):
         _malformed("payload is not a map")
-    return env
-
-
-def _verify(env, kind, key, device_id, command_id, insecure):
-    """Pops `sigs` and checks this device's MAC; returns the canonical body."""
-    sigs = env.pop("sigs", None)
-    try:
-        body = codec.canonical(env)
-    except codec.CodecError as exc:  # e.g. a float map key: decodable, not canonical
-        _malformed(str(exc)[:120], command_id)
+    for k in outer:
+        if k not in ("v", "body", "sigs"):
+            _malformed(f"unknown field {str(k)[:40]!r}")
+    if outer.get("v") != VERSION or isinstance(outer.get("v"), bool):
+        _malformed("unsupported protocol version")
+    body, sigs = outer.get("body"), outer.get("sigs")
+    if not isinstance(body, bytes) or not body:
+        _malformed("body must be non-empty bytes")
     if len(body) > MAX_BODY:
-        _malformed(f"signed body of {len(body)} bytes exceeds {MAX_BODY}", command_id)
-    if sigs is None or sigs == {}:
+        _malformed(f"signed body of {len(body)} bytes exceeds {MAX_BODY}")
+    if sigs is not None and (not isinstance(sigs, bytes) or len(sigs) % _ENTRY_BYTES):
+        _malformed(f"sigs must be bytes in entries of {_ENTRY_BYTES}")
+    return body, sigs
+
+
+def _macs_for(sigs, tag):
+    """Candidate MACs under `tag` in a table sorted by tag (binary search)."""
+    n = len(sigs) // _ENTRY_BYTES
+    lo, hi = 0, n
+    while lo < hi:
+        mid = (lo + hi) // 2
+        at = mid * _ENTRY_BYTES
+        if sigs[at:at + TAG_BYTES] < tag:
+            lo = mid + 1
+        else:
+            hi = mid
+    found = []
+    while lo < n and len(found) < 4:  # equal tags: a 64-bit collision, or junk
+        at = lo * _ENTRY_BYTES
+        if sigs[at:at + TAG_BYTES] != tag:
+            break
+        found.append(sigs[at + TAG_BYTES:at + _ENTRY_BYTES])
+        lo += 1
+    return found
+
+
+def _peek_id(body):
+    """The id of a body that failed its MAC, for the ack; None if unreadable."""
+    try:
+        env = codec.unpackb(body)
+        return _check_command_id(env.get("id"))
+    except (codec.CodecError, CommandRejected, AttributeError):
+        return None
+
+
+def _verify(body, sigs, kind, key, device_id, insecure):
+    """Checks this device's MAC over the body bytes, before the body is parsed."""
+    if not sigs:
         if insecure:
-            return body
-        raise CommandRejected(BAD_SIGNATURE, "unsigned", command_id)
-    if not isinstance(sigs, dict):
-        _malformed("sigs must be a map", command_id)
+            return
+        raise CommandRejected(BAD_SIGNATURE, "unsigned", _peek_id(body))
     if key is None:
         if insecure:
-            return body
-        raise CommandRejected(BAD_SIGNATURE, "no key to verify with", command_id)
-    mac = sigs.get(device_id)
-    if mac is None:
-        raise CommandRejected(BAD_SIGNATURE, "no signature for this device", command_id)
-    if not isinstance(mac, bytes) or not compare_digest(mac, _mac(key, kind, body)):
-        raise CommandRejected(BAD_SIGNATURE, "signature does not verify", command_id)
-    return body
+            return
+        raise CommandRejected(BAD_SIGNATURE, "no key to verify with", _peek_id(body))
+    candidates = _macs_for(sigs, device_tag(device_id))
+    if not candidates:
+        raise CommandRejected(BAD_SIGNATURE, "no signature for this device", _peek_id(body))
+    want = _mac(key, kind, body)
+    for mac in candidates:
+        if compare_digest(mac, want):
+            return
+    raise CommandRejected(BAD_SIGNATURE, "signature does not verify", _peek_id(body))
 
 
 def _decode(payload, kind, key, device_id, groups, plan_hash, max_stage, insecure,
             max_payload):
-    env = _unpack(payload, max_payload)
-    command_id = _check_command_id(env.get("id"))
-    fields = (_CMD_FIELDS if kind == KIND_CMD else _DESIRED_FIELDS) + ("sigs",)
-    for k in env:  # the shape is checked before the MAC; types and ranges after it
-        if k not in fields:
-            _malformed(f"unknown field {str(k)[:40]!r}", command_id)
-    for k in fields[:-1]:
-        if k not in env:
-            _malformed("missing field " + k, command_id)
-    body = _verify(env, kind, key, device_id, command_id, insecure)
-    _validate(env, kind, max_stage)
+    body, sigs = _unwrap(payload, max_payload)
+    _verify(body, sigs, kind, key, device_id, insecure)
+    try:
+        env = codec.unpackb(body)
+    except codec.CodecError as exc:
+        _malformed(str(exc)[:120], _peek_id(body))
+    if not isinstance(env, dict):
+        _malformed("body is not a map")
+    command_id = _validate(env, kind, max_stage)
     if not target_matches(env["target"], device_id, groups):
         _malformed("target {} does not include this device".format(env["target"]), command_id)
     if plan_hash is not None and env["plan"] != plan_hash:
         raise CommandRejected(WRONG_PLAN, "command is for plan " + env["plan"][:16], command_id)
-    digest = _hexstr(hashlib.sha256(body).digest()[:8])
-    return env, command_id, digest
+    return env, command_id, _hexstr(hashlib.sha256(body).digest()[:8])
 
 
 def decode_command(payload, key, device_id, groups=(), plan_hash=None, max_stage=MAX_STAGE,
                    insecure=False, max_payload=MAX_PAYLOAD):
     """Bytes from a cmd topic -> Command, or raises CommandRejected.
 
-    Order of checks (the first failing one names the reason): size and msgpack
-    shape (malformed), this device's MAC (bad_signature; unsigned is refused
-    unless insecure), fields and op (unknown_op / malformed), target includes
-    this device (malformed), plan hash (wrong_plan). Replay and sequence are
+    Order of checks (the first failing one names the reason): size and outer
+    shape (malformed), this device's MAC over the body bytes (bad_signature;
+    unsigned is refused unless insecure), then, on authenticated bytes only,
+    the body's fields and op (malformed / unknown_op), target includes this
+    device (malformed), plan hash (wrong_plan). Replay and sequence are
     ReplayGuard's job; not_ready / quarantined are the runtime's.
     """
     env, command_id, digest = _decode(payload, KIND_CMD, key, device_id, groups, plan_hash,

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent import protocol as p
-from firmware_shim import codec
+from firmware_shim import codec, minipack
 from firmware_shim.crypto import hmac_sha256
 
 FLEET_KEY = bytes(range(100, 132))
@@ -44,7 +44,7 @@ keys = st.one_of(st.text(max_size=12), st.integers(min_value=-(2**63), max_value
                  st.binary(max_size=6), st.booleans(), st.none(), st.floats(allow_nan=False))
 values = st.recursive(scalars, lambda inner: st.one_of(
     st.lists(inner, max_size=4), st.dictionaries(keys, inner, max_size=4)), max_leaves=16)
-FIELDS = list(p._CMD_FIELDS) + ["sigs"]
+FIELDS = list(p._CMD_FIELDS)
 
 
 def _valid(op_index, target_index, seq):
@@ -54,16 +54,18 @@ def _valid(op_index, target_index, seq):
 
 
 def _resign(env, kind="cmd"):
-    env = dict(env)
-    env.pop("sigs", None)
+    """A correctly MACed payload for any envelope, canonical or not."""
     try:
         body = codec.canonical(env)
-    except codec.CodecError:
-        env["sigs"] = {DEVICE: b"\x00" * 16}
-        return codec.packb(env)
+    except codec.CodecError:  # e.g. float keys: still packable, so still MAC-able
+        body = codec.packb(env)
     tag = b"fleetstage-cmd\x00" if kind == "cmd" else b"fleetstage-desired\x00"
-    env["sigs"] = {DEVICE: hmac_sha256(KEY, tag + body)[:16]}
-    return codec.packb(env)
+    sigs = p.device_tag(DEVICE) + hmac_sha256(KEY, tag + body)[:16]
+    return codec.packb({"v": 1, "body": body, "sigs": sigs})
+
+
+def _body(payload):
+    return codec.unpackb(codec.unpackb(payload)["body"])
 
 
 def _check_command(cmd):
@@ -167,11 +169,17 @@ def test_mutated_valid_commands(op_index, target_index, seq, mutations):
        st.dictionaries(st.sampled_from(FIELDS + ["extra", "op_args"]), values, max_size=3),
        st.lists(st.sampled_from(FIELDS), max_size=2), st.booleans())
 def test_field_swaps_extra_fields_and_resigning(op_index, target_index, replace, drop, resign):
-    env = codec.unpackb(_valid(op_index, target_index, 77))
+    original = _valid(op_index, target_index, 77)
+    env = _body(original)
     env.update(replace)
     for k in drop:
         env.pop(k, None)
-    payload = _resign(env) if resign else codec.packb(env)
+    if resign:
+        payload = _resign(env)
+    else:  # the original MAC table over a changed body
+        outer = codec.unpackb(_resign(env))
+        outer["sigs"] = codec.unpackb(original)["sigs"]
+        payload = codec.packb(outer)
     _decode_contract(payload)
     _decode_contract(payload, desired=True)
     _decode_contract(payload, insecure=True)
@@ -182,10 +190,40 @@ def test_field_swaps_extra_fields_and_resigning(op_index, target_index, replace,
        st.dictionaries(st.sampled_from(["stage", "reason", "name", "value", "x"]), values,
                        max_size=3))
 def test_args_of_every_type_behind_a_valid_mac(op_args, args):
-    env = codec.unpackb(_valid(0, 0, 5))
+    env = _body(_valid(0, 0, 5))
     env["op"] = op_args[0]
     env["args"] = args if op_args[1] is None else dict(op_args[1], **args)
     _decode_contract(_resign(env))
+
+
+@FUZZ
+@given(st.dictionaries(st.sampled_from(["v", "body", "sigs", "x"]), values, max_size=3),
+       st.lists(st.sampled_from(["v", "body", "sigs"]), max_size=2))
+def test_outer_map_mutations(replace, drop):
+    outer = codec.unpackb(_valid(1, 0, 5))
+    outer.update(replace)
+    for k in drop:
+        outer.pop(k, None)
+    _decode_contract(codec.packb(outer))
+    _decode_contract(codec.packb(outer), desired=True, insecure=True)
+
+
+@FUZZ
+@given(st.binary(max_size=600), st.integers(0, len(OPS_ARGS) - 1),
+       st.lists(mutation, min_size=1, max_size=3))
+def test_same_contract_with_the_micropython_codec(data, op_index, mutations):
+    """On a board the decoder is firmware_shim.minipack: hold it to the same contract."""
+    saved = codec.unpackb
+    codec.unpackb = minipack.unpackb
+    try:
+        _decode_contract(data)
+        payload = _valid(op_index, 0, 9)
+        assert _decode_contract(payload) is not None
+        for how in mutations:
+            payload = _mutate(payload, how)
+        _decode_contract(payload)
+    finally:
+        codec.unpackb = saved
 
 
 @FUZZ

@@ -1,11 +1,13 @@
 """agent.protocol on both interpreters: signing, every reason code, the replay
 guard, topics, targets, keys, reports and the malformed-payload corpus."""
+import hashlib
 import json
 
 import corekit
 
 from agent import protocol as p
 from firmware_shim import codec
+from firmware_shim.crypto import hmac_sha256
 
 FLEET_KEY = bytes(range(32))
 PLAN = "ab" * 32
@@ -33,17 +35,27 @@ def _reason(payload, **kw):
 
 def _resign(env, devices=("gw-a",), key=FLEET_KEY, kind="cmd"):
     """Sign an arbitrary envelope as the operator would (to test post-MAC checks)."""
-    env = dict(env)
-    env.pop("sigs", None)
-    body = codec.canonical(env)
-    tag = b"fleetstage-cmd\x00" if kind == "cmd" else b"fleetstage-desired\x00"
-    from firmware_shim.crypto import hmac_sha256
-    env["sigs"] = {d: hmac_sha256(p.derive_device_key(key, d), tag + body)[:16] for d in devices}
-    return codec.packb(env)
+    return p.seal(env, kind, key, devices)
+
+
+def _outer(payload):
+    return codec.unpackb(payload)
 
 
 def _env(payload):
-    return codec.unpackb(payload)
+    return codec.unpackb(_outer(payload)["body"])
+
+
+def _entry(device_id, mac_key, body, tag=b"fleetstage-cmd\x00"):
+    return p.device_tag(device_id) + hmac_sha256(mac_key, tag + body)[:16]
+
+
+def _wire(body, sigs=None, **extra):
+    outer = {"v": 1, "body": body}
+    if sigs is not None:
+        outer["sigs"] = sigs
+    outer.update(extra)
+    return codec.packb(outer)
 
 
 # ------------------------------------------------------------------ signatures
@@ -66,11 +78,25 @@ def test_sign_verify_round_trip_for_each_op():
         assert p.control_call(cmd.op, cmd.args) == (method, positional)
 
 
+def test_wire_format_matches_the_documented_layout():
+    payload = _cmd(target="all", devices=["gw-b", "gw-a"], command_id="0123456789abcdef")
+    outer = _outer(payload)
+    assert sorted(outer) == ["body", "sigs", "v"] and outer["v"] == 1
+    env = _env(payload)
+    assert outer["body"] == codec.canonical(env)
+    assert sorted(env) == ["args", "id", "issued_at", "kind", "op", "plan", "seq", "target", "v"]
+    entries = sorted([_entry("gw-a", KEY_A, outer["body"]), _entry("gw-b", KEY_B, outer["body"])])
+    assert outer["sigs"] == b"".join(entries)
+    assert p.device_tag("gw-a") == hashlib.sha256(b"fleetstage-tag:gw-a").digest()[:8]
+    assert _decode(payload).digest == "".join(
+        "%02x" % b for b in hashlib.sha256(outer["body"]).digest()[:8])
+
+
 def test_broadcast_carries_one_mac_per_device_and_each_device_verifies_its_own():
     inventory = {"gw-a": ["canary"], "gw-b": [], "gw-c": ["canary", "east"]}
     devices = p.select_devices("all", inventory)
     payload = _cmd(target="all", devices=devices)
-    assert sorted(_env(payload)["sigs"]) == ["gw-a", "gw-b", "gw-c"]
+    assert len(_outer(payload)["sigs"]) == 3 * 24
     for d in devices:
         cmd = p.decode_command(payload, p.derive_device_key(FLEET_KEY, d), d, inventory[d])
         assert cmd.target == "all"
@@ -81,6 +107,11 @@ def test_broadcast_carries_one_mac_per_device_and_each_device_verifies_its_own()
     # gw-b is not in the group: it has no MAC and is not targeted
     exc = corekit.raises(p.CommandRejected, p.decode_command, payload, KEY_B, "gw-b", [])
     assert exc.reason == p.BAD_SIGNATURE
+    # a big table: every device still finds its own entry by binary search
+    many = [f"gw-{i}" for i in range(300)]
+    payload = _cmd(target="all", devices=many)
+    for d in ("gw-0", "gw-150", "gw-299", "gw-77"):
+        assert p.decode_command(payload, p.derive_device_key(FLEET_KEY, d), d).seq == 10
 
 
 def test_broadcast_without_device_list_is_refused_by_the_encoder():
@@ -89,45 +120,39 @@ def test_broadcast_without_device_list_is_refused_by_the_encoder():
 
 
 def test_leaked_device_key_forges_nothing_for_another_device():
-    # gw-b's key leaked: the attacker signs gw-a's entry with it, or derives from it
+    # gw-b's key leaked: the attacker MACs gw-a's entry with it, or derives from it
     honest = _env(_cmd(target="all", devices=["gw-a", "gw-b"]))
     honest["args"] = {"stage": 4}
-    honest.pop("sigs")
-    from firmware_shim.crypto import hmac_sha256
     body = codec.canonical(honest)
-    forged = dict(honest)
-    forged["sigs"] = {"gw-a": hmac_sha256(KEY_B, b"fleetstage-cmd\x00" + body)[:16]}
-    assert _reason(codec.packb(forged)) == p.BAD_SIGNATURE
+    assert _reason(_wire(body, _entry("gw-a", KEY_B, body))) == p.BAD_SIGNATURE
     # treating the leaked device key as a fleet key derives a different key for gw-a
     assert p.derive_device_key(KEY_B, "gw-a") != KEY_A
     assert _reason(_resign(honest, key=KEY_B)) == p.BAD_SIGNATURE
     # gw-b itself still accepts commands signed for it (its own key is the leak's scope)
-    cmd = p.decode_command(_resign(honest, devices=["gw-b"]), KEY_B, "gw-b", [])
+    cmd = p.decode_command(_wire(body, _entry("gw-b", KEY_B, body)), KEY_B, "gw-b", [])
     assert cmd.args == {"stage": 4}
     # and the device keys differ from each other and from the fleet key
     assert KEY_A != KEY_B and KEY_A != FLEET_KEY and len(KEY_A) == 32
 
 
 def test_bad_signature_cases():
-    good = _cmd()
-    env = _env(good)
-    tampered = dict(env)
-    tampered["args"] = {"stage": 4}
-    assert _reason(codec.packb(tampered)) == p.BAD_SIGNATURE
-    unsigned = dict(env)
-    del unsigned["sigs"]
-    assert _reason(codec.packb(unsigned)) == p.BAD_SIGNATURE
-    empty = dict(env, sigs={})
-    assert _reason(codec.packb(empty)) == p.BAD_SIGNATURE
-    wrong_len = dict(env, sigs={"gw-a": env["sigs"]["gw-a"][:8]})
-    assert _reason(codec.packb(wrong_len)) == p.BAD_SIGNATURE
-    not_bytes = dict(env, sigs={"gw-a": "x" * 16})
-    assert _reason(codec.packb(not_bytes)) == p.BAD_SIGNATURE
+    good = _cmd(command_id="0123456789abcdef")
+    outer = _outer(good)
+    body, sigs = outer["body"], outer["sigs"]
+    tampered = codec.canonical(dict(_env(good), args={"stage": 4}))
+    assert _reason(_wire(tampered, sigs)) == p.BAD_SIGNATURE
+    exc = corekit.raises(p.CommandRejected, _decode, _wire(tampered, sigs))
+    assert exc.command_id == "0123456789abcdef"  # peeked for the ack
+    assert _reason(_wire(body)) == p.BAD_SIGNATURE  # unsigned
+    assert _reason(_wire(body, b"")) == p.BAD_SIGNATURE
+    assert _reason(_wire(body, sigs[:8] + bytes(16))) == p.BAD_SIGNATURE  # right tag, zero MAC
+    assert _reason(_wire(body, bytes(24))) == p.BAD_SIGNATURE  # no entry for gw-a
     assert _reason(good, key=KEY_B) == p.BAD_SIGNATURE
     assert _reason(good, key=None) == p.BAD_SIGNATURE
-    # another fleet's key
-    other = _cmd(key=bytes(32))
-    assert _reason(other) == p.BAD_SIGNATURE
+    assert _reason(good, device_id="gw-b", key=KEY_B) == p.BAD_SIGNATURE
+    assert _reason(_cmd(key=bytes(32))) == p.BAD_SIGNATURE  # another fleet's key
+    # several entries under one tag (a collision or junk): the right one still verifies
+    assert _decode(_wire(body, sigs[:8] + bytes(16) + sigs)).seq == 10
 
 
 def test_desired_state_mac_does_not_verify_as_a_command_and_back():
@@ -136,12 +161,18 @@ def test_desired_state_mac_does_not_verify_as_a_command_and_back():
     assert _decode(_resign(_env(_cmd()))).op == "migrate"
     cmd_bytes = _cmd()
     exc = corekit.raises(p.CommandRejected, p.decode_desired, cmd_bytes, KEY_A, "gw-a")
+    assert exc.reason == p.BAD_SIGNATURE
+    desired = p.encode_desired("device:gw-a", 1, 10, PLAN, FLEET_KEY)
+    assert _reason(desired) == p.BAD_SIGNATURE
+    # behind a valid MAC, a body of the other kind is malformed
+    exc = corekit.raises(p.CommandRejected, p.decode_desired, _resign(_env(cmd_bytes),
+                         kind="desired"), KEY_A, "gw-a")
     assert exc.reason == p.MALFORMED
 
 
 def test_insecure_mode_accepts_unsigned_but_still_checks_a_present_signature():
     unsigned = _cmd(key=None)
-    assert "sigs" not in _env(unsigned)
+    assert "sigs" not in _outer(unsigned)
     assert _reason(unsigned) == p.BAD_SIGNATURE
     assert _decode(unsigned, insecure=True).op == "migrate"
     assert _decode(unsigned, key=None, insecure=True).op == "migrate"
@@ -154,8 +185,12 @@ def test_malformed_shapes():
     good = _env(_cmd(command_id="0123456789abcdef"))
     cases = [
         b"", b"\xc1", b"\x93\x01\x02\x03", codec.packb("text"), _cmd()[:-3], _cmd() + b"\x00",
-        codec.packb(dict(good, extra=1)),
-        codec.packb({k: v for k, v in good.items() if k != "seq"}),
+        _resign(dict(good, extra=1)), _resign({k: v for k, v in good.items() if k != "seq"}),
+        _wire(_outer(_cmd())["body"], _outer(_cmd())["sigs"], extra=1),
+        _wire(_outer(_cmd())["body"], _outer(_cmd())["sigs"], v=2),
+        _wire(_outer(_cmd())["body"], _outer(_cmd())["sigs"][:-1]),
+        _wire(_outer(_cmd())["body"], "sigs"), _wire("body", b""), _wire(b"", b""),
+        codec.packb({"body": _outer(_cmd())["body"], "sigs": _outer(_cmd())["sigs"]}),
         _resign(dict(good, seq="10")), _resign(dict(good, seq=0)), _resign(dict(good, seq=-5)),
         _resign(dict(good, seq=True)), _resign(dict(good, v=2)), _resign(dict(good, v=True)),
         _resign(dict(good, id="XYZ")), _resign(dict(good, id="0123456789ABCDEF")),
@@ -174,7 +209,7 @@ def test_malformed_shapes():
         _resign(dict(good, op="rollback", args={"stage": 4})),
         _resign(dict(good, op=7)),
         _resign(dict(good, target="device:gw-b")),  # signed for gw-a, targets gw-b
-        codec.packb(dict(good, args={"stage": 1, 1.5: 2})),  # decodable, not canonical
+        _float_key_body(good),  # packable, so MAC-able, but not canonical
         _resign(dict(good, kind="desired")),
     ]
     for i, payload in enumerate(cases):
@@ -183,6 +218,11 @@ def test_malformed_shapes():
     # the id is echoed once it could be read, for the ack
     exc = corekit.raises(p.CommandRejected, _decode, cases[-2])
     assert exc.command_id == "0123456789abcdef"
+
+
+def _float_key_body(good):
+    body = codec.packb(dict(good, args={"stage": 1, 1.5: 2}))
+    return _wire(body, _entry("gw-a", KEY_A, body))
 
 
 def test_unknown_op_and_wrong_plan():
@@ -201,7 +241,8 @@ def test_payload_size_limit():
     assert exc.reason == p.MALFORMED and "exceeds" in exc.detail
     # the signed body (without MACs) has its own limit
     huge = dict(_env(_cmd()), op="emergency_rollback", args={"reason": "x" * 5000})
-    assert _reason(_resign(huge)) == p.MALFORMED
+    exc = corekit.raises(p.CommandRejected, _decode, _resign(huge))
+    assert exc.reason == p.MALFORMED and "body" in exc.detail
     corekit.raises(p.CommandRejected, _cmd, "set_flag", {"name": "a" * 65, "value": True})
 
 
