@@ -39,6 +39,8 @@ burns the number of the record that may have been in flight (the last valid
 one + 1) and everything seen after corruption. The snapshot carries the
 highest number burned so far, so reopening never goes back.
 
+One Store object per file, used from one thread: it is the only writer.
+
 Errors: ENOSPC -> StoreFullError, other OSError -> StoreIOError (both
 StoreError). A failed commit changes nothing in memory; the store then rewrites
 the file from memory (dropping whatever part of the failed record reached
@@ -192,7 +194,8 @@ def parse_log(data):
         # from pos itself: an intact record there that is out of order is damage too
         found, out.max_seq_after = _scan_for_valid(data, pos, seq)
         out.tail = "corrupt" if found else "torn"
-    if not out.header_ok and len(data) > 0:
+    if len(data) > 0 and (not out.header_ok or out.records == 0):
+        # header and snapshot reach the file whole (fsync before rename): never torn
         out.tail = "corrupt"
     return out
 
@@ -240,6 +243,15 @@ def _same_value(a, b):
         return False
 
 
+def _copy(value):
+    # A caller that edits a list it got, then commits it, must see a real change.
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    return value
+
+
 def _default_logger(msg):
     print(msg, file=sys.stderr)
 
@@ -284,11 +296,14 @@ class Store:
     # ------------------------------------------------------------ reading
 
     def get(self, key, default=None):
-        """The value of `key` (do not mutate it: it is the store's own copy)."""
-        return self._state.get(key, default)
+        """The value of `key`; lists and dicts come as copies, so editing one changes nothing."""
+        if key not in self._state:
+            return default
+        return _copy(self._state[key])
 
     def items(self):
-        return sorted(self._state.items())
+        """Every (key, value), sorted by key (values copied as in get)."""
+        return [(k, _copy(self._state[k])) for k in sorted(self._state)]
 
     def __contains__(self, key):
         return key in self._state
@@ -301,6 +316,16 @@ class Store:
         return self._seq
 
     def stats(self):
+        """Counters since this object opened the file.
+
+        bytes_written (records, snapshots and headers handed to the file
+        system), records (in the current file), commits, noop_commits,
+        failed_commits, compactions (also counts creating the file and the
+        rewrites of recovery), recovered (1 when opening had to repair the
+        file: a torn tail dropped, corruption, a .tmp adopted), dropped_bytes,
+        corruption_detected, compaction_failures, seq (the highest number used
+        or burned), generation, file_bytes, keys, needs_repair.
+        """
         out = dict(self._stats)
         out["seq"] = self._seq
         out["generation"] = self._generation
@@ -494,6 +519,8 @@ class Store:
     def _open(self):
         fs = self.fs
         try:
+            if self._dir not in (".", "/"):
+                fs.makedirs(self._dir)
             data = fs.read_bytes(self.path)
             if data is None:
                 data = self._adopt_tmp()

@@ -385,3 +385,49 @@ def test_power_cut_between_compaction_steps_keeps_state():
             break
         steps += 1
     assert steps >= 6  # exists/remove, open, write, flush, fsync, close, rename, fsync_dir, open
+
+
+def test_values_handed_out_are_copies():
+    path = _path()
+    s = _open(path)
+    s.commit({"history": [{"to": 1}], "m": {"a": [1]}})
+    h = s.get("history")
+    h.append({"to": 2})
+    h[0]["to"] = 9
+    assert s.get("history") == [{"to": 1}]
+    # so committing the edited list is a real change, and it is written
+    assert s.commit({"history": h}) is not None
+    items = s.items()
+    items[1][1]["a"].append(2)
+    assert s.get("m") == {"a": [1]}
+    s.close()
+    s = _open(path)
+    assert s.get("history") == [{"to": 9}, {"to": 2}]
+    s.close()
+
+
+def test_damaged_snapshot_is_corruption_even_with_nothing_after_it():
+    path = _path()
+    s = _open(path)
+    s.commit({"a": 1, "b": 2})
+    s.compact()  # the file is now one snapshot record
+    s.close()
+    data = bytearray(_read(path))
+    data[HEADER_SIZE + 14] ^= 0x01
+    _write(path, bytes(data))
+    s = _open(path)
+    assert s.items() == []
+    assert s.stats()["corruption_detected"] == 1
+    assert _read(path + ".corrupt-1") == bytes(data)
+    assert s.commit({"c": 3}) > 1
+    s.close()
+
+
+def test_store_creates_its_directory():
+    path = corekit.tmpdir("store") + "/state/deeper/flags.db"
+    s = _open(path)
+    assert s.commit({"a": 1}) == 1
+    s.close()
+    s = _open(path)
+    assert s.items() == [("a", 1)]
+    s.close()
