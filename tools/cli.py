@@ -15,13 +15,15 @@ COMMAND_MODULES = [
     "tools.local_cmd",
     "tools.mosquitto_acl",
     "tools.sim_cmd",
+    "tools.check_legacy",
 ]
 
 
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="fleetstage",
-        description="Staged feature-flag migrations on fleets of edge gateways, with automatic rollback.",
+        description="Staged feature-flag migrations on fleets of edge gateways,"
+        " with automatic rollback.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:

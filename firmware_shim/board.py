@@ -1,0 +1,87 @@
+"""Boot the agent on a MicroPython board (the same code runs on the unix port).
+
+A board's main.py is two lines:
+    from firmware_shim.board import run
+    run("/config.json")
+It reads the same JSON config as `fleetstage agent` on a Pi, the device key
+file, opens MigrationControl on the board's flash (littlefs) and serves the
+MQTT contract through firmware_shim.mqtt_micro. A bad config or key stops it
+at start with the field at fault, printed; the watchdog (when the board has
+one) is fed from the loop, so a hung agent resets the board.
+"""
+from agent import protocol as P
+from agent.agent_config import ConfigError, load_config
+from agent.control import MigrationControl
+from agent.plan import Plan
+from agent.runtime import AgentRuntime
+from firmware_shim.clock import SystemClock
+from firmware_shim.files import FileSystem
+from firmware_shim.machine import Watchdog
+from firmware_shim.mqtt_micro import MicroLink
+
+
+def log(msg):
+    print("fleetstage-agent:", msg)
+
+
+def load_key(cfg, fs):
+    raw = fs.read_bytes(cfg.key_file)
+    if raw is None:
+        if cfg.insecure:
+            log("WARNING: no key file: reports go out unsigned")
+            return None
+        raise ConfigError("key_file", cfg.key_file + " does not exist")
+    try:
+        key, warning = P.agent_key(P.parse_key_file(raw), cfg.device_id)
+    except P.ProtocolError as exc:
+        raise ConfigError("key_file", str(exc)) from None
+    if warning:
+        log("WARNING: " + warning)
+    return key
+
+
+def build(config_path, fs=None, clock=None):
+    """(runtime, link, control) for the config; raises ConfigError before touching flash."""
+    fs = fs or FileSystem()
+    cfg = load_config(config_path, fs)
+    if cfg.tls_cert:
+        raise ConfigError("tls.cert", "client certificates are not supported on boards yet")
+    key = load_key(cfg, fs)
+    plan = Plan.load(cfg.plan_file, fs) if cfg.plan_file else None
+    control = MigrationControl.open(cfg.state_dir, plan=plan, config=cfg.control,
+                                    clock=clock or SystemClock(), fs=fs)
+    will = (P.device_topic(cfg.fleet, cfg.device_id, "status"),
+            P.encode_offline_status(cfg.device_id, key), 1, True)
+    link = MicroLink(cfg.host, cfg.port, client_id=cfg.device_id, username=cfg.username,
+                     password=cfg.password, keepalive=int(cfg.keepalive_s), will=will,
+                     tls=cfg.tls, clean_session=cfg.clean_session,
+                     backoff_min_ms=int(cfg.backoff_min_s * 1000),
+                     backoff_max_ms=int(cfg.backoff_max_s * 1000), log=log)
+    runtime = AgentRuntime(
+        control, link, cfg.fleet, cfg.device_id, cfg.groups, key=key, clock=control.clock,
+        insecure=cfg.insecure, queue_limit=int(cfg.queue_limit),
+        health_interval_ms=int(cfg.health_interval_ms),
+        status_interval_ms=int(cfg.status_interval_ms),
+        monitor_interval_ms=int(cfg.monitor_interval_ms), log=log)
+    return runtime, link, control
+
+
+def run(config_path, watchdog_ms=30000):
+    try:
+        runtime, link, control = build(config_path)
+    except ConfigError as exc:
+        log("cannot start: %s" % exc)
+        return 2
+    if runtime.insecure:
+        log("WARNING: insecure development mode: unsigned commands are ACCEPTED")
+    wdt = Watchdog(watchdog_ms)
+    runtime.start()
+    link.start()
+    log("device %s at stage %d; broker %s:%d" % (runtime.device_id, control.stage,
+                                                 link.host, link.port))
+    try:
+        runtime.run(poll_ms=100, extra_poll=wdt.feed)
+    finally:
+        link.close()
+        control.close()
+    return 0

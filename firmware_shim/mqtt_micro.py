@@ -1,0 +1,356 @@
+"""A small MQTT 3.1.1 client for MicroPython boards (and anything with sockets).
+
+It serves the same link contract as the paho adapter, so agent.runtime runs
+unchanged on a board:
+    link.connected, link.set_callbacks(on_message, on_connect, on_disconnect),
+    link.subscribe(topic, qos), link.publish(topic, payload, qos, retain),
+    link.poll(timeout_ms), link.start(), link.close()
+What it does: CONNECT with a last will and credentials, SUBSCRIBE (re-sent on
+every reconnect), PUBLISH at QoS 0 and 1 (unacknowledged QoS 1 messages are
+re-sent with DUP after a reconnect, bounded), PUBACK for inbound QoS 1 only
+after the message callback returned (so a command is acknowledged to the
+broker after its store commit), keepalive pings, and reconnects with
+exponential backoff and jitter. No QoS 2: fleetstage never uses it.
+
+Never: block longer than poll's timeout once connected (a connect attempt may
+take up to CONNECT_TIMEOUT_S), raise out of poll(), or trust a length field:
+a malformed packet from the broker drops the connection and reconnects.
+Unlike micropython-lib's umqtt.simple it does not validate wire data with
+`assert`, and it never blocks inside a read.
+"""
+import select
+import socket
+import struct
+
+from firmware_shim.clock import monotonic_ms
+from firmware_shim.crypto import random_bytes
+
+try:
+    import ssl as _ssl
+except ImportError:  # boards built without TLS
+    _ssl = None
+
+CONNECT_TIMEOUT_S = 5
+MAX_PACKET = 512 * 1024
+MAX_INFLIGHT = 64
+EAGAIN = 11
+
+
+class MicroMqttError(Exception):
+    pass
+
+
+class MicroMqttNotConnected(MicroMqttError):
+    pass
+
+
+def _str(s):
+    b = s.encode("utf-8") if isinstance(s, str) else bytes(s)
+    return struct.pack(">H", len(b)) + b
+
+
+def _remaining_length(n):
+    out = bytearray()
+    while True:
+        byte = n % 128
+        n //= 128
+        if n:
+            byte |= 0x80
+        out.append(byte)
+        if not n:
+            return bytes(out)
+
+
+def _packet(first, body):
+    return bytes((first,)) + _remaining_length(len(body)) + body
+
+
+def parse_packets(buf):
+    """Split complete packets off `buf` -> (list of (type_byte, body), rest).
+
+    Raises MicroMqttError for a length field that is malformed or too large.
+    """
+    out = []
+    pos = 0
+    n = len(buf)
+    while pos + 2 <= n:
+        first = buf[pos]
+        length = 0
+        mult = 1
+        i = pos + 1
+        while True:
+            if i >= n:
+                return out, buf[pos:]
+            b = buf[i]
+            length += (b & 0x7F) * mult
+            i += 1
+            if not b & 0x80:
+                break
+            mult *= 128
+            if mult > 128 ** 3:
+                raise MicroMqttError("malformed remaining length")
+        if length > MAX_PACKET:
+            raise MicroMqttError("packet of %d bytes exceeds %d" % (length, MAX_PACKET))
+        if i + length > n:
+            return out, buf[pos:]
+        out.append((first, bytes(buf[i:i + length])))
+        pos = i + length
+    return out, buf[pos:]
+
+
+class MicroLink:
+    def __init__(self, host, port=1883, client_id="", username=None, password=None,
+                 keepalive=30, will=None, tls=False, ca=None, clean_session=True,
+                 backoff_min_ms=500, backoff_max_ms=30000, log=None):
+        self.host = host
+        self.port = port
+        self.client_id = client_id
+        self.username = username
+        self.password = password
+        self.keepalive = keepalive
+        self.will = will  # (topic, payload, qos, retain) or None
+        self.tls = tls
+        self.ca = ca
+        self.clean_session = clean_session
+        self.backoff_min_ms = backoff_min_ms
+        self.backoff_max_ms = backoff_max_ms
+        self.log = log or (lambda msg: None)
+        self.connected = False
+        self.sock = None
+        self.poller = None
+        self.buf = b""
+        self.subs = []
+        self.inflight = {}  # packet id -> publish packet bytes (QoS 1, awaiting PUBACK)
+        self.next_pid = 1
+        self.delay_ms = backoff_min_ms
+        self.next_attempt = 0
+        self.last_out = 0
+        self.last_in = 0
+        self.running = False
+        self.counters = {"connects": 0, "failures": 0, "malformed": 0}
+        self._on_message = self._on_connect = self._on_disconnect = None
+
+    # -- the link contract ---------------------------------------------------
+    def set_callbacks(self, on_message=None, on_connect=None, on_disconnect=None):
+        self._on_message = on_message
+        self._on_connect = on_connect
+        self._on_disconnect = on_disconnect
+
+    def subscribe(self, topic, qos=1):
+        if (topic, qos) not in self.subs:
+            self.subs.append((topic, qos))
+        if self.connected:
+            self._send_subscribe([(topic, qos)])
+
+    def publish(self, topic, payload, qos=0, retain=False):
+        if not self.connected:
+            raise MicroMqttNotConnected("not connected")
+        if qos and len(self.inflight) >= MAX_INFLIGHT:
+            raise MicroMqttError("too many unacknowledged messages")
+        pid = self._pid() if qos else 0
+        body = _str(topic) + (struct.pack(">H", pid) if qos else b"") + bytes(payload)
+        pkt = _packet(0x30 | (2 if qos else 0) | (1 if retain else 0), body)
+        if qos:
+            self.inflight[pid] = pkt
+        self._write(pkt)
+
+    def start(self):
+        self.running = True
+        self.next_attempt = 0
+
+    def poll(self, timeout_ms=100):
+        """Drive the connection once; never raises (trouble means a reconnect)."""
+        now = monotonic_ms()
+        if not self.connected:
+            if self.running and now >= self.next_attempt:
+                self._try_connect(now)
+            return
+        try:
+            self._read(timeout_ms)
+            self._keepalive(monotonic_ms())
+        except (OSError, MicroMqttError) as exc:
+            self._lost(exc)
+
+    def close(self):
+        self.running = False
+        if self.connected:
+            try:
+                self._write(b"\xe0\x00")  # DISCONNECT: the broker discards the will
+            except OSError:
+                pass
+        self._drop_socket()
+        self.connected = False
+
+    # -- connection ------------------------------------------------------------
+    def _try_connect(self, now):
+        try:
+            addr = socket.getaddrinfo(self.host, self.port)[0][-1]
+            sock = socket.socket()
+            try:
+                sock.settimeout(CONNECT_TIMEOUT_S)
+            except (AttributeError, OSError):  # some ports lack settimeout
+                pass
+            sock.connect(addr)
+            if self.tls:
+                if _ssl is None:
+                    raise MicroMqttError("this build has no ssl module for mqtts://")
+                sock = _ssl.wrap_socket(sock, server_hostname=self.host)
+            self.sock = sock
+            self.buf = b""
+            self._write(self._connect_packet())
+            self._await_connack()
+        except (OSError, MicroMqttError, IndexError) as exc:
+            self.counters["failures"] += 1
+            self._drop_socket()
+            jitter = int.from_bytes(random_bytes(2), "big") % (self.delay_ms // 2 + 1)
+            self.next_attempt = now + self.delay_ms + jitter
+            self.log("connect to %s:%d failed (%s); retry in %d ms" % (
+                self.host, self.port, exc, self.delay_ms + jitter))
+            self.delay_ms = min(self.delay_ms * 2, self.backoff_max_ms)
+            return
+        self.poller = select.poll()
+        self.poller.register(self.sock, select.POLLIN)
+        self.connected = True
+        self.delay_ms = self.backoff_min_ms
+        self.counters["connects"] += 1
+        self.last_in = monotonic_ms()
+        if self.subs:
+            self._send_subscribe(self.subs)
+        for pid in sorted(self.inflight):  # unacknowledged QoS 1: again, with DUP set
+            pkt = self.inflight[pid]
+            self._write(bytes((pkt[0] | 0x08,)) + pkt[1:])
+        if self._on_connect:
+            self._on_connect()
+
+    def _connect_packet(self):
+        flags = 0x02 if self.clean_session else 0
+        payload = _str(self.client_id)
+        if self.will:
+            topic, message, qos, retain = self.will
+            flags |= 0x04 | (qos << 3) | (0x20 if retain else 0)
+            payload += _str(topic) + _str(message)
+        if self.username is not None:
+            flags |= 0x80
+            payload += _str(self.username)
+            if self.password is not None:
+                flags |= 0x40
+                payload += _str(self.password)
+        body = _str("MQTT") + bytes((4, flags)) + struct.pack(">H", self.keepalive) + payload
+        return _packet(0x10, body)
+
+    def _await_connack(self):
+        deadline = monotonic_ms() + CONNECT_TIMEOUT_S * 1000
+        while monotonic_ms() < deadline:
+            chunk = self.sock.recv(4)
+            if not chunk:
+                raise MicroMqttError("broker closed the connection")
+            self.buf += chunk
+            if len(self.buf) >= 4:
+                break
+        if len(self.buf) < 4 or self.buf[0] != 0x20 or self.buf[1] != 2:
+            raise MicroMqttError("no CONNACK from the broker")
+        rc = self.buf[3]
+        self.buf = self.buf[4:]
+        if rc:
+            raise MicroMqttError("broker refused the connection (CONNACK rc=%d)" % rc)
+        try:
+            self.sock.settimeout(None)
+        except (AttributeError, OSError):
+            pass
+
+    def _lost(self, exc):
+        self.log("broker link lost: %s" % exc)
+        self._drop_socket()
+        was = self.connected
+        self.connected = False
+        self.next_attempt = monotonic_ms() + self.delay_ms
+        if was and self._on_disconnect:
+            self._on_disconnect(str(exc))
+
+    def _drop_socket(self):
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+        self.sock = None
+        self.poller = None
+
+    # -- I/O ---------------------------------------------------------------------
+    def _write(self, data):
+        view = memoryview(data)
+        while len(view):
+            n = self.sock.send(view)
+            if n is None:  # some MicroPython ports return None for "would block"
+                n = 0
+            view = view[n:]
+        self.last_out = monotonic_ms()
+
+    def _pid(self):
+        pid = self.next_pid
+        self.next_pid = pid % 65535 + 1
+        return pid
+
+    def _send_subscribe(self, pairs):
+        body = struct.pack(">H", self._pid())
+        for topic, qos in pairs:
+            body += _str(topic) + bytes((qos,))
+        self._write(_packet(0x82, body))
+
+    def _keepalive(self, now):
+        if not self.keepalive:
+            return
+        if now - self.last_in > self.keepalive * 1500:
+            raise MicroMqttError("no answer from the broker for %d s" % (self.keepalive * 1.5))
+        if now - self.last_out > self.keepalive * 500:
+            self._write(b"\xc0\x00")  # PINGREQ
+
+    def _read(self, timeout_ms):
+        events = self.poller.poll(timeout_ms)
+        if not events:
+            return
+        try:
+            chunk = self.sock.recv(4096)
+        except OSError as exc:
+            if exc.args and exc.args[0] == EAGAIN:
+                return
+            raise
+        if not chunk:
+            raise MicroMqttError("broker closed the connection")
+        self.last_in = monotonic_ms()
+        packets, self.buf = parse_packets(self.buf + chunk)
+        for first, body in packets:
+            self._handle(first, body)
+
+    def _handle(self, first, body):
+        kind = first & 0xF0
+        if kind == 0x30:
+            self._handle_publish(first, body)
+        elif kind == 0x40 and len(body) >= 2:  # PUBACK
+            self.inflight.pop(struct.unpack(">H", body[:2])[0], None)
+        elif kind in (0x90, 0xD0):  # SUBACK, PINGRESP
+            return
+        else:
+            self.counters["malformed"] += 1
+
+    def _handle_publish(self, first, body):
+        qos = (first >> 1) & 3
+        if len(body) < 2:
+            raise MicroMqttError("short PUBLISH")
+        tlen = struct.unpack(">H", body[:2])[0]
+        pos = 2 + tlen
+        if pos > len(body) or (qos and pos + 2 > len(body)):
+            raise MicroMqttError("PUBLISH topic runs past the packet")
+        try:
+            topic = body[2:pos].decode("utf-8")
+        except (UnicodeError, ValueError):
+            raise MicroMqttError("PUBLISH topic is not UTF-8") from None
+        pid = None
+        if qos:
+            pid = struct.unpack(">H", body[pos:pos + 2])[0]
+            pos += 2
+        payload = body[pos:]
+        if self._on_message:
+            self._on_message(topic, payload, bool(first & 1))
+        if qos == 1 and self.connected:
+            self._write(b"\x40\x02" + struct.pack(">H", pid))  # PUBACK after the callback
