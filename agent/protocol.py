@@ -125,6 +125,10 @@ QUARANTINED = "quarantined"
 REASONS = (BAD_SIGNATURE, REPLAYED, STALE_SEQUENCE, MALFORMED, UNKNOWN_OP, WRONG_PLAN,
            NOT_READY, QUARANTINED)
 
+# Detail of a bad_signature when the MAC table has no entry for this device (the
+# operator left it out of a broadcast); a runtime may treat that as "not for us".
+NOT_SIGNED_FOR_DEVICE = "no signature for this device"
+
 APPLIED = "applied"
 DUPLICATE = "duplicate"
 REJECTED = "rejected"
@@ -320,7 +324,7 @@ def parse_topic(topic):
 def subscriptions(fleet, device_id, groups=()):
     """The device's cmd and desired topics for all, each of its groups, and itself."""
     targets = ["all"] + [make_target("group", validate_id(g, "group name"))
-                         for g in sorted(groups)]
+                         for g in sorted(set(groups))]
     targets.append(make_target("device", device_id))
     out = []
     for t in targets:
@@ -738,7 +742,7 @@ def _verify(body, sigs, kind, key, device_id, insecure):
         raise CommandRejected(BAD_SIGNATURE, "no key to verify with", _peek_id(body))
     candidates = _macs_for(sigs, device_tag(device_id))
     if not candidates:
-        raise CommandRejected(BAD_SIGNATURE, "no signature for this device", _peek_id(body))
+        raise CommandRejected(BAD_SIGNATURE, NOT_SIGNED_FOR_DEVICE, _peek_id(body))
     want = _mac(key, kind, body)
     for mac in candidates:
         if compare_digest(mac, want):

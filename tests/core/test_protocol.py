@@ -146,7 +146,8 @@ def test_bad_signature_cases():
     assert _reason(_wire(body)) == p.BAD_SIGNATURE  # unsigned
     assert _reason(_wire(body, b"")) == p.BAD_SIGNATURE
     assert _reason(_wire(body, sigs[:8] + bytes(16))) == p.BAD_SIGNATURE  # right tag, zero MAC
-    assert _reason(_wire(body, bytes(24))) == p.BAD_SIGNATURE  # no entry for gw-a
+    exc = corekit.raises(p.CommandRejected, _decode, _wire(body, bytes(24)))
+    assert exc.reason == p.BAD_SIGNATURE and exc.detail == p.NOT_SIGNED_FOR_DEVICE
     assert _reason(good, key=KEY_B) == p.BAD_SIGNATURE
     assert _reason(good, key=None) == p.BAD_SIGNATURE
     assert _reason(good, device_id="gw-b", key=KEY_B) == p.BAD_SIGNATURE
