@@ -585,10 +585,11 @@ class Run:
         _assert_clean_on_disk(self.path, _apply(self.model, {"final": True}))
 
 
-def _replay(tmp_path, ops, arm=None, pad="none", lose_unsynced=False, tag="run"):
+def _replay(tmp_path, ops, arm=None, pad="none", lose_unsynced=False, tag="run", fat=False):
     d = tmp_path / tag
     d.mkdir()
-    fs = FaultFS(NoSyncFS(), seed=len(ops) + 1, lose_unsynced=lose_unsynced)
+    base = FatLikeFS() if fat else NoSyncFS()
+    fs = FaultFS(base, seed=len(ops) + 1, lose_unsynced=lose_unsynced)
     if arm is not None:
         arm(fs)
     run = Run(d / "flags.db", fs)
@@ -600,15 +601,15 @@ def _replay(tmp_path, ops, arm=None, pad="none", lose_unsynced=False, tag="run")
     return fs, counts
 
 
-@settings(max_examples=25, deadline=None,
+@settings(max_examples=40, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(ops=OPS, kind=st.sampled_from(["cut", "enospc", "eio", "fsync"]),
        times=st.integers(1, 2), pad=st.sampled_from(PADS), lose_unsynced=st.booleans(),
-       keep_seed=st.integers(0, 1000))
+       keep_seed=st.integers(0, 1000), fat=st.booleans())
 def test_random_operations_with_a_fault_at_every_write(tmp_path_factory, ops, kind, times, pad,
-                                                       lose_unsynced, keep_seed):
+                                                       lose_unsynced, keep_seed, fat):
     tmp_path = tmp_path_factory.mktemp("ops")
-    _fs, counts = _replay(tmp_path, ops, tag="clean")
+    _fs, counts = _replay(tmp_path, ops, tag="clean", fat=fat)
     total = counts.get("fsync" if kind == "fsync" else "write", 0)
     assert total >= 1
 
@@ -624,7 +625,7 @@ def test_random_operations_with_a_fault_at_every_write(tmp_path_factory, ops, ki
                 fs.fail("write", ENOSPC if kind == "enospc" else EIO, nth=n, times=times,
                         partial=keep)
 
-        fs, _counts = _replay(tmp_path, ops, arm, pad, lose_unsynced, tag="n" + str(n))
+        fs, _counts = _replay(tmp_path, ops, arm, pad, lose_unsynced, tag="n" + str(n), fat=fat)
         if kind == "cut":
             assert fs.cuts == 1
 
