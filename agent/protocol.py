@@ -6,7 +6,9 @@ inbound command may be applied (signature, replay, sequence, plan, shape).
 Must never: do I/O (bytes, keys and `now` are handed in; the runtime sends and
 stores), change agent state (it returns decisions and store changes), or raise
 anything but a ProtocolError subclass for bad input. Any other exception type
-escaping decode_command is a bug (the fuzz tests hold it to that).
+escaping decode_command is a bug (the fuzz tests hold it to that), except
+MemoryError on a board handed a payload above its RAM: pass it a max_payload
+it can hold.
 
 API (all names below are public)
   ids, targets   validate_id(value, what) -> value          BadId
@@ -129,6 +131,7 @@ REASONS = (BAD_SIGNATURE, REPLAYED, STALE_SEQUENCE, MALFORMED, UNKNOWN_OP, WRONG
 # operator left it out of a broadcast); a runtime may treat that as "not for us".
 NOT_SIGNED_FOR_DEVICE = "no signature for this device"
 
+NEW = "new"  # ReplayGuard.check: not seen before, may be applied
 APPLIED = "applied"
 DUPLICATE = "duplicate"
 REJECTED = "rejected"
@@ -862,7 +865,7 @@ class ReplayGuard:
         if msg.seq <= self.last_seq:
             raise CommandRejected(STALE_SEQUENCE,
                                   f"seq {msg.seq} <= last applied {self.last_seq}", msg.id)
-        return "new"
+        return NEW
 
     def record(self, msg):
         recent = [list(e) for e in self.recent if e[0] != msg.id]
@@ -952,7 +955,8 @@ def decode_report(payload, key=None, kind=None, device_id=None, fleet_key=None,
     fleet_key instead derives K_d from the report's device. With either, an
     absent or wrong MAC is refused.
     """
-    if not isinstance(payload, (bytes, bytearray)) or not payload or len(payload) > max_payload:
+    if (not isinstance(payload, (bytes, bytearray, memoryview)) or not len(payload)
+            or len(payload) > max_payload):
         raise ReportError(f"report payload must be 1..{max_payload} bytes")
     try:
         body = codec.unpackb(bytes(payload))

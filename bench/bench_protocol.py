@@ -47,8 +47,17 @@ def run(quick=False):
     devices = [f"gw-{i:05d}" for i in range(fleet)]
     one = p.encode_command("migrate", {"stage": 2}, "device:gw-00000", 7, PLAN, FLEET_KEY)
     wide = p.encode_command("migrate", {"stage": 2}, "all", 7, PLAN, FLEET_KEY, devices=devices)
+    body = msgpack.unpackb(one, raw=False)["body"]
+
+    def plain_parse():  # what an unsigned protocol would still have to do
+        return msgpack.unpackb(msgpack.unpackb(one, raw=False)["body"], raw=False)
+
+    key = p.derive_device_key(FLEET_KEY, "gw-00000")
+    ours = _per_call(lambda: p.decode_command(one, key, "gw-00000", (), plan_hash=PLAN), n)
     rows = [
         _decode_row(f"decode+verify, device command ({len(one)} B)", one, "gw-00000", n),
+        figure(f"decode+verify, device command ({len(body)} B body)", ours * 1e6, "us",
+               "msgpack.unpackb of envelope and body, no checks", _per_call(plain_parse, n) * 1e6),
         _decode_row(f"decode+verify, broadcast to {fleet} ({len(wide)} B)", wide,
                     devices[fleet // 2], max(n // 20, 20)),
     ]
