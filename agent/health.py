@@ -25,18 +25,47 @@ def percentile(sorted_values, fraction):
 
 
 class HealthWindow:
+    """Outcomes and restarts in time order, kept as parallel lists.
+
+    snapshot() runs on every monitor tick and every health report, so it does
+    no per-sample Python loop: the error count is kept running, expiry finds
+    its cut by binary search, and the latencies are sorted by the builtin.
+    """
+
     def __init__(self, window_ms=300000, restart_window_ms=60000, max_samples=2000):
         self.window_ms = window_ms
         self.restart_window_ms = restart_window_ms
         self.max_samples = max_samples
-        self._outcomes = []  # (now_ms, ok, latency_ms), oldest first
+        self._times = []    # now_ms of each outcome, oldest first
+        self._errors = []   # 1 for an error, 0 for ok, aligned with _times
+        self._error_count = 0
+        self._has_latency = []  # 1 when the outcome carried a latency, aligned with _times
+        self._latencies = []  # the latencies, in the same order (no None in here)
         self._restarts = []  # (now_ms, name), oldest first
 
     def record_outcome(self, ok, latency_ms, now_ms):
-        self._outcomes.append((now_ms, bool(ok), latency_ms))
-        if len(self._outcomes) > self.max_samples:
+        self._times.append(now_ms)
+        bad = 0 if ok else 1
+        self._errors.append(bad)
+        self._error_count += bad
+        if latency_ms is None:
+            self._has_latency.append(0)
+        else:
+            self._has_latency.append(1)
+            self._latencies.append(latency_ms)
+        if len(self._times) > self.max_samples:
             # Drop a chunk at once, not one per call: cheaper on a board.
-            del self._outcomes[: len(self._outcomes) - self.max_samples + self.max_samples // 10]
+            self._drop_outcomes(len(self._times) - self.max_samples + self.max_samples // 10)
+
+    def _drop_outcomes(self, n):
+        if n <= 0:
+            return
+        self._error_count -= sum(self._errors[:n])
+        k = sum(self._has_latency[:n])
+        del self._times[:n]
+        del self._errors[:n]
+        del self._has_latency[:n]
+        del self._latencies[:k]
 
     def record_restart(self, now_ms, name=None):
         self._restarts.append((now_ms, name))
@@ -50,28 +79,27 @@ class HealthWindow:
         self._restarts = sorted(((t, n) for t, n in restarts), key=lambda e: e[0])
 
     def reset_outcomes(self):
-        self._outcomes = []
+        self._times = []
+        self._errors = []
+        self._error_count = 0
+        self._has_latency = []
+        self._latencies = []
 
     def reset(self):
-        self._outcomes = []
+        self.reset_outcomes()
         self._restarts = []
 
     def prune(self, now_ms):
-        _drop_before(self._outcomes, now_ms - self.window_ms)
+        cutoff = now_ms - self.window_ms
+        self._drop_outcomes(_first_at_or_after(self._times, cutoff))
         _drop_before(self._restarts, now_ms - self.restart_window_ms)
 
     def snapshot(self, now_ms):
         """The figures for the window ending at now_ms."""
         self.prune(now_ms)
-        samples = len(self._outcomes)
-        errors = 0
-        latencies = []
-        for _, ok, latency in self._outcomes:
-            if not ok:
-                errors += 1
-            if latency is not None:
-                latencies.append(latency)
-        latencies.sort()
+        samples = len(self._times)
+        errors = self._error_count
+        latencies = sorted(self._latencies)
         restarts = len(self._restarts)
         minutes = self.restart_window_ms / 60000
         return {
@@ -83,6 +111,18 @@ class HealthWindow:
             "latency_p50": percentile(latencies, 0.50),
             "latency_p95": percentile(latencies, 0.95),
         }
+
+
+def _first_at_or_after(times, cutoff):
+    """Index of the first entry >= cutoff in an ascending list (MicroPython has no bisect)."""
+    lo, hi = 0, len(times)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if times[mid] < cutoff:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
 
 
 def _drop_before(entries, cutoff):

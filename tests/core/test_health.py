@@ -129,3 +129,27 @@ def test_several_violations_are_all_reported():
     verdict = evaluate(w.snapshot(0), T, base, {"max_performance_impact": 0.1})
     assert _metrics(verdict) == ["error_rate", "latency", "performance_impact",
                                  "restart_frequency"]
+
+
+def test_window_expiry_keeps_errors_and_latencies_aligned():
+    w = HealthWindow(window_ms=1000, max_samples=50)
+    # old, bad and slow; then new, good and fast, some without a latency
+    for i in range(30):
+        w.record_outcome(False, 500, i)
+    for i in range(40):
+        w.record_outcome(True, None if i % 2 else 10, 2000 + i)
+    s = w.snapshot(2100)
+    assert s["samples"] == 40 and s["errors"] == 0
+    assert s["latency_p50"] == 10 and s["latency_p95"] == 10
+    # the sample cap drops the oldest outcomes together with their own latencies only
+    w2 = HealthWindow(window_ms=10 ** 9, max_samples=10)
+    for i in range(10):
+        w2.record_outcome(False, None, i)  # errors that carried no latency
+    w2.record_outcome(True, 5, 10)  # 11 > 10: the two oldest go
+    s2 = w2.snapshot(10)
+    assert (s2["samples"], s2["errors"], s2["latency_p50"]) == (9, 8, 5)
+    w2.record_outcome(True, 7, 11)
+    w2.record_outcome(True, 9, 12)  # 11 again: two more errors go
+    s2 = w2.snapshot(12)
+    assert (s2["samples"], s2["errors"]) == (9, 6)
+    assert (s2["latency_p50"], s2["latency_p95"]) == (7, 9)
