@@ -518,7 +518,7 @@ OPS = st.lists(
         st.tuples(st.just("compact")),
         st.tuples(st.just("reopen")),
     ),
-    min_size=1, max_size=10,
+    min_size=3, max_size=14,
 )
 
 
@@ -601,7 +601,7 @@ def _replay(tmp_path, ops, arm=None, pad="none", lose_unsynced=False, tag="run",
     return fs, counts
 
 
-@settings(max_examples=40, deadline=None,
+@settings(max_examples=100, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(ops=OPS, kind=st.sampled_from(["cut", "enospc", "eio", "fsync"]),
        times=st.integers(1, 2), pad=st.sampled_from(PADS), lose_unsynced=st.booleans(),
