@@ -6,7 +6,8 @@ raise CodecError for bad input and refuse ext types, so the core sees the
 same behaviour everywhere. `canonical()` (sorted keys) always comes from
 minipack, so a signature computed on CPython verifies on a board.
 """
-from firmware_shim.minipack import CodecError, canonical  # noqa: F401
+from firmware_shim.minipack import CodecError
+from firmware_shim.minipack import canonical as _canonical_pure
 
 try:
     import msgpack as _msgpack
@@ -15,6 +16,8 @@ except ImportError:  # MicroPython has no msgpack package: use the pure codec
 
 if _msgpack is None:
     from firmware_shim.minipack import packb, unpackb  # noqa: F401
+
+    canonical = _canonical_pure
 else:
     _ALLOWED = (type(None), bool, int, float, str, bytes, list, dict)
 
@@ -51,3 +54,23 @@ else:
             raise CodecError("malformed msgpack: %s" % exc.__class__.__name__) from None
         _check(value, 0)
         return value
+
+    from firmware_shim.minipack import _key_order
+
+    def _sorted_copy(value, depth):
+        # Same key order as minipack.canonical; CPython dicts keep insertion order,
+        # so the C packer then writes the same bytes (tests/test_codec_canonical.py).
+        if depth > 32:
+            raise CodecError("nesting deeper than 32")
+        if isinstance(value, dict):
+            return {k: _sorted_copy(value[k], depth + 1) for k in sorted(value, key=_key_order)}
+        if isinstance(value, (list, tuple)):
+            return [_sorted_copy(v, depth + 1) for v in value]
+        return value
+
+    def canonical(value):
+        """Bytes that depend only on the value: map keys sorted (as minipack.canonical)."""
+        try:
+            return _msgpack.packb(_sorted_copy(value, 0), use_bin_type=True)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise CodecError("cannot encode: %s" % exc) from None

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 class Traffic:
     """What the apps on a healthy device do each health tick."""
 
-    calls_per_tick: int = 40
+    calls_per_tick: int = 20
     error_rate: float = 0.005
     latency_ms: float = 20.0
     latency_jitter: float = 0.25
