@@ -456,7 +456,13 @@ class Store:
         stage = "write"
         try:
             if fs.exists(self._tmp):
-                fs.remove(self._tmp)
+                if fs.exists(self.path):
+                    fs.remove(self._tmp)
+                else:
+                    # An earlier rename failed half-way (FAT: old file already
+                    # removed): this fsynced .tmp is the only copy. Keep it in
+                    # place until the new snapshot has landed.
+                    self._replace(self._tmp, self.path)
             tmp = fs.open_write(self._tmp)
             try:
                 fs.write(tmp, data)
