@@ -309,3 +309,15 @@ class FaultFS:
     def makedirs(self, path):
         self._enter("makedirs", path)
         self.base.makedirs(path)
+
+    def __getattr__(self, name):
+        # Any other method of the wrapped file system passes through, behind the power switch.
+        attr = getattr(self.base, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args):
+            self._enter(name, args[0] if args and isinstance(args[0], str) else None)
+            return attr(*args)
+
+        return call
