@@ -28,7 +28,6 @@ from agent.store import StoreError
 STATUS_HEALTH_KEYS = ("healthy", "error_rate", "restart_frequency", "samples",
                       "latency_p50", "performance_impact")
 DESIRED_RETRY_MS = 5000
-_NOT_SIGNED_FOR_US = "no signature for this device"  # agent.protocol's detail text
 
 
 class ReportQueue:
@@ -81,6 +80,8 @@ class AgentRuntime:
         self._pending_desired = None
         self._next_desired_try = 0
         self._topics = {}
+        self._events = []
+        self._status_dirty = False
         self.last_error = None
         self.stopping = False
 
@@ -121,6 +122,7 @@ class AgentRuntime:
     def on_connect(self):
         self.counters["reconnects"] += 1
         self.log("connected to broker")
+        self.flush_reports()
         self.publish_status()
         self._flush()
 
@@ -172,7 +174,7 @@ class AgentRuntime:
             return False
         self.guard.commit(record)
         self._ack(msg.id, P.APPLIED, seq=msg.seq)
-        self.publish_status()
+        self._status_dirty = True
         return True
 
     def _refused(self, msg, reason, detail):
@@ -211,7 +213,7 @@ class AgentRuntime:
             except P.CommandRejected as exc:
                 if exc.reason == P.STALE_SEQUENCE:
                     continue  # an old retained state, overtaken: normal after a reconnect
-                if exc.reason == P.BAD_SIGNATURE and exc.detail == _NOT_SIGNED_FOR_US:
+                if exc.reason == P.BAD_SIGNATURE and exc.detail == P.NOT_SIGNED_FOR_DEVICE:
                     # The operator left us out (we refused the command): not ours to apply.
                     self.log(f"desired state {exc.command_id} is not signed for this device")
                     continue
@@ -233,7 +235,7 @@ class AgentRuntime:
                     if first_try:
                         self._refused(state, *refusal_of(exc))
                     return False
-                self.publish_status()
+                self._status_dirty = True
         return self._apply(state, op, args, ack_refusal=first_try)
 
     def _handle_desired(self, now):
@@ -248,7 +250,7 @@ class AgentRuntime:
         elif self._pending_desired is not None and now >= self._next_desired_try:
             state, self._pending_desired = self._pending_desired, None
             try:
-                fresh = self.guard.check(state) == "new"
+                fresh = self.guard.check(state) == P.NEW
             except P.CommandRejected:
                 fresh = False  # overtaken by a later command
             if fresh and not self._converge(state, False):
@@ -267,7 +269,7 @@ class AgentRuntime:
             result = self.control.poll()
             if result is not None and result.get("result") not in ("ok", "unhealthy"):
                 self.log("health: {}".format(result.get("result")))
-                self.publish_status()
+                self._status_dirty = True
         except Exception as exc:  # a store error during an automatic rollback
             self._count_error("health", exc)
         if now >= self._next_health:
@@ -275,7 +277,8 @@ class AgentRuntime:
             self.publish_health()
         if now >= self._next_status:
             self._next_status = now + self.status_interval_ms
-            self.publish_status()
+            self._status_dirty = True
+        self.flush_reports()
         if self.queue.items and getattr(self.link, "connected", False):
             self._flush()
 
@@ -305,6 +308,7 @@ class AgentRuntime:
             key=self.key, now=self._now())
 
     def publish_status(self):
+        self._status_dirty = False
         self._send(self._topics["status"], self.status_payload(), 1, True)
 
     def publish_health(self):
@@ -320,8 +324,22 @@ class AgentRuntime:
         self._send(self._topics["health"], payload, 0, False)
 
     def _on_event(self, name, payload):
-        data = P.encode_event(self.device_id, name, payload, key=self.key, now=self._now())
-        self._send(self._topics["event"], data, 1, False)
+        # Held until the ack is out (acks are what the operator waits on); the
+        # next tick or flush_reports() sends them, in order, within ~100 ms.
+        self._events.append((name, payload, self._now()))
+
+    def flush_reports(self):
+        """Send the events held since the last flush, then the status if it changed."""
+        events, self._events = self._events, []
+        for name, payload, at in events:
+            try:
+                data = P.encode_event(self.device_id, name, payload, key=self.key, now=at)
+            except Exception as exc:  # an event payload the codec cannot carry
+                self._count_error("event", exc)
+                continue
+            self._send(self._topics["event"], data, 1, False)
+        if self._status_dirty:
+            self.publish_status()
 
     def _send(self, topic, payload, qos, retain):
         if getattr(self.link, "connected", False) and not self.queue.items:
@@ -360,7 +378,8 @@ class AgentRuntime:
     def local_emergency_rollback(self, reason):
         """The console path (no broker needed): no command, so no guard record."""
         result = self.control.emergency_rollback("local: " + reason)
-        self.publish_status()
+        self._status_dirty = True
+        self.flush_reports()
         return result
 
 

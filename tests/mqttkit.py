@@ -46,7 +46,7 @@ def unique(prefix="t"):
 class Broker:
     """One mosquitto process. `extra` is appended to the listener config."""
 
-    def __init__(self, workdir, extra="allow_anonymous true\n", port=None):
+    def __init__(self, workdir, extra="allow_anonymous true\n", port=None, persist=True):
         self.binary = mosquitto_binary()
         self.workdir = workdir
         os.makedirs(workdir, exist_ok=True)
@@ -60,9 +60,9 @@ class Broker:
                 # lose access to our private temp files: stay who we are.
                 f"user {_me()}\n"
                 "per_listener_settings true\n"
-                f"persistence true\npersistence_location {workdir}/\n"
-                "autosave_interval 1\nautosave_on_changes true\n"
-                "max_queued_messages 100000\n"
+                + (f"persistence true\npersistence_location {workdir}/\n"
+                   "autosave_interval 1\nautosave_on_changes true\n" if persist else "")
+                + "max_queued_messages 100000\n"
                 f"listener {self.port} 127.0.0.1\n{extra}"
             )
         self.proc = None

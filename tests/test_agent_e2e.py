@@ -12,7 +12,6 @@ import pytest
 
 from agent import protocol as P
 from firmware_shim import codec
-from firmware_shim.crypto import hmac_sha256
 from firmware_shim.mqtt_paho import MqttConfig, PahoLink
 from tests.agentkit import PLAN, World, wait_until
 from tests.mqttkit import unique
@@ -28,13 +27,9 @@ def world(broker, tmp_path):
 
 def _resigned(payload, fleet_key, **changes):
     """A validly signed envelope with fields the encoder would refuse (e.g. an unknown op)."""
-    env = codec.unpackb(payload)
-    env.pop("sigs")
+    env = codec.unpackb(codec.unpackb(payload)["body"])
     env.update(changes)
-    body = codec.canonical(env)
-    key = P.derive_device_key(fleet_key, "gw1")
-    env["sigs"] = {"gw1": hmac_sha256(key, b"fleetstage-cmd\x00" + body)[:16]}
-    return codec.packb(env)
+    return P.seal(env, P.KIND_CMD, fleet_key, ["gw1"])
 
 
 def _flags_at(stage):

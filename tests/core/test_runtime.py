@@ -57,6 +57,7 @@ def cmd(control, op, args, seq, target="device:" + DEV, key=FLEET_KEY, cid=None)
 def deliver(rt, target, payload, channel="cmd"):
     topic = (P.cmd_topic if channel == "cmd" else P.desired_topic)("fl", target)
     rt.on_message(topic, payload, False)
+    rt.tick()  # the agent's loop ticks after each poll: events and status go out there
 
 
 def test_subscribes_to_own_group_and_broadcast_topics():
@@ -120,7 +121,6 @@ def test_desired_state_converges_step_by_step_and_once():
     rt, link, control, clock = make()
     d = P.encode_desired("group:g1", 3, 50, control.plan.hash, FLEET_KEY, devices=[DEV])
     deliver(rt, "group:g1", d, "desired")
-    rt.tick()
     assert control.stage == 3
     hist = [e["op"] for e in control.status()["migration_history"]]
     assert hist.count("migrate") == 3
@@ -152,4 +152,17 @@ def test_garbage_on_any_topic_never_raises():
             rt.on_message(topic, payload, True)
     rt.tick()
     assert control.stage == 0
+    control.close()
+
+
+def test_ack_goes_out_before_events_and_status():
+    rt, link, control, _ = make()
+    link.sent = []
+    rt.on_message(P.cmd_topic("fl", "device:" + DEV), cmd(control, "migrate", {"stage": 1}, 10))
+    leaves = [t.rsplit("/", 1)[1] for t, _p, _q, _r in link.sent]
+    assert leaves == ["ack"]
+    rt.tick()
+    leaves = [t.rsplit("/", 1)[1] for t, _p, _q, _r in link.sent]
+    assert leaves[0] == "ack" and leaves[-1] == "status" and "event" in leaves
+    assert leaves.count("status") == 1  # one status per tick, however many changes
     control.close()

@@ -1,0 +1,216 @@
+"""Broadcast fan-out: one signed command to N real agents, against a raw paho fan-out.
+
+    python -m bench fanout            N = 1000
+    python -m bench fanout --quick    N = 200
+
+Measured: the time from publishing ONE broadcast command (cmd/all, signed for
+all N devices) to the last durable ack, where each of the N agents is a real
+AgentRuntime + MigrationControl with its own state directory on disk (so an
+ack leaves only after the store commit's fsync). Baseline, in the same run and
+the same process: N plain paho subscribers receiving the same bytes. Every
+MQTT socket (agents, subscribers, operator) is served by ONE selector loop
+(firmware_shim.mqtt_paho.MqttLoop) in one thread.
+
+The agents' flash writes are modelled as what they are on a fleet, parallel:
+the store commit of each device runs on a small pool of "flash" threads
+(fsync releases the GIL), while decoding, verification, control logic and all
+network I/O stay on the one loop thread. The row with pool=0 does everything
+inline on the loop thread, so the serial cost of N fsyncs on one disk shows.
+"""
+import os
+import resource
+import shutil
+import statistics
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from agent import protocol as P
+from agent.control import MigrationControl
+from agent.runtime import AgentRuntime
+from bench.__main__ import figure
+from firmware_shim.clock import SystemClock
+from firmware_shim.mqtt_paho import MqttConfig, MqttLoop, PahoLink
+from tests.mqttkit import Broker
+
+FLEET = "bench"
+TARGET = 3.0
+
+
+def _raise_fd_limit(n):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard, max(soft, 4 * n + 256))
+    if want > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+def _link(broker, cid):
+    return PahoLink(MqttConfig(broker.host, broker.port, client_id=cid, keepalive=120,
+                               backoff_min=0.2, backoff_max=2.0))
+
+
+class BenchAgent:
+    """One device: runtime + control + link; its message handling may go to a pool."""
+
+    def __init__(self, broker, root, i, fleet_key, pool):
+        self.device_id = f"dev{i:05d}"
+        self.control = MigrationControl.open(os.path.join(root, self.device_id),
+                                             clock=SystemClock())
+        self.link = _link(broker, self.device_id)
+        self.runtime = AgentRuntime(self.control, self.link, FLEET, self.device_id,
+                                    key=P.derive_device_key(fleet_key, self.device_id),
+                                    health_interval_ms=10**9, status_interval_ms=10**9)
+        self.pool = pool
+        self.lock = threading.Lock()
+
+    def start(self):
+        self.runtime.start()
+        if self.pool is not None:
+            self.link.set_callbacks(self._to_pool, self.runtime.on_connect,
+                                    self.runtime.on_disconnect)
+        self.link.start()
+
+    def _to_pool(self, topic, payload, retain):
+        self.pool.submit(self._handle, topic, payload, retain)
+
+    def _handle(self, topic, payload, retain):
+        with self.lock:  # one message at a time per device, as on the device
+            self.runtime.on_message(topic, payload, retain)
+
+    def tick(self):
+        with self.lock:
+            self.runtime.tick()
+
+
+class Ticker:
+    """Runs the loop and ticks every agent every 100 ms, as each agent's own loop would.
+
+    One thread stands in for N devices' CPUs, so it serves sockets first: the
+    periodic work (deferred events and statuses, health) runs when the loop is
+    idle, or when it is a full second late. On a fleet, device A's status
+    report never delays device B's ack; FIFO in one thread would pretend it does.
+    """
+
+    def __init__(self, loop, agents, interval=0.1, max_late=1.0):
+        self.loop, self.agents = loop, agents
+        self.interval, self.max_late = interval, max_late
+        self.next = 0.0
+
+    def run_until(self, predicate, timeout):
+        deadline = time.monotonic() + timeout
+        busy = True
+        while not predicate():
+            now = time.monotonic()
+            if now >= deadline:
+                return False
+            if now >= self.next and (not busy or now >= self.next + self.max_late):
+                self.next = now + self.interval
+                for a in self.agents:
+                    a.tick()
+            busy = self.loop.run_once(0.01) > 0
+        return True
+
+
+def _connect_all(loop, links, timeout=120):
+    if not loop.run_until(lambda: all(lk.connected for lk in links), timeout):
+        n = sum(1 for lk in links if lk.connected)
+        raise RuntimeError(f"only {n}/{len(links)} links connected")
+    for _ in range(20):  # let SUBACKs and retained statuses settle
+        loop.run_once(0.02)
+
+
+def _raw_fanout(loop, publisher, subs, got, topic, payload):
+    got.clear()
+    t0 = time.perf_counter()
+    publisher.publish(topic, payload, qos=1)
+    if not loop.run_until(lambda: len(got) >= len(subs), 60):
+        raise RuntimeError(f"raw fan-out: {len(got)}/{len(subs)} received")
+    return time.perf_counter() - t0
+
+
+def _agent_fanout(ticker, operator, acks, fleet_key, devices, plan_hash, stage):
+    acks.clear()
+    seq = P.next_seq(0, time.time())
+    cid = P.new_command_id()
+    payload = P.encode_command(P.OP_MIGRATE, {"stage": stage}, "all", seq, plan_hash,
+                               fleet_key, devices=devices, command_id=cid)
+    t0 = time.perf_counter()
+    operator.publish(P.cmd_topic(FLEET, "all"), payload, qos=1)
+    if not ticker.run_until(lambda: acks.get((cid, P.APPLIED), 0) >= len(devices), 120):
+        raise RuntimeError(f"agents: {acks.get((cid, P.APPLIED), 0)}/{len(devices)} acks")
+    return time.perf_counter() - t0, payload
+
+
+def _measure(n, pool_size, rounds, workdir):
+    _raise_fd_limit(2 * n)
+    broker = Broker(os.path.join(workdir, "mosq"), persist=False, extra=(
+        "allow_anonymous true\nmax_inflight_messages 0\n")).start()
+    loop = MqttLoop(misc_interval=1.0)
+    pool = ThreadPoolExecutor(pool_size) if pool_size else None
+    fleet_key = P.new_fleet_key()
+    try:
+        agents = [BenchAgent(broker, workdir, i, fleet_key, pool) for i in range(n)]
+        for a in agents:
+            loop.add(a.link)
+            a.start()
+        devices = [a.device_id for a in agents]
+        acks = {}
+
+        def on_ack(topic, payload, retain):
+            body = P.decode_report(payload)  # the MAC check is the operator's, not timed here
+            k = (body.get("id"), body.get("result"))
+            acks[k] = acks.get(k, 0) + 1
+
+        operator = loop.add(_link(broker, "bench-operator"))
+        operator.set_callbacks(on_message=on_ack)
+        operator.subscribe(P.device_wildcard(FLEET, "ack"))
+        operator.start()
+        got = []
+        subs = []
+        raw_topic = "raw/fanout"
+        for i in range(n):
+            s = loop.add(_link(broker, f"raw{i:05d}"))
+            s.set_callbacks(on_message=lambda t, p, r: got.append(len(p)))
+            s.subscribe(raw_topic)
+            s.start()
+            subs.append(s)
+        _connect_all(loop, [a.link for a in agents] + subs + [operator])
+        plan_hash = agents[0].control.plan.hash
+        ticker = Ticker(loop, agents)
+        agent_times, raw_times = [], []
+        for r in range(rounds):
+            t_agents, payload = _agent_fanout(ticker, operator, acks, fleet_key, devices,
+                                              plan_hash, r + 1)
+            agent_times.append(t_agents)
+            ticker.run_until(lambda: False, 0.5)  # statuses/events go out; then quiet
+            raw_times.append(_raw_fanout(loop, operator, subs, got, raw_topic, payload))
+            ticker.run_until(lambda: False, 0.1)
+        stages = {a.control.stage for a in agents}
+        if stages != {rounds}:
+            raise RuntimeError(f"agents ended at stages {sorted(stages)}, not {rounds}")
+        return statistics.median(agent_times), statistics.median(raw_times), len(payload)
+    finally:
+        loop.close()
+        if pool is not None:
+            pool.shutdown()
+        for a in locals().get("agents", []):
+            a.control.close()
+        broker.stop()
+
+
+def run(quick=False):
+    n = 200 if quick else 1000
+    rounds = 3
+    rows = []
+    for pool_size in (16, 0):
+        workdir = tempfile.mkdtemp(prefix="fleetstage-fanout-", dir="/var/tmp")
+        try:
+            t_agents, t_raw, size = _measure(n, pool_size, rounds, workdir)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        label = f"broadcast -> last durable ack, N={n}, flash pool={pool_size}"
+        met = (t_agents / t_raw <= TARGET) if pool_size else None
+        rows.append(figure(label, t_agents, "s", f"raw paho fan-out, N={n}, {size} B", t_raw,
+                           target=f"<= {TARGET}x" if pool_size else None, met=met))
+    return rows
