@@ -24,7 +24,8 @@ DEVICE = "gw-fuzz"
 GROUPS = ["canary", "east"]
 KEY = p.derive_device_key(FLEET_KEY, DEVICE)
 PLAN = "9f" * 32
-FUZZ = settings(max_examples=300, deadline=None,
+# FLEETSTAGE_FUZZ_EXAMPLES=20000 for a deeper run than the suite's default.
+FUZZ = settings(max_examples=int(os.environ.get("FLEETSTAGE_FUZZ_EXAMPLES", "300")), deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 OPS_ARGS = [
