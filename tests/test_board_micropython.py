@@ -13,12 +13,15 @@ import pytest
 
 from agent import protocol as P
 from firmware_shim.mqtt_micro import MicroMqttError, parse_packets
-from tests.agentkit import PLAN, AgentProcess, World
+from tests.agentkit import PLAN, REPO, AgentProcess, World
+from tools.bundle_cmd import bundle
 
 MICROPYTHON = os.path.join(os.path.dirname(sys.executable), "micropython")
 
 
 class MicroAgent(AgentProcess):
+    repo = REPO  # where `import agent` resolves: the repository, or a bundle folder
+
     def start(self):
         code = ("import sys\nsys.path.insert(0, '.')\nfrom firmware_shim.board import run\n"
                 "sys.exit(run(%r))\n" % self.config_path)
@@ -39,7 +42,6 @@ def world(broker, tmp_path):
 def _micro_agent(world, **kw):
     agent = MicroAgent(world.tmp, world.broker, world.fleet, world.fleet_key, "board1",
                        groups=("boards",), **kw)
-    agent.repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     world.agents.append(agent)
     return agent
 
@@ -96,3 +98,19 @@ def test_packet_parser_refuses_lying_lengths():
         parse_packets(b"\x30\xff\xff\xff\xff\x01")
     with pytest.raises(MicroMqttError):
         parse_packets(b"\x30\xff\xff\xff\x7f")  # 256 MiB announced
+
+
+def test_the_mpy_bundle_boots_and_takes_commands(world, tmp_path):
+    """`fleetstage bundle` output (bytecode only) runs the agent on the unix port."""
+    agent = _micro_agent(world)
+    out = str(tmp_path / "bundle")
+    written = dict(bundle(out, compile_mpy=True))
+    assert "main.py" in written and "agent/control.mpy" in written
+    assert "firmware_shim/mqtt_paho.mpy" not in written  # CPython-only: stays behind
+    assert not [p for p in written if p.endswith(".py") and p != "main.py"]
+    agent.repo = out
+    agent.start()
+    world.observer.wait_stage(0, timeout=30)
+    result = world.operator.publish_stage(1, "device:board1", ["board1"], timeout=20)
+    assert result.acks["board1"]["result"] == "applied", (result.to_dict(), agent.log())
+    world.observer.wait_stage(1)

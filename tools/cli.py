@@ -16,6 +16,8 @@ COMMAND_MODULES = [
     "tools.mosquitto_acl",
     "tools.sim_cmd",
     "tools.check_legacy",
+    "tools.bundle_cmd",
+    "tools.install_cmd",
 ]
 
 

@@ -1,0 +1,63 @@
+"""`fleetstage install` and `fleetstage bundle` as an operator runs them."""
+import json
+import os
+import stat
+import subprocess
+import sys
+
+from agent import protocol as P
+from agent.agent_config import load_config
+from tests.agentkit import REPO
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "tools.cli", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_install_writes_a_valid_config_key_and_unit(tmp_path):
+    key = tmp_path / "gw7.key"
+    key.write_bytes(P.format_key_file(P.derive_device_key(P.new_fleet_key(), "gw7"), "device",
+                                      "gw7"))
+    root = tmp_path / "root"
+    r = _cli("install", "--device-id", "gw7", "--fleet", "plant1", "--broker",
+             "mqtts://broker.local:8883", "--key", str(key), "--group", "line-a",
+             "--ca", "/etc/ssl/fleet-ca.pem", "--root", str(root),
+             "--exe", "/opt/fs/bin/fleetstage")
+    assert r.returncode == 0, r.stderr
+    cfg = load_config(str(root / "etc/fleetstage/agent.json"))
+    assert (cfg.device_id, cfg.fleet, cfg.groups, cfg.tls) == ("gw7", "plant1", ["line-a"], True)
+    assert cfg.state_dir == "/var/lib/fleetstage" and cfg.key_file == "/etc/fleetstage/device.key"
+    key_path = root / "etc/fleetstage/device.key"
+    assert stat.S_IMODE(os.stat(key_path).st_mode) == 0o600
+    assert key_path.read_bytes() == key.read_bytes()
+    unit = (root / "etc/systemd/system/fleetstage-agent.service").read_text()
+    assert "ExecStart=/opt/fs/bin/fleetstage agent --config /etc/fleetstage/agent.json" in unit
+    assert "Restart=always" in unit and "ReadWritePaths=/var/lib/fleetstage" in unit
+
+
+def test_install_refuses_a_bad_broker_and_writes_nothing(tmp_path):
+    key = tmp_path / "k"
+    key.write_bytes(P.format_key_file(P.new_fleet_key(), "fleet"))
+    r = _cli("install", "--device-id", "gw7", "--fleet", "plant1", "--broker", "http://x",
+             "--key", str(key), "--root", str(tmp_path / "root"))
+    assert r.returncode == 2 and "broker" in r.stderr
+    assert not (tmp_path / "root").exists()
+
+
+def test_bundle_holds_bytecode_config_and_key(tmp_path):
+    cfg = {"device_id": "b1", "fleet": "f", "broker": "mqtt://10.0.0.2:1883",
+           "key_file": "/device.key", "state_dir": "/state", "environment": "prod"}
+    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    (tmp_path / "d.key").write_bytes(b"k")
+    out = tmp_path / "out"
+    r = _cli("bundle", "--out", str(out), "--config", str(tmp_path / "c.json"),
+             "--key", str(tmp_path / "d.key"))
+    assert r.returncode == 0, r.stderr
+    assert (out / "agent/runtime.mpy").exists() and (out / "main.py").exists()
+    assert json.loads((out / "config.json").read_text())["device_id"] == "b1"
+    assert "run('/config.json')" in (out / "main.py").read_text()
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(dict(cfg, fleet="a/b")))
+    r = _cli("bundle", "--out", str(tmp_path / "o2"), "--config", str(bad))
+    assert r.returncode == 2 and "fleet" in r.stderr
