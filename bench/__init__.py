@@ -1,1 +1,4 @@
-"""Benchmarks: `python -m bench [NAME ...] [--json]`. Each prints ratios to a baseline measured in the same run."""
+"""Benchmarks: `python -m bench [NAME ...] [--json]`.
+
+Each prints ratios to a baseline measured in the same run.
+"""

@@ -35,7 +35,8 @@ def _fmt(value, unit):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
-    parser.add_argument("names", nargs="*", help="benchmarks to run (default: all): %s" % ", ".join(available()))
+    parser.add_argument("names", nargs="*",
+                        help="benchmarks to run (default: all): %s" % ", ".join(available()))
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     args = parser.parse_args(argv)

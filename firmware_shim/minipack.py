@@ -175,7 +175,7 @@ def _decode_str(raw):
     try:
         return bytes(raw).decode("utf-8")
     except (UnicodeError, ValueError):
-        raise CodecError("invalid UTF-8 in string")
+        raise CodecError("invalid UTF-8 in string") from None
 
 
 def _unpack(r, depth):

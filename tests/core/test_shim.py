@@ -1,9 +1,9 @@
 """firmware_shim on both interpreters: CRC32, HMAC-SHA256, codec round trips."""
+import corekit
+
 from firmware_shim import codec, minipack
 from firmware_shim.checksum import crc32, crc32_pure
 from firmware_shim.crypto import compare_digest, hmac_sha256
-
-import corekit
 
 
 def test_crc32_matches_known_values_and_fallback():
