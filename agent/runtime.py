@@ -134,8 +134,9 @@ class AgentRuntime:
         self.counters["messages"] += 1
         try:
             channel = P.parse_topic(topic)[1]
-        except P.ProtocolError as exc:
-            self._count_error("topic", exc)
+        except P.ProtocolError as exc:  # not one of ours (a broker or ACL mistake): ignore
+            self.counters["ignored"] = self.counters.get("ignored", 0) + 1
+            self.log(f"ignored message on {topic[:80]!r}: {exc}")
             return
         try:
             if channel == P.KIND_CMD:

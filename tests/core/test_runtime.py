@@ -166,3 +166,28 @@ def test_ack_goes_out_before_events_and_status():
     assert leaves[0] == "ack" and leaves[-1] == "status" and "event" in leaves
     assert leaves.count("status") == 1  # one status per tick, however many changes
     control.close()
+
+
+def test_automatic_rollback_with_broker_down_is_reported_on_reconnect():
+    clock = ManualClock()
+    control = MigrationControl.open(tmpdir("rt"), clock=clock)
+    link = FakeLink(connected=False)
+    rt = AgentRuntime(control, link, "fl", DEV, key=P.derive_device_key(FLEET_KEY, DEV),
+                      clock=clock, monitor_interval_ms=1000, health_interval_ms=500)
+    rt.start()
+    deliver(rt, "device:" + DEV, cmd(control, "migrate", {"stage": 1}, 10))
+    deliver(rt, "device:" + DEV, cmd(control, "migrate", {"stage": 2}, 11))
+    assert control.stage == 2
+    for _ in range(50):
+        control.record_outcome(False, 5)
+    clock.advance(1500)
+    rt.tick()
+    assert control.stage == 1  # judged and rolled back locally, no broker needed
+    assert link.sent == [] and len(rt.queue) > 0
+    link.connected = True
+    rt.on_connect()
+    names = [e["name"] for e in link.leaf("event")]
+    assert "migration.rollback" in names and "health.violation" in names
+    assert link.leaf("health"), "health reports made while offline are delivered"
+    assert link.leaf("status")[-1]["stage"] == 1
+    control.close()
