@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from agent import protocol as P
 from agent.control import MigrationControl
+from agent.plan import Plan
 from agent.runtime import AgentRuntime
 from firmware_shim.clock import ManualClock
 from sim.broker import VirtualBroker, VirtualLink
@@ -81,6 +82,7 @@ class SimDevice:
         self.link.will = self.runtime.will()
         self.runtime.start()
         on_message = self.link.on_message
+        assert on_message is not None  # runtime.start() installed it
 
         def deliver(topic: str, payload: bytes, retain: bool = False) -> None:
             rate = self.sim.settings.profile.power_cut_rate
@@ -104,7 +106,8 @@ class SimDevice:
         self.down_until = self.sim.clock.now_ms + self.rng.randint(*REBOOT_MS)
 
     def tick(self, now: int) -> None:
-        if self.control is None:
+        control, runtime = self.control, self.runtime
+        if control is None or runtime is None:
             if self.down_until is not None and now >= self.down_until:
                 self.down_until = None
                 self.boot()
@@ -112,13 +115,13 @@ class SimDevice:
         traffic = self.sim.settings.profile.traffic
         err, lat = traffic.error_rate, traffic.latency_ms
         c = self.cohort
-        if c is not None and self.control.stage >= c.from_stage:
+        if c is not None and control.stage >= c.from_stage:
             err, lat = c.error_rate, lat * c.latency_factor
         rng = self.rng
         for _ in range(traffic.calls_per_tick):
             jitter = 1 + traffic.latency_jitter * (2 * rng.random() - 1)
-            self.control.record_outcome(rng.random() >= err, lat * jitter)
-        self.runtime.tick()
+            control.record_outcome(rng.random() >= err, lat * jitter)
+        runtime.tick()
         if self.fs.dead:
             self.lose_power()
 
@@ -202,8 +205,9 @@ class Simulation:
             skew = self.rng.uniform(-prof.clock_skew_s, prof.clock_skew_s)
             self.devices.append(SimDevice(self, d, groups, cohort, skew))
         self.by_id = {dev.device_id: dev for dev in self.devices}
-        self.plan_hash = self.devices[0].control.plan.hash
-        self.stages = len(self.devices[0].control.plan.stages)
+        self.plan = Plan.default()
+        self.plan_hash = self.plan.hash
+        self.stages = self.plan.max_stage
         self.operator = Operator(self)
         self.outages = sorted(prof.broker_outages)
 
@@ -302,21 +306,34 @@ class Simulation:
         self.run_for(ACK_TIMEOUT_MS + self.settings.soak_ms)
 
     # the verdict ---------------------------------------------------------------
-    def check_consistency(self) -> list[str]:
-        """Every device's flags must be exactly its stage's flags (or its overrides)."""
-        problems = []
-        plan = self.devices[0].control.plan if self.devices[0].control else None
+    def booted_devices(self) -> list[tuple[SimDevice, MigrationControl]]:
+        """Every device with its control; one still rebooting boots from its flash now."""
+        out = []
         for dev in self.devices:
             if dev.control is None:
                 dev.fs.power_cut()
-                dev.boot()  # a device still rebooting: read its flash as it would boot
-            st = dev.control.status()
-            expected = plan.flags_for_stage(st["current_stage"]) if plan else None
-            if expected is not None:
-                for name in expected:
-                    if st["flags"].get(name) is not True:
-                        problems.append("%s: stage %d without flag %s" % (
-                            dev.device_id, st["current_stage"], name))
+                dev.boot()
+            assert dev.control is not None
+            out.append((dev, dev.control))
+        return out
+
+    def check_consistency(self) -> list[str]:
+        """Each device's flags are exactly its stage's flags, and flash agrees with memory."""
+        problems = []
+        for dev, control in self.booted_devices():
+            st = control.status()
+            on = self.plan.flags_for_stage(st["current_stage"])
+            want = {name: on.get(name, False) for name in st["flags"]}
+            want.update(st["overrides"])
+            if st["flags"] != want:
+                problems.append("%s: stage %d with flags %s" % (
+                    dev.device_id, st["current_stage"], st["flags"]))
+            # what a reboot would find must be what the device shows now
+            reopened = MigrationControl.open("/state", clock=dev.clock, fs=dev.fs)
+            if reopened.stage != control.stage or reopened.flags.values() != st["flags"]:
+                problems.append("%s: flash holds stage %d, memory %d" % (
+                    dev.device_id, reopened.stage, control.stage))
+            reopened.services.close()
         return problems
 
 
@@ -329,12 +346,12 @@ def run(settings: SimSettings) -> dict:
     wall_s = time.perf_counter() - started
     final = [0] * (sim.stages + 1)
     quarantined = auto_rollbacks = stores_recovered = 0
-    for dev in sim.devices:
-        st = dev.control.status()
+    for _dev, control in sim.booted_devices():
+        st = control.status()
         final[st["current_stage"]] += 1
         quarantined += st["quarantine"] is not None
         auto_rollbacks += sum(st["auto_rollbacks"].values())
-        stores_recovered += bool(dev.control.store.stats().get("recovered"))
+        stores_recovered += bool(control.store.stats().get("recovered"))
     events: dict[str, int] = {}
     for _t, _d, name in sim.operator.events:
         events[name] = events.get(name, 0) + 1

@@ -112,3 +112,14 @@ def test_cli_writes_json_and_html_reports(tmp_path, capsys):
     report = json.loads(open(prefix + ".json").read())
     assert report["final_stages"][-1] == 12
     assert "<svg" in open(prefix + ".html").read()
+
+
+def test_consistency_check_catches_flash_that_disagrees_with_memory():
+    from sim.fleet import Simulation
+
+    sim = Simulation(_small(PROFILES["clean"], devices=3))
+    assert sim.check_consistency() == []
+    dev = sim.devices[1]
+    dev.control.store.commit({"ctl.stage": 3})  # flash says 3, the device still runs 0
+    problems = sim.check_consistency()
+    assert len(problems) == 1 and problems[0].startswith(dev.device_id)
