@@ -12,6 +12,11 @@ try:
 except (ImportError, AttributeError):  # some MicroPython ports keep urandom elsewhere
     _urandom = None
 
+try:
+    import hmac as _hmac  # CPython: C speed for the simulator's thousands of devices
+except ImportError:  # MicroPython has no hmac module: the RFC 2104 version below
+    _hmac = None
+
 _BLOCK = 64
 
 
@@ -20,6 +25,12 @@ def _sha256(data):
 
 
 def hmac_sha256(key, msg):
+    if _hmac is not None:
+        return _hmac.digest(key, msg, "sha256")
+    return hmac_sha256_pure(key, msg)
+
+
+def hmac_sha256_pure(key, msg):
     if len(key) > _BLOCK:
         key = _sha256(key)
     key = key + b"\x00" * (_BLOCK - len(key))
