@@ -10,6 +10,11 @@ escaping decode_command is a bug (the fuzz tests hold it to that), except
 MemoryError on a board handed a payload above its RAM: pass it a max_payload
 it can hold.
 
+This module holds commands, desired states and the replay guard, and is the
+front door for the rest: it re-exports agent.wire (constants, reason codes,
+errors), agent.addressing (ids, targets, topics), agent.keys and
+agent.reports, so callers write `protocol.X` for all of them.
+
 API (all names below are public)
   ids, targets   validate_id(value, what) -> value          BadId
                  parse_target(text) -> (kind, name)          BadTarget; kind all|group|device
@@ -96,333 +101,94 @@ desired state (emergency=True), so devices that were offline obey it too.
 """
 import hashlib
 
+from agent.addressing import (  # noqa: F401 - re-exported
+    cmd_topic,
+    desired_topic,
+    device_topic,
+    device_wildcard,
+    make_target,
+    parse_target,
+    parse_topic,
+    select_devices,
+    subscriptions,
+    target_matches,
+    validate_id,
+)
+from agent.keys import (  # noqa: F401 - re-exported
+    KeyInfo,
+    agent_key,
+    derive_device_key,
+    format_key_file,
+    new_fleet_key,
+    parse_key_file,
+)
+from agent.reports import (  # noqa: F401 - re-exported
+    decode_report,
+    encode_ack,
+    encode_event,
+    encode_health,
+    encode_offline_status,
+    encode_status,
+)
+from agent.wire import (  # noqa: F401 - re-exported
+    _CONTROL,
+    _DOMAIN,
+    _ENTRY_BYTES,
+    _FLAG_CHARS,
+    _HEX,
+    APPLIED,
+    BAD_SIGNATURE,
+    DEVICE_LEAVES,
+    DUPLICATE,
+    KEY_BYTES,
+    KIND_CMD,
+    KIND_DESIRED,
+    MAC_BYTES,
+    MALFORMED,
+    MAX_BODY,
+    MAX_FLAG_NAME_LEN,
+    MAX_ID_LEN,
+    MAX_ISSUED_AT,
+    MAX_PAYLOAD,
+    MAX_REASON_LEN,
+    MAX_SEQ,
+    MAX_STAGE,
+    NEW,
+    NOT_READY,
+    NOT_SIGNED_FOR_DEVICE,
+    OP_CLEAR_FLAG,
+    OP_CLEAR_QUARANTINE,
+    OP_EMERGENCY_ROLLBACK,
+    OP_MIGRATE,
+    OP_ROLLBACK,
+    OP_SET_FLAG,
+    OPS,
+    PREFIX,
+    QOS,
+    QUARANTINED,
+    REASONS,
+    RECENT_WINDOW,
+    REJECTED,
+    REPLAYED,
+    REPORT_KINDS,
+    RESULTS,
+    STALE_SEQUENCE,
+    TAG_BYTES,
+    UNKNOWN_OP,
+    VERSION,
+    WRONG_PLAN,
+    BadId,
+    BadTarget,
+    BadTopic,
+    CommandRejected,
+    GuardStateError,
+    KeyFileError,
+    ProtocolError,
+    ReportError,
+    _hexstr,
+)
 from firmware_shim import codec
 from firmware_shim.crypto import compare_digest, hmac_sha256, random_bytes
-
-VERSION = 1
-MAX_STAGE = 4  # the default plan's stage count; pass the plan's own to encode/decode
-MAX_PAYLOAD = 256 * 1024  # a broadcast signed for ~10,000 devices; boards may pass less
-MAX_BODY = 4096  # the signed envelope without its MAC table
-MAC_BYTES = 16
-TAG_BYTES = 8
-_ENTRY_BYTES = TAG_BYTES + MAC_BYTES
-KEY_BYTES = 32
-MAX_ID_LEN = 64
-MAX_REASON_LEN = 200
-MAX_FLAG_NAME_LEN = 64
-RECENT_WINDOW = 64  # applied command ids remembered for duplicate detection
-MAX_SEQ = 2**63 - 1
-MAX_ISSUED_AT = 2**53
-
-# Reason codes in a rejected ack. NOT_READY and QUARANTINED come from the
-# runtime, which maps MigrationControl's NotReady / Quarantined onto them.
-BAD_SIGNATURE = "bad_signature"
-REPLAYED = "replayed"
-STALE_SEQUENCE = "stale_sequence"
-MALFORMED = "malformed"
-UNKNOWN_OP = "unknown_op"
-WRONG_PLAN = "wrong_plan"
-NOT_READY = "not_ready"
-QUARANTINED = "quarantined"
-REASONS = (BAD_SIGNATURE, REPLAYED, STALE_SEQUENCE, MALFORMED, UNKNOWN_OP, WRONG_PLAN,
-           NOT_READY, QUARANTINED)
-
-# Detail of a bad_signature when the MAC table has no entry for this device (the
-# operator left it out of a broadcast); a runtime may treat that as "not for us".
-NOT_SIGNED_FOR_DEVICE = "no signature for this device"
-
-NEW = "new"  # ReplayGuard.check: not seen before, may be applied
-APPLIED = "applied"
-DUPLICATE = "duplicate"
-REJECTED = "rejected"
-RESULTS = (APPLIED, DUPLICATE, REJECTED)
-
-OP_MIGRATE = "migrate"
-OP_ROLLBACK = "rollback"
-OP_EMERGENCY_ROLLBACK = "emergency_rollback"
-OP_SET_FLAG = "set_flag"
-OP_CLEAR_FLAG = "clear_flag"
-OP_CLEAR_QUARANTINE = "clear_quarantine"
-OPS = (OP_MIGRATE, OP_ROLLBACK, OP_EMERGENCY_ROLLBACK, OP_SET_FLAG, OP_CLEAR_FLAG,
-       OP_CLEAR_QUARANTINE)
-# op -> (MigrationControl method, its positional argument names); see control_call.
-_CONTROL = {
-    OP_MIGRATE: ("migrate_to_stage", ("stage",)),
-    OP_ROLLBACK: ("rollback_to_stage", ("stage",)),
-    OP_EMERGENCY_ROLLBACK: ("emergency_rollback", ("reason",)),
-    OP_SET_FLAG: ("set_flag_override", ("name", "value")),
-    OP_CLEAR_FLAG: ("clear_flag_override", ("name",)),
-    OP_CLEAR_QUARANTINE: ("clear_quarantine", ()),
-}
-
-KIND_CMD = "cmd"
-KIND_DESIRED = "desired"
-DEVICE_LEAVES = ("status", "health", "ack", "event")
-REPORT_KINDS = ("ack", "status", "health", "event")
-PREFIX = "fleetstage"
-QOS = 1
-
-# Domain tags keep a MAC made for one kind of message from verifying as another.
-_DOMAIN = {KIND_CMD: b"fleetstage-cmd\x00", KIND_DESIRED: b"fleetstage-desired\x00"}
-_REPORT_DOMAIN = b"fleetstage-report\x00"
-_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:-")
-_FLAG_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
-_HEX = frozenset("0123456789abcdef")
-
-
-class ProtocolError(ValueError):
-    """Root of every error this module raises for bad input."""
-
-
-class BadId(ProtocolError):
-    pass
-
-
-class BadTarget(ProtocolError):
-    pass
-
-
-class BadTopic(ProtocolError):
-    pass
-
-
-class KeyFileError(ProtocolError):
-    pass
-
-
-class ReportError(ProtocolError):
-    """A device report (ack, status...) that is malformed or fails its MAC."""
-
-
-class GuardStateError(ProtocolError):
-    """The replay guard's stored state is unusable (never silently reset)."""
-
-
-class CommandRejected(ProtocolError):
-    """An inbound command or desired state refused; `.reason` is in REASONS.
-
-    `.command_id` is the envelope's id when it could be read (for the ack),
-    else None. `.detail` is a short string, or a list of strings for not_ready.
-    """
-
-    def __init__(self, reason, detail=None, command_id=None):
-        super().__init__(reason, detail)
-        self.reason = reason
-        self.detail = detail
-        self.command_id = command_id
-
-
-def _hexstr(data):
-    return "".join(f"{b:02x}" for b in data)
-
-
-# ---------------------------------------------------------------- ids, targets
-
-def validate_id(value, what="device id"):
-    """A fleet, group or device name: 1..64 of [A-Za-z0-9._:-] (no / + # or spaces)."""
-    if not isinstance(value, str):
-        raise BadId(f"{what} must be a string")
-    if not value or len(value) > MAX_ID_LEN:
-        raise BadId(f"{what} must be 1..{MAX_ID_LEN} characters")
-    for ch in value:
-        if ch not in _ID_CHARS:
-            raise BadId(f"{what} {value!r} has a character outside [A-Za-z0-9._:-]")
-    return value
-
-
-def parse_target(text):
-    """"all" -> ("all", None); "group:G" -> ("group", G); "device:ID" -> ("device", ID)."""
-    if not isinstance(text, str):
-        raise BadTarget("target must be a string")
-    if text == "all":
-        return ("all", None)
-    i = text.find(":")
-    kind = text[:i] if i > 0 else ""
-    if kind not in ("group", "device"):
-        raise BadTarget(f"target {text[:80]!r} is not all, group:NAME or device:ID")
-    name = text[i + 1:]
-    try:
-        validate_id(name, kind + " name" if kind == "group" else "device id")
-    except BadId as exc:
-        raise BadTarget(str(exc)) from None
-    return (kind, name)
-
-
-def make_target(kind, name=None):
-    if kind == "all":
-        return "all"
-    text = f"{kind}:{name}"
-    parse_target(text)
-    return text
-
-
-def target_matches(target, device_id, groups=()):
-    kind, name = parse_target(target)
-    if kind == "all":
-        return True
-    if kind == "group":
-        return name in groups
-    return name == device_id
-
-
-def select_devices(target, inventory):
-    """The ids in inventory ({device_id: groups}) that `target` addresses, sorted."""
-    return sorted(d for d in inventory if target_matches(target, d, inventory[d] or ()))
-
-
-# ---------------------------------------------------------------------- topics
-
-def _target_path(target):
-    kind, name = parse_target(target)
-    return "all" if kind == "all" else kind + "/" + name
-
-
-def cmd_topic(fleet, target):
-    return "{}/{}/cmd/{}".format(PREFIX, validate_id(fleet, "fleet"), _target_path(target))
-
-
-def desired_topic(fleet, target):
-    return "{}/{}/desired/{}".format(PREFIX, validate_id(fleet, "fleet"), _target_path(target))
-
-
-def device_topic(fleet, device_id, leaf):
-    if leaf not in DEVICE_LEAVES:
-        raise BadTopic("device topic leaf must be one of " + ", ".join(DEVICE_LEAVES))
-    return "{}/{}/device/{}/{}".format(PREFIX, validate_id(fleet, "fleet"), validate_id(device_id),
-                                   leaf)
-
-
-def device_wildcard(fleet, leaf):
-    """What the operator subscribes to for one leaf of every device."""
-    if leaf not in DEVICE_LEAVES:
-        raise BadTopic("device topic leaf must be one of " + ", ".join(DEVICE_LEAVES))
-    return "{}/{}/device/+/{}".format(PREFIX, validate_id(fleet, "fleet"), leaf)
-
-
-def parse_topic(topic):
-    """-> (fleet, channel, target, leaf). channel: cmd | desired | device.
-
-    For cmd/desired, leaf is None; for device topics target is "device:ID".
-    """
-    if not isinstance(topic, str):
-        raise BadTopic("topic must be a string")
-    parts = topic.split("/")
-    if len(parts) < 4 or parts[0] != PREFIX:
-        raise BadTopic(f"not a fleetstage topic: {topic[:120]!r}")
-    try:
-        fleet = validate_id(parts[1], "fleet")
-        channel, rest = parts[2], parts[3:]
-        if channel in ("cmd", "desired"):
-            if rest == ["all"]:
-                return (fleet, channel, "all", None)
-            if len(rest) == 2 and rest[0] in ("group", "device"):
-                return (fleet, channel, make_target(rest[0], rest[1]), None)
-        elif channel == "device" and len(rest) == 2 and rest[1] in DEVICE_LEAVES:
-            return (fleet, channel, make_target("device", rest[0]), rest[1])
-    except (BadId, BadTarget) as exc:
-        raise BadTopic(str(exc)) from None
-    raise BadTopic(f"not a fleetstage topic: {topic[:120]!r}")
-
-
-def subscriptions(fleet, device_id, groups=()):
-    """The device's cmd and desired topics for all, each of its groups, and itself."""
-    targets = ["all"] + [make_target("group", validate_id(g, "group name"))
-                         for g in sorted(set(groups))]
-    targets.append(make_target("device", device_id))
-    out = []
-    for t in targets:
-        out.append((cmd_topic(fleet, t), QOS))
-        out.append((desired_topic(fleet, t), QOS))
-    return out
-
-
-# ------------------------------------------------------------------------ keys
-
-def new_fleet_key():
-    return random_bytes(KEY_BYTES)
-
-
-def derive_device_key(fleet_key, device_id):
-    _check_key(fleet_key, "fleet key")
-    return hmac_sha256(bytes(fleet_key), b"fleetstage-device:" + validate_id(device_id).encode())
-
-
-def _check_key(key, what):
-    if not isinstance(key, (bytes, bytearray)) or len(key) != KEY_BYTES:
-        raise KeyFileError(f"{what} must be {KEY_BYTES} bytes")
-
-
-class KeyInfo:
-    """A parsed key file. kind: "fleet", "device" (device_id set) or "raw" (bare bytes/hex)."""
-
-    def __init__(self, kind, key, device_id=None):
-        self.kind = kind
-        self.key = key
-        self.device_id = device_id
-
-    def __repr__(self):  # never print the key itself
-        return f"KeyInfo({self.kind}, {self.device_id})"
-
-
-def format_key_file(key, kind="fleet", device_id=None):
-    """Text the CLI writes (mode 0600): 'fleetstage-key v1 fleet HEX' or '... device ID HEX'."""
-    _check_key(key, "key")
-    if kind == "fleet":
-        return (f"fleetstage-key v1 fleet {_hexstr(key)}\n").encode()
-    if kind == "device":
-        return (f"fleetstage-key v1 device {validate_id(device_id)} {_hexstr(key)}\n").encode()
-    raise KeyFileError("key kind must be fleet or device")
-
-
-def _parse_hex_key(text):
-    text = text.lower()
-    if len(text) != 2 * KEY_BYTES or any(c not in _HEX for c in text):
-        raise KeyFileError(f"key must be {2 * KEY_BYTES} hex characters")
-    return bytes.fromhex(text)
-
-
-def parse_key_file(data):
-    """Bytes of a key file -> KeyInfo. Accepts our format, 64 hex chars, or 32 raw bytes."""
-    if not isinstance(data, (bytes, bytearray)):
-        raise KeyFileError("key file content must be bytes")
-    data = bytes(data)
-    if len(data) == KEY_BYTES and not data.startswith(b"fleetstage-key"):
-        try:
-            return KeyInfo("raw", _parse_hex_key(data.decode()))
-        except (KeyFileError, UnicodeError, ValueError):
-            return KeyInfo("raw", data)
-    try:
-        text = data.decode().strip()
-    except (UnicodeError, ValueError):
-        raise KeyFileError(f"key file is neither text nor {KEY_BYTES} raw bytes") from None
-    words = text.split()
-    if len(words) == 1:
-        return KeyInfo("raw", _parse_hex_key(words[0]))
-    if len(words) < 4 or words[0] != "fleetstage-key" or words[1] != "v1":
-        raise KeyFileError("key file does not start with 'fleetstage-key v1'")
-    if words[2] == "fleet" and len(words) == 4:
-        return KeyInfo("fleet", _parse_hex_key(words[3]))
-    if words[2] == "device" and len(words) == 5:
-        try:
-            device_id = validate_id(words[3])
-        except BadId as exc:
-            raise KeyFileError(str(exc)) from None
-        return KeyInfo("device", _parse_hex_key(words[4]), device_id)
-    raise KeyFileError("key file kind must be 'fleet HEX' or 'device ID HEX'")
-
-
-def agent_key(info, device_id):
-    """The device key an agent verifies with, and a warning to log (or None)."""
-    if info.kind == "device":
-        if info.device_id != device_id:
-            raise KeyFileError(f"key file is for device {info.device_id!r}, not {device_id!r}")
-        return info.key, None
-    if info.kind == "fleet":
-        return derive_device_key(info.key, device_id), (
-            "the key file holds the FLEET key: anyone who reads this device can forge "
-            "commands for every device; give it a device key (keygen --device)")
-    return info.key, None  # raw: taken to be this device's key
-
 
 # -------------------------------------------------------------------- messages
 
@@ -875,112 +641,3 @@ class ReplayGuard:
     def commit(self, changes):
         self.last_seq = changes[self.KEY_SEQ]
         self.recent = [list(e) for e in changes[self.KEY_RECENT]]
-
-
-# --------------------------------------------------------------------- reports
-
-def _encode_report(kind, device_id, body, key, now):
-    body["v"] = VERSION
-    body["kind"] = kind
-    body["device"] = validate_id(device_id)
-    if now is not None:
-        body["at"] = now
-    if key is not None:
-        body["sig"] = hmac_sha256(key, _REPORT_DOMAIN + codec.canonical(body))[:MAC_BYTES]
-    return codec.packb(body)
-
-
-def _short(detail):
-    if detail is None:
-        return None
-    if isinstance(detail, (list, tuple)):
-        return [str(d)[:MAX_REASON_LEN] for d in detail[:20]]
-    return str(detail)[:MAX_REASON_LEN]
-
-
-def encode_ack(command_id, result, reason=None, detail=None, state=None, device_id="unknown",
-               seq=None, key=None, now=None):
-    """The ack for one command: result applied|duplicate|rejected (+ reason code)."""
-    if result not in RESULTS:
-        raise ProtocolError("ack result must be one of " + ", ".join(RESULTS))
-    if (result == REJECTED) != (reason is not None):
-        raise ProtocolError("a rejected ack needs a reason; others have none")
-    if reason is not None and reason not in REASONS:
-        raise ProtocolError(f"unknown reason code {reason!r}")
-    body = {"id": command_id, "result": result}
-    for name, value in (("reason", reason), ("detail", _short(detail)), ("state", state),
-                        ("seq", seq)):
-        if value is not None:
-            body[name] = value
-    return _encode_report("ack", device_id, body, key, now)
-
-
-def encode_status(device_id, stage, flags, health=None, plan_hash=None, agent_version=None,
-                  uptime_s=None, online=True, groups=None, quarantined=None, extra=None,
-                  key=None, now=None):
-    """The retained status. flags: {name: bool}; health: a small summary dict."""
-    body = {"online": bool(online), "stage": stage, "flags": flags}
-    for name, value in (("health", health), ("plan", plan_hash), ("agent_version", agent_version),
-                        ("uptime_s", uptime_s), ("groups", groups),
-                        ("quarantined", quarantined), ("extra", extra)):
-        if value is not None:
-            body[name] = value
-    return _encode_report("status", device_id, body, key, now)
-
-
-def encode_offline_status(device_id, key=None):
-    """The last will (registered at connect, so it carries no live state)."""
-    return _encode_report("status", device_id, {"online": False}, key, None)
-
-
-def encode_health(device_id, metrics, key=None, now=None):
-    return _encode_report("health", device_id, {"metrics": metrics}, key, now)
-
-
-def encode_event(device_id, name, payload=None, key=None, now=None):
-    _check_report_text(name)
-    return _encode_report("event", device_id, {"name": name, "payload": payload or {}}, key, now)
-
-
-def _check_report_text(name):
-    if not isinstance(name, str) or not name or len(name) > MAX_ID_LEN:
-        raise ProtocolError(f"event name must be a string of 1..{MAX_ID_LEN} characters")
-
-
-def decode_report(payload, key=None, kind=None, device_id=None, fleet_key=None,
-                  max_payload=MAX_PAYLOAD):
-    """Operator side: report bytes -> dict (without "sig"), or raises ReportError.
-
-    kind / device_id: what the topic says it must be. key: the sender's K_d;
-    fleet_key instead derives K_d from the report's device. With either, an
-    absent or wrong MAC is refused.
-    """
-    if (not isinstance(payload, (bytes, bytearray, memoryview)) or not len(payload)
-            or len(payload) > max_payload):
-        raise ReportError(f"report payload must be 1..{max_payload} bytes")
-    try:
-        body = codec.unpackb(bytes(payload))
-    except codec.CodecError as exc:
-        raise ReportError(str(exc)[:120]) from None
-    if not isinstance(body, dict) or body.get("kind") not in REPORT_KINDS:
-        raise ReportError("not a fleetstage report")
-    if kind is not None and body["kind"] != kind:
-        raise ReportError(f"expected a {kind} report")
-    sender = body.get("device")
-    try:
-        validate_id(sender)
-    except BadId as exc:
-        raise ReportError(str(exc)) from None
-    if device_id is not None and sender != device_id:
-        raise ReportError(f"report from {sender} on the topic of {device_id}")
-    sig = body.pop("sig", None)
-    if key is None and fleet_key is not None:
-        key = derive_device_key(fleet_key, sender)
-    if key is not None:
-        try:
-            want = hmac_sha256(key, _REPORT_DOMAIN + codec.canonical(body))[:MAC_BYTES]
-        except codec.CodecError as exc:
-            raise ReportError(str(exc)[:120]) from None
-        if not isinstance(sig, bytes) or not compare_digest(sig, want):
-            raise ReportError("report MAC does not verify")
-    return body

@@ -1,0 +1,125 @@
+"""Addressing: device ids, targets (all, group:G, device:ID) and MQTT topics.
+
+Owns: what a valid id is, how a target names devices, and every topic string
+of the MQTT contract (ARCHITECTURE.md). Must never: do I/O or sign anything.
+"""
+from agent.wire import _ID_CHARS, DEVICE_LEAVES, MAX_ID_LEN, PREFIX, QOS, BadId, BadTarget, BadTopic
+
+# ---------------------------------------------------------------- ids, targets
+
+def validate_id(value, what="device id"):
+    """A fleet, group or device name: 1..64 of [A-Za-z0-9._:-] (no / + # or spaces)."""
+    if not isinstance(value, str):
+        raise BadId(f"{what} must be a string")
+    if not value or len(value) > MAX_ID_LEN:
+        raise BadId(f"{what} must be 1..{MAX_ID_LEN} characters")
+    for ch in value:
+        if ch not in _ID_CHARS:
+            raise BadId(f"{what} {value!r} has a character outside [A-Za-z0-9._:-]")
+    return value
+
+
+def parse_target(text):
+    """"all" -> ("all", None); "group:G" -> ("group", G); "device:ID" -> ("device", ID)."""
+    if not isinstance(text, str):
+        raise BadTarget("target must be a string")
+    if text == "all":
+        return ("all", None)
+    i = text.find(":")
+    kind = text[:i] if i > 0 else ""
+    if kind not in ("group", "device"):
+        raise BadTarget(f"target {text[:80]!r} is not all, group:NAME or device:ID")
+    name = text[i + 1:]
+    try:
+        validate_id(name, kind + " name" if kind == "group" else "device id")
+    except BadId as exc:
+        raise BadTarget(str(exc)) from None
+    return (kind, name)
+
+
+def make_target(kind, name=None):
+    if kind == "all":
+        return "all"
+    text = f"{kind}:{name}"
+    parse_target(text)
+    return text
+
+
+def target_matches(target, device_id, groups=()):
+    kind, name = parse_target(target)
+    if kind == "all":
+        return True
+    if kind == "group":
+        return name in groups
+    return name == device_id
+
+
+def select_devices(target, inventory):
+    """The ids in inventory ({device_id: groups}) that `target` addresses, sorted."""
+    return sorted(d for d in inventory if target_matches(target, d, inventory[d] or ()))
+
+
+# ---------------------------------------------------------------------- topics
+
+def _target_path(target):
+    kind, name = parse_target(target)
+    return "all" if kind == "all" else kind + "/" + name
+
+
+def cmd_topic(fleet, target):
+    return "{}/{}/cmd/{}".format(PREFIX, validate_id(fleet, "fleet"), _target_path(target))
+
+
+def desired_topic(fleet, target):
+    return "{}/{}/desired/{}".format(PREFIX, validate_id(fleet, "fleet"), _target_path(target))
+
+
+def device_topic(fleet, device_id, leaf):
+    if leaf not in DEVICE_LEAVES:
+        raise BadTopic("device topic leaf must be one of " + ", ".join(DEVICE_LEAVES))
+    return "{}/{}/device/{}/{}".format(PREFIX, validate_id(fleet, "fleet"), validate_id(device_id),
+                                   leaf)
+
+
+def device_wildcard(fleet, leaf):
+    """What the operator subscribes to for one leaf of every device."""
+    if leaf not in DEVICE_LEAVES:
+        raise BadTopic("device topic leaf must be one of " + ", ".join(DEVICE_LEAVES))
+    return "{}/{}/device/+/{}".format(PREFIX, validate_id(fleet, "fleet"), leaf)
+
+
+def parse_topic(topic):
+    """-> (fleet, channel, target, leaf). channel: cmd | desired | device.
+
+    For cmd/desired, leaf is None; for device topics target is "device:ID".
+    """
+    if not isinstance(topic, str):
+        raise BadTopic("topic must be a string")
+    parts = topic.split("/")
+    if len(parts) < 4 or parts[0] != PREFIX:
+        raise BadTopic(f"not a fleetstage topic: {topic[:120]!r}")
+    try:
+        fleet = validate_id(parts[1], "fleet")
+        channel, rest = parts[2], parts[3:]
+        if channel in ("cmd", "desired"):
+            if rest == ["all"]:
+                return (fleet, channel, "all", None)
+            if len(rest) == 2 and rest[0] in ("group", "device"):
+                return (fleet, channel, make_target(rest[0], rest[1]), None)
+        elif channel == "device" and len(rest) == 2 and rest[1] in DEVICE_LEAVES:
+            return (fleet, channel, make_target("device", rest[0]), rest[1])
+    except (BadId, BadTarget) as exc:
+        raise BadTopic(str(exc)) from None
+    raise BadTopic(f"not a fleetstage topic: {topic[:120]!r}")
+
+
+def subscriptions(fleet, device_id, groups=()):
+    """The device's cmd and desired topics for all, each of its groups, and itself."""
+    targets = ["all"] + [make_target("group", validate_id(g, "group name"))
+                         for g in sorted(set(groups))]
+    targets.append(make_target("device", device_id))
+    out = []
+    for t in targets:
+        out.append((cmd_topic(fleet, t), QOS))
+        out.append((desired_topic(fleet, t), QOS))
+    return out
