@@ -76,3 +76,28 @@ def test_wrong_password_is_refused(acl_broker):
     assert isinstance(link.last_error, MqttConnectError)
     assert not link.connected
     loop.close()
+
+
+def test_agent_process_runs_under_the_shipped_acl(acl_broker, tmp_path):
+    """The agent's own traffic fits the ACL: it gets its commands, its reports get out."""
+    from agent import protocol as P
+    from tests.agentkit import AgentProcess
+    from tools.operator_cmd import OperatorClient
+
+    fleet = unique("f")
+    fleet_key = P.new_fleet_key()
+    agent = AgentProcess(str(tmp_path), acl_broker, fleet, fleet_key, "dev-a", groups=(),
+                         config={"credentials": {"username": "dev-a",
+                                                 "password": acl_broker.users["dev-a"]}})
+    agent.start()
+    try:
+        op = OperatorClient(acl_broker.url, fleet, fleet_key, username="operator",
+                            password=acl_broker.users["operator"])
+        op.connect()
+        op.discover(expect=1, timeout=15)
+        assert op.inventory == {"dev-a": []} and op.online["dev-a"] is True
+        out = op.publish_stage(1, "all", ["dev-a"], timeout=15)
+        assert out.acks["dev-a"]["result"] == "applied", out.to_dict()
+        op.close()
+    finally:
+        agent.stop()
