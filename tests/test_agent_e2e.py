@@ -195,3 +195,30 @@ def test_insecure_mode_warns_and_accepts_unsigned(world):
     unsigned = P.encode_command("migrate", {"stage": 1}, "device:gw1", 5, PLAN.hash, None)
     world.publish_raw("device:gw1", unsigned)
     world.observer.wait_stage(1)
+
+
+def test_keygen_fleet_and_device_keys(tmp_path):
+    from tools.cli import main
+
+    fleet_file = str(tmp_path / "fleet.key")
+    assert main(["keygen", "--out", fleet_file]) == 0
+    assert os.stat(fleet_file).st_mode & 0o777 == 0o600
+    with open(fleet_file, "rb") as f:
+        first = f.read()
+    info = P.parse_key_file(first)
+    assert info.kind == "fleet" and len(info.key) == 32
+    assert main(["keygen", "--out", fleet_file]) == 1  # never overwrite silently
+    with open(fleet_file, "rb") as f:
+        assert f.read() == first
+    dev_file = str(tmp_path / "gw7.key")
+    assert main(["keygen", "--device", "gw7", "--fleet-key", fleet_file, "--out", dev_file]) == 0
+    with open(dev_file, "rb") as f:
+        dev = P.parse_key_file(f.read())
+    assert dev.kind == "device" and dev.device_id == "gw7"
+    assert dev.key == P.derive_device_key(info.key, "gw7")
+    assert os.stat(dev_file).st_mode & 0o777 == 0o600
+    assert main(["keygen", "--device", "gw8", "--fleet-key", dev_file,
+                 "--out", str(tmp_path / "x.key")]) == 1  # a device key derives nothing
+    assert main(["keygen", "--out", fleet_file, "--force"]) == 0
+    with open(fleet_file, "rb") as f:
+        assert f.read() != first
