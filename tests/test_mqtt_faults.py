@@ -70,19 +70,24 @@ def test_sigkill_during_stage_change_restarts_consistent(world_factory):
     agent = world.agent().start()
     obs = world.observer
     obs.wait_stage(0)
-    desired = P.encode_desired("device:gw1", 4, P.next_seq(0, time.time()), PLAN.hash,
-                               world.fleet_key, devices=["gw1"])
-    world.publish_raw("device:gw1", desired, desired=True, retain=True)
-    obs.wait_for(lambda: any(e["name"] == "migration.stage_enabled" for e in obs.of("event")))
-    agent.kill(signal.SIGKILL)
-    obs.wait_for(lambda: obs.last_status()["online"] is False)  # the last will
-    seen = len(obs.of("status"))
-    agent.start()
-    obs.wait_for(lambda: len(obs.of("status")) > seen)
-    first = obs.of("status")[seen]
-    assert first["online"] is True and _consistent(first)
-    st = obs.wait_stage(4)  # and the retained desired state finishes the job
-    assert _consistent(st)
+    # Each round: a retained desired state that takes several commits to reach
+    # (0 -> 4 is four migrations), and a SIGKILL at a different moment of it.
+    for target, delay in ((4, 0.0), (0, 0.005), (4, 0.02), (0, 0.0), (4, 0.05)):
+        seen = len(obs.of("status"))
+        desired = P.encode_desired("device:gw1", target, P.next_seq(0, time.time()), PLAN.hash,
+                                   world.fleet_key, devices=["gw1"],
+                                   emergency=target == 0, reason="drill" if target == 0 else None)
+        world.publish_raw("device:gw1", desired, desired=True, retain=True)
+        world.loop.run_until(lambda: False, delay)
+        agent.kill(signal.SIGKILL)
+        obs.wait_for(lambda s=seen: any(st["online"] is False for st in obs.of("status")[s:]))
+        seen = len(obs.of("status"))
+        agent.start()
+        obs.wait_for(lambda s=seen: any(st["online"] for st in obs.of("status")[s:]))
+        first = [st for st in obs.of("status")[seen:] if st["online"]][0]
+        assert _consistent(first), first  # stage and flags agree, whatever the moment
+        st = obs.wait_stage(target)  # and the retained desired state finishes the job
+        assert _consistent(st)
 
 
 def test_offline_device_converges_from_retained_desired(world_factory):
