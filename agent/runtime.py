@@ -104,8 +104,7 @@ class AgentRuntime:
 
     def will(self):
         """(topic, payload) the link registers as its last will: marks the device offline."""
-        return (P.device_topic(self.fleet, self.device_id, "status"),
-                P.encode_offline_status(self.device_id, self.key))
+        return will_message(self.fleet, self.device_id, self.groups, self.key)
 
     def run(self, poll_ms=100, extra_poll=None):
         """Blocking loop for a single agent (the Pi); `stopping` ends it."""
@@ -382,6 +381,19 @@ class AgentRuntime:
         self._status_dirty = True
         self.flush_reports()
         return result
+
+
+def will_message(fleet, device_id, groups, key):
+    """The last will: offline, stage unknown, but WITH the groups.
+
+    The operator signs a group broadcast for the devices it knows to be in the
+    group, from their retained status; a will without groups would drop an
+    offline device from the group, and it could not converge from the retained
+    desired state when it comes back.
+    """
+    topic = P.device_topic(fleet, device_id, "status")
+    return topic, P.encode_status(device_id, None, None, online=False,
+                                  groups=sorted(groups), key=key)
 
 
 def refusal_of(exc):

@@ -107,6 +107,23 @@ def test_offline_device_converges_from_retained_desired(world_factory):
                                         for a in world.observer.of("ack")))
 
 
+def test_dead_device_stays_in_its_group_and_converges_when_back(world_factory):
+    world = world_factory()
+    agent = world.agent().start()
+    world.observer.wait_stage(0)
+    agent.kill(signal.SIGKILL)
+    world.observer.wait_for(lambda: world.observer.last_status()["online"] is False)
+    assert world.observer.last_status()["groups"] == ["pilot"]  # the will keeps the groups
+    # Discovery from retained status (no --devices): the dead device is still in group pilot.
+    r = agent.cli("publish-stage", "1", "--target", "group:pilot", "--broker", world.broker.url,
+                  "--key", world.fleet_key_file, "--fleet", world.fleet, "--timeout", "1",
+                  "--json")
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert json.loads(r.stdout)["desired_signed_for"] == ["gw1"]
+    agent.start()
+    assert _consistent(world.observer.wait_stage(1))
+
+
 def test_cli_exit_codes_and_a_refusing_device_stays_put(world_factory):
     world = world_factory()
     agent = world.agent().start()

@@ -14,7 +14,7 @@ from agent import protocol as P
 from agent.agent_config import ConfigError, load_config
 from agent.control import MigrationControl
 from agent.plan import Plan
-from agent.runtime import AgentRuntime
+from agent.runtime import AgentRuntime, will_message
 from firmware_shim.clock import SystemClock
 from firmware_shim.mqtt_paho import MqttConfig, MqttError, PahoLink, Will
 from tools.local_cmd import ConsoleServer, StateDirLock, StateDirLocked
@@ -52,8 +52,8 @@ def load_device_key(cfg):
 
 
 def link_config(cfg, key):
-    will = Will(P.device_topic(cfg.fleet, cfg.device_id, "status"),
-                P.encode_offline_status(cfg.device_id, key), qos=1, retain=True)
+    topic, payload = will_message(cfg.fleet, cfg.device_id, cfg.groups, key)
+    will = Will(topic, payload, qos=1, retain=True)
     return MqttConfig(
         cfg.host, cfg.port, client_id=cfg.device_id, username=cfg.username,
         password=cfg.password, tls=cfg.tls, ca=cfg.tls_ca, cert=cfg.tls_cert, key=cfg.tls_key,
@@ -118,7 +118,7 @@ def run_agent(cfg):
         if link.connected:  # a clean DISCONNECT suppresses the will: say offline ourselves
             try:
                 link.publish(P.device_topic(cfg.fleet, cfg.device_id, "status"),
-                             P.encode_offline_status(cfg.device_id, key), 1, True)
+                             runtime.status_payload(online=False), 1, True)
                 link.poll(100)
             except MqttError:
                 pass
