@@ -114,7 +114,10 @@ class AgentRuntime:
             except Exception as exc:  # the link's own trouble: it reconnects by itself
                 self._count_error("link", exc)
             if extra_poll is not None:
-                extra_poll()
+                try:
+                    extra_poll()
+                except Exception as exc:  # e.g. the local console ran out of descriptors
+                    self._count_error("extra poll", exc)
             self.tick()
 
     # -- link callbacks ----------------------------------------------------
