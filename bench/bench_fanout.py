@@ -215,14 +215,15 @@ def run(quick=False):
     n = 200 if quick else 1000
     rounds = 3 if quick else 4  # one stage per round: the plan has four
     rows = []
-    for pool_size in (16, 0):
+    for pool_size in (0, 16):
         workdir = tempfile.mkdtemp(prefix="fleetstage-fanout-", dir="/var/tmp")
         try:
             t_agents, t_raw, size = _measure(n, pool_size, rounds, workdir)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         label = f"broadcast -> last durable ack, N={n}, flash pool={pool_size}"
-        met = (t_agents / t_raw <= TARGET) if pool_size else None
+        headline = pool_size == 0  # the one-thread figure the target is about
         rows.append(figure(label, t_agents, "s", f"raw paho fan-out, N={n}, {size} B", t_raw,
-                           target=f"<= {TARGET}x" if pool_size else None, met=met))
+                           target=f"<= {TARGET}x" if headline else None,
+                           met=(t_agents / t_raw <= TARGET) if headline else None))
     return rows
