@@ -28,6 +28,10 @@ from agent.store import StoreError
 STATUS_HEALTH_KEYS = ("healthy", "error_rate", "restart_frequency", "samples",
                       "latency_p50", "performance_impact")
 DESIRED_RETRY_MS = 5000
+# Set by a console (local) emergency rollback: wall ms of that moment. A retained
+# desired state issued before it (seq, the operator's wall ms, below it) must not
+# undo the rollback when the agent reconnects; an explicit command clears it.
+KEY_LOCAL_HOLD = "rt.local_hold"
 
 
 class ReportQueue:
@@ -71,6 +75,7 @@ class AgentRuntime:
         self.monitor_interval_ms = monitor_interval_ms
         self.log = log or _quiet
         self.guard = P.ReplayGuard.from_store(control.store)
+        self._local_hold = control.store.get(KEY_LOCAL_HOLD)
         self.counters = {"messages": 0, "applied": 0, "duplicate": 0, "rejected": 0,
                          "errors": 0, "published": 0, "queued": 0, "reconnects": 0}
         self._started_ms = self.clock.monotonic_ms()
@@ -169,13 +174,17 @@ class AgentRuntime:
     def _apply(self, msg, op, args, ack_refusal=True):
         """Run one op with the guard's record in the same commit; ack the outcome."""
         record = self.guard.record(msg)
+        changes = dict(record)
+        if self._local_hold is not None:
+            changes[KEY_LOCAL_HOLD] = None  # the operator has spoken since the console
         try:
-            self._dispatch(op, args, record)
+            self._dispatch(op, args, changes)
         except (ControlError, FlagError, StoreError) as exc:
             if ack_refusal:
                 self._refused(msg, *refusal_of(exc))
             return False
         self.guard.commit(record)
+        self._local_hold = None
         self._ack(msg.id, P.APPLIED, seq=msg.seq)
         self._status_dirty = True
         return True
@@ -213,6 +222,10 @@ class AgentRuntime:
                 state = self._decode(inbox[topic], P.decode_desired)
                 if self.guard.check(state) == P.DUPLICATE:
                     continue  # already applied: a retained copy seen again on reconnect
+                if self._local_hold is not None and state.seq < self._local_hold:
+                    self.log(f"desired state {state.id} predates the local emergency "
+                             "rollback: not applied")
+                    continue
             except P.CommandRejected as exc:
                 if exc.reason == P.STALE_SEQUENCE:
                     continue  # an old retained state, overtaken: normal after a reconnect
@@ -256,6 +269,8 @@ class AgentRuntime:
                 fresh = self.guard.check(state) == P.NEW
             except P.CommandRejected:
                 fresh = False  # overtaken by a later command
+            if self._local_hold is not None and state.seq < self._local_hold:
+                fresh = False
             if fresh and not self._converge(state, False):
                 self._pending_desired = state
                 self._next_desired_try = now + DESIRED_RETRY_MS
@@ -380,10 +395,18 @@ class AgentRuntime:
 
     def local_emergency_rollback(self, reason):
         """The console path (no broker needed): no command, so no guard record."""
-        result = self.control.emergency_rollback("local: " + reason)
+        changes = local_hold_changes(self.clock)
+        result = self.control.emergency_rollback("local: " + reason, extra_changes=changes)
+        self._local_hold = changes[KEY_LOCAL_HOLD]
+        self._pending_desired = None
         self._status_dirty = True
         self.flush_reports()
         return result
+
+
+def local_hold_changes(clock):
+    """Store changes a console emergency rollback commits with its stage change."""
+    return {KEY_LOCAL_HOLD: int(clock.wall_time() * 1000)}
 
 
 def will_message(fleet, device_id, groups, key):

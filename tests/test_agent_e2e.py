@@ -7,6 +7,7 @@ at start naming the field.
 """
 import json
 import os
+import time
 
 import pytest
 
@@ -161,10 +162,25 @@ def test_local_console_with_and_without_agent(world):
     assert out["via"] == "agent" and out["status"]["current_stage"] == 0
     world.observer.wait_stage(0)  # the agent told the broker too
     agent.stop()
+    world.observer.wait_for(lambda: world.observer.last_status()["online"] is False)
+    # While it is down the operator retains "stage 3"; then the console rolls it back.
+    stale = P.encode_desired("device:gw1", 3, P.next_seq(0, time.time()), PLAN.hash,
+                             world.fleet_key, devices=["gw1"])
+    world.publish_raw("device:gw1", stale, desired=True, retain=True)
+    world.loop.run_until(lambda: not world.operator.link.pending_out(), 5)
     r = agent.cli("local", "emergency-rollback", "--reason", "again", "--config",
                   agent.config_path, "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["via"] == "store"
-    world.observer.wait_for(lambda: world.observer.last_status()["online"] is False)
+    # Back online, the older retained desired state does not undo the console rollback;
+    # the next command from the operator is obeyed.
+    agent.start()
+    world.observer.wait_stage(0)
+    out = world.operator.publish_stage(1, "device:gw1", ["gw1"], timeout=15)
+    assert out.acks["gw1"]["result"] == "applied", out.to_dict()
+    world.observer.wait_stage(1)
+    enabled = [e["payload"]["stage"] for e in world.observer.of("event")
+               if e["name"] == "migration.stage_enabled"]
+    assert enabled == [1, 1]  # never 2 or 3: the stale desired state was not applied
 
 
 @pytest.mark.parametrize("field,value,needle", [

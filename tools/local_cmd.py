@@ -157,7 +157,10 @@ def handle_local_request(control, request):
         reason = request.get("reason")
         if not isinstance(reason, str) or not reason:
             return {"ok": False, "error": "emergency_rollback needs a non-empty reason"}
-        result = control.emergency_rollback("local: " + reason)
+        from agent.runtime import local_hold_changes
+
+        result = control.emergency_rollback("local: " + reason,
+                                            extra_changes=local_hold_changes(control.clock))
         return {"ok": True, "result": result, "status": control.status()}
     return {"ok": False, "error": f"unknown op {op!r}"}
 

@@ -191,3 +191,19 @@ def test_automatic_rollback_with_broker_down_is_reported_on_reconnect():
     assert link.leaf("health"), "health reports made while offline are delivered"
     assert link.leaf("status")[-1]["stage"] == 1
     control.close()
+
+
+def test_console_emergency_rollback_is_not_undone_by_an_older_desired_state():
+    rt, link, control, clock = make()
+    deliver(rt, "device:" + DEV, cmd(control, "migrate", {"stage": 1}, 10))
+    old_seq = int(clock.wall_time() * 1000) - 5000  # issued before the console rollback
+    desired = P.encode_desired("all", 3, old_seq, control.plan.hash, FLEET_KEY, devices=[DEV])
+    rt.local_emergency_rollback("gateway unreachable")
+    assert control.stage == 0
+    deliver(rt, "all", desired, "desired")  # the retained copy, seen on reconnect
+    assert control.stage == 0
+    newer = cmd(control, "migrate", {"stage": 1}, int(clock.wall_time() * 1000) + 1)
+    deliver(rt, "device:" + DEV, newer)  # the operator speaks again: obeyed
+    assert control.stage == 1
+    assert control.store.get("rt.local_hold") is None
+    control.close()
