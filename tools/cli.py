@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "tools.check_legacy",
     "tools.bundle_cmd",
     "tools.install_cmd",
+    "tools.status_cmd",
 ]
 
 
