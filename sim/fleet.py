@@ -21,7 +21,7 @@ from firmware_shim.clock import ManualClock
 from sim.broker import VirtualBroker, VirtualLink
 from sim.faults import BadCohort, FaultProfile
 from sim.memfs import MemFS
-from sim.strategy import WavePolicy, WaveResult, judge_wave
+from sim.strategy import WavePolicy, WaveResult, classify
 
 TICK_MS = 10_000           # traffic and runtime tick
 MONITOR_MS = 30_000        # each agent's health check interval (the runbook's default)
@@ -271,30 +271,8 @@ class Simulation:
             self.timeline.append({"t_ms": self.clock.now_ms, "event": why})
 
     def _judge(self, stage: int, wave: int, cid: str, members: list[str]) -> WaveResult:
-        """Judge by where each device stands now, as its reports say.
-
-        A first ack of `rejected` for a transient reason (a power cut during the
-        commit) does not fail a device that has since converged from the
-        retained desired state; a device whose status shows a lower stage than
-        it acknowledged rolled itself back.
-        """
-        acks = self.operator.acks.get(cid, {})
-        result = WaveResult(stage=stage, wave=wave, devices=len(members))
-        for d in members:
-            ack = acks.get(d)
-            st = self.operator.status.get(d, {})
-            at_stage = st.get("stage") == stage and st.get("online", True)
-            if ack is not None and ack["result"] == "rejected" and not at_stage:
-                result.rejected += 1
-                reason = ack.get("reason", "?")
-                result.reasons[reason] = result.reasons.get(reason, 0) + 1
-            elif at_stage:
-                result.applied += 1
-            elif ack is not None:
-                result.rolled_back += 1  # it took the stage, then its health sent it back
-            else:
-                result.unanswered += 1
-        return judge_wave(self.settings.policy, result)
+        return classify(self.settings.policy, stage, wave, members,
+                        self.operator.acks.get(cid, {}), self.operator.status)
 
     def _halt(self, stage: int, wave: int) -> None:
         """Roll back every wave that reached `stage`, through the same signed path."""

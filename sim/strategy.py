@@ -92,3 +92,31 @@ def judge_wave(policy: WavePolicy, result: WaveResult) -> WaveResult:
         result.why = "%.1f%% of the wave failed (limit %.1f%%)" % (
             100 * failure, 100 * policy.max_failure_ratio)
     return result
+
+
+def classify(policy: WavePolicy, stage: int, wave: int, members: list[str],
+             acks: dict[str, dict], statuses: dict[str, dict]) -> WaveResult:
+    """Judge one wave by where each device stands now, as its reports say.
+
+    acks: device -> its ack of this wave's command; statuses: device -> its
+    latest status. A first ack of `rejected` for a transient reason (a power
+    cut during the commit) does not fail a device that has since converged from
+    the retained desired state; a device whose status shows a lower stage than
+    it acknowledged rolled itself back.
+    """
+    result = WaveResult(stage=stage, wave=wave, devices=len(members))
+    for d in members:
+        ack = acks.get(d)
+        st = statuses.get(d, {})
+        at_stage = st.get("stage") == stage and st.get("online", True) is not False
+        if ack is not None and ack.get("result") == "rejected" and not at_stage:
+            result.rejected += 1
+            reason = ack.get("reason", "?")
+            result.reasons[reason] = result.reasons.get(reason, 0) + 1
+        elif at_stage:
+            result.applied += 1
+        elif ack is not None:
+            result.rolled_back += 1  # it took the stage, then its health sent it back
+        else:
+            result.unanswered += 1
+    return judge_wave(policy, result)

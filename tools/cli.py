@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "tools.bundle_cmd",
     "tools.install_cmd",
     "tools.status_cmd",
+    "tools.rollout_cmd",
 ]
 
 
