@@ -2,8 +2,9 @@
 
 Owns: what the agent does with each inbound message (decode, verify, replay
 guard, control op, ack, status), converging to the retained desired state,
-periodic health reports, the automatic-rollback poll, and a bounded queue of
-reports held while the broker is away.
+periodic health reports, the automatic-rollback poll, reports held while the
+broker is away (agent.report_queue decides what a full queue gives up), and
+the console hold after a local emergency rollback.
 
 Must never: import a transport (the link is handed in: paho on CPython, a
 umqtt link on a board), block, or die on bad input. Anything a message can
@@ -23,38 +24,18 @@ from agent import VERSION
 from agent import protocol as P
 from agent.control import ControlError, NotReady, Quarantined, TransitionRefused
 from agent.flags import FlagError
+from agent.report_queue import ReportQueue
 from agent.store import StoreError
 
 STATUS_HEALTH_KEYS = ("healthy", "error_rate", "restart_frequency", "samples",
                       "latency_p50", "performance_impact")
 DESIRED_RETRY_MS = 5000
-# Set by a console (local) emergency rollback: wall ms of that moment. A retained
-# desired state issued before it (seq, the operator's wall ms, below it) must not
-# undo the rollback when the agent reconnects; an explicit command clears it.
+# The console hold: committed with a console (local) emergency rollback. While it
+# is set, EVERY desired state is ignored (logged and counted), and only an explicit
+# signed command lifts it (in the same commit as that command). It cannot be a
+# time: desired-state seqs are the operator's wall clock, and the gateway's may be
+# off by minutes or, on a board without an RTC, by decades.
 KEY_LOCAL_HOLD = "rt.local_hold"
-
-
-class ReportQueue:
-    """Reports waiting for the broker: bounded, drops the oldest, counts drops.
-
-    A retained status replaces the queued one (only the latest state matters).
-    """
-
-    def __init__(self, limit=256):
-        self.limit = limit
-        self.items = []
-        self.dropped = 0
-
-    def push(self, topic, payload, qos, retain):
-        if retain:
-            self.items = [it for it in self.items if not (it[3] and it[0] == topic)]
-        self.items.append((topic, payload, qos, retain))
-        while len(self.items) > self.limit:
-            self.items.pop(0)
-            self.dropped += 1
-
-    def __len__(self):
-        return len(self.items)
 
 
 class AgentRuntime:
@@ -77,7 +58,8 @@ class AgentRuntime:
         self.guard = P.ReplayGuard.from_store(control.store)
         self._local_hold = control.store.get(KEY_LOCAL_HOLD)
         self.counters = {"messages": 0, "applied": 0, "duplicate": 0, "rejected": 0,
-                         "errors": 0, "published": 0, "queued": 0, "reconnects": 0}
+                         "errors": 0, "published": 0, "queued": 0, "reconnects": 0,
+                         "desired_held": 0}
         self._started_ms = self.clock.monotonic_ms()
         self._next_health = self._started_ms + health_interval_ms
         self._next_status = self._started_ms + status_interval_ms
@@ -129,9 +111,11 @@ class AgentRuntime:
     def on_connect(self):
         self.counters["reconnects"] += 1
         self.log("connected to broker")
+        # What waited goes first, in order; then the fresh status, which a queue
+        # full of acks and events would otherwise give up at once.
+        self._flush()
         self.flush_reports()
         self.publish_status()
-        self._flush()
 
     def on_disconnect(self, why=None):
         self.log(f"broker link lost ({why}); running on local flags")
@@ -169,9 +153,13 @@ class AgentRuntime:
         except P.CommandRejected as exc:
             self._ack(exc.command_id, P.REJECTED, exc.reason, exc.detail)
             return
-        self._apply(cmd, cmd.op, cmd.args)
+        detail = already_there(cmd.op, cmd.args, self.control.stage)
+        if detail is not None:  # converged already (e.g. by a desired state): a no-op
+            self._apply(cmd, "noop", {}, detail=detail)
+        else:
+            self._apply(cmd, cmd.op, cmd.args)
 
-    def _apply(self, msg, op, args, ack_refusal=True):
+    def _apply(self, msg, op, args, ack_refusal=True, detail=None):
         """Run one op with the guard's record in the same commit; ack the outcome."""
         record = self.guard.record(msg)
         changes = dict(record)
@@ -185,7 +173,7 @@ class AgentRuntime:
             return False
         self.guard.commit(record)
         self._local_hold = None
-        self._ack(msg.id, P.APPLIED, seq=msg.seq)
+        self._ack(msg.id, P.APPLIED, detail=detail, seq=msg.seq)
         self._status_dirty = True
         return True
 
@@ -222,9 +210,11 @@ class AgentRuntime:
                 state = self._decode(inbox[topic], P.decode_desired)
                 if self.guard.check(state) == P.DUPLICATE:
                     continue  # already applied: a retained copy seen again on reconnect
-                if self._local_hold is not None and state.seq < self._local_hold:
-                    self.log(f"desired state {state.id} predates the local emergency "
-                             "rollback: not applied")
+                if self._local_hold is not None:
+                    self.counters["desired_held"] += 1
+                    self._status_dirty = True  # the status shows the operator why
+                    self.log(f"desired state {state.id} (stage {state.stage}) ignored: held "
+                             "since the console emergency rollback, until a command")
                     continue
             except P.CommandRejected as exc:
                 if exc.reason == P.STALE_SEQUENCE:
@@ -269,8 +259,8 @@ class AgentRuntime:
                 fresh = self.guard.check(state) == P.NEW
             except P.CommandRejected:
                 fresh = False  # overtaken by a later command
-            if self._local_hold is not None and state.seq < self._local_hold:
-                fresh = False
+            if self._local_hold is not None:
+                fresh = False  # held since the console (it also dropped what was pending)
             if fresh and not self._converge(state, False):
                 self._pending_desired = state
                 self._next_desired_try = now + DESIRED_RETRY_MS
@@ -322,7 +312,10 @@ class AgentRuntime:
             agent_version=VERSION, uptime_s=self.uptime_s(), online=online, groups=self.groups,
             quarantined=q is not None,
             extra={"state": c.state, "seq": c.seq, "guard_seq": self.guard.last_seq,
-                   "queue_dropped": self.queue.dropped},
+                   "queue_dropped": self.queue.dropped,
+                   "queue_dropped_by_kind": dict(self.queue.dropped_by_kind),
+                   "console_hold": self._local_hold is not None,
+                   "desired_held": self.counters["desired_held"]},
             key=self.key, now=self._now())
 
     def publish_status(self):
@@ -335,6 +328,7 @@ class AgentRuntime:
             metrics["runtime"] = dict(self.counters)
             metrics["runtime"]["queue_len"] = len(self.queue)
             metrics["runtime"]["queue_dropped"] = self.queue.dropped
+            metrics["runtime"]["queue_dropped_by_kind"] = dict(self.queue.dropped_by_kind)
             payload = P.encode_health(self.device_id, metrics, key=self.key, now=self._now())
         except Exception as exc:
             self._count_error("health report", exc)
@@ -372,13 +366,13 @@ class AgentRuntime:
 
     def _flush(self):
         while self.queue.items and getattr(self.link, "connected", False):
-            topic, payload, qos, retain = self.queue.items[0]
+            topic, payload, qos, retain = self.queue.first()
             try:
                 self.link.publish(topic, payload, qos, retain)
             except Exception as exc:
                 self.last_error = exc
                 return
-            self.queue.items.pop(0)
+            self.queue.pop_first()
             self.counters["published"] += 1
 
     # -- helpers -----------------------------------------------------------
@@ -394,8 +388,9 @@ class AgentRuntime:
         self.log(f"error in {where}: {exc.__class__.__name__}: {exc}")
 
     def local_emergency_rollback(self, reason):
-        """The console path (no broker needed): no command, so no guard record."""
-        changes = local_hold_changes(self.clock)
+        """The console path (no broker needed): no command, so no guard record, but
+        the hold, in the same commit, so it also survives a reboot."""
+        changes = local_hold_changes(self.clock, reason)
         result = self.control.emergency_rollback("local: " + reason, extra_changes=changes)
         self._local_hold = changes[KEY_LOCAL_HOLD]
         self._pending_desired = None
@@ -404,9 +399,31 @@ class AgentRuntime:
         return result
 
 
-def local_hold_changes(clock):
-    """Store changes a console emergency rollback commits with its stage change."""
-    return {KEY_LOCAL_HOLD: int(clock.wall_time() * 1000)}
+def local_hold_changes(clock, reason=None):
+    """Store changes a console emergency rollback commits with its stage change.
+
+    Only the key's presence matters; the wall time and reason are for people.
+    """
+    return {KEY_LOCAL_HOLD: {"at": int(clock.wall_time() * 1000), "reason": reason}}
+
+
+def already_there(op, args, stage):
+    """Ack detail when a migrate/rollback command asks for what the device already
+    is (an applied no-op), else None.
+
+    A device may get there first by a retained desired state, and the operator's
+    retry must not see it refused. MigrationControl refuses these on purpose (a
+    direct caller asked for a change that cannot happen); the wire decides here.
+    A rollback to N from below N must not migrate up: that is "already below".
+    """
+    if op not in (P.OP_MIGRATE, P.OP_ROLLBACK):
+        return None
+    target = args["stage"]
+    if target == stage:
+        return f"already at stage {target}"
+    if op == P.OP_ROLLBACK and stage < target:
+        return f"already below stage {target}"
+    return None
 
 
 def will_message(fleet, device_id, groups, key):

@@ -207,3 +207,141 @@ def test_console_emergency_rollback_is_not_undone_by_an_older_desired_state():
     assert control.stage == 1
     assert control.store.get("rt.local_hold") is None
     control.close()
+
+
+def _wall_ms(clock):
+    return int(clock.wall_time() * 1000)
+
+
+def test_console_hold_ignores_desired_states_whatever_the_operator_clock():
+    # The operator's clock runs 5 min ahead of the gateway's (no NTP): a desired
+    # state it retained BEFORE the console rollback carries a seq above the
+    # gateway's wall ms at the rollback. It must still not undo the rollback.
+    rt, link, control, clock = make()
+    deliver(rt, "device:" + DEV, cmd(control, "migrate", {"stage": 1}, 10))
+    ahead = _wall_ms(clock) + 5 * 60 * 1000
+    desired = P.encode_desired("all", 3, ahead, control.plan.hash, FLEET_KEY, devices=[DEV])
+    rt.local_emergency_rollback("gateway unreachable")
+    clock.advance(1000)
+    deliver(rt, "all", desired, "desired")  # the retained copy, seen on reconnect
+    rt.tick()
+    assert control.stage == 0
+    assert rt.counters["desired_held"] == 1
+    extra = link.leaf("status")[-1]["extra"]
+    assert extra["console_hold"] is True and extra["desired_held"] == 1
+    # A later desired state (even a newer one) is ignored too: only a command lifts it.
+    newer = P.encode_desired("all", 2, ahead + 60000, control.plan.hash, FLEET_KEY,
+                             devices=[DEV])
+    deliver(rt, "all", newer, "desired")
+    assert control.stage == 0 and rt.counters["desired_held"] == 2
+    deliver(rt, "device:" + DEV, cmd(control, "migrate", {"stage": 1}, ahead + 70000))
+    assert control.stage == 1
+    assert link.leaf("status")[-1]["extra"]["console_hold"] is False
+    control.close()
+
+
+def test_console_hold_on_a_board_without_rtc():
+    # A board with no RTC reads a wall clock near 1970: any operator seq is above it.
+    clock = ManualClock(wall_start=0.0)
+    control = MigrationControl.open(tmpdir("rt"), clock=clock)
+    rt = AgentRuntime(control, FakeLink(), "fl", DEV, key=P.derive_device_key(FLEET_KEY, DEV),
+                      clock=clock)
+    rt.start()
+    deliver(rt, "device:" + DEV, cmd(control, "migrate", {"stage": 1}, 10))
+    desired = P.encode_desired("all", 2, 1700000000000, control.plan.hash, FLEET_KEY,
+                               devices=[DEV])
+    rt.local_emergency_rollback("console")
+    deliver(rt, "all", desired, "desired")
+    assert control.stage == 0
+    control.close()
+
+
+def test_console_hold_survives_a_reboot_and_only_an_applied_command_lifts_it():
+    clock = ManualClock()
+    state_dir = tmpdir("rt")
+    control = MigrationControl.open(state_dir, clock=clock)
+    key = P.derive_device_key(FLEET_KEY, DEV)
+    rt = AgentRuntime(control, FakeLink(), "fl", DEV, key=key, clock=clock)
+    rt.start()
+    deliver(rt, "device:" + DEV, cmd(control, "migrate", {"stage": 1}, 10))
+    rt.local_emergency_rollback("console")
+    control.close()
+    control = MigrationControl.open(state_dir, clock=clock)  # the gateway reboots
+    link = FakeLink()
+    rt = AgentRuntime(control, link, "fl", DEV, key=key, clock=clock)
+    rt.start()
+    seq = _wall_ms(clock) + 600000
+    desired = P.encode_desired("device:" + DEV, 2, seq, control.plan.hash, FLEET_KEY)
+    deliver(rt, "device:" + DEV, desired, "desired")
+    assert control.stage == 0
+    # A command the device refuses does not lift the hold either.
+    deliver(rt, "device:" + DEV, cmd(control, "migrate", {"stage": 3}, seq + 1))
+    assert link.leaf("ack")[-1]["reason"] == "not_ready"
+    deliver(rt, "device:" + DEV, desired, "desired")
+    assert control.stage == 0 and rt.counters["desired_held"] == 2
+    deliver(rt, "device:" + DEV, cmd(control, "rollback", {"stage": 0}, seq + 2))
+    assert link.leaf("ack")[-1]["result"] == "applied"
+    assert control.store.get("rt.local_hold") is None
+    desired = P.encode_desired("device:" + DEV, 2, seq + 3, control.plan.hash, FLEET_KEY)
+    deliver(rt, "device:" + DEV, desired, "desired")
+    assert control.stage == 2  # the hold is gone: desired states apply again
+    control.close()
+
+
+def test_console_hold_set_through_the_store_while_the_agent_is_down():
+    # `fleetstage local emergency-rollback` with no agent running commits the
+    # hold with the rollback straight to the store; the agent honours it at start.
+    from agent.runtime import local_hold_changes
+
+    clock = ManualClock()
+    state_dir = tmpdir("rt")
+    control = MigrationControl.open(state_dir, clock=clock)
+    control.migrate_to_stage(1)
+    control.emergency_rollback("local: console", extra_changes=local_hold_changes(clock))
+    control.close()
+    control = MigrationControl.open(state_dir, clock=clock)
+    rt = AgentRuntime(control, FakeLink(), "fl", DEV, key=P.derive_device_key(FLEET_KEY, DEV),
+                      clock=clock)
+    rt.start()
+    desired = P.encode_desired("all", 1, _wall_ms(clock) + 600000, control.plan.hash,
+                               FLEET_KEY, devices=[DEV])
+    deliver(rt, "all", desired, "desired")
+    assert control.stage == 0 and rt.counters["desired_held"] == 1
+    control.close()
+
+
+def test_migrate_command_after_desired_state_got_there_is_an_applied_noop():
+    # The desired/command race: the retained desired state brings the device to
+    # stage 2, then the operator's `migrate 2` (a retry, or a slow command) arrives.
+    rt, link, control, clock = make()
+    d = P.encode_desired("group:g1", 2, 50, control.plan.hash, FLEET_KEY, devices=[DEV])
+    deliver(rt, "group:g1", d, "desired")
+    assert control.stage == 2
+    seq_before = control.seq
+    c = cmd(control, "migrate", {"stage": 2}, 51)
+    deliver(rt, "device:" + DEV, c)
+    ack = link.leaf("ack")[-1]
+    assert ack["result"] == "applied" and ack["detail"] == "already at stage 2", ack
+    assert control.stage == 2 and control.seq == seq_before  # no stage change committed
+    assert control.store.get(P.ReplayGuard.KEY_SEQ) == 51  # but the command is recorded
+    deliver(rt, "device:" + DEV, c)  # QoS 1 redelivery
+    assert link.leaf("ack")[-1]["result"] == "duplicate"
+    control.close()
+
+
+def test_rollback_to_current_or_higher_stage_is_an_applied_noop_and_never_migrates():
+    rt, link, control, clock = make()
+    deliver(rt, "device:" + DEV, cmd(control, "migrate", {"stage": 1}, 10))
+    deliver(rt, "device:" + DEV, cmd(control, "rollback", {"stage": 1}, 11))
+    ack = link.leaf("ack")[-1]
+    assert ack["result"] == "applied" and ack["detail"] == "already at stage 1", ack
+    deliver(rt, "device:" + DEV, cmd(control, "rollback", {"stage": 3}, 12))
+    ack = link.leaf("ack")[-1]
+    assert ack["result"] == "applied" and ack["detail"] == "already below stage 3", ack
+    assert control.stage == 1  # a rollback never moves the device up
+    assert control.store.get(P.ReplayGuard.KEY_SEQ) == 12
+    deliver(rt, "device:" + DEV, cmd(control, "migrate", {"stage": 3}, 13))
+    assert link.leaf("ack")[-1]["reason"] == "not_ready"  # skipping a stage still refused
+    deliver(rt, "device:" + DEV, cmd(control, "rollback", {"stage": 0}, 14))
+    assert control.stage == 0 and "detail" not in link.leaf("ack")[-1]
+    control.close()
