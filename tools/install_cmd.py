@@ -18,6 +18,7 @@ import subprocess
 import sys
 
 from agent.agent_config import ConfigError, parse_config
+from tools.keygen import write_private_file
 
 UNIT = """[Unit]
 Description=fleetstage agent (staged feature-flag migrations)
@@ -49,14 +50,9 @@ def render_unit(exe: str, config: str, state_dir: str, user: str) -> str:
 
 
 def _write(path: str, data: str | bytes, mode: int) -> None:
+    """Atomic write with `mode` from creation on (the key is 0600, never briefly wider)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
+    write_private_file(path, data.encode() if isinstance(data, str) else data, mode)
 
 
 def _run(args: argparse.Namespace) -> int:

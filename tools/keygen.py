@@ -17,18 +17,58 @@ class KeygenError(Exception):
     pass
 
 
+def write_private_file(path, data, mode=0o600, replace=True):
+    """Write `path` atomically with `mode` from the first byte on.
+
+    The bytes go to a fresh temp name made with O_CREAT|O_EXCL and `mode`, so
+    no other user can open it even for a moment (the umask only narrows the
+    mode, and fchmod sets it exactly), then it is renamed over `path`. With
+    replace=False an existing `path` is never touched: os.link refuses it
+    atomically. Raises FileExistsError in that case.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, ".{}.{}.{}.tmp".format(
+        os.path.basename(path), os.getpid(), os.urandom(4).hex()))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode & 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # FileExistsError when path exists: nothing replaced
+            os.unlink(tmp)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(directory)
+
+
+def _fsync_dir(directory):
+    try:
+        dfd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
+
+
 def write_key_file(path, data, force=False):
     """Create `path` with mode 0600; refuse to replace it unless force."""
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
     try:
-        fd = os.open(path, flags, 0o600)
+        write_private_file(path, data, 0o600, replace=force)
     except FileExistsError:
         raise KeygenError(f"{path} exists; use --force to replace it") from None
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(path, 0o600)  # O_CREAT's mode is not applied to a file that already existed
 
 
 def read_key_file(path):
