@@ -1,0 +1,162 @@
+"""Every op through AgentRuntime: flag overrides, clear_quarantine, the desired
+no-op and the pending desired state retried after a cooldown.
+
+Signed payloads, a ManualClock, a real MigrationControl on a temp directory and
+an in-memory link. Runs on CPython and MicroPython."""
+from corekit import tmpdir
+
+from agent import protocol as P
+from agent.control import MigrationControl
+from agent.runtime import DESIRED_RETRY_MS, AgentRuntime
+from firmware_shim.clock import ManualClock
+
+FLEET_KEY = bytes(range(1, 33))
+DEV = "gw-ops"
+KEY = P.derive_device_key(FLEET_KEY, DEV)
+FLAG = "use_logger_error_context"
+
+
+class MemoryLink:
+    """Always connected; keeps what the agent publishes."""
+
+    connected = True
+
+    def __init__(self):
+        self.sent = []
+
+    def set_callbacks(self, on_message, on_connect, on_disconnect):
+        pass
+
+    def subscribe(self, topic, qos=1):
+        pass
+
+    def publish(self, topic, payload, qos=0, retain=False):
+        self.sent.append((topic, payload))
+
+    def reports(self, leaf):
+        return [P.decode_report(p, KEY) for t, p in self.sent if t.endswith("/" + leaf)]
+
+    def acks_for(self, command_id):
+        return [a for a in self.reports("ack") if a["id"] == command_id]
+
+
+class Device:
+    def __init__(self, config=None):
+        self.clock = ManualClock()
+        self.control = MigrationControl.open(tmpdir("rtops"), config=config, clock=self.clock)
+        self.link = MemoryLink()
+        self.rt = AgentRuntime(self.control, self.link, "fl", DEV, key=KEY, clock=self.clock,
+                               monitor_interval_ms=1000)
+        self.rt.start()
+        self.seq = 100
+
+    def command(self, op, args):
+        """Sign and deliver one command; returns its ack."""
+        self.seq += 1
+        cid = P.new_command_id()
+        payload = P.encode_command(op, args, "device:" + DEV, self.seq, self.control.plan.hash,
+                                   FLEET_KEY, command_id=cid)
+        self.rt.on_message(P.cmd_topic("fl", "device:" + DEV), payload)
+        self.rt.tick()
+        acks = self.link.acks_for(cid)
+        assert len(acks) == 1, acks
+        return acks[0]
+
+    def desired(self, stage):
+        """Sign and deliver a retained desired state; returns its id."""
+        self.seq += 1
+        cid = P.new_command_id()
+        payload = P.encode_desired("device:" + DEV, stage, self.seq, self.control.plan.hash,
+                                   FLEET_KEY, command_id=cid)
+        self.rt.on_message(P.desired_topic("fl", "device:" + DEV), payload, True)
+        self.rt.tick()
+        return cid
+
+    def fail_health(self):
+        """Bad outcomes, then the monitoring interval: the agent rolls itself back."""
+        for _ in range(50):
+            self.control.record_outcome(False, 5)
+        self.clock.advance(1000)
+        self.rt.tick()
+
+
+def test_set_and_clear_flag_override_by_command():
+    d = Device()
+    assert d.control.flags.enabled(FLAG) is False
+    ack = d.command("set_flag", {"name": FLAG, "value": True})
+    assert ack["result"] == "applied", ack
+    assert d.control.flags.enabled(FLAG) is True
+    assert d.control.status()["overrides"] == {FLAG: True}
+    assert d.link.reports("status")[-1]["flags"][FLAG] is True
+    changed = [e for e in d.link.reports("event") if e["name"] == "feature_flag.changed"]
+    assert changed, "the flag change is reported as an event"
+    assert d.control.store.get(P.ReplayGuard.KEY_SEQ) == d.seq
+    ack = d.command("clear_flag", {"name": FLAG})
+    assert ack["result"] == "applied", ack
+    assert d.control.flags.enabled(FLAG) is False  # back to what stage 0 says
+    assert d.control.status()["overrides"] == {}
+    assert d.link.reports("status")[-1]["flags"][FLAG] is False
+    ack = d.command("set_flag", {"name": "no_such_flag", "value": True})
+    assert ack["result"] == "rejected" and ack["reason"] == "malformed"
+    assert d.control.status()["overrides"] == {}
+    d.control.close()
+
+
+def test_clear_quarantine_by_command_lets_the_device_advance_again():
+    d = Device(config={"quarantine_after": 1})
+    assert d.command("migrate", {"stage": 1})["result"] == "applied"
+    d.fail_health()
+    assert d.control.stage == 0 and d.control.state == "QUARANTINED"
+    ack = d.command("migrate", {"stage": 1})
+    assert ack["result"] == "rejected" and ack["reason"] == "quarantined", ack
+    assert d.link.reports("status")[-1]["quarantined"] is True
+    ack = d.command("clear_quarantine", {})
+    assert ack["result"] == "applied", ack
+    assert d.control.status()["quarantine"] is None
+    assert d.link.reports("status")[-1]["quarantined"] is False
+    assert d.command("migrate", {"stage": 1})["result"] == "applied"
+    assert d.control.stage == 1
+    d.control.close()
+
+
+def test_desired_state_already_met_is_an_applied_noop():
+    d = Device()
+    d.command("migrate", {"stage": 1})
+    seq_before = d.control.seq
+    history_before = len(d.control.status()["migration_history"])
+    cid = d.desired(1)
+    acks = d.link.acks_for(cid)
+    assert [a["result"] for a in acks] == ["applied"], acks
+    assert d.control.stage == 1 and d.control.seq == seq_before  # no stage change committed
+    assert len(d.control.status()["migration_history"]) == history_before
+    assert d.control.store.get(P.ReplayGuard.KEY_SEQ) == d.seq  # only the guard moved on
+    d.control.close()
+
+
+def test_desired_state_blocked_by_cooldown_is_retried_and_applies_when_it_ends():
+    cooldown = 12000
+    d = Device(config={"cooldown_ms": cooldown})
+    d.command("migrate", {"stage": 1})
+    d.command("migrate", {"stage": 2})
+    d.fail_health()
+    assert d.control.stage == 1 and d.control.state == "COOLDOWN"
+    cid = d.desired(2)
+    acks = d.link.acks_for(cid)
+    assert len(acks) == 1 and acks[0]["reason"] == "not_ready", acks  # said once, at once
+    waited = 0
+    while d.control.stage == 1 and waited < 4 * cooldown:
+        d.clock.advance(500)
+        waited += 500
+        d.rt.tick()
+    assert d.control.stage == 2
+    # Retried every DESIRED_RETRY_MS: it lands on the first retry after the cooldown.
+    first_retry_after = (cooldown // DESIRED_RETRY_MS + 1) * DESIRED_RETRY_MS
+    assert waited == first_retry_after, waited
+    acks = d.link.acks_for(cid)
+    assert [a["result"] for a in acks] == ["rejected", "applied"], acks  # no ack per retry
+    assert d.control.store.get(P.ReplayGuard.KEY_SEQ) == d.seq
+    for _ in range(3):  # and it is not applied again
+        d.clock.advance(DESIRED_RETRY_MS)
+        d.rt.tick()
+    assert len(d.link.acks_for(cid)) == 2
+    d.control.close()
