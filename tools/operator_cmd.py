@@ -82,6 +82,10 @@ class OperatorClient:
         self.online = {}
         self._waiting = {}  # message id -> Outcome
         self.bad_reports = 0
+        # Highest sequence number any device's guard holds (its verified status
+        # says so), and the last one we issued: the next command goes above both.
+        self.guard_seqs = {}
+        self._last_seq = 0
 
     # -- connection --------------------------------------------------------
     def connect(self, timeout=10.0):
@@ -134,10 +138,41 @@ class OperatorClient:
             if report.get("groups") is not None or device not in self.inventory:
                 self.inventory[device] = list(report.get("groups") or [])
             self.online[device] = bool(report.get("online"))
+            self._note_guard_seq(device, report.get("extra"))
         elif leaf == "ack":
             outcome = self._waiting.get(report.get("id"))
             if outcome is not None and device in outcome.devices:
                 self._take_ack(outcome, device, report)
+
+    def _note_guard_seq(self, device, extra):
+        seq = extra.get("guard_seq") if isinstance(extra, dict) else None
+        if isinstance(seq, int) and not isinstance(seq, bool) and 0 <= seq < P.MAX_SEQ:
+            self.guard_seqs[device] = max(seq, self.guard_seqs.get(device, 0))
+
+    def next_seq(self, devices=None):
+        """Above our wall clock in ms, above every guard we have seen, above our last one.
+
+        A command once sent from a machine whose clock ran fast left the
+        devices' guards far ahead; with the wall clock alone every later
+        command (emergency rollback too) would be stale_sequence. `devices`
+        narrows the guards considered to the targeted ones (None: all seen).
+        """
+        seen = self.guard_seqs.values() if devices is None else [
+            self.guard_seqs.get(d, 0) for d in devices]
+        seq = P.next_seq(max([self._last_seq, *seen]), time.time())
+        if seq + 1 > P.MAX_SEQ:  # +1: the desired state goes out as seq + 1
+            raise OperatorError(f"a device's guard holds sequence {seq - 1}: no higher "
+                                "sequence number is left")
+        self._last_seq = seq
+        return seq
+
+    def _await_guards(self, devices, timeout=1.0):
+        """Give the targeted devices' retained statuses a moment to arrive (carry guard_seq).
+
+        Only a device with no status at all is waited for: an offline one's
+        retained status is its last will, which carries no guard_seq.
+        """
+        self.loop.run_until(lambda: all(d in self.inventory for d in devices), timeout)
 
     def _take_ack(self, outcome, device, ack):
         if ack.get("id") == outcome.command_id and device not in outcome.acks:
@@ -161,7 +196,10 @@ class OperatorClient:
 
     def send(self, op, args, target, devices):
         """Publish the signed command (QoS 1); returns the Outcome that collects its acks."""
-        seq = P.next_seq(0, time.time())
+        self._await_guards(devices)
+        # desired state goes out as seq + 1: keep both above every guard
+        seq = self.next_seq(devices)
+        self._last_seq = seq + 1
         command_id = P.new_command_id()
         cmd = P.encode_command(op, args, target, seq, self.plan.hash, self.fleet_key,
                                devices=devices, command_id=command_id, issued_at=int(time.time()),
