@@ -40,6 +40,31 @@ def load_key(cfg, fs):
     return key
 
 
+def count_agent_start(control, log):
+    """Count this start of the agent as a restart, then judge health at once.
+
+    An agent that crashes and is started again (systemd Restart=always, a
+    watchdog reset) is a restart like a service's: a crash loop rolls the
+    device back one stage by itself. The check runs now, not at the next
+    monitoring interval, because a looping agent may never live that long.
+    """
+    control.record_restart("agent")
+    try:
+        result = control.check_health_and_rollback()
+    except Exception as exc:  # a refused rollback must not stop the agent from starting
+        log("start-up health check failed: %s" % exc)
+        return None
+    if result.get("result") == "rollback_triggered":
+        log("WARNING: restarting too often: rolled back to stage %s" % control.stage)
+    return result
+
+
+def start_agent(runtime, control):
+    """runtime.start() (it now hears the control's events), then count this start."""
+    runtime.start()
+    return count_agent_start(control, log)
+
+
 def build(config_path, fs=None, clock=None):
     """(runtime, link, control) for the config; raises ConfigError before touching flash."""
     fs = fs or FileSystem()
@@ -75,7 +100,7 @@ def run(config_path, watchdog_ms=30000):
     if runtime.insecure:
         log("WARNING: insecure development mode: unsigned commands are ACCEPTED")
     wdt = Watchdog(watchdog_ms)
-    runtime.start()
+    start_agent(runtime, control)
     link.start()
     log("device %s at stage %d; broker %s:%d" % (runtime.device_id, control.stage,
                                                  link.host, link.port))

@@ -15,6 +15,7 @@ from agent.agent_config import ConfigError, load_config
 from agent.control import MigrationControl
 from agent.plan import Plan
 from agent.runtime import AgentRuntime, will_message
+from firmware_shim.board import count_agent_start
 from firmware_shim.clock import SystemClock
 from firmware_shim.mqtt_paho import MqttConfig, MqttError, PahoLink, Will
 from tools.local_cmd import ConsoleServer, StateDirLock, StateDirLocked
@@ -110,6 +111,7 @@ def run_agent(cfg):
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     runtime.start()
+    count_agent_start(control, log)  # after start(): a crash-loop rollback is reported too
     link.start()
     log(f"device {cfg.device_id} fleet {cfg.fleet} at stage {control.stage}; broker {cfg.broker}")
     try:
