@@ -1,7 +1,7 @@
 """`fleetstage local ...`: the runbook's console path on the gateway itself, no broker.
 
     fleetstage local status --config PATH [--json]
-    fleetstage local emergency-rollback --reason TEXT --config PATH [--json]
+    fleetstage local emergency-rollback --reason TEXT --config PATH [--json] [--timeout S]
 
 Owns: the state-directory lock (fcntl.flock on <state_dir>/agent.lock), the
 agent's local console (a unix socket <state_dir>/agent.sock speaking one JSON
@@ -28,6 +28,36 @@ class LocalError(Exception):
 
 class StateDirLocked(LocalError):
     pass
+
+
+class AgentUnresponsive(LocalError):
+    """The agent holds the state directory but its console does not answer (hung)."""
+
+
+STOP_HINT = "stop it (systemctl stop fleetstage-agent{kill}) and rerun: with no agent " \
+            "running this command acts on the store directly"
+
+
+def lock_holder_pid(state_dir):
+    """The PID the lock holder wrote into agent.lock, if it is a live process; else None."""
+    try:
+        with open(os.path.join(state_dir, LOCK_FILE), "rb") as f:
+            pid = int(f.read(32).split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except OSError:  # alive, owned by another user
+        pass
+    return pid
+
+
+def stop_hint(state_dir):
+    pid = lock_holder_pid(state_dir)
+    held = f"the agent (PID {pid})" if pid else "the agent"
+    return held, STOP_HINT.format(kill=f", or kill {pid}" if pid else "")
 
 
 class StateDirLock:
@@ -124,7 +154,12 @@ class ConsoleServer:
 
 
 def console_request(state_dir, request, timeout=10.0):
-    """Send one request to a running agent; None when no agent listens."""
+    """Send one request to a running agent; None when no agent listens.
+
+    Raises AgentUnresponsive when the agent does not answer within `timeout`
+    (the runbook's hung-agent case): it still holds the lock, so the store
+    must not be touched; the message says which process to stop.
+    """
     path = os.path.join(state_dir, SOCKET_FILE)
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
@@ -133,6 +168,9 @@ def console_request(state_dir, request, timeout=10.0):
     except (FileNotFoundError, ConnectionRefusedError):
         s.close()
         return None
+    except socket.timeout:
+        s.close()
+        raise _unresponsive(state_dir, path, timeout) from None
     try:
         s.sendall(json.dumps(request).encode() + b"\n")
         data = b""
@@ -141,11 +179,19 @@ def console_request(state_dir, request, timeout=10.0):
             if not chunk:
                 break
             data += chunk
+    except socket.timeout:
+        raise _unresponsive(state_dir, path, timeout) from None
     finally:
         s.close()
     if not data:
         raise LocalError("the agent closed the console without answering")
     return json.loads(data.decode("utf-8"))
+
+
+def _unresponsive(state_dir, path, timeout):
+    held, hint = stop_hint(state_dir)
+    return AgentUnresponsive(f"{held} holds {os.path.join(state_dir, LOCK_FILE)} but did not "
+                             f"answer on its console {path} within {timeout:g} s (hung?); {hint}")
 
 
 def handle_local_request(control, request):
@@ -174,8 +220,9 @@ def _direct(cfg, request):
         lock.acquire()
     except StateDirLocked:
         sock = os.path.join(cfg.state_dir, SOCKET_FILE)
-        raise LocalError(f"the agent holds {lock.path} but its console {sock} does not answer; "
-                         "stop it (systemctl stop fleetstage-agent) and retry") from None
+        held, hint = stop_hint(cfg.state_dir)
+        raise AgentUnresponsive(f"{held} holds {lock.path} but its console {sock} does not "
+                                f"answer; {hint}") from None
     try:
         control = open_control(cfg)
         try:
@@ -186,9 +233,9 @@ def _direct(cfg, request):
         lock.release()
 
 
-def run_local(cfg, request):
+def run_local(cfg, request, timeout=10.0):
     """Returns (reply, via) where via is "agent" or "store"."""
-    reply = console_request(cfg.state_dir, request)
+    reply = console_request(cfg.state_dir, request, timeout)
     if reply is not None:
         return reply, "agent"
     return _direct(cfg, request), "store"
@@ -215,7 +262,7 @@ def _run(args):
     else:
         request = {"op": "emergency_rollback", "reason": args.reason}
     try:
-        reply, via = run_local(cfg, request)
+        reply, via = run_local(cfg, request, args.timeout)
     except (LocalError, OSError, ValueError) as exc:
         print(f"fleetstage local: {exc}", file=sys.stderr)
         return 1
@@ -244,4 +291,6 @@ def register(sub):
     for q in (st, er):
         q.add_argument("--config", required=True, help="the agent's JSON config")
         q.add_argument("--json", action="store_true")
+        q.add_argument("--timeout", type=float, default=10.0,
+                       help="seconds to wait for a running agent's answer (default 10)")
         q.set_defaults(handler=_run)
