@@ -7,9 +7,9 @@ raises ConfigError naming the field and why, and the agent stops at start.
 
 Required: device_id, fleet, broker (mqtt://host[:port] or mqtts://...),
 key_file, state_dir, environment. Optional: groups (list), insecure (false),
-tls {ca, cert, key}, credentials {username, password}, control (overrides
-for agent.config.Config: thresholds, cooldown_ms, ...), and tuning knobs
-(keepalive_s, backoff_min_s, backoff_max_s, health_interval_ms,
+tls {ca, cert, key, insecure_skip_hostname_check}, credentials {username,
+password}, control (overrides for agent.config.Config: thresholds,
+cooldown_ms, ...), and tuning knobs (keepalive_s, backoff_min_s, backoff_max_s, health_interval_ms,
 status_interval_ms, queue_limit, plan_file, clean_session).
 """
 import json
@@ -150,7 +150,7 @@ class AgentConfig:
         self.plan_file = _string(d, "plan_file", required=False)
         self.insecure = self._bool(d, "insecure", False)
         self.clean_session = self._bool(d, "clean_session", False)
-        tls = _subdict(d, "tls", ("ca", "cert", "key"))
+        tls = self._tls_block(d)
         if tls and not self.tls:
             raise ConfigError("tls", "given, but broker is mqtt:// (use mqtts://)")
         if ("cert" in tls) != ("key" in tls):
@@ -164,6 +164,30 @@ class AgentConfig:
             self._number(d, name)
         if self.backoff_min_s > self.backoff_max_s:
             raise ConfigError("backoff_min_s", "must not exceed backoff_max_s")
+
+    def _tls_block(self, d):
+        """tls {ca, cert, key, insecure_skip_hostname_check}; the flag is taken out here.
+
+        insecure_skip_hostname_check (default false) is the ONLY switch that
+        weakens TLS: the certificate is still verified against the CA, but
+        not matched to the broker's host name. It is separate from the
+        top-level `insecure` (unsigned commands), so a development fleet
+        that accepts unsigned commands still verifies its broker.
+        """
+        block = d.get("tls")
+        flag = "insecure_skip_hostname_check"
+        rest = block
+        self.tls_skip_hostname_check = False
+        if isinstance(block, dict) and flag in block:
+            rest = dict(block)
+            value = rest.pop(flag)
+            if value is not True and value is not False:
+                raise ConfigError("tls." + flag, "must be true or false")
+            self.tls_skip_hostname_check = value
+        tls = _subdict({"tls": rest}, "tls", ("ca", "cert", "key", flag))
+        if self.tls_skip_hostname_check and not tls:
+            tls = {flag: True}  # only for the mqtt:// check below
+        return tls
 
     def _control_config(self, d):
         """agent.config.Config for MigrationControl: environment + optional "control" overrides."""

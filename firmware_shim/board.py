@@ -17,7 +17,7 @@ from agent.runtime import AgentRuntime
 from firmware_shim.clock import SystemClock
 from firmware_shim.files import FileSystem
 from firmware_shim.machine import Watchdog
-from firmware_shim.mqtt_micro import MicroLink
+from firmware_shim.mqtt_micro import MicroLink, MicroTlsUnsupported
 
 
 def log(msg):
@@ -38,6 +38,29 @@ def load_key(cfg, fs):
     if warning:
         log("WARNING: " + warning)
     return key
+
+
+def load_ca(cfg, fs):
+    """The CA bytes for mqtts://, or None for mqtt://.
+
+    A board never connects to a broker it cannot verify: mqtts:// without a
+    CA, or on a port whose ssl cannot verify, is a ConfigError at start.
+    """
+    if not cfg.tls:
+        return None
+    if cfg.tls_skip_hostname_check:
+        raise ConfigError("tls.insecure_skip_hostname_check",
+                          "not supported on boards: the broker is always fully verified")
+    if not cfg.tls_ca:
+        raise ConfigError("tls.ca", "mqtts:// on a board needs the CA that signed the "
+                                    "broker's certificate (a board has no system CA store)")
+    try:
+        ca = fs.read_bytes(cfg.tls_ca)
+    except OSError as exc:
+        raise ConfigError("tls.ca", "cannot read %s: %s" % (cfg.tls_ca, exc)) from None
+    if not ca:
+        raise ConfigError("tls.ca", cfg.tls_ca + " does not exist or is empty")
+    return ca
 
 
 def count_agent_start(control, log):
@@ -71,17 +94,21 @@ def build(config_path, fs=None, clock=None):
     cfg = load_config(config_path, fs)
     if cfg.tls_cert:
         raise ConfigError("tls.cert", "client certificates are not supported on boards yet")
+    ca = load_ca(cfg, fs)
     key = load_key(cfg, fs)
     plan = Plan.load(cfg.plan_file, fs) if cfg.plan_file else None
-    control = MigrationControl.open(cfg.state_dir, plan=plan, config=cfg.control,
-                                    clock=clock or SystemClock(), fs=fs)
     will = (P.device_topic(cfg.fleet, cfg.device_id, "status"),
             P.encode_offline_status(cfg.device_id, key), 1, True)
-    link = MicroLink(cfg.host, cfg.port, client_id=cfg.device_id, username=cfg.username,
-                     password=cfg.password, keepalive=int(cfg.keepalive_s), will=will,
-                     tls=cfg.tls, clean_session=cfg.clean_session,
-                     backoff_min_ms=int(cfg.backoff_min_s * 1000),
-                     backoff_max_ms=int(cfg.backoff_max_s * 1000), log=log)
+    try:  # the link first: a port that cannot verify mqtts:// stops us before the flash
+        link = MicroLink(cfg.host, cfg.port, client_id=cfg.device_id, username=cfg.username,
+                         password=cfg.password, keepalive=int(cfg.keepalive_s), will=will,
+                         tls=cfg.tls, ca=ca, clean_session=cfg.clean_session,
+                         backoff_min_ms=int(cfg.backoff_min_s * 1000),
+                         backoff_max_ms=int(cfg.backoff_max_s * 1000), log=log)
+    except MicroTlsUnsupported as exc:
+        raise ConfigError("tls.ca", "mqtts:// refused: %s" % exc) from None
+    control = MigrationControl.open(cfg.state_dir, plan=plan, config=cfg.control,
+                                    clock=clock or SystemClock(), fs=fs)
     runtime = AgentRuntime(
         control, link, cfg.fleet, cfg.device_id, cfg.groups, key=key, clock=control.clock,
         insecure=cfg.insecure, queue_limit=int(cfg.queue_limit),

@@ -98,7 +98,72 @@ def parse_packets(buf):
     return out, buf[pos:]
 
 
+class MicroTlsUnsupported(MicroMqttError):
+    """mqtts:// cannot be verified here (no ssl, no SSLContext, or no CA): refused."""
+
+
+def ca_der(ca):
+    """One CA certificate, PEM (str/bytes) or DER, as DER bytes.
+
+    DER, because MicroPython's mbedtls refuses PEM passed as cadata. One
+    certificate only: a DER cadata holds one, and a bundle whose later
+    certificates were silently dropped would be a surprise.
+    """
+    if isinstance(ca, str):
+        ca = ca.encode()
+    ca = bytes(ca)
+    if not ca.lstrip().startswith(b"-----BEGIN"):
+        return ca
+    import binascii
+
+    blocks, body, inside = [], [], False
+    for line in ca.split(b"\n"):
+        line = line.strip()
+        if line.startswith(b"-----BEGIN CERTIFICATE"):
+            inside, body = True, []
+        elif line.startswith(b"-----END CERTIFICATE"):
+            inside = False
+            blocks.append(b"".join(body))
+        elif inside and line:
+            body.append(line)
+    if len(blocks) != 1:
+        raise MicroTlsUnsupported("tls.ca must hold exactly one CA certificate on a board "
+                                  "(found %d)" % len(blocks))
+    try:
+        return binascii.a2b_base64(blocks[0])
+    except ValueError:
+        raise MicroTlsUnsupported("tls.ca is not valid PEM") from None
+
+
+def tls_context(ca):
+    """An SSLContext that verifies the broker's certificate against `ca`.
+
+    ca: the CA certificate(s), PEM (str or bytes) or DER (bytes). A port that
+    cannot verify a server (no ssl module, no SSLContext, no
+    load_verify_locations) raises MicroTlsUnsupported: an unverified mqtts://
+    would let anyone on the path pose as the broker, so it is never used.
+    """
+    if _ssl is None or not hasattr(_ssl, "SSLContext"):
+        raise MicroTlsUnsupported("this port's ssl module cannot verify the broker "
+                                  "(no ssl.SSLContext)")
+    if not ca:
+        raise MicroTlsUnsupported("no CA certificate to verify the broker with")
+    ctx = _ssl.SSLContext(_ssl.PROTOCOL_TLS_CLIENT)
+    if not hasattr(ctx, "load_verify_locations"):
+        raise MicroTlsUnsupported("this port's SSLContext cannot load a CA")
+    ctx.verify_mode = _ssl.CERT_REQUIRED
+    try:
+        ctx.load_verify_locations(cadata=ca_der(ca))
+    except (ValueError, OSError) as exc:
+        raise MicroTlsUnsupported("the CA certificate cannot be loaded: %s" % exc) from None
+    if ctx.verify_mode != _ssl.CERT_REQUIRED:
+        raise MicroTlsUnsupported("this port's SSLContext does not keep CERT_REQUIRED")
+    return ctx
+
+
 class MicroLink:
+    """tls=True needs `ca` (PEM/DER bytes): the broker is verified, or the link is not made."""
+
     def __init__(self, host, port=1883, client_id="", username=None, password=None,
                  keepalive=30, will=None, tls=False, ca=None, clean_session=True,
                  backoff_min_ms=500, backoff_max_ms=30000, log=None):
@@ -111,6 +176,8 @@ class MicroLink:
         self.will = will  # (topic, payload, qos, retain) or None
         self.tls = tls
         self.ca = ca
+        # Made here so a port that cannot verify the broker is refused at start.
+        self.tls_context = tls_context(ca) if tls else None
         self.clean_session = clean_session
         self.backoff_min_ms = backoff_min_ms
         self.backoff_max_ms = backoff_max_ms
@@ -192,14 +259,15 @@ class MicroLink:
                 pass
             sock.connect(addr)
             if self.tls:
-                if _ssl is None:
-                    raise MicroMqttError("this build has no ssl module for mqtts://")
-                sock = _ssl.wrap_socket(sock, server_hostname=self.host)
+                # verify_mode CERT_REQUIRED and the host name: a certificate not
+                # signed by our CA, or for another host, fails the handshake.
+                sock = self.tls_context.wrap_socket(sock, server_hostname=self.host)
             self.sock = sock
             self.buf = b""
             self._write(self._connect_packet())
             self._await_connack()
-        except (OSError, MicroMqttError, IndexError) as exc:
+        except (OSError, MicroMqttError, IndexError, ValueError) as exc:
+            # MicroPython raises ValueError for a certificate that fails verification
             self.counters["failures"] += 1
             self._drop_socket()
             jitter = int.from_bytes(random_bytes(2), "big") % (self.delay_ms // 2 + 1)

@@ -58,7 +58,9 @@ def link_config(cfg, key):
     return MqttConfig(
         cfg.host, cfg.port, client_id=cfg.device_id, username=cfg.username,
         password=cfg.password, tls=cfg.tls, ca=cfg.tls_ca, cert=cfg.tls_cert, key=cfg.tls_key,
-        insecure=cfg.insecure, keepalive=int(cfg.keepalive_s), will=will,
+        # TLS's own switch, never the agent's `insecure` (that one is about
+        # unsigned commands): a dev fleet still verifies its broker.
+        insecure=cfg.tls_skip_hostname_check, keepalive=int(cfg.keepalive_s), will=will,
         clean_session=cfg.clean_session, backoff_min=cfg.backoff_min_s,
         backoff_max=cfg.backoff_max_s)
 

@@ -73,3 +73,22 @@ def test_tls_and_credentials():
                           credentials={"username": "gw-1", "password": "s3cret"}))
     assert (c.tls_ca, c.tls_cert, c.tls_key) == ("ca.pem", "c.pem", "k.pem")
     assert (c.username, c.password) == ("gw-1", "s3cret")
+
+
+def test_tls_hostname_check_is_its_own_switch_and_off_by_default():
+    c = parse_config(json.dumps(with_(insecure=True, tls={"ca": "/etc/ca.pem"})))
+    assert c.insecure is True and c.tls_skip_hostname_check is False  # unsigned != unverified
+    assert c.tls_ca == "/etc/ca.pem"
+    c = parse_config(json.dumps(with_(tls={"ca": "/c", "insecure_skip_hostname_check": True})))
+    assert c.tls_skip_hostname_check is True and c.insecure is False and c.tls_ca == "/c"
+    c = parse_config(json.dumps(with_(tls={"insecure_skip_hostname_check": False})))
+    assert c.tls_skip_hostname_check is False and c.tls_ca is None
+
+
+def test_tls_hostname_switch_is_validated():
+    flag = "insecure_skip_hostname_check"
+    for tls, field in (({flag: "yes"}, "tls." + flag), ({flag: 1}, "tls." + flag),
+                       ({"ca": "/c", "verify": False}, "tls.verify")):
+        assert raises(ConfigError, parse_config, json.dumps(with_(tls=tls))).field == field
+    plain = with_(broker="mqtt://h", tls={"insecure_skip_hostname_check": True})
+    assert raises(ConfigError, parse_config, json.dumps(plain)).field == "tls"
