@@ -91,7 +91,8 @@ class AgentRuntime:
 
     def will(self):
         """(topic, payload) the link registers as its last will: marks the device offline."""
-        return will_message(self.fleet, self.device_id, self.groups, self.key)
+        return will_message(self.fleet, self.device_id, self.groups, self.key,
+                            self.guard.last_seq)
 
     def run(self, poll_ms=100, extra_poll=None):
         """Blocking loop for a single agent (the Pi); `stopping` ends it."""
@@ -426,17 +427,20 @@ def already_there(op, args, stage):
     return None
 
 
-def will_message(fleet, device_id, groups, key):
-    """The last will: offline, stage unknown, but WITH the groups.
+def will_message(fleet, device_id, groups, key, guard_seq=None):
+    """The last will: offline, stage unknown, but WITH the groups and the guard's seq.
 
     The operator signs a group broadcast for the devices it knows to be in the
     group, from their retained status; a will without groups would drop an
     offline device from the group, and it could not converge from the retained
-    desired state when it comes back.
+    desired state when it comes back. The guard's sequence number (as of
+    connecting) lets an operator whose clock is behind still pick a seq the
+    device will accept.
     """
     topic = P.device_topic(fleet, device_id, "status")
+    extra = None if guard_seq is None else {"guard_seq": guard_seq}
     return topic, P.encode_status(device_id, None, None, online=False,
-                                  groups=sorted(groups), key=key)
+                                  groups=sorted(groups), extra=extra, key=key)
 
 
 def refusal_of(exc):

@@ -98,7 +98,7 @@ def build(config_path, fs=None, clock=None):
     key = load_key(cfg, fs)
     plan = Plan.load(cfg.plan_file, fs) if cfg.plan_file else None
     will = (P.device_topic(cfg.fleet, cfg.device_id, "status"),
-            P.encode_offline_status(cfg.device_id, key), 1, True)
+            P.encode_offline_status(cfg.device_id, key), 1, True)  # replaced once flash is open
     try:  # the link first: a port that cannot verify mqtts:// stops us before the flash
         link = MicroLink(cfg.host, cfg.port, client_id=cfg.device_id, username=cfg.username,
                          password=cfg.password, keepalive=int(cfg.keepalive_s), will=will,
@@ -115,6 +115,8 @@ def build(config_path, fs=None, clock=None):
         health_interval_ms=int(cfg.health_interval_ms),
         status_interval_ms=int(cfg.status_interval_ms),
         monitor_interval_ms=int(cfg.monitor_interval_ms), log=log)
+    topic, payload = runtime.will()  # offline, with the groups and the guard's seq
+    link.will = (topic, payload, 1, True)
     return runtime, link, control
 
 

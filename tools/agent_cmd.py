@@ -52,8 +52,8 @@ def load_device_key(cfg):
         raise AgentStartError(f"config field 'key_file': {exc}") from None
 
 
-def link_config(cfg, key):
-    topic, payload = will_message(cfg.fleet, cfg.device_id, cfg.groups, key)
+def link_config(cfg, key, guard_seq=None):
+    topic, payload = will_message(cfg.fleet, cfg.device_id, cfg.groups, key, guard_seq)
     will = Will(topic, payload, qos=1, retain=True)
     return MqttConfig(
         cfg.host, cfg.port, client_id=cfg.device_id, username=cfg.username,
@@ -103,7 +103,8 @@ def run_agent(cfg):
     control = open_control(cfg, SystemClock())
     for note in control.recovered_notes:
         log("store recovery: " + note)
-    link = PahoLink(link_config(cfg, key), log=log)
+    guard_seq = P.ReplayGuard.from_store(control.store).last_seq
+    link = PahoLink(link_config(cfg, key, guard_seq), log=log)
     runtime = build_runtime(cfg, key, control, link)
     console = ConsoleServer(cfg.state_dir, console_handler(runtime))
 

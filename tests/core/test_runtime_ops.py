@@ -160,3 +160,15 @@ def test_desired_state_blocked_by_cooldown_is_retried_and_applies_when_it_ends()
         d.rt.tick()
     assert len(d.link.acks_for(cid)) == 2
     d.control.close()
+
+
+def test_last_will_keeps_groups_and_the_guard_sequence():
+    from agent import protocol as P
+    from agent.runtime import will_message
+
+    key = P.derive_device_key(b"k" * 32, "gw1")
+    topic, payload = will_message("f1", "gw1", ["b", "a"], key, 1234)
+    report = P.decode_report(payload, key, "status", "gw1")
+    assert topic == "fleetstage/f1/device/gw1/status"
+    assert report["online"] is False and report["groups"] == ["a", "b"]
+    assert report["extra"]["guard_seq"] == 1234
