@@ -168,12 +168,12 @@ class MigrationControl:
         now = self.clock.monotonic_ms()
         baseline = health_mod.make_baseline(self.health.snapshot(now), self.stage,
                                             self.config.thresholds["min_samples"])
-        more = {}
-        if baseline is not None:
-            more["ctl.baseline"] = baseline
+        # Always replace the baseline: when this stage had too few samples to
+        # measure one, None (latency checks skipped) is right; keeping an older
+        # stage's figure would judge stage n against a stage two steps back.
+        more = {"ctl.baseline": baseline}
         entry = self._change_stage(n, new_state, "migrate", "operator", more, extra_changes)
-        if baseline is not None:
-            self._baseline = baseline
+        self._baseline = baseline
         stage = self.plan.stage(n)
         self.events.emit("migration.stage_enabled", {
             "stage": n, "from": entry["from"], "name": stage.name, "risk": stage.risk,
@@ -241,6 +241,7 @@ class MigrationControl:
             "latency_p95": snapshot["latency_p95"],
             "samples": snapshot["samples"],
             "baseline": None if self._baseline is None else dict(self._baseline),
+            "latency_baseline_note": self._baseline_note(),
             "stage": self.stage,
             "state": self.state,
             "seq": self.seq,
@@ -511,6 +512,7 @@ class MigrationControl:
             else self._baseline["latency_p50"],
             "latency_vs_baseline": health_mod.latency_ratio(snapshot, self._baseline),
             "performance_impact": health_mod.performance_impact(snapshot, self._baseline),
+            "latency_check": self._baseline_note() or "against the baseline",
             "healthy": verdict["healthy"],
             "enough_samples": verdict["enough_samples"],
             "violations": verdict["violations"],
@@ -519,6 +521,13 @@ class MigrationControl:
     def _system_health(self, now):
         snapshot = self.health.snapshot(now)
         return self._health_report(snapshot, self._verdict(now, snapshot))
+
+    def _baseline_note(self):
+        if self._baseline is not None or self.stage == 0:
+            return None
+        return ("no latency baseline: the stage before had fewer than {} samples when the "
+                "device migrated; latency checks skipped").format(
+                    self.config.thresholds["min_samples"])
 
     def _cooldown_info(self):
         if self.state != COOLDOWN or self._cooldown_until is None:
