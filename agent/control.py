@@ -480,6 +480,7 @@ class MigrationControl:
     def _refresh_timers(self):
         if self.state != COOLDOWN or self._cooldown_until is None:
             return
+        self._cap_cooldown()
         if self._wall_ms() < self._cooldown_until:
             return
         new_state = tr.next_state(self.state, tr.CooldownExpired)
@@ -488,6 +489,23 @@ class MigrationControl:
         except StoreError:
             return  # stay in COOLDOWN (the safe side) and try again on the next call
         self._cooldown_until = None
+
+    def _cap_cooldown(self):
+        """A deadline further away than one whole cooldown means the wall clock went
+        back (a board without RTC after a reboot, a bad NTP step): clamp it to
+        now + cooldown_ms, so the cooldown always ends, and commit the clamp so the
+        next boot does not start the count again. If the commit fails the clamp
+        holds in memory and is made again on the next read."""
+        if self.state != COOLDOWN or self._cooldown_until is None:
+            return
+        cap = self._wall_ms() + self.config.cooldown_ms
+        if self._cooldown_until <= cap:
+            return
+        try:
+            self._commit({"ctl.cooldown_until": cap}, None, None, self.state)
+        except StoreError:
+            pass
+        self._cooldown_until = cap
 
     # -- internals: reading ------------------------------------------------
 
@@ -533,6 +551,8 @@ class MigrationControl:
         if self.state != COOLDOWN or self._cooldown_until is None:
             return None
         remaining = self._cooldown_until - self._wall_ms()
+        if remaining > self.config.cooldown_ms:
+            remaining = self.config.cooldown_ms
         return {"until": self._cooldown_until, "remaining_ms": remaining if remaining > 0 else 0}
 
     def _result(self, entry):

@@ -48,6 +48,7 @@ def restore(control):
     control._baseline = baseline if isinstance(baseline, dict) else None
     control._stage_entered = get("ctl.stage_entered")
     control.history.restore(control.store.items())
+    control._cap_cooldown()
     _restore_restarts(control, get("health.restarts", []))
     control.flags.apply(stage_flags=control.plan.flags_for_stage(control.stage),
                      overrides=control._overrides)

@@ -9,6 +9,10 @@ state) and in one of three states:
     QUARANTINED  automatic rollbacks kept happening at one stage: no advancing
                  until an operator clears the quarantine.
 
+The operator's clear (QuarantineCleared) also ends a cooldown early: the
+cooldown deadline is wall-clock time, and a person must be able to end it even
+if that clock is wrong.
+
 Rolling back (by hand, automatically, or the emergency rollback to stage 0) is
 allowed in every state: going back is always the safe direction. A pair that
 is not in TRANSITIONS is refused with TransitionRefused, which names the state,
@@ -47,6 +51,7 @@ TRANSITIONS = {
         HealthViolation: COOLDOWN,
         RepeatedHealthViolation: QUARANTINED,
         CooldownExpired: AT_STAGE,
+        QuarantineCleared: AT_STAGE,
         FlagOverrideRequested: COOLDOWN,
     },
     QUARANTINED: {
@@ -66,7 +71,6 @@ REFUSALS = {
     },
     COOLDOWN: {
         MigrateRequested: "cooling down after an automatic rollback",
-        QuarantineCleared: "not quarantined",
     },
     QUARANTINED: {
         MigrateRequested: "quarantined after repeated automatic rollbacks; "

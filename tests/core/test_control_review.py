@@ -2,10 +2,12 @@
 cooldown that must end even when the wall clock is wrong after a reboot (item 6)."""
 import corekit
 
-from agent.control import MigrationControl
+from agent import transitions as tr
+from agent.control import AT_STAGE, COOLDOWN, MigrationControl
 from firmware_shim.clock import ManualClock
 
 MINUTE = 60000
+YEAR_S = 365 * 24 * 3600
 
 
 def _open(d=None, clock=None, config=None):
@@ -51,4 +53,55 @@ def test_a_measurable_baseline_still_catches_a_slow_stage():
     _traffic(c, latency=30)
     r = c.check_health_and_rollback()
     assert r["result"] == "rollback_triggered" and r["rolled_back_to"] == 0
+    c.close()
+
+
+# -- item 6: a cooldown ends even when the wall clock is wrong after a reboot ---
+
+def _cooling(config):
+    c, d, clock = _open(config=config)
+    while c.stage < 2:
+        _traffic(c)
+        c.migrate_to_stage(c.stage + 1)
+    _traffic(c, errors=10)
+    assert c.check_health_and_rollback()["rolled_back_to"] == 1 and c.state == COOLDOWN
+    return c, d, clock
+
+
+def test_cooldown_deadline_far_ahead_of_a_clock_that_went_back_is_capped_on_restore():
+    config = {"cooldown_ms": 5 * MINUTE}
+    c, d, clock = _cooling(config)
+    c.close()
+    # Reboot on a board without RTC: the wall clock now reads 50 years earlier.
+    clock2 = ManualClock(start_ms=0, wall_start=clock.wall_time() - 50 * YEAR_S)
+    c, d, _ = _open(d, clock2, config)
+    assert c.state == COOLDOWN
+    assert c.status()["cooldown"]["remaining_ms"] == 5 * MINUTE  # capped, not 50 years
+    clock2.advance(5 * MINUTE)
+    assert c.status()["state"] == AT_STAGE
+    _traffic(c)
+    assert c.migrate_to_stage(2)["stage"] == 2
+    c.close()
+
+
+def test_cooldown_cap_holds_when_the_clock_jumps_back_while_running():
+    config = {"cooldown_ms": 5 * MINUTE}
+    c, d, clock = _cooling(config)
+    clock.advance(MINUTE)
+    clock.wall_start -= 10 * YEAR_S
+    assert c.validate_readiness_for_stage(2)["ready"] is False
+    assert c.status()["cooldown"]["remaining_ms"] <= 5 * MINUTE
+    clock.advance(5 * MINUTE)
+    assert c.state == COOLDOWN and c.status()["state"] == AT_STAGE
+    c.close()
+
+
+def test_operator_may_clear_a_cooldown():
+    assert tr.next_state(COOLDOWN, tr.QuarantineCleared) == AT_STAGE
+    c, d, clock = _cooling({"cooldown_ms": 50 * MINUTE})
+    r = c.clear_quarantine()
+    assert r["state"] == AT_STAGE and c.status()["cooldown"] is None
+    assert c.store.get("ctl.cooldown_until") is None
+    _traffic(c)
+    assert c.migrate_to_stage(2)["stage"] == 2
     c.close()
