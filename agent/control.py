@@ -447,11 +447,29 @@ class MigrationControl:
         batch["ctl.plan_hash"] = self.plan.hash
         if entry is not None:
             batch.update(self.history.changes_for(seq, entry))
-        self.store.commit(batch)  # raises StoreError; nothing in memory has changed yet
+        try:
+            self.store.commit(batch)  # raises StoreError; nothing in memory has changed yet
+        except StoreError:
+            self.reload_if_store_needs_it()
+            raise
         self.seq = seq
         self.state = new_state
         if entry is not None:
             self.history.committed(seq, entry)
+
+    def reload_if_store_needs_it(self):
+        """The store lost track of whether a failed commit is on flash (fsync failed,
+        rollback failed): reopen it and rebuild memory from what it then holds, so
+        this control never shows a state that differs from flash. Callers that
+        commit to control.store directly call this after a StoreError."""
+        if not self.store.needs_reopen:
+            return
+        try:
+            self.store.reopen()
+        except StoreError:
+            return  # still NEEDS_REOPEN: every commit is refused; tried again next time
+        restore(self)
+        self._apply_services()
 
     def _check_extra(self, extra):
         if not isinstance(extra, dict):

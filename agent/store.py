@@ -44,10 +44,19 @@ One Store object per file, used from one thread: it is the only writer.
 Errors: ENOSPC -> StoreFullError, other OSError -> StoreIOError (both
 StoreError). A failed commit changes nothing in memory; the store then rewrites
 the file from memory (dropping whatever part of the failed record reached
-flash). If even that fails the store marks itself NEEDS_REPAIR: reads still
-work, and the next commit (or compact()) first repairs, so commits work again
-once space is back. Until repaired, a reopen may show the failed commit only if
-it was written whole (its fsync failed after the data landed).
+flash). If even that fails there are two cases:
+- the write itself failed: at most a torn record is on flash, which recovery
+  drops, so memory and a reboot agree. The store marks itself NEEDS_REPAIR:
+  reads still work, and the next commit (or compact()) first repairs, so
+  commits work again once space is back.
+- the write returned and the fsync failed: the whole record may be on flash,
+  and a reboot may show the commit that was reported failed. Memory can no
+  longer claim to be what is on flash, so the store marks itself NEEDS_REOPEN
+  (that commit raises StoreFullError/StoreIOError as usual, and `needs_reopen`
+  is then true): every later commit and compact() raises
+  StoreNeedsReopenError until reopen() has rolled back or read the file
+  back (the caller must then rebuild what it derived from the store;
+  agent.control does that itself).
 """
 import struct
 import sys
@@ -88,6 +97,12 @@ class StoreFormatError(StoreError):
 
 class StoreClosedError(StoreError):
     """The store was closed."""
+
+
+class StoreNeedsReopenError(StoreIOError):
+    """A commit's fsync failed after its bytes were written and the rollback failed
+    too: what a reboot shows is unknown, so the store takes no commit until
+    reopen() has read back what the file holds."""
 
 
 # ---------------------------------------------------------------- the format
@@ -284,6 +299,7 @@ class Store:
         self._size = 0  # bytes in the file we append to
         self._snapshot_size = 0
         self._needs_repair = False
+        self._needs_reopen = False
         self._aside_pending = False  # a corrupt file still waits to be moved aside
         self._closed = False
         self._stats = {
@@ -332,7 +348,32 @@ class Store:
         out["file_bytes"] = self._size
         out["keys"] = len(self._state)
         out["needs_repair"] = self._needs_repair
+        out["needs_reopen"] = self._needs_reopen
         return out
+
+    @property
+    def needs_reopen(self):
+        return self._needs_reopen
+
+    def reopen(self):
+        """End NEEDS_REOPEN: first try once more to rewrite the file from memory (then
+        the failed commit is gone for good and memory stays); if that fails too,
+        drop memory and read the file back as a reboot would."""
+        if self._closed:
+            raise StoreClosedError(f"store {self.path} is closed")
+        if self._needs_reopen:
+            try:
+                self._rewrite()
+                self._needs_reopen = False
+                return
+            except StoreError as exc:
+                self._log(f"store: reopen reads {self.path} back: {exc}")
+        self._close_handle()
+        self._state = {}
+        self._needs_repair = False
+        self._needs_reopen = False
+        self._aside_pending = False
+        self._open()
 
     # ------------------------------------------------------------ writing
 
@@ -360,14 +401,21 @@ class Store:
         seq = self._seq + 1
         record = encode_record(COMMIT, seq, payload)
         self._seq = seq  # burned now, whatever happens next
+        written = False
         try:
             self.fs.write(self._f, record)
+            written = True
             self._stats["bytes_written"] += len(record)
             self.fs.fsync(self._f)
         except OSError as exc:
             self._stats["failed_commits"] += 1
             self._size += len(record)  # unknown how much landed; the rewrite fixes it
-            self._recover_from_failed_append(exc)
+            if not self._recover_from_failed_append(exc) and written:
+                self._needs_reopen = True
+                self._log(f"store: commit {seq} may be on flash after a failed fsync and "
+                          "could not be rolled back; no commits until reopen()")
+                raise _store_error(exc, f"commit {seq} not durable and not rolled back (a "
+                                        "reboot may show it; reopen the store)") from None
             raise _store_error(exc, f"commit {seq} not durable") from None
         self._size += len(record)
         _apply(self._state, codec.unpackb(payload))  # the decoded copy is what a reopen sees
@@ -403,6 +451,9 @@ class Store:
     def _check_open(self):
         if self._closed:
             raise StoreClosedError(f"store {self.path} is closed")
+        if self._needs_reopen:
+            raise StoreNeedsReopenError(f"store {self.path} must be reopened: an earlier "
+                                        "commit may or may not be on flash")
 
     def _real_changes(self, changes):
         if not isinstance(changes, dict):
@@ -441,8 +492,9 @@ class Store:
         try:
             self._rewrite()
         except StoreError as again:
-            self._log(f"store: could not roll back failed commit ({exc}); will repair before the "
-                      f"next commit: {again}")
+            self._log(f"store: could not roll back failed commit ({exc}): {again}")
+            return False
+        return True
 
     def _repair(self):
         self._rewrite()

@@ -475,6 +475,8 @@ def test_error_at_each_step_acknowledges_nothing(tmp_path, code, op):
                 assert _state(s) == want
                 # still usable once the fault has passed
                 fs.clear_faults()
+                if s.needs_reopen:  # an fsync failed and its rollback too
+                    s.reopen()
                 probe_seq = s.commit({"probe": nth})
                 assert probe_seq > seqs[-1] + (1 if action == "commit" else 0)
                 s.close()

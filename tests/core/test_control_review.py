@@ -1,9 +1,11 @@
 """agent.control: the review's findings on the latency baseline (item 5) and a
 cooldown that must end even when the wall clock is wrong after a reboot (item 6)."""
 import corekit
+import faultfs
 
 from agent import transitions as tr
 from agent.control import AT_STAGE, COOLDOWN, MigrationControl
+from agent.store import StoreError
 from firmware_shim.clock import ManualClock
 
 MINUTE = 60000
@@ -104,4 +106,28 @@ def test_operator_may_clear_a_cooldown():
     assert c.store.get("ctl.cooldown_until") is None
     _traffic(c)
     assert c.migrate_to_stage(2)["stage"] == 2
+    c.close()
+
+
+# -- item 11a: a commit whose fsync failed and that could not be rolled back --------
+
+def test_control_rebuilds_from_flash_when_a_failed_commit_could_not_be_rolled_back():
+    d = corekit.tmpdir("ctlrev")
+    fs = faultfs.FaultFS()
+    clock = ManualClock()
+    c = MigrationControl.open(d, clock=clock, fs=fs)
+    _traffic(c)
+    c.migrate_to_stage(1)
+    _traffic(c)
+    fs.fail("fsync", faultfs.EIO)  # the stage-2 record is written, its fsync fails
+    fs.fail("open_write", faultfs.ENOSPC)  # and the store cannot roll it back
+    corekit.raises(StoreError, c.migrate_to_stage, 2)
+    # The control reopened the store: it is usable and agrees with the file.
+    assert not c.store.stats()["needs_reopen"]
+    before = (c.stage, c.state, c.seq, c.flags.values())
+    c.close()
+    c = MigrationControl.open(d, clock=clock, fs=faultfs.FaultFS())
+    assert (c.stage, c.state, c.seq, c.flags.values()) == before
+    _traffic(c)
+    assert c.migrate_to_stage(c.stage + 1)["result"] == "ok"
     c.close()

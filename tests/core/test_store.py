@@ -13,6 +13,7 @@ from agent.store import (
     StoreFormatError,
     StoreFullError,
     StoreIOError,
+    StoreNeedsReopenError,
     StoreValueError,
 )
 from firmware_shim.files import ENOSPC, FileSystem
@@ -314,8 +315,10 @@ def test_store_that_cannot_roll_back_repairs_before_next_commit():
     fs = FaultFS()
     s = _open(path, fs)
     s.commit({"a": 1})
-    fs.fail("fsync", ENOSPC, times=3)  # the commit's fsync and the rollback's fsync fail
+    fs.fail("write", ENOSPC)  # the commit's write fails: at most a torn record on flash
+    fs.fail("fsync", ENOSPC, times=2)  # and the rollback's fsync fails
     corekit.raises(StoreFullError, s.commit, {"a": 2})
+    assert not s.stats()["needs_reopen"]
     assert s.stats()["needs_repair"]
     assert s.get("a") == 1
     corekit.raises(StoreFullError, s.commit, {"b": 1})  # the repair still cannot write
@@ -327,6 +330,50 @@ def test_store_that_cannot_roll_back_repairs_before_next_commit():
     s = _open(path, fs)
     assert s.items() == [("a", 1), ("b", 1)]
     s.close()
+
+
+def _failed_fsync_not_rolled_back(path, fs):
+    s = _open(path, fs)
+    s.commit({"stage": 1})
+    fs.fail("fsync", EIO)  # the commit's bytes were written, its fsync fails
+    fs.fail("open_write", ENOSPC)  # and the rollback cannot write the new file
+    exc = corekit.raises(StoreIOError, s.commit, {"stage": 2})
+    assert not isinstance(exc, StoreNeedsReopenError)
+    assert s.stats()["needs_reopen"] and s.needs_reopen
+    return s
+
+
+def test_unrolled_back_fsync_failure_refuses_commits_until_reopened():
+    path = _path()
+    fs = FaultFS()
+    s = _failed_fsync_not_rolled_back(path, fs)
+    assert s.get("stage") == 1
+    fs.clear_faults()
+    # Memory says 1, the file may say 2: nothing may be built on either until reopen.
+    exc = corekit.raises(StoreNeedsReopenError, s.commit, {"other": 1})
+    assert isinstance(exc, StoreIOError) and "reopen" in str(exc)
+    corekit.raises(StoreNeedsReopenError, s.compact)
+    assert s.get("other") is None
+    s.reopen()  # the file system works again: the rollback is made, memory stays
+    assert not s.needs_reopen and s.get("stage") == 1
+    assert s.commit({"other": 1}) is not None
+    s.close()
+    s = _open(path, fs)
+    assert s.get("stage") == 1 and s.get("other") == 1
+    s.close()
+
+
+def test_reopen_that_cannot_roll_back_reads_the_file_back_as_a_reboot_would():
+    path = _path()
+    fs = FaultFS()
+    s = _failed_fsync_not_rolled_back(path, fs)
+    fs.fail("open_write", ENOSPC)  # still no room for a rewrite
+    s.reopen()
+    shown = s.get("stage")
+    s.close()
+    s2 = _open(path, FaultFS())
+    assert s2.get("stage") == shown  # memory now is exactly what a reboot shows
+    s2.close()
 
 
 def test_leftover_tmp_is_ignored_and_removed():
