@@ -22,10 +22,13 @@ Each round migrates every agent one stage (1, 2, 3, ...); each agent round is
 followed by three raw rounds with the very same payload bytes, so machine
 noise hits both sides alike; figures are medians.
 """
+import collections
 import gc
 import os
 import resource
+import selectors
 import shutil
+import socket
 import statistics
 import tempfile
 import threading
@@ -56,15 +59,89 @@ def _link(broker, cid):
                                backoff_min=0.2, backoff_max=2.0))
 
 
+class LoopOutbox:
+    """Publishes made on flash threads, carried over to the loop thread.
+
+    A paho client must be driven from one thread: a publish from a pool thread
+    races with the loop thread's write path (paho's write-interest flag can be
+    cleared just after the other thread queued a packet, and that ack then sits
+    in the client's queue). That lost wake-up is what made `--quick` fail once
+    with "199/200 acks": the wait was long enough, the ack never left. So the
+    pool threads only queue here and wake the loop through a socket pair; the
+    loop thread does every publish.
+    """
+
+    def __init__(self, loop):
+        self.items = collections.deque()
+        self.errors = 0
+        self.thread = threading.get_ident()
+        self._r, self._w = socket.socketpair()
+        self._r.setblocking(False)
+        self._w.setblocking(False)
+        self._client = self  # MqttLoop asks key.data._client.socket() before writes
+        loop._sel.register(self._r, selectors.EVENT_READ, self)
+
+    def socket(self):
+        return self._r
+
+    def post(self, link, topic, payload, qos, retain):
+        self.items.append((link, topic, payload, qos, retain))
+        try:
+            self._w.send(b"!")
+        except BlockingIOError:
+            pass  # the loop has wake-ups pending already
+
+    def _read(self):
+        try:
+            while self._r.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+        while self.items:
+            link, topic, payload, qos, retain = self.items.popleft()
+            try:
+                link.publish(topic, payload, qos, retain)
+            except Exception:  # noqa: BLE001 - counted; the run then fails on a missing ack
+                self.errors += 1
+
+    def close(self):
+        self._r.close()
+        self._w.close()
+
+
+class OutboxLink:
+    """The runtime's view of a link whose publishes may come from a flash thread."""
+
+    def __init__(self, link, outbox):
+        self.link, self.outbox = link, outbox
+
+    @property
+    def connected(self):
+        return self.link.connected
+
+    def set_callbacks(self, *args):
+        self.link.set_callbacks(*args)
+
+    def subscribe(self, topic, qos=1):
+        self.link.subscribe(topic, qos)
+
+    def publish(self, topic, payload, qos=0, retain=False):
+        if threading.get_ident() == self.outbox.thread:
+            self.link.publish(topic, payload, qos, retain)
+        else:
+            self.outbox.post(self.link, topic, payload, qos, retain)
+
+
 class BenchAgent:
     """One device: runtime + control + link; its message handling may go to a pool."""
 
-    def __init__(self, broker, root, i, fleet_key, pool):
+    def __init__(self, broker, root, i, fleet_key, pool, outbox=None):
         self.device_id = f"dev{i:05d}"
         self.control = MigrationControl.open(os.path.join(root, self.device_id),
                                              clock=SystemClock())
         self.link = _link(broker, self.device_id)
-        self.runtime = AgentRuntime(self.control, self.link, FLEET, self.device_id,
+        rt_link = self.link if outbox is None else OutboxLink(self.link, outbox)
+        self.runtime = AgentRuntime(self.control, rt_link, FLEET, self.device_id,
                                     key=P.derive_device_key(fleet_key, self.device_id),
                                     health_interval_ms=10**9, status_interval_ms=10**9)
         self.pool = pool
@@ -144,7 +221,9 @@ def _agent_fanout(ticker, operator, acks, fleet_key, devices, plan_hash, stage):
     t0 = time.perf_counter()
     operator.publish(P.cmd_topic(FLEET, "all"), payload, qos=1)
     if not ticker.run_until(lambda: acks.get((cid, P.APPLIED), 0) >= len(devices), 120):
-        raise RuntimeError(f"agents: {acks.get((cid, P.APPLIED), 0)}/{len(devices)} acks")
+        other = {k[1]: v for k, v in acks.items() if k[0] == cid and k[1] != P.APPLIED}
+        raise RuntimeError(f"agents: {acks.get((cid, P.APPLIED), 0)}/{len(devices)} acks "
+                           f"applied; other results: {other}; reasons: {acks.get('why')}")
     return time.perf_counter() - t0, payload
 
 
@@ -154,9 +233,10 @@ def _measure(n, pool_size, rounds, workdir):
         "allow_anonymous true\nmax_inflight_messages 0\n")).start()
     loop = MqttLoop(misc_interval=1.0)
     pool = ThreadPoolExecutor(pool_size) if pool_size else None
+    outbox = LoopOutbox(loop) if pool_size else None
     fleet_key = P.new_fleet_key()
     try:
-        agents = [BenchAgent(broker, workdir, i, fleet_key, pool) for i in range(n)]
+        agents = [BenchAgent(broker, workdir, i, fleet_key, pool, outbox) for i in range(n)]
         for a in agents:
             loop.add(a.link)
             a.start()
@@ -167,6 +247,9 @@ def _measure(n, pool_size, rounds, workdir):
             body = P.decode_report(payload)  # the MAC check is the operator's, not timed here
             k = (body.get("id"), body.get("result"))
             acks[k] = acks.get(k, 0) + 1
+            if body.get("result") != P.APPLIED:
+                acks.setdefault("why", []).append((body.get("device"), body.get("reason"),
+                                                   body.get("detail")))
 
         operator = loop.add(_link(broker, "bench-operator"))
         operator.set_callbacks(on_message=on_ack)
@@ -206,6 +289,7 @@ def _measure(n, pool_size, rounds, workdir):
         loop.close()
         if pool is not None:
             pool.shutdown()
+            outbox.close()
         for a in locals().get("agents", []):
             a.control.close()
         broker.stop()
