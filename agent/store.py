@@ -248,10 +248,33 @@ _PLAIN = (str, int, bool, bytes, type(None))
 
 def _same_value(a, b):
     """Equal AND of the same type all the way down (1 == True == 1.0 must not count as equal)."""
-    if type(a) is not type(b):
+    t = type(a)
+    if t is not type(b):
         return False
+    if t is list:
+        if len(a) != len(b):
+            return False
+        for i in range(len(a)):
+            if not _same_value(a[i], b[i]):
+                return False
+        return True
+    if t is dict:
+        if len(a) != len(b):
+            return False
+        for k in a:
+            # str keys compare strictly with `in`; other key types (1 and True are
+            # one dict key) take the canonical bytes below
+            if type(k) is not str:
+                return _same_canonical(a, b)
+            if k not in b or not _same_value(a[k], b[k]):
+                return False
+        return True
     if isinstance(a, _PLAIN):
         return a == b
+    return _same_canonical(a, b)
+
+
+def _same_canonical(a, b):
     try:
         return codec.canonical(a) == codec.canonical(b)
     except codec.CodecError:
@@ -418,7 +441,9 @@ class Store:
                                         "reboot may show it; reopen the store)") from None
             raise _store_error(exc, f"commit {seq} not durable") from None
         self._size += len(record)
-        _apply(self._state, codec.unpackb(payload))  # the decoded copy is what a reopen sees
+        # The decoded copy is what a reopen sees (tuples become lists, and the
+        # caller's objects are not shared); these bytes were just encoded here.
+        _apply(self._state, codec.unpackb_trusted(payload))
         self._stats["records"] += 1
         self._stats["commits"] += 1
         if self._due_for_compaction():

@@ -18,24 +18,39 @@ if _msgpack is None:
     from firmware_shim.minipack import packb, unpackb  # noqa: F401
 
     canonical = _canonical_pure
+    unpackb_trusted = unpackb
 else:
-    _ALLOWED = (type(None), bool, int, float, str, bytes, list, dict)
+    # msgpack builds exact types, so type() lookups (no isinstance chains) are
+    # enough to check what it decoded; scalars are never walked into.
+    _SCALAR = frozenset((type(None), bool, int, float, str, bytes))
 
     def _refuse_ext(code, data):
         raise CodecError("ext type %d not accepted" % code)
 
+    def _too_deep():
+        raise CodecError("nesting deeper than 32")
+
     def _check(value, depth):
+        # Same verdicts as a walk that checks every value's depth (<= 32) and type.
         if depth > 32:
-            raise CodecError("nesting deeper than 32")
-        if isinstance(value, list):
+            _too_deep()
+        t = type(value)
+        if t is list:
+            if value and depth >= 32:
+                _too_deep()
             for item in value:
-                _check(item, depth + 1)
-        elif isinstance(value, dict):
+                if type(item) not in _SCALAR:
+                    _check(item, depth + 1)
+        elif t is dict:
+            if value and depth >= 32:
+                _too_deep()
             for k, v in value.items():
-                _check(k, depth + 1)
-                _check(v, depth + 1)
-        elif not isinstance(value, _ALLOWED):
-            raise CodecError("unsupported type %s" % type(value).__name__)
+                if type(k) not in _SCALAR:
+                    _check(k, depth + 1)
+                if type(v) not in _SCALAR:
+                    _check(v, depth + 1)
+        elif t not in _SCALAR:
+            raise CodecError("unsupported type %s" % t.__name__)
 
     def packb(value):
         try:
@@ -52,20 +67,44 @@ else:
             raise
         except Exception as exc:  # msgpack raises a zoo of types for bad input
             raise CodecError("malformed msgpack: %s" % exc.__class__.__name__) from None
-        _check(value, 0)
+        if type(value) not in _SCALAR:
+            _check(value, 0)
         return value
+
+    def unpackb_trusted(data):
+        """Decode bytes this process just encoded with packb (no type walk: they can
+        only hold what packb took). Never for bytes from the wire or the flash."""
+        return _msgpack.unpackb(data, raw=False, strict_map_key=False)
 
     from firmware_shim.minipack import _key_order
 
     def _sorted_copy(value, depth):
         # Same key order as minipack.canonical; CPython dicts keep insertion order,
         # so the C packer then writes the same bytes (tests/test_codec_canonical.py).
+        # All-str keys (nearly every map) sort as plain str: code-point order is
+        # UTF-8 byte order, which is what _key_order gives for str.
         if depth > 32:
-            raise CodecError("nesting deeper than 32")
+            _too_deep()
+        if type(value) in _SCALAR:
+            return value
         if isinstance(value, dict):
-            return {k: _sorted_copy(value[k], depth + 1) for k in sorted(value, key=_key_order)}
+            keys = list(value)
+            for k in keys:
+                if type(k) is not str:
+                    keys = sorted(keys, key=_key_order)
+                    break
+            else:
+                keys.sort()
+            d = depth + 1
+            if keys and d > 32:
+                _too_deep()
+            return {k: value[k] if type(value[k]) in _SCALAR else _sorted_copy(value[k], d)
+                    for k in keys}
         if isinstance(value, (list, tuple)):
-            return [_sorted_copy(v, depth + 1) for v in value]
+            d = depth + 1
+            if value and d > 32:
+                _too_deep()
+            return [v if type(v) in _SCALAR else _sorted_copy(v, d) for v in value]
         return value
 
     def canonical(value):

@@ -108,6 +108,18 @@ def test_noop_commit_writes_nothing_and_types_are_not_confused():
     assert s.get("on") == 1 and s.get("on") is not True
     assert s.commit({"l": [True, True]}) is not None
     assert fs.bytes_written > before[0]
+    # nested maps and lists: the same strictness all the way down
+    s.commit({"m": {"x": [1, {"y": True}], "z": 2.0}})
+    assert s.commit({"m": {"z": 2.0, "x": [1, {"y": True}]}}) is None
+    assert s.commit({"m": {"x": [1, {"y": 1}], "z": 2.0}}) is not None
+    assert s.commit({"m": {"x": [1, {"y": 1}], "z": 2}}) is not None
+    assert s.commit({"m": {"x": [1, {"y": 1}], "z": 2, "w": None}}) is not None
+    assert s.commit({"m": {"x": [1, {"y": 1}], "z": 2, "w": None}}) is None
+    assert s.get("m") == {"x": [1, {"y": 1}], "z": 2, "w": None}
+    assert s.commit({"k": {1: "a"}}) is not None
+    assert s.commit({"k": {True: "a"}}) is not None  # 1 and True are one dict key in Python
+    assert s.commit({"t": (1, 2)}) is not None
+    assert s.get("t") == [1, 2] and s.commit({"t": [1, 2]}) is None  # stored as a list
     s.close()
 
 
