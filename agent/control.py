@@ -71,6 +71,7 @@ class MigrationControl:
         self._monitor_interval = None
         self._next_check = None
         self.service_errors = 0
+        self._services_behind = False  # a service move failed: retry at the next flag apply
         self.restart_persist_errors = 0
         self.recovered_notes = []
 
@@ -140,6 +141,9 @@ class MigrationControl:
     def validate_readiness_for_stage(self, n):
         """{"ready": bool, "reasons": [...]}: may the device go to stage n now?"""
         self._refresh_timers()
+        return self._readiness(n, self.health.snapshot(self.clock.monotonic_ms()))
+
+    def _readiness(self, n, snapshot):
         reasons = []
         if type(n) is not int or n < 1 or n > self.plan.max_stage:
             reasons.append(f"plan {self.plan.name} has stages 1..{self.plan.max_stage}, not {n!r}")
@@ -152,7 +156,7 @@ class MigrationControl:
         elif self.state == COOLDOWN:
             reasons.append("cooling down after an automatic rollback for {} ms more".format(
                 self._cooldown_info()["remaining_ms"]))
-        verdict = self._verdict(self.clock.monotonic_ms())
+        verdict = self._verdict(None, snapshot)
         for v in verdict["violations"]:
             reasons.append("unhealthy: " + v["message"])
         return {"ready": not reasons, "reasons": reasons, "stage": n,
@@ -162,11 +166,12 @@ class MigrationControl:
         self._refresh_timers()
         event = tr.MigrateRequested
         new_state = tr.next_state(self.state, event)
-        readiness = self.validate_readiness_for_stage(n)
+        # One snapshot for both the readiness verdict and the baseline.
+        snapshot = self.health.snapshot(self.clock.monotonic_ms())
+        readiness = self._readiness(n, snapshot)
         if not readiness["ready"]:
             raise NotReady(self.state, event, readiness["reasons"])
-        now = self.clock.monotonic_ms()
-        baseline = health_mod.make_baseline(self.health.snapshot(now), self.stage,
+        baseline = health_mod.make_baseline(snapshot, self.stage,
                                             self.config.thresholds["min_samples"])
         # Always replace the baseline: when this stage had too few samples to
         # measure one, None (latency checks skipped) is right; keeping an older
@@ -484,8 +489,10 @@ class MigrationControl:
         return extra
 
     def _apply_flags(self, stage_flags, overrides):
-        self.flags.apply(stage_flags=stage_flags, overrides=overrides)
-        self._apply_services()
+        changes = self.flags.apply(stage_flags=stage_flags, overrides=overrides)
+        # Services only move when a flag moved (or an earlier move failed and is retried).
+        if changes or self._services_behind:
+            self._apply_services()
 
     def _apply_services(self):
         if self.services is None:
@@ -494,6 +501,9 @@ class MigrationControl:
             self.services.apply_flags()
         except Exception:  # noqa: BLE001 - the flags are committed; a service bug is counted
             self.service_errors += 1
+            self._services_behind = True
+            return
+        self._services_behind = False
 
     def _refresh_timers(self):
         if self.state != COOLDOWN or self._cooldown_until is None:

@@ -131,3 +131,28 @@ def test_control_rebuilds_from_flash_when_a_failed_commit_could_not_be_rolled_ba
     _traffic(c)
     assert c.migrate_to_stage(c.stage + 1)["result"] == "ok"
     c.close()
+
+
+# -- services move when a flag moves; a failed move is retried -------------------
+
+def test_services_move_only_on_flag_changes_and_a_failed_move_is_retried():
+    c, d, clock = _open()
+    calls = []
+    real = c.services.apply_flags
+
+    def flaky():
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("service bug")
+        return real()
+
+    c.services.apply_flags = flaky
+    c.set_flag_override("use_ets_agent_registry", True)
+    assert len(calls) == 1 and c.service_errors == 1
+    c.set_flag_override("use_ets_agent_registry", True)  # no flag moves, but a retry is due
+    assert len(calls) == 2 and c.services.supervisor.impl_of("registry") == "new"
+    c.set_flag_override("use_ets_agent_registry", True)  # nothing moved, nothing failed
+    assert len(calls) == 2
+    c.clear_flag_override("use_ets_agent_registry")
+    assert len(calls) == 3 and c.services.supervisor.impl_of("registry") == "legacy"
+    c.close()
