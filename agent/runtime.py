@@ -169,6 +169,8 @@ class AgentRuntime:
         try:
             self._dispatch(op, args, changes)
         except (ControlError, FlagError, StoreError) as exc:
+            if isinstance(exc, StoreError):
+                self._resync_with_flash()
             if ack_refusal:
                 self._refused(msg, *refusal_of(exc))
             return False
@@ -177,6 +179,14 @@ class AgentRuntime:
         self._ack(msg.id, P.APPLIED, detail=detail, seq=msg.seq)
         self._status_dirty = True
         return True
+
+    def _resync_with_flash(self):
+        """After a failed commit whose fate on flash is unknown, believe only flash."""
+        try:
+            self.control.reload_if_store_needs_it()
+            self.guard = P.ReplayGuard.from_store(self.control.store)
+        except Exception as exc:  # still unreadable: every commit stays refused, retried later
+            self._count_error("resync", exc)
 
     def _refused(self, msg, reason, detail):
         self._ack(msg.id, P.REJECTED, reason, detail, seq=msg.seq)

@@ -155,6 +155,12 @@ def _run(args: argparse.Namespace) -> int:
                       log=lambda m: (print(m), sys.stdout.flush()))
     try:
         return rollout.run(devices, to_stage)
+    except StoreError as exc:
+        # Progress that cannot be recorded must not be acted on: stop here; a rerun
+        # reopens the file and resumes from what it really holds.
+        print("fleetstage rollout: cannot record progress in %s: %s" % (state, exc),
+              file=sys.stderr)
+        return 2
     finally:
         store.close()
         status_link.close()

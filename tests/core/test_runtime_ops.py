@@ -41,9 +41,10 @@ class MemoryLink:
 
 
 class Device:
-    def __init__(self, config=None):
+    def __init__(self, config=None, fs=None):
         self.clock = ManualClock()
-        self.control = MigrationControl.open(tmpdir("rtops"), config=config, clock=self.clock)
+        self.control = MigrationControl.open(tmpdir("rtops"), config=config, clock=self.clock,
+                                             fs=fs)
         self.link = MemoryLink()
         self.rt = AgentRuntime(self.control, self.link, "fl", DEV, key=KEY, clock=self.clock,
                                monitor_interval_ms=1000)
@@ -172,3 +173,22 @@ def test_last_will_keeps_groups_and_the_guard_sequence():
     assert topic == "fleetstage/f1/device/gw1/status"
     assert report["online"] is False and report["groups"] == ["a", "b"]
     assert report["extra"]["guard_seq"] == 1234
+
+
+def test_a_commit_whose_fate_on_flash_is_unknown_leaves_runtime_and_flash_agreeing():
+    import faultfs
+
+    fs = faultfs.FaultFS()
+    dev = Device(fs=fs)
+    control, rt = dev.control, dev.rt
+    # a no-op (already at stage 0) commits only the guard: its fsync fails after the
+    # bytes landed and the store cannot roll it back
+    fs.fail("fsync", faultfs.EIO)
+    fs.fail("open_write", faultfs.ENOSPC)
+    ack = dev.command("rollback", {"stage": 0})
+    assert ack["result"] == "rejected"
+    # whatever flash now says, the runtime believes flash, and the next command works
+    reopened = P.ReplayGuard.from_store(control.store)
+    assert rt.guard.last_seq == reopened.last_seq
+    ack = dev.command("migrate", {"stage": 1})
+    assert ack["result"] == "applied" and control.stage == 1
