@@ -64,3 +64,12 @@ def acl_broker():
 @pytest.fixture
 def fleet_name():
     return unique("fleet")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The core tests' own temp dirs (tests/core/corekit.py): removed once the run ends."""
+    import sys
+
+    corekit = sys.modules.get("corekit")
+    if corekit is not None:
+        corekit.cleanup()

@@ -44,6 +44,9 @@ def main():
                 sys.print_exception(exc)
             else:
                 passed += 1
+    import corekit
+
+    corekit.cleanup()
     if failures:
         print("failed:", ", ".join(failures))
     print("micropython: %d passed, %d failed" % (passed, failed))

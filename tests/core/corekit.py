@@ -25,13 +25,23 @@ def _rmtree(path):
         pass
 
 
+_ROOT = "/tmp/fleetstage-tests"
+_RUN = _ROOT + "/run-" + "".join("%02x" % b for b in os.urandom(6))  # this process's
+
+
+def cleanup():
+    """Remove every directory tmpdir() made in this process (runners call it at the end)."""
+    _rmtree(_RUN)
+
+
 def tmpdir(tag="t"):
     """A fresh empty directory under /tmp, unique to this process and call."""
-    base = "/tmp/fleetstage-tests"
-    try:
-        os.mkdir(base)
-    except OSError:
-        pass
+    base = _RUN
+    for d in (_ROOT, base):
+        try:
+            os.mkdir(d)
+        except OSError:
+            pass
     _counter[0] += 1
     seed = os.urandom(4)
     name = "%s/%s-%d-%s" % (base, tag, _counter[0], "".join("%02x" % b for b in seed))
