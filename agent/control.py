@@ -78,11 +78,12 @@ class MigrationControl:
     # -- wiring -------------------------------------------------------------
 
     @classmethod
-    def open(cls, state_dir, plan=None, config=None, clock=None, fs=None):
+    def open(cls, state_dir, plan=None, config=None, clock=None, fs=None, log=None):
         """Open (or create) the device state in `state_dir` and wire flags and services.
 
         plan: a Plan, a plan dict or the path of a plan JSON file (default: the runbook's).
         config: a Config, a config dict or the path of a config JSON file (default env).
+        log: where the store's recovery lines go (default: stderr).
         """
         fs = fs or FileSystem()
         fs.makedirs(state_dir)
@@ -98,7 +99,7 @@ class MigrationControl:
         # The flags get the bus only after the stored state is restored, so
         # rebuilding the state at boot is not reported as a flag change.
         flags = FeatureFlags(config.flags)
-        store = Store(join(state_dir, STORE_FILE), fs=fs)
+        store = Store(join(state_dir, STORE_FILE), fs=fs, logger=log)
         control = cls(store, plan, config, clock, events, flags)
         try:
             restore(control)

@@ -74,7 +74,8 @@ class SimDevice:
 
     def boot(self) -> None:
         self.boots += 1
-        self.control = MigrationControl.open("/state", clock=self.clock, fs=self.fs)
+        self.control = MigrationControl.open("/state", clock=self.clock, fs=self.fs,
+                                             log=self.sim.store_log)
         self.runtime = AgentRuntime(
             self.control, self.link, self.sim.settings.fleet, self.device_id, self.groups,
             key=self.key, clock=self.clock, health_interval_ms=60_000,
@@ -186,7 +187,8 @@ class Simulation:
         prof = settings.profile
         self.broker = VirtualBroker(self.rng, prof.latency_ms, prof.loss)
         self.fleet_key = bytes(self.rng.getrandbits(8) for _ in range(32))
-        self.counters = {"power_cuts": 0}
+        self.counters = {"power_cuts": 0, "store_log_lines": 0}
+        self.store_log_tail: list[str] = []
         self.timeline: list[dict] = []
         self.waves: list[WaveResult] = []
         ids = ["gw-%05d" % i for i in range(settings.devices)]
@@ -210,6 +212,11 @@ class Simulation:
         self.stages = self.plan.max_stage
         self.operator = Operator(self)
         self.outages = sorted(prof.broker_outages)
+
+    def store_log(self, msg: str) -> None:
+        """Devices' store recovery lines: counted and kept (the last 20) for the report."""
+        self.counters["store_log_lines"] += 1
+        self.store_log_tail = (self.store_log_tail + [msg])[-20:]
 
     # the event loop ----------------------------------------------------------
     def run_for(self, ms: int) -> None:
@@ -307,7 +314,8 @@ class Simulation:
                 problems.append("%s: stage %d with flags %s" % (
                     dev.device_id, st["current_stage"], st["flags"]))
             # what a reboot would find must be what the device shows now
-            reopened = MigrationControl.open("/state", clock=dev.clock, fs=dev.fs)
+            reopened = MigrationControl.open("/state", clock=dev.clock, fs=dev.fs,
+                                             log=self.store_log)
             if reopened.stage != control.stage or reopened.flags.values() != st["flags"]:
                 problems.append("%s: flash holds stage %d, memory %d" % (
                     dev.device_id, reopened.stage, control.stage))
@@ -352,6 +360,8 @@ def run(settings: SimSettings) -> dict:
         "quarantined": quarantined,
         "power_cuts": sim.counters["power_cuts"],
         "stores_recovered_after_cut": stores_recovered,
+        "store_log_lines": sim.counters["store_log_lines"],
+        "store_log_tail": sim.store_log_tail,
         "events": events,
         "broker": dict(sim.broker.counters),
         "bad_reports": sim.operator.bad_reports,

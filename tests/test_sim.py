@@ -98,6 +98,8 @@ def test_power_cuts_and_an_outage_leave_every_device_consistent():
     prof = FaultProfile(name="t", power_cut_rate=0.2, broker_outages=((100_000, 200_000),))
     result = run(_small(prof, devices=30))
     assert result["power_cuts"] > 0
+    # the stores said what they recovered, into the report rather than onto the terminal
+    assert result["store_log_lines"] > 0 and result["store_log_tail"]
     assert result["consistent"], result["problems"]
     assert "broker down" in [i["event"] for i in result["incidents"]]
 

@@ -64,9 +64,10 @@ def main(args: argparse.Namespace) -> int:
                       ("  HALT: " + w["why"]) if w["halted"] else ""))
         print("outcome: %s" % result["outcome"])
         print("final devices per stage: %s" % result["final_stages"])
-        print("automatic rollbacks: %d, quarantined: %d, power cuts: %d, events: %s" % (
-            result["auto_rollbacks"], result["quarantined"], result["power_cuts"],
-            result["events"]))
+        print("automatic rollbacks: %d, quarantined: %d, power cuts: %d (store recovery log"
+              " lines: %d, in the report), events: %s" % (
+                  result["auto_rollbacks"], result["quarantined"], result["power_cuts"],
+                  result["store_log_lines"], result["events"]))
         print("consistent: %s; %.0f s of virtual time in %.1f s" % (
             result["consistent"], result["virtual_time_s"], result["wall_time_s"]))
         print("report: %s.json, %s.html" % (args.report, args.report))
