@@ -24,7 +24,15 @@ def _stage_plot(timeline: list[dict], width: int = 760, height: int = 260) -> st
     total = max(1, max(sum(t["stages"]) for t in timeline))
     t0, t1 = timeline[0]["t_ms"], max(timeline[-1]["t_ms"], timeline[0]["t_ms"] + 1)
     parts = ['<svg width="%d" height="%d" role="img" aria-label="devices per stage">' % (
-        width, height + 30)]
+        width + 100, height + 50)]
+    # axes: devices up the left, virtual time along the bottom
+    parts.append('<text x="%d" y="12" font-size="11">%d devices</text>' % (width + 4, total))
+    parts.append('<text x="%d" y="%d" font-size="11">0</text>' % (width + 4, height))
+    parts.append('<text x="0" y="%d" font-size="11">%d s</text>' % (height + 44, t0 // 1000))
+    parts.append('<text x="%d" y="%d" font-size="11" text-anchor="end">%d s of virtual time'
+                 '</text>' % (width, height + 44, t1 // 1000))
+    parts.append('<line x1="0" y1="%d" x2="%d" y2="%d" stroke="#ccc"/>' % (height, width, height))
+    parts.append('<line x1="%d" y1="0" x2="%d" y2="%d" stroke="#ccc"/>' % (width, width, height))
     for s in range(stages):
         pts = " ".join(
             "%.1f,%.1f" % ((t["t_ms"] - t0) / (t1 - t0) * width,
@@ -39,6 +47,8 @@ def _stage_plot(timeline: list[dict], width: int = 760, height: int = 260) -> st
 
 
 def _table(rows: list[dict], columns: list[str]) -> str:
+    if not rows:
+        return "<p>none</p>"
     head = "".join("<th>%s</th>" % html.escape(c) for c in columns)
     body = "".join(
         "<tr>%s</tr>" % "".join("<td>%s</td>" % html.escape(str(r.get(c, ""))) for c in columns)
@@ -65,7 +75,9 @@ def write_html(result: dict, path: str) -> None:
         "padding:3px 8px}table{border-collapse:collapse;margin:1em 0}</style>",
         "<h1>fleetstage simulation</h1>",
         _table([{"what": k, "value": v} for k, v in summary], ["what", "value"]),
-        "<h2>Devices per stage over virtual time</h2>", _stage_plot(result["timeline"]),
+        "<h2>Devices per stage over virtual time</h2>",
+        "<p>A dip is a device that lost power and is rebooting.</p>",
+        _stage_plot(result["timeline"]),
         "<h2>Waves</h2>",
         _table(result["waves"], ["stage", "wave", "devices", "applied", "rejected",
                                  "rolled_back", "unanswered", "halted", "why"]),
