@@ -240,14 +240,9 @@ def parse_config(text):
 
 def load_config(path, fs=None):
     """Read and validate the config file through a firmware_shim FileSystem."""
-    if fs is None:
-        from firmware_shim.files import FileSystem
+    from firmware_shim.files import FileReadError, FileSystem, read_text
 
-        fs = FileSystem()
     try:
-        raw = fs.read_bytes(path)
-    except OSError as exc:
-        raise ConfigError("(file)", f"cannot read {path}: {exc}") from None
-    if raw is None:
-        raise ConfigError("(file)", f"{path} does not exist")
-    return parse_config(raw)
+        return parse_config(read_text(fs or FileSystem(), path))
+    except FileReadError as exc:
+        raise ConfigError("(file)", str(exc)) from None

@@ -12,7 +12,7 @@ leave a device with a default it was never meant to have.
 import json
 
 from agent.flags import FlagError, check_flag_map
-from firmware_shim.files import FileSystem
+from firmware_shim.files import FileReadError, FileSystem, read_text
 
 # config/config.exs sets every flag off; the environments add to it.
 ENVIRONMENTS = {
@@ -133,17 +133,10 @@ class Config:
 
     @classmethod
     def load(cls, path, fs=None):
-        fs = fs or FileSystem()
         try:
-            raw = fs.read_bytes(path)
-        except OSError as exc:
-            raise ConfigError("(file)", f"cannot read {path}: {exc}") from None
-        if raw is None:
-            raise ConfigError("(file)", f"{path} does not exist")
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeError:
-            raise ConfigError("(file)", f"{path} is not UTF-8") from None
+            text = read_text(fs or FileSystem(), path)
+        except FileReadError as exc:
+            raise ConfigError("(file)", str(exc)) from None
         return cls.from_json(text)
 
     @classmethod

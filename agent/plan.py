@@ -14,7 +14,7 @@ import json
 
 from agent.flags import CATALOGUE
 from firmware_shim.codec import canonical
-from firmware_shim.files import FileSystem
+from firmware_shim.files import FileReadError, FileSystem, read_text
 
 RISKS = ("low", "medium", "high", "critical")
 
@@ -135,17 +135,10 @@ class Plan:
 
     @classmethod
     def load(cls, path, fs=None):
-        fs = fs or FileSystem()
         try:
-            raw = fs.read_bytes(path)
-        except OSError as exc:
-            raise PlanError(f"cannot read plan {path}: {exc}") from None
-        if raw is None:
-            raise PlanError(f"plan file {path} does not exist")
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeError:
-            raise PlanError(f"plan file {path} is not UTF-8") from None
+            text = read_text(fs or FileSystem(), path)
+        except FileReadError as exc:
+            raise PlanError("plan file: " + str(exc)) from None
         return cls.from_json(text)
 
     # -- reading ------------------------------------------------------------

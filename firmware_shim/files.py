@@ -53,6 +53,25 @@ def oserror_errno(exc):
     return code
 
 
+class FileReadError(ValueError):
+    """A text file that could not be read: its message says which and why."""
+
+
+def read_text(fs, path):
+    """The UTF-8 text of `path` through `fs`; FileReadError when missing, unreadable or
+    not UTF-8 (config, plan and agent-config loaders wrap it in their own error)."""
+    try:
+        raw = fs.read_bytes(path)
+    except OSError as exc:
+        raise FileReadError("cannot read %s: %s" % (path, exc)) from None
+    if raw is None:
+        raise FileReadError("%s does not exist" % path)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeError:
+        raise FileReadError("%s is not UTF-8" % path) from None
+
+
 class FileSystem:
     """The real file system. One instance may serve many stores."""
 

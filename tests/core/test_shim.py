@@ -51,3 +51,17 @@ def test_codec_rejects_bad_input():
                 b"\xdd\xff\xff\xff\xff", b"\xd4\x01\x02", b"\x91" * 40 + b"\x00"):
         corekit.raises(codec.CodecError, codec.unpackb, bad)
         corekit.raises(codec.CodecError, minipack.unpackb, bad)
+
+
+def test_read_text_names_what_is_wrong_with_the_file():
+    from firmware_shim.files import FileReadError, FileSystem, read_text
+
+    d = corekit.tmpdir("readtext")
+    fs = FileSystem()
+    with open(d + "/ok.json", "wb") as f:
+        f.write("{\"é\": 1}".encode())
+    with open(d + "/bad.json", "wb") as f:
+        f.write(b"\xff\xfe")
+    assert read_text(fs, d + "/ok.json") == "{\"é\": 1}"
+    assert "does not exist" in str(corekit.raises(FileReadError, read_text, fs, d + "/none"))
+    assert "not UTF-8" in str(corekit.raises(FileReadError, read_text, fs, d + "/bad.json"))
