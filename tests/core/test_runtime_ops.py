@@ -4,6 +4,7 @@ no-op and the pending desired state retried after a cooldown.
 Signed payloads, a ManualClock, a real MigrationControl on a temp directory and
 an in-memory link. Runs on CPython and MicroPython."""
 from corekit import tmpdir
+from memorylink import MemoryLink
 
 from agent import protocol as P
 from agent.control import MigrationControl
@@ -16,36 +17,12 @@ KEY = P.derive_device_key(FLEET_KEY, DEV)
 FLAG = "use_logger_error_context"
 
 
-class MemoryLink:
-    """Always connected; keeps what the agent publishes."""
-
-    connected = True
-
-    def __init__(self):
-        self.sent = []
-
-    def set_callbacks(self, on_message, on_connect, on_disconnect):
-        pass
-
-    def subscribe(self, topic, qos=1):
-        pass
-
-    def publish(self, topic, payload, qos=0, retain=False):
-        self.sent.append((topic, payload))
-
-    def reports(self, leaf):
-        return [P.decode_report(p, KEY) for t, p in self.sent if t.endswith("/" + leaf)]
-
-    def acks_for(self, command_id):
-        return [a for a in self.reports("ack") if a["id"] == command_id]
-
-
 class Device:
     def __init__(self, config=None, fs=None):
         self.clock = ManualClock()
         self.control = MigrationControl.open(tmpdir("rtops"), config=config, clock=self.clock,
                                              fs=fs)
-        self.link = MemoryLink()
+        self.link = MemoryLink(KEY)
         self.rt = AgentRuntime(self.control, self.link, "fl", DEV, key=KEY, clock=self.clock,
                                monitor_interval_ms=1000)
         self.rt.start()

@@ -3,6 +3,7 @@
 Acks and events (the automatic rollback, health.violation) must outlive the
 periodic health reports and the status. Runs on CPython and MicroPython."""
 from corekit import tmpdir
+from memorylink import MemoryLink
 
 from agent import protocol as P
 from agent.control import MigrationControl
@@ -13,28 +14,6 @@ from firmware_shim.clock import ManualClock
 FLEET_KEY = bytes(range(32))
 DEV = "dev-q"
 KEY = P.derive_device_key(FLEET_KEY, DEV)
-
-
-class DownLink:
-    """An in-memory link whose broker can be taken away and given back."""
-
-    def __init__(self, connected=False):
-        self.connected = connected
-        self.sent = []
-
-    def set_callbacks(self, on_message, on_connect, on_disconnect):
-        pass
-
-    def subscribe(self, topic, qos=1):
-        pass
-
-    def publish(self, topic, payload, qos=0, retain=False):
-        if not self.connected:
-            raise OSError("broker down")
-        self.sent.append((topic, payload))
-
-    def reports(self, leaf):
-        return [P.decode_report(p, KEY) for t, p in self.sent if t.endswith("/" + leaf)]
 
 
 def _topic(leaf):
@@ -70,7 +49,7 @@ def test_a_retained_status_replaces_the_queued_one_without_counting_a_drop():
 def test_long_outage_keeps_acks_and_the_automatic_rollback_events():
     clock = ManualClock()
     control = MigrationControl.open(tmpdir("rtq"), clock=clock)
-    link = DownLink()
+    link = MemoryLink(KEY, connected=False)
     rt = AgentRuntime(control, link, "fl", DEV, key=KEY, clock=clock, queue_limit=24,
                       monitor_interval_ms=1000, health_interval_ms=500,
                       status_interval_ms=60000)

@@ -1,17 +1,11 @@
 """Sampled events with deduplication and the telemetry emitter (stage 3), both impls."""
 import corekit
-from test_services_kit import make
+from test_services_kit import legacy_and_new_telemetry
 
-from agent.services import DUPLICATE, EMITTED, LEGACY, NEW, SAMPLED_OUT, EventError
+from agent.services import DUPLICATE, EMITTED, SAMPLED_OUT, EventError
 from agent.services import sampled_events as ev_mod
 
-
-def both():
-    out = []
-    for stage, impl in ((2, LEGACY), (3, NEW)):
-        s, _flags, clock, _events = make(stage=stage)
-        out.append((s, clock, impl))
-    return out
+both = legacy_and_new_telemetry
 
 
 def test_same_key_inside_the_window_is_counted_once():

@@ -1,7 +1,7 @@
 """Helpers for the services tests (a flag set per runbook stage, an event recorder),
 and the tests of the legacy global state itself: one slot per Services, no sharing.
 """
-from agent.services import Services, legacy_state
+from agent.services import LEGACY, NEW, Services, legacy_state
 from firmware_shim.clock import ManualClock
 
 # the runbook's stages, cumulative: stage n turns on its flags and keeps the earlier ones
@@ -11,6 +11,15 @@ STAGE_FLAGS = {
     3: ("use_genserver_telemetry", "use_genserver_span_management", "use_ets_sampled_events"),
     4: ("enforce_no_process_dict",),
 }
+
+
+def legacy_and_new_telemetry():
+    """[(services, clock, impl)]: stage 2 runs the legacy telemetry paths, stage 3 the new."""
+    out = []
+    for stage, impl in ((2, LEGACY), (3, NEW)):
+        s, _flags, clock, _events = make(stage=stage)
+        out.append((s, clock, impl))
+    return out
 
 
 class StageFlags:

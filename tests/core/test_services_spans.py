@@ -1,17 +1,11 @@
 """The span manager (stage 3), in both implementations: stack, with_span, no orphans."""
 import corekit
-from test_services_kit import make
+from test_services_kit import legacy_and_new_telemetry, make
 
-from agent.services import LEGACY, NEW, SpanError
+from agent.services import NEW, SpanError
 from agent.services import spans as spans_mod
 
-
-def both():
-    out = []
-    for stage, impl in ((2, LEGACY), (3, NEW)):
-        s, _flags, clock, _events = make(stage=stage)
-        out.append((s, clock, impl))
-    return out
+both = legacy_and_new_telemetry
 
 
 def test_start_end_and_stack_order():
