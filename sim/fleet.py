@@ -71,7 +71,6 @@ class SimDevice:
         self.link = VirtualLink(sim.broker, device_id)
         self.key = P.derive_device_key(sim.fleet_key, device_id)
         self.rng = random.Random("%d:%s" % (sim.settings.seed, device_id))
-        self.boots = 0
         self.power_cuts = 0
         self.down_until: int | None = None
         self.control: MigrationControl | None = None
@@ -79,7 +78,6 @@ class SimDevice:
         self.boot()
 
     def boot(self) -> None:
-        self.boots += 1
         self.control = MigrationControl.open("/state", config=DEVICE_CONFIG, clock=self.clock,
                                              fs=self.fs, log=self.sim.store_log)
         self.runtime = AgentRuntime(
@@ -212,7 +210,6 @@ class Simulation:
             groups = ["wave-%d" % self.wave_of[d]] + ([cohort.name] if cohort else [])
             skew = self.rng.uniform(-prof.clock_skew_s, prof.clock_skew_s)
             self.devices.append(SimDevice(self, d, groups, cohort, skew))
-        self.by_id = {dev.device_id: dev for dev in self.devices}
         self.plan = Plan.default()
         self.plan_hash = self.plan.hash
         self.stages = self.plan.max_stage

@@ -326,23 +326,29 @@ def _run(args):
     return outcome.exit_code()
 
 
-def _common(p):
-    p.add_argument("--target", default="all", help="all | group:NAME | device:ID")
+def add_connection_options(p):
+    """The options client_from_args reads: broker, fleet key, fleet, plan, credentials, TLS.
+    Every operator-side command (publish-stage, rollback, rollout...) takes these."""
     p.add_argument("--broker", required=True, help="mqtt://host:port or mqtts://host:port")
     p.add_argument("--key", required=True, help="the fleet key file")
     p.add_argument("--fleet", help="fleet name (default: $FLEETSTAGE_FLEET)")
     p.add_argument("--plan", help="plan file (default: the built-in runbook plan)")
-    p.add_argument("--json", action="store_true", help="print the outcome as JSON")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for acks")
-    who = p.add_mutually_exclusive_group()
-    who.add_argument("--expect", type=int, help="wait until N devices are known")
-    who.add_argument("--devices", help="comma-separated device ids to sign for and wait on")
     p.add_argument("--username")
     p.add_argument("--password-file")
     p.add_argument("--ca")
     p.add_argument("--cert")
     p.add_argument("--client-key")
     p.add_argument("--tls-insecure", action="store_true", help="skip the TLS host-name check")
+
+
+def _common(p):
+    p.add_argument("--target", default="all", help="all | group:NAME | device:ID")
+    add_connection_options(p)
+    p.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for acks")
+    who = p.add_mutually_exclusive_group()
+    who.add_argument("--expect", type=int, help="wait until N devices are known")
+    who.add_argument("--devices", help="comma-separated device ids to sign for and wait on")
     p.set_defaults(handler=_run)
 
 

@@ -26,17 +26,24 @@ from agent import protocol as P
 from agent.store import Store, StoreError
 from firmware_shim.mqtt_paho import MqttConfig, MqttError, PahoLink
 from sim.strategy import WavePolicy, WaveResult, classify
-from tools.operator_cmd import OperatorClient, OperatorError, client_from_args
+from tools.operator_cmd import (
+    OperatorClient,
+    OperatorError,
+    add_connection_options,
+    client_from_args,
+)
 from tools.status_cmd import FleetView
 
 
 class Rollout:
     def __init__(self, client: OperatorClient, view: FleetView, policy: WavePolicy,
-                 store: Store, soak_s: float, ack_timeout_s: float, log=print) -> None:
+                 store: Store, state_path: str, soak_s: float, ack_timeout_s: float,
+                 log=print) -> None:
         self.client = client
         self.view = view
         self.policy = policy
         self.store = store
+        self.state_path = state_path
         self.soak_s = soak_s
         self.ack_timeout_s = ack_timeout_s
         self.log = log
@@ -69,7 +76,7 @@ class Rollout:
     def run(self, devices: list[str], to_stage: int) -> int:
         if self.store.get("status") == "halted":
             self.log("rollout halted earlier: %s (remove %s to start again)" % (
-                self.store.get("why"), self.store_path()))
+                self.store.get("why"), self.state_path))
             return 1
         if self.store.get("devices") not in (None, devices):
             self.log("the fleet changed since this rollout began; resuming with the devices"
@@ -111,9 +118,6 @@ class Rollout:
                      "brings them back when they answer)" % (len(bad), ", ".join(bad[:10])))
         return 1
 
-    def store_path(self) -> str:
-        return getattr(self.store, "path", "?")
-
 
 def _run(args: argparse.Namespace) -> int:
     try:
@@ -150,8 +154,7 @@ def _run(args: argparse.Namespace) -> int:
     except (StoreError, OSError) as exc:
         print("fleetstage rollout: cannot open %s: %s" % (state, exc), file=sys.stderr)
         return 2
-    store.path = state
-    rollout = Rollout(client, view, policy, store, args.soak, args.timeout,
+    rollout = Rollout(client, view, policy, store, state, args.soak, args.timeout,
                       log=lambda m: (print(m), sys.stdout.flush()))
     try:
         return rollout.run(devices, to_stage)
@@ -171,10 +174,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("rollout", help="roll the plan out in waves; halt and roll back on failure",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--to-stage", type=int, help="last stage (default: the plan's last)")
-    p.add_argument("--broker", required=True, help="mqtt://host:port or mqtts://host:port")
-    p.add_argument("--key", required=True, help="the fleet key file")
-    p.add_argument("--fleet", help="fleet name (default: $FLEETSTAGE_FLEET)")
-    p.add_argument("--plan", help="plan file (default: the built-in runbook plan)")
+    add_connection_options(p)
     p.add_argument("--waves", default="0.02,0.1,0.5,1", help="cumulative wave fractions")
     p.add_argument("--max-failure", type=float, default=0.05,
                    help="halt when more than this fraction of a wave fails (default 0.05)")
@@ -183,10 +183,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for acks")
     p.add_argument("--expect", type=int, help="wait until N devices have announced themselves")
     p.add_argument("--state", help="progress file (default fleetstage-rollout-FLEET.store)")
-    p.add_argument("--username")
-    p.add_argument("--password-file")
-    p.add_argument("--ca")
-    p.add_argument("--cert")
-    p.add_argument("--client-key")
-    p.add_argument("--tls-insecure", action="store_true")
     p.set_defaults(handler=_run)
