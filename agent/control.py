@@ -83,7 +83,7 @@ class MigrationControl:
 
         plan: a Plan, a plan dict or the path of a plan JSON file (default: the runbook's).
         config: a Config, a config dict or the path of a config JSON file (default env).
-        log: where the store's recovery lines go (default: stderr).
+        log: where the store's recovery lines go (default: nowhere).
         """
         fs = fs or FileSystem()
         fs.makedirs(state_dir)

@@ -59,7 +59,6 @@ flash). If even that fails there are two cases:
   agent.control does that itself).
 """
 import struct
-import sys
 
 from firmware_shim import codec
 from firmware_shim.checksum import crc32
@@ -290,8 +289,8 @@ def _copy(value):
     return value
 
 
-def _default_logger(msg):
-    print(msg, file=sys.stderr)
+def _quiet(msg):
+    pass
 
 
 # ---------------------------------------------------------------- the store
@@ -312,7 +311,7 @@ class Store:
         self.fs = fs if fs is not None else FileSystem()
         self.compact_min_bytes = compact_min_bytes
         self.compact_factor = compact_factor
-        self._log = logger or _default_logger
+        self._log = logger or _quiet  # the caller hands in a log to hear recovery lines
         self._tmp = path + ".tmp"
         self._dir = dirname(path)
         self._state = {}

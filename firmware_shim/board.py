@@ -108,7 +108,7 @@ def build(config_path, fs=None, clock=None):
     except MicroTlsUnsupported as exc:
         raise ConfigError("tls.ca", "mqtts:// refused: %s" % exc) from None
     control = MigrationControl.open(cfg.state_dir, plan=plan, config=cfg.control,
-                                    clock=clock or SystemClock(), fs=fs)
+                                    clock=clock or SystemClock(), fs=fs, log=log)
     runtime = AgentRuntime(
         control, link, cfg.fleet, cfg.device_id, cfg.groups, key=key, clock=control.clock,
         insecure=cfg.insecure, queue_limit=int(cfg.queue_limit),

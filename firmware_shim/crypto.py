@@ -49,9 +49,28 @@ def compare_digest(a, b):
     return diff == 0
 
 
+class NoRandomSource(Exception):
+    """The port has no os.urandom: there are no bytes here fit for keys or nonces."""
+
+
 def random_bytes(n):
+    """n bytes from the OS's cryptographic source; raises NoRandomSource without one.
+
+    Never falls back to `random`: new_fleet_key and command ids use these bytes.
+    """
+    if _urandom is None:
+        raise NoRandomSource("this port has no os.urandom: cannot make key material")
+    return _urandom(n)
+
+
+def jitter_bytes(n):
+    """n bytes for spreading retries (reconnect jitter): never for keys or ids.
+
+    Uses the OS source when there is one; a port without os.urandom falls back
+    to `random`, which is fine for jitter and is why this is not random_bytes.
+    """
     if _urandom is not None:
         return _urandom(n)
-    import random  # MicroPython without os.urandom: not for keys, only for jitter/ids
+    import random
 
     return bytes(random.getrandbits(8) for _ in range(n))

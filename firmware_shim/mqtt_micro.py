@@ -23,7 +23,7 @@ import socket
 import struct
 
 from firmware_shim.clock import monotonic_ms
-from firmware_shim.crypto import random_bytes
+from firmware_shim.crypto import jitter_bytes
 
 try:
     import ssl as _ssl
@@ -270,7 +270,7 @@ class MicroLink:
             # MicroPython raises ValueError for a certificate that fails verification
             self.counters["failures"] += 1
             self._drop_socket()
-            jitter = int.from_bytes(random_bytes(2), "big") % (self.delay_ms // 2 + 1)
+            jitter = int.from_bytes(jitter_bytes(2), "big") % (self.delay_ms // 2 + 1)
             self.next_attempt = now + self.delay_ms + jitter
             self.log("connect to %s:%d failed (%s); retry in %d ms" % (
                 self.host, self.port, exc, self.delay_ms + jitter))

@@ -32,7 +32,8 @@ def log(msg):
 
 def open_control(cfg, clock=None):
     plan = Plan.load(cfg.plan_file) if cfg.plan_file else None
-    return MigrationControl.open(cfg.state_dir, plan=plan, config=cfg.control, clock=clock)
+    return MigrationControl.open(cfg.state_dir, plan=plan, config=cfg.control, clock=clock,
+                                 log=log)
 
 
 def load_device_key(cfg):

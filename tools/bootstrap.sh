@@ -1,6 +1,6 @@
 #!/bin/sh
-# Sets up a fresh clone: Debian's mosquitto (needed by the MQTT tests and the
-# simulator's --broker mode) and a venv in .venv with fleetstage and its dev
+# Sets up a fresh clone: Debian's mosquitto (the MQTT tests start their own
+# brokers with it) and a venv in .venv with fleetstage and its dev
 # tools (pytest, hypothesis, ruff, mypy, the MicroPython unix port).
 # Idempotent: a second run installs nothing new.
 set -eu

@@ -168,7 +168,7 @@ def console_request(state_dir, request, timeout=10.0):
     except (FileNotFoundError, ConnectionRefusedError):
         s.close()
         return None
-    except socket.timeout:
+    except TimeoutError:
         s.close()
         raise _unresponsive(state_dir, path, timeout) from None
     try:
@@ -179,7 +179,7 @@ def console_request(state_dir, request, timeout=10.0):
             if not chunk:
                 break
             data += chunk
-    except socket.timeout:
+    except TimeoutError:
         raise _unresponsive(state_dir, path, timeout) from None
     finally:
         s.close()

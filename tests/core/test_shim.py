@@ -65,3 +65,21 @@ def test_read_text_names_what_is_wrong_with_the_file():
     assert read_text(fs, d + "/ok.json") == "{\"é\": 1}"
     assert "does not exist" in str(corekit.raises(FileReadError, read_text, fs, d + "/none"))
     assert "not UTF-8" in str(corekit.raises(FileReadError, read_text, fs, d + "/bad.json"))
+
+
+def test_random_bytes_raises_without_an_os_source_and_jitter_still_works():
+    from firmware_shim import crypto
+
+    assert len(crypto.random_bytes(16)) == 16
+    saved = crypto._urandom
+    crypto._urandom = None  # a port without os.urandom
+    try:
+        try:
+            crypto.random_bytes(16)
+        except crypto.NoRandomSource:
+            pass
+        else:
+            raise AssertionError("random_bytes fell back to a non-cryptographic source")
+        assert len(crypto.jitter_bytes(2)) == 2  # reconnect jitter needs no key-grade bytes
+    finally:
+        crypto._urandom = saved
