@@ -192,7 +192,7 @@ class MigrationControl:
         new_state = tr.next_state(self.state, event)
         if type(n) is not int or n < 0 or n >= self.stage:
             raise TransitionRefused(self.state, event,
-                                    f"target must be a stage from 0 to {self.stage - 1}, "
+                                    f"target must be a stage from 0 to {self.stage - 1}, " +
                                     f"below the current stage {self.stage}, not {n!r}")
         if not isinstance(reason, str):
             raise ControlError("rollback reason must be a string")

@@ -119,7 +119,7 @@ class Plan:
             stage = _stage_from_dict(item, index + 1)
             for flag in stage.flags:
                 if flag in seen_flags:
-                    raise PlanError(f"flag {flag} is turned on by both stage {seen_flags[flag]} "
+                    raise PlanError(f"flag {flag} is turned on by both stage {seen_flags[flag]} " +
                                     f"and stage {stage.number}")
                 seen_flags[flag] = stage.number
             stages.append(stage)

@@ -22,7 +22,7 @@ def restore(control):
     control.seq = _int_or(get("ctl.seq"), 0, 0, None, control.recovered_notes, "ctl.seq")
     stage = _int_or(get("ctl.stage"), 0, 0, None, control.recovered_notes, "ctl.stage")
     if stage > control.plan.max_stage:
-        control.recovered_notes.append(f"stage {stage} is beyond plan {control.plan.name}; "
+        control.recovered_notes.append(f"stage {stage} is beyond plan {control.plan.name}; " +
                                        f"using stage {control.plan.max_stage}")
         stage = control.plan.max_stage
     control.stage = stage

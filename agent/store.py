@@ -639,7 +639,7 @@ class Store:
                           "" if parsed.header_ok else ", header damaged"))
         else:
             dropped = len(data) - parsed.good_end
-            self._log(f"store: dropped torn tail of {dropped} bytes at offset "
+            self._log(f"store: dropped torn tail of {dropped} bytes at offset " +
                       f"{parsed.good_end} in {self.path}")
         self._needs_repair = True
         self._try_rewrite_on_open()

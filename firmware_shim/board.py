@@ -1,8 +1,12 @@
 """Boot the agent on a MicroPython board (the same code runs on the unix port).
 
-A board's main.py is two lines:
-    from firmware_shim.board import run
-    run("/config.json")
+A board's main.py (written by `fleetstage bundle`) is two lines:
+    from firmware_shim.board import run_bundle
+    run_bundle(__file__)
+The folder that holds main.py is the flash: on a board that is "/", and on
+the unix port `cd BUNDLE && micropython main.py` serves BUNDLE as "/" (every
+absolute path in the config, /config.json, /device.key, /state, resolves
+inside it), so the bundle boots as built, with no other path.
 It reads the same JSON config as `fleetstage agent` on a Pi, the device key
 file, opens MigrationControl on the board's flash (littlefs) and serves the
 MQTT contract through firmware_shim.mqtt_micro. A bad config or key stops it
@@ -15,7 +19,7 @@ from agent.control import MigrationControl
 from agent.plan import Plan
 from agent.runtime import AgentRuntime
 from firmware_shim.clock import SystemClock
-from firmware_shim.files import FileSystem
+from firmware_shim.files import FileSystem, FolderFlash
 from firmware_shim.machine import Watchdog
 from firmware_shim.mqtt_micro import MicroLink, MicroTlsUnsupported
 
@@ -120,9 +124,37 @@ def build(config_path, fs=None, clock=None):
     return runtime, link, control
 
 
-def run(config_path, watchdog_ms=30000):
+def bundle_root(main_file):
+    """The absolute folder that holds main.py ("/" on a board)."""
+    import os
+
+    i = main_file.rfind("/")
+    folder = main_file[:i] if i > 0 else ("/" if i == 0 else "")
+    if not folder.startswith("/"):
+        cwd = os.getcwd()
+        folder = cwd if not folder else (cwd.rstrip("/") + "/" + folder)
+    return folder.rstrip("/") or "/"
+
+
+def run_bundle(main_file, watchdog_ms=30000):
+    """main.py's entry: boot from /config.json of the flash the bundle lives on.
+
+    On the unix port a start that fails (a bad config) exits with its code, as
+    `fleetstage agent` does; a board returns to its REPL instead of looping.
+    """
+    import sys
+
+    root = bundle_root(main_file)
+    fs = FileSystem() if root == "/" else FolderFlash(root)
+    code = run("/config.json", watchdog_ms, fs=fs)
+    if code and sys.platform in ("linux", "darwin"):
+        sys.exit(code)
+    return code
+
+
+def run(config_path, watchdog_ms=30000, fs=None):
     try:
-        runtime, link, control = build(config_path)
+        runtime, link, control = build(config_path, fs=fs)
     except ConfigError as exc:
         log("cannot start: %s" % exc)
         return 2

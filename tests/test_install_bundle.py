@@ -56,8 +56,21 @@ def test_bundle_holds_bytecode_config_and_key(tmp_path):
     assert r.returncode == 0, r.stderr
     assert (out / "agent/runtime.mpy").exists() and (out / "main.py").exists()
     assert json.loads((out / "config.json").read_text())["device_id"] == "b1"
-    assert "run('/config.json')" in (out / "main.py").read_text()
+    assert "run_bundle(__file__)" in (out / "main.py").read_text()
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    assert "%d bytes" % size in r.stdout and "mpremote connect PORT reset" in r.stdout
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(dict(cfg, fleet="a/b")))
     r = _cli("bundle", "--out", str(tmp_path / "o2"), "--config", str(bad))
     assert r.returncode == 2 and "fleet" in r.stderr
+
+
+def test_bundle_refuses_a_bytecode_version_it_cannot_make_in_one_line(tmp_path):
+    for args, says in ((("--mpy-version", "5"), "needs MicroPython 1.22 or newer"),
+                       (("--micropython", "1.20"), "needs MicroPython 1.22 or newer"),
+                       (("--mpy-version", "9"), "unknown .mpy version 9"),
+                       (("--micropython", "one"), "not a release like 1.22")):
+        r = _cli("bundle", "--out", str(tmp_path / "o"), *args)
+        assert r.returncode == 2 and says in r.stderr, (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert not (tmp_path / "o").exists()

