@@ -30,7 +30,7 @@ DEFAULT_THRESHOLDS = {
     "max_error_rate": 0.05,       # runbook: error rate > 5% rolls back
     "max_restarts_per_min": 10,   # runbook: restart frequency > 10/minute
     "max_latency_ratio": 2.0,     # runbook: response time > 2x baseline
-    "min_samples": 20,            # fewer outcomes than this: no error/latency verdict
+    "min_samples": 20,            # fewer outcomes than this: "inconclusive" (per source)
 }
 
 # name -> (default, minimum allowed, integer only)
@@ -41,7 +41,7 @@ _NUMBERS = {
     "history_length": (50, 1, True),
     "window_ms": (300000, 1000, True),        # how far back error rate and latency look
     "restart_window_ms": (60000, 1000, True),  # restarts are counted per minute
-    "max_samples": (2000, 10, True),          # memory bound of the outcome window
+    "max_samples": (200, 10, True),   # latencies kept per source over the window (memory bound)
 }
 
 _THRESHOLD_LIMITS = {

@@ -70,6 +70,9 @@ class MigrationControl:
         self._restart_log = []  # [wall_ms, name], oldest first; mirrors "health.restarts"
         self._monitor_interval = None
         self._next_check = None
+        self._last_verdict = None     # the last check's verdict and reason
+        self._extended_ms = 0         # monitoring time added by inconclusive checks
+        self._last_check = None
         self.service_errors = 0
         self._services_behind = False  # a service move failed: retry at the next flag apply
         self.restart_persist_errors = 0
@@ -135,8 +138,7 @@ class MigrationControl:
             "cooldown": self._cooldown_info(),
             "quarantine": None if self._quarantine is None else dict(self._quarantine),
             "auto_rollbacks": dict(self._auto_rollbacks),
-            "monitoring": {"interval_ms": self._monitor_interval,
-                           "next_check_ms": self._next_check},
+            "monitoring": self._monitoring_info(),
         }
 
     def validate_readiness_for_stage(self, n):
@@ -225,6 +227,11 @@ class MigrationControl:
         snapshot = self.health.snapshot(now)
         verdict = self._verdict(now, snapshot)
         report = self._health_report(snapshot, verdict)
+        self._note_verdict(now, verdict)
+        if verdict["verdict"] == health_mod.INCONCLUSIVE:
+            # No evidence either way: nothing is rolled back, and the stage's
+            # monitoring time is extended by the time it stayed inconclusive.
+            return {"result": "inconclusive", "reason": verdict["reason"], "health": report}
         if verdict["healthy"]:
             self._forgive_proven_stage()
             return {"result": "ok", "health": report}
@@ -314,13 +321,25 @@ class MigrationControl:
 
     # -- what services and apps report ------------------------------------
 
-    def record_outcome(self, ok, latency_ms, service=None):
-        """One call's outcome (ok: True/False; latency_ms: a number or None)."""
+    def record_outcome(self, ok, latency_ms, service=None, source=None):
+        """One call's outcome (ok: True/False; latency_ms: a number or None).
+
+        source (or service): who saw it, e.g. a probe's name; default "app"."""
         if ok is not True and ok is not False:
             raise ControlError(f"outcome ok must be True or False, not {ok!r}")
         if latency_ms is not None and type(latency_ms) is not int and type(latency_ms) is not float:
             raise ControlError(f"latency_ms must be a number or None, not {latency_ms!r}")
-        self.health.record_outcome(ok, latency_ms, self.clock.monotonic_ms())
+        name = source if source is not None else service
+        if name is not None and not isinstance(name, str):
+            raise ControlError(f"outcome source must be a string, not {name!r}")
+        self.health.record_outcome(ok, latency_ms, self.clock.monotonic_ms(), name)
+
+    def set_source_grace(self, source, grace_ms):
+        """A source's startup grace (a probe's initial_delay_s): its outcomes are
+        ignored for grace_ms from now and again after every stage change."""
+        if type(grace_ms) is not int or grace_ms < 0:
+            raise ControlError(f"grace_ms must be an integer >= 0, not {grace_ms!r}")
+        self.health.set_grace(source, grace_ms, self.clock.monotonic_ms())
 
     def record_restart(self, name=None):
         """Count a restart; it is committed so a crash loop is seen across reboots."""
@@ -383,7 +402,8 @@ class MigrationControl:
         if self.stage == 0 or key not in self._auto_rollbacks or self.state != AT_STAGE:
             return
         held = self._wall_ms() - (self._stage_entered or 0)
-        if self._stage_entered is None or held < self.plan.stage(self.stage).monitor_ms:
+        needed = self.plan.stage(self.stage).monitor_ms + self._extended_ms
+        if self._stage_entered is None or held < needed:
             return
         counts = dict(self._auto_rollbacks)
         del counts[key]
@@ -420,7 +440,10 @@ class MigrationControl:
         self._overrides = dict(overrides)
         self._stage_entered = wall
         self._restart_log = []
-        self.health.reset()
+        self.health.reset(self.clock.monotonic_ms())
+        self._extended_ms = 0
+        self._last_verdict = None
+        self._last_check = None
         self._apply_flags(stage_flags, overrides)
         return entry
 
@@ -561,9 +584,40 @@ class MigrationControl:
             "performance_impact": health_mod.performance_impact(snapshot, self._baseline),
             "latency_check": self._baseline_note() or "against the baseline",
             "healthy": verdict["healthy"],
+            "verdict": verdict["verdict"],
+            "verdict_reason": verdict["reason"],
             "enough_samples": verdict["enough_samples"],
             "violations": verdict["violations"],
+            "sources": self._source_report(snapshot),
         }
+
+    def _source_report(self, snapshot):
+        out = {}
+        sources = snapshot.get("sources") or {}
+        for name in sources:
+            s = dict(sources[name])
+            base = None
+            if self._baseline is not None:
+                entry = (self._baseline.get("sources") or {}).get(name)
+                base = None if entry is None else entry.get("latency_p50")
+            s["baseline_latency_p50"] = base
+            out[name] = s
+        return out
+
+    def _note_verdict(self, now, verdict):
+        if verdict["verdict"] == health_mod.INCONCLUSIVE and self._last_check is not None:
+            self._extended_ms += now - self._last_check
+        self._last_check = now
+        self._last_verdict = {"verdict": verdict["verdict"], "reason": verdict["reason"]}
+
+    def _monitoring_info(self):
+        info = {"interval_ms": self._monitor_interval, "next_check_ms": self._next_check,
+                "verdict": None, "reason": None, "extended_ms": self._extended_ms,
+                "stage_monitor_ms": self.plan.stage(self.stage).monitor_ms if self.stage
+                else None}
+        if self._last_verdict is not None:
+            info.update(self._last_verdict)
+        return info
 
     def _system_health(self, now):
         snapshot = self.health.snapshot(now)

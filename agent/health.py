@@ -1,15 +1,56 @@
-"""Health: sliding windows over outcomes and restarts, and the verdict on them.
+"""Health: time-bucket windows over outcomes and restarts, and the verdict on them.
 
-Owns: the recent outcomes (ok/error, latency) and restarts, the figures drawn
-from them (error rate, restarts per minute, latency p50/p95), and `evaluate`,
-a pure function that compares figures with thresholds and returns violations.
+Owns: the recent outcomes (ok/error, latency) per source (a probe, statsd, an
+app), the restarts, the figures drawn from them (error rate and its Wilson
+lower bound, restarts per minute, latency p50/p95) and `evaluate`, a pure
+function that compares figures with thresholds and returns a verdict:
+"healthy", "unhealthy" (with violations) or "inconclusive" (too few samples).
 Must never: read a clock (every call takes `now_ms`), touch the store, or
 decide on a rollback; MigrationControl does that with the verdict.
 
-A window with fewer than `min_samples` outcomes gives no error-rate or latency
-verdict, so one bad call out of two cannot roll a quiet device back. Restarts
-are judged at any traffic level: a crash loop is a crash loop.
+Memory is fixed at any call rate. Each source keeps BUCKETS time buckets
+(window_ms / BUCKETS wide); a bucket holds a count of calls, of errors and of
+calls that carried a latency, and a reservoir of at most
+max_samples // BUCKETS latencies (Vitter's algorithm R: every latency of the
+bucket has the same chance to be kept, one random draw per sample, O(1)).
+p50/p95 come from the union of the reservoirs, each value weighted by the
+calls it stands for; with fewer calls than the reservoir holds they are exact.
+At most MAX_SOURCES sources are kept; later names are counted as "other".
+The bound, with the defaults (10 buckets, max_samples 200 -> 20 latencies a
+bucket, stored as 4-byte floats):
+    per source  3 counters x 10 x 4 B + 200 x 4 B + ~200 B objects  ~ 1.1 KB
+    per device  MAX_SOURCES (6) x 1.1 KB + restarts (64 x ~40 B)     ~ 8 KB
+`python -m bench health` measures it at 10, 100 and 1,000 calls a second.
+
+Verdict rules:
+- restarts are judged at any traffic level (a crash loop is a crash loop);
+- error rate: a source is unhealthy when the lower end of the 95% Wilson
+  interval of its error rate is above max_error_rate, so two early errors
+  on a device with a true 0.5% rate do not roll it back;
+- latency: a source's p50 over its own p50 before the stage (the baseline,
+  measured from the same source);
+- a source with fewer than min_samples outcomes gives no error or latency
+  verdict; a device with no source that has enough is "inconclusive": no
+  rollback, and it does not block the next stage (there is no evidence
+  against it).
+- a source inside its grace period (a probe's initial_delay_s after a start
+  or a stage change) records nothing: its outcomes are counted as ignored.
 """
+try:
+    from array import array
+except ImportError:  # pragma: no cover - every port we ship has array
+    array = None
+
+BUCKETS = 10
+MAX_SOURCES = 6
+DEFAULT_SOURCE = "app"
+OTHER_SOURCE = "other"
+MAX_RESTARTS = 64          # restarts kept in the window (the rule is > 10 a minute)
+WILSON_Z = 1.96            # 95% two-sided interval
+
+HEALTHY = "healthy"
+UNHEALTHY = "unhealthy"
+INCONCLUSIVE = "inconclusive"
 
 
 def percentile(sorted_values, fraction):
@@ -24,51 +65,165 @@ def percentile(sorted_values, fraction):
     return sorted_values[rank - 1]
 
 
+def weighted_percentiles(pairs, fractions):
+    """Nearest-rank percentiles of (value, weight) pairs; the same as percentile()
+    when every weight is 1. Returns a list aligned with fractions (None when empty)."""
+    if not pairs:
+        return [None for _ in fractions]
+    pairs.sort()
+    total = 0.0
+    for p in pairs:
+        total += p[1]
+    out = []
+    for fraction in fractions:
+        target = fraction * total - 1e-9
+        cum = 0.0
+        found = pairs[-1][0]
+        for value, weight in pairs:
+            cum += weight
+            if cum >= target:
+                found = value
+                break
+        out.append(_tidy(found))
+    return out
+
+
+def _tidy(value):
+    # Latencies are kept as 4-byte floats: 0.1 comes back as 0.10000000149.
+    return round(value, 3)
+
+
+def wilson_lower(errors, samples, z=WILSON_Z):
+    """Lower end of the Wilson score interval for errors/samples (0.0 when no samples)."""
+    if samples <= 0:
+        return 0.0
+    p = errors / samples
+    z2 = z * z
+    denom = 1 + z2 / samples
+    centre = p + z2 / (2 * samples)
+    spread = z * ((p * (1 - p) / samples + z2 / (4 * samples * samples)) ** 0.5)
+    low = (centre - spread) / denom
+    return low if low > 0 else 0.0
+
+
+class _Rng:
+    """Wichmann-Hill's first two generators: every product stays below 2**23, so a
+    board with 31-bit small ints never allocates; the combined draw is < 2**30."""
+
+    def __init__(self):
+        self.a = 1
+        self.b = 2
+
+    def below(self, n):
+        self.a = (self.a * 171) % 30269
+        self.b = (self.b * 172) % 30307
+        return (self.a * 30307 + self.b) % n
+
+
+class _Source:
+    """One source's buckets: flat arrays indexed by slot (and slot * per for latencies)."""
+
+    def __init__(self, per_bucket):
+        self.per = per_bucket
+        self.epoch = [-1] * BUCKETS          # which bucket number each slot holds now
+        self.calls = _counters(BUCKETS)
+        self.errors = _counters(BUCKETS)
+        self.seen = _counters(BUCKETS)       # calls that carried a latency
+        self.lat = _floats(BUCKETS * per_bucket)
+        self.grace_ms = 0
+        self.grace_until = None
+        self.ignored = 0
+
+    def clear(self):
+        for i in range(BUCKETS):
+            self.epoch[i] = -1
+            self.calls[i] = 0
+            self.errors[i] = 0
+            self.seen[i] = 0
+
+
+def _counters(n):
+    return array("I", [0] * n) if array is not None else [0] * n
+
+
+def _floats(n):
+    return array("f", [0.0] * n) if array is not None else [0.0] * n
+
+
 class HealthWindow:
-    """Outcomes and restarts in time order, kept as parallel lists.
+    """Outcomes per source in BUCKETS time buckets, and restarts in time order."""
 
-    snapshot() runs on every monitor tick and every health report, so it does
-    no per-sample Python loop: the error count is kept running, expiry finds
-    its cut by binary search, and the latencies are sorted by the builtin.
-    """
-
-    def __init__(self, window_ms=300000, restart_window_ms=60000, max_samples=2000):
+    def __init__(self, window_ms=300000, restart_window_ms=60000, max_samples=200):
         self.window_ms = window_ms
         self.restart_window_ms = restart_window_ms
         self.max_samples = max_samples
-        self._times = []    # now_ms of each outcome, oldest first
-        self._errors = []   # 1 for an error, 0 for ok, aligned with _times
-        self._error_count = 0
-        self._has_latency = []  # 1 when the outcome carried a latency, aligned with _times
-        self._latencies = []  # the latencies, in the same order (no None in here)
+        self.bucket_ms = (window_ms + BUCKETS - 1) // BUCKETS
+        self.per_bucket = max(1, max_samples // BUCKETS)
+        self._sources = {}
+        self._grace = {}   # source -> grace_ms, kept across resets
         self._restarts = []  # (now_ms, name), oldest first
+        self._rng = _Rng()
 
-    def record_outcome(self, ok, latency_ms, now_ms):
-        self._times.append(now_ms)
-        bad = 0 if ok else 1
-        self._errors.append(bad)
-        self._error_count += bad
-        if latency_ms is None:
-            self._has_latency.append(0)
-        else:
-            self._has_latency.append(1)
-            self._latencies.append(latency_ms)
-        if len(self._times) > self.max_samples:
-            # Drop a chunk at once, not one per call: cheaper on a board.
-            self._drop_outcomes(len(self._times) - self.max_samples + self.max_samples // 10)
+    # -- sources and grace ------------------------------------------------
+    def _source(self, name):
+        src = self._sources.get(name)
+        if src is None:
+            if len(self._sources) >= MAX_SOURCES - 1 and name != OTHER_SOURCE:
+                name = OTHER_SOURCE
+                src = self._sources.get(name)
+            if src is None:
+                src = _Source(self.per_bucket)
+                self._sources[name] = src
+                if name in self._grace:
+                    src.grace_ms = self._grace[name]
+        return src
 
-    def _drop_outcomes(self, n):
-        if n <= 0:
-            return
-        self._error_count -= sum(self._errors[:n])
-        k = sum(self._has_latency[:n])
-        del self._times[:n]
-        del self._errors[:n]
-        del self._has_latency[:n]
-        del self._latencies[:k]
+    def set_grace(self, source, grace_ms, now_ms):
+        """Ignore `source` for grace_ms from now, and again after every reset(now_ms)."""
+        self._grace[source] = grace_ms
+        src = self._source(source)
+        src.grace_ms = grace_ms
+        src.grace_until = now_ms + grace_ms if grace_ms > 0 else None
+
+    def sources(self):
+        return sorted(self._sources)
+
+    # -- recording --------------------------------------------------------
+    def record_outcome(self, ok, latency_ms, now_ms, source=None):
+        src = self._source(source or DEFAULT_SOURCE)
+        if src.grace_until is not None:
+            if now_ms < src.grace_until:
+                src.ignored += 1
+                return
+            src.grace_until = None
+        number = now_ms // self.bucket_ms
+        slot = number % BUCKETS
+        held = src.epoch[slot]
+        if held != number:
+            if held > number:
+                return  # older than the whole window (the clock never goes back)
+            src.epoch[slot] = number
+            src.calls[slot] = 0
+            src.errors[slot] = 0
+            src.seen[slot] = 0
+        src.calls[slot] += 1
+        if not ok:
+            src.errors[slot] += 1
+        if latency_ms is not None:
+            seen = src.seen[slot] + 1
+            src.seen[slot] = seen
+            per = src.per
+            if seen <= per:
+                src.lat[slot * per + seen - 1] = latency_ms
+            else:
+                j = self._rng.below(seen)
+                if j < per:
+                    src.lat[slot * per + j] = latency_ms
 
     def record_restart(self, now_ms, name=None):
         self._restarts.append((now_ms, name))
+        if len(self._restarts) > MAX_RESTARTS:
+            del self._restarts[:len(self._restarts) - MAX_RESTARTS]
         self.prune(now_ms)
 
     def restarts(self):
@@ -77,52 +232,94 @@ class HealthWindow:
     def load_restarts(self, restarts):
         """Replace the restart window (e.g. with restarts persisted before a reboot)."""
         self._restarts = sorted(((t, n) for t, n in restarts), key=lambda e: e[0])
+        if len(self._restarts) > MAX_RESTARTS:
+            del self._restarts[:len(self._restarts) - MAX_RESTARTS]
 
-    def reset_outcomes(self):
-        self._times = []
-        self._errors = []
-        self._error_count = 0
-        self._has_latency = []
-        self._latencies = []
+    def reset_outcomes(self, now_ms=None):
+        """Forget every outcome; with now_ms, every source's grace period starts again."""
+        for name in self._sources:
+            src = self._sources[name]
+            src.clear()
+            src.ignored = 0
+            if now_ms is not None and src.grace_ms > 0:
+                src.grace_until = now_ms + src.grace_ms
 
-    def reset(self):
-        self.reset_outcomes()
+    def reset(self, now_ms=None):
+        self.reset_outcomes(now_ms)
         self._restarts = []
 
     def prune(self, now_ms):
-        cutoff = now_ms - self.window_ms
-        self._drop_outcomes(_first_at_or_after(self._times, cutoff))
         _drop_before(self._restarts, now_ms - self.restart_window_ms)
 
+    # -- figures ----------------------------------------------------------
+    def _live_slots(self, src, now_ms):
+        cutoff = now_ms - self.window_ms
+        slots = []
+        for slot in range(BUCKETS):
+            number = src.epoch[slot]
+            if number < 0:
+                continue
+            start = number * self.bucket_ms
+            if start >= cutoff and start <= now_ms:
+                slots.append(slot)
+        return slots
+
+    def _source_figures(self, src, now_ms, pairs_out):
+        calls = errors = 0
+        pairs = []
+        for slot in self._live_slots(src, now_ms):
+            calls += src.calls[slot]
+            errors += src.errors[slot]
+            seen = src.seen[slot]
+            if seen:
+                per = src.per
+                kept = seen if seen < per else per
+                weight = seen / kept
+                base = slot * per
+                for i in range(kept):
+                    pairs.append((src.lat[base + i], weight))
+        pairs_out.extend(pairs)
+        p50, p95 = weighted_percentiles(pairs, (0.50, 0.95))
+        return {
+            "samples": calls,
+            "errors": errors,
+            "error_rate": (errors / calls) if calls else 0.0,
+            "error_rate_lower": wilson_lower(errors, calls),
+            "latency_p50": p50,
+            "latency_p95": p95,
+            "in_grace": src.grace_until is not None and now_ms < src.grace_until,
+            "ignored_in_grace": src.ignored,
+        }
+
     def snapshot(self, now_ms):
-        """The figures for the window ending at now_ms."""
+        """The figures for the window ending at now_ms, overall and per source."""
         self.prune(now_ms)
-        samples = len(self._times)
-        errors = self._error_count
-        latencies = sorted(self._latencies)
+        sources = {}
+        pairs = []
+        samples = errors = 0
+        for name in sorted(self._sources):
+            figures = self._source_figures(self._sources[name], now_ms, pairs)
+            sources[name] = figures
+            samples += figures["samples"]
+            errors += figures["errors"]
+        p50, p95 = weighted_percentiles(pairs, (0.50, 0.95))
         restarts = len(self._restarts)
         minutes = self.restart_window_ms / 60000
+        by_name = {}
+        for _, name in self._restarts:
+            key = name or "restart"
+            by_name[key] = by_name.get(key, 0) + 1
         return {
             "samples": samples,
             "errors": errors,
             "error_rate": (errors / samples) if samples else 0.0,
             "restarts": restarts,
             "restarts_per_min": restarts / minutes,
-            "latency_p50": percentile(latencies, 0.50),
-            "latency_p95": percentile(latencies, 0.95),
+            "restart_sources": by_name,
+            "latency_p50": p50,
+            "latency_p95": p95,
+            "sources": sources,
         }
-
-
-def _first_at_or_after(times, cutoff):
-    """Index of the first entry >= cutoff in an ascending list (MicroPython has no bisect)."""
-    lo, hi = 0, len(times)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if times[mid] < cutoff:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
 
 
 def _drop_before(entries, cutoff):
@@ -135,21 +332,36 @@ def _drop_before(entries, cutoff):
 
 
 def make_baseline(snapshot, stage, min_samples):
-    """A latency baseline from a snapshot, or None when it has too few samples."""
+    """A latency baseline from a snapshot, or None when no source has enough samples.
+
+    {"stage", "latency_p50", "latency_p95", "samples", "sources": {name: {...}}}:
+    the overall figures, and each source's own, so a source is judged against
+    itself before the stage (a probe's latency is not an app's)."""
+    per_source = {}
+    for name in snapshot.get("sources") or {}:
+        s = snapshot["sources"][name]
+        if s["samples"] >= min_samples and s["latency_p50"] is not None:
+            per_source[name] = {"latency_p50": s["latency_p50"],
+                                "latency_p95": s["latency_p95"], "samples": s["samples"]}
     if snapshot["samples"] < min_samples or snapshot["latency_p50"] is None:
-        return None
+        if not per_source:
+            return None
     return {"stage": stage, "latency_p50": snapshot["latency_p50"],
-            "latency_p95": snapshot["latency_p95"], "samples": snapshot["samples"]}
+            "latency_p95": snapshot["latency_p95"], "samples": snapshot["samples"],
+            "sources": per_source}
+
+
+def _impact(p50, base):
+    if p50 is None or not base:
+        return None
+    return (p50 - base) / base
 
 
 def performance_impact(snapshot, baseline):
     """(p50 now - p50 baseline) / p50 baseline, or None without both figures."""
-    if baseline is None or snapshot.get("latency_p50") is None:
+    if baseline is None:
         return None
-    base = baseline.get("latency_p50")
-    if not base:
-        return None
-    return (snapshot["latency_p50"] - base) / base
+    return _impact(snapshot.get("latency_p50"), baseline.get("latency_p50"))
 
 
 def latency_ratio(snapshot, baseline):
@@ -157,44 +369,101 @@ def latency_ratio(snapshot, baseline):
     return None if impact is None else impact + 1.0
 
 
-def _violation(metric, value, limit, message):
-    return {"metric": metric, "value": value, "limit": limit, "message": message}
+def _source_baseline(baseline, name):
+    if baseline is None:
+        return None
+    sources = baseline.get("sources")
+    if sources is None:  # a baseline committed before sources existed: overall figures
+        return baseline.get("latency_p50")
+    entry = sources.get(name)
+    return None if entry is None else entry.get("latency_p50")
 
 
-def evaluate(snapshot, thresholds, baseline=None, criteria=None):
-    """Compare figures with thresholds (and a stage's success criteria).
+def _violation(metric, value, limit, message, source):
+    return {"metric": metric, "value": value, "limit": limit, "source": source,
+            "message": message + " (source " + source + ")"}
 
-    Returns {"healthy": bool, "violations": [...], "enough_samples": bool}.
-    Each violation is {"metric", "value", "limit", "message"}.
-    """
+
+def _limits(thresholds, criteria):
     limits = dict(thresholds)
     stage_limits = criteria or {}
     for key in ("max_error_rate", "max_restarts_per_min", "max_latency_ratio"):
         if key in stage_limits:
             # A stage may only tighten the environment's thresholds.
             limits[key] = min(limits[key], stage_limits[key])
+    return limits, stage_limits
+
+
+def _judge_source(name, s, limits, stage_limits, baseline, violations):
+    lower = s["error_rate_lower"]
+    if lower > limits["max_error_rate"]:
+        v = _violation(
+            "error_rate", s["error_rate"], limits["max_error_rate"],
+            "error rate {:.1f}% (95% lower bound {:.1f}%) > {:.1f}% over {} calls".format(
+                s["error_rate"] * 100, lower * 100, limits["max_error_rate"] * 100,
+                s["samples"]), name)
+        v["lower_bound"] = lower
+        violations.append(v)
+    base = _source_baseline(baseline, name)
+    impact = _impact(s["latency_p50"], base)
+    if impact is None:
+        return
+    ratio = impact + 1.0
+    if ratio > limits["max_latency_ratio"]:
+        violations.append(_violation(
+            "latency", ratio, limits["max_latency_ratio"],
+            "latency p50 {:.3g} ms = {:.3g}x baseline {:.3g} ms > {}x".format(
+                s["latency_p50"], ratio, base, limits["max_latency_ratio"]), name))
+    max_impact = stage_limits.get("max_performance_impact")
+    if max_impact is not None and impact > max_impact:
+        violations.append(_violation(
+            "performance_impact", impact, max_impact,
+            "performance impact {:.1f}% > {:.1f}%".format(impact * 100, max_impact * 100),
+            name))
+
+
+def evaluate(snapshot, thresholds, baseline=None, criteria=None):
+    """Compare figures with thresholds (and a stage's success criteria).
+
+    Returns {"verdict": healthy|unhealthy|inconclusive, "healthy": bool,
+    "violations": [...], "enough_samples": bool, "inconclusive": [source, ...],
+    "reason": str or None}. Each violation is {"metric", "value", "limit",
+    "source", "message"} (error-rate ones add "lower_bound").
+    """
+    limits, stage_limits = _limits(thresholds, criteria)
     violations = []
     rate = snapshot["restarts_per_min"]
     if rate > limits["max_restarts_per_min"]:
+        names = snapshot.get("restart_sources") or {}
+        source = ",".join(sorted(names)) if names else "restarts"
         violations.append(_violation(
             "restart_frequency", rate, limits["max_restarts_per_min"],
-            "restart frequency {:.1f}/min > {}/min".format(rate, limits["max_restarts_per_min"])))
-    enough = snapshot["samples"] >= limits["min_samples"]
-    if enough:
-        err = snapshot["error_rate"]
-        if err > limits["max_error_rate"]:
-            violations.append(_violation(
-                "error_rate", err, limits["max_error_rate"],
-                "error rate {:.1f}% > {:.1f}%".format(err * 100, limits["max_error_rate"] * 100)))
-        ratio = latency_ratio(snapshot, baseline)
-        if ratio is not None and ratio > limits["max_latency_ratio"]:
-            violations.append(_violation(
-                "latency", ratio, limits["max_latency_ratio"],
-                "latency p50 {:.3g}x baseline > {}x".format(ratio, limits["max_latency_ratio"])))
-        impact = performance_impact(snapshot, baseline)
-        max_impact = stage_limits.get("max_performance_impact")
-        if impact is not None and max_impact is not None and impact > max_impact:
-            violations.append(_violation(
-                "performance_impact", impact, max_impact,
-                f"performance impact {impact * 100:.1f}% > {max_impact * 100:.1f}%"))
-    return {"healthy": not violations, "violations": violations, "enough_samples": enough}
+            "restart frequency {:.1f}/min > {}/min".format(rate, limits["max_restarts_per_min"]),
+            source))
+    sources = snapshot.get("sources") or {}
+    conclusive = []
+    short = []
+    for name in sorted(sources):
+        s = sources[name]
+        if s["samples"] >= limits["min_samples"]:
+            conclusive.append(name)
+            _judge_source(name, s, limits, stage_limits, baseline, violations)
+        elif s["samples"] or s["in_grace"]:
+            short.append(name)
+    enough = bool(conclusive)
+    reason = None
+    if violations:
+        verdict = UNHEALTHY
+    elif enough:
+        verdict = HEALTHY
+    else:
+        verdict = INCONCLUSIVE
+        if short:
+            reason = "too few samples: " + ", ".join(
+                "{} {}/{}{}".format(n, sources[n]["samples"], limits["min_samples"],
+                                    " (grace)" if sources[n]["in_grace"] else "")
+                for n in short)
+        else:
+            reason = "no samples: nothing reported an outcome in the window"
+    return {"verdict": verdict, "healthy": verdict == HEALTHY, "violations": violations,
+            "enough_samples": enough, "inconclusive": short, "reason": reason}

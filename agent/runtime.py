@@ -27,7 +27,7 @@ from agent.flags import FlagError
 from agent.report_queue import ReportQueue
 from agent.store import StoreError
 
-STATUS_HEALTH_KEYS = ("healthy", "error_rate", "restart_frequency", "samples",
+STATUS_HEALTH_KEYS = ("healthy", "verdict", "error_rate", "restart_frequency", "samples",
                       "latency_p50", "performance_impact")
 DESIRED_RETRY_MS = 5000
 # The console hold: committed with a console (local) emergency rollback. While it
@@ -286,7 +286,8 @@ class AgentRuntime:
             self._count_error("desired", exc)
         try:
             result = self.control.poll()
-            if result is not None and result.get("result") not in ("ok", "unhealthy"):
+            quiet = ("ok", "unhealthy", "inconclusive")
+            if result is not None and result.get("result") not in quiet:
                 self.log("health: {}".format(result.get("result")))
                 self._status_dirty = True
         except Exception as exc:  # a store error during an automatic rollback

@@ -84,6 +84,7 @@ def test_board_start_up_counts_restarts_and_rolls_back(tmp_path):
         results.append(board.start_agent(runtime, control)["result"])
         stage = control.stage
         control.close()  # a reset: nothing flushed beyond what the store committed
-    assert results == ["ok", "ok", "rollback_triggered"]
+    # no outcomes yet: "inconclusive" since issue 8 (was "ok"); the restarts roll back
+    assert results == ["inconclusive", "inconclusive", "rollback_triggered"]
     assert stage == 0
     _assert_rolled_back_for_restarts(_stage(load_config(path))[1])

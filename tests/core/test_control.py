@@ -268,7 +268,9 @@ def test_automatic_rollback_is_one_stage_with_violations_recorded():
     c, d, clock = _open()
     _advance_to(c, 3)
     seen = _events(c)
-    _traffic(c, 30, errors=3)
+    # 6 of 30 (20%): the Wilson lower bound (9.5%) is above 5%. (3 of 30 was the
+    # old rule's example; its lower bound, 3.5%, is noise under issue 8's rule.)
+    _traffic(c, 30, errors=6)
     r = c.check_health_and_rollback()
     assert r["result"] == "rollback_triggered" and r["rolled_back_to"] == 2
     assert [v["metric"] for v in r["violations"]] == ["error_rate"]
@@ -280,8 +282,9 @@ def test_automatic_rollback_is_one_stage_with_violations_recorded():
     assert names[0] == "health.violation" and names[-1] == "migration.rollback"
     payload = seen[-1][1]
     assert payload["automatic"] and payload["from"] == 3 and payload["to"] == 2
-    # The new stage starts with a clean window: no second rollback from old data.
-    assert c.check_health_and_rollback()["result"] == "ok"
+    # The new stage starts with a clean window: no second rollback from old data
+    # (and, with no outcomes yet, the verdict is inconclusive; it was "ok").
+    assert c.check_health_and_rollback()["result"] == "inconclusive"
     c.close()
 
 
@@ -380,9 +383,11 @@ def test_a_stage_that_held_for_its_monitoring_time_is_forgiven():
     clock.advance(MINUTE)
     _advance_to(c, 2)
     clock.advance(119 * MINUTE)  # stage 2 is monitored for 2 hours
+    _traffic(c)  # a check with no traffic is inconclusive, never "ok" (issue 8)
     assert c.check_health_and_rollback()["result"] == "ok"
     assert c.status()["auto_rollbacks"] == {"2": 1}
     clock.advance(MINUTE)
+    _traffic(c)
     assert c.check_health_and_rollback()["result"] == "ok"
     assert c.status()["auto_rollbacks"] == {}
     _violate(c)
@@ -422,7 +427,9 @@ def test_restart_counts_persist_so_a_crash_loop_is_caught_after_reboot():
     c.close()
     clock2 = ManualClock(start_ms=0, wall_start=clock.wall_time() + 5)
     c, d, _ = _open(d, clock2)
-    assert c.check_health_and_rollback()["result"] == "ok"  # 6 in the last minute
+    # 6 in the last minute: no violation; with no outcomes at all the verdict is
+    # inconclusive (issue 8; it was "ok"), and nothing is rolled back.
+    assert c.check_health_and_rollback()["result"] == "inconclusive"
     for _ in range(5):
         c.services.supervisor.restart_child("registry")  # the supervisor feeds the window
     r = c.check_health_and_rollback()
@@ -520,7 +527,7 @@ def test_monitoring_polls_when_due():
     assert c.poll()["rolled_back_to"] == 1
     assert c.poll() is None
     clock.advance(5000)
-    assert c.poll()["result"] == "ok"
+    assert c.poll()["result"] == "inconclusive"  # a fresh window, no traffic (was "ok")
     c.start_health_monitoring(30000)
     clock.advance(29999)
     assert c.poll() is None
@@ -759,3 +766,36 @@ def test_random_walk_keeps_memory_store_and_flags_consistent():
     stages = sorted(set(stage for _, stage in seen))
     assert states == [AT_STAGE, COOLDOWN, QUARANTINED] and stages == [0, 1, 2, 3, 4], seen
     assert done.get("refused", 0) > 0 and done.get("reopen", 0) > 0
+
+
+# -- issue 8: inconclusive verdicts ---------------------------------------------
+
+def test_inconclusive_extends_monitoring_rolls_nothing_back_and_does_not_block():
+    c, d, clock = _open(config={"monitoring_interval_ms": 5000})
+    _advance_to(c, 2)
+    c.start_health_monitoring()
+    c.record_outcome(False, 5, source="gateway-http")  # one error: no evidence yet
+    clock.advance(5000)
+    r = c.poll()
+    assert r["result"] == "inconclusive" and "gateway-http 1/20" in r["reason"]
+    clock.advance(5000)
+    assert c.poll()["result"] == "inconclusive" and c.stage == 2
+    mon = c.status()["monitoring"]
+    assert mon["verdict"] == "inconclusive" and mon["extended_ms"] == 5000
+    health = c.status()["system_health"]
+    assert health["verdict"] == "inconclusive" and health["sources"]["gateway-http"]["errors"] == 1
+    assert c.validate_readiness_for_stage(3)["ready"]  # no evidence against it
+    c.close()
+
+
+def test_violation_in_history_names_source_and_threshold():
+    c, d, clock = _open()
+    _advance_to(c, 1)
+    for i in range(40):
+        c.record_outcome(i % 3 != 0, 5, source="http:gateway")
+    r = c.check_health_and_rollback()
+    assert r["rolled_back_to"] == 0
+    v = c.status()["migration_history"][0]["violations"][0]
+    assert v["source"] == "http:gateway" and v["metric"] == "error_rate" and v["limit"] == 0.05
+    corekit.raises(ControlError, c.record_outcome, True, 1, source=5)
+    c.close()

@@ -1,6 +1,18 @@
-"""agent.health: windows, figures, each threshold, stage criteria and the minimum sample count."""
+"""agent.health: windows, figures, each threshold, stage criteria and the minimum sample count.
+
+Issue 8 changed three rules, and the tests below say where: the window is time
+buckets (memory bounded by buckets, not by dropping outcomes), the error-rate
+rule uses the Wilson lower bound, and too few samples is "inconclusive"."""
 from agent.config import DEFAULT_THRESHOLDS
-from agent.health import HealthWindow, evaluate, make_baseline, percentile, performance_impact
+from agent.health import (
+    INCONCLUSIVE,
+    HealthWindow,
+    evaluate,
+    make_baseline,
+    percentile,
+    performance_impact,
+    wilson_lower,
+)
 
 T = DEFAULT_THRESHOLDS
 
@@ -51,36 +63,49 @@ def test_window_slides():
 
 
 def test_window_memory_is_bounded():
+    # Issue 8: every outcome counts (1000), while the latencies kept stay <= max_samples.
     w = HealthWindow(window_ms=10 ** 9, max_samples=100)
     for i in range(1000):
-        w.record_outcome(True, 1, i)
-    assert w.snapshot(1000)["samples"] <= 100
+        w.record_outcome(True, i % 7, i)
+    assert w.snapshot(1000)["samples"] == 1000
+    src = w._sources["app"]
+    assert len(src.lat) <= 100 and sum(src.seen) == 1000
 
 
 def test_error_rate_threshold_is_strictly_above_five_percent():
     exactly = evaluate(_window(95, 5).snapshot(0), T)
     assert exactly["healthy"], exactly
-    above = evaluate(_window(94, 6).snapshot(0), T)
+    # Issue 8: the Wilson lower bound must be above 5%: 6% of 100 calls is noise,
+    # 6% of 10,000 is not.
+    assert evaluate(_window(94, 6).snapshot(0), T)["healthy"]
+    above = evaluate(_window(9400, 600).snapshot(0), T)
     assert _metrics(above) == ["error_rate"]
     v = above["violations"][0]
     assert v["limit"] == 0.05 and v["value"] == 0.06 and "error rate" in v["message"]
+    assert 0.05 < v["lower_bound"] < 0.06 and v["source"] == "app"
 
 
 def test_min_sample_count_keeps_one_bad_call_from_triggering():
     few = evaluate(_window(1, 1).snapshot(0), T)
-    assert few["healthy"] and not few["enough_samples"]
-    enough = evaluate(_window(T["min_samples"] - 2, 2).snapshot(0), T)
+    # Issue 8: too few samples is "inconclusive" (it was "healthy"), with no violation.
+    assert few["verdict"] == INCONCLUSIVE and not few["healthy"] and not few["violations"]
+    assert not few["enough_samples"] and "app 2/20" in few["reason"]
+    enough = evaluate(_window(T["min_samples"] - 8, 8).snapshot(0), T)
     assert enough["enough_samples"] and _metrics(enough) == ["error_rate"]
+    # Two errors in the first 20 calls: the lower bound (2.8%) is not above 5%.
+    two = evaluate(_window(T["min_samples"] - 2, 2).snapshot(0), T)
+    assert two["healthy"] and two["enough_samples"]
     custom = dict(T)
     custom["min_samples"] = 2
-    assert _metrics(evaluate(_window(1, 1).snapshot(0), custom)) == ["error_rate"]
+    assert _metrics(evaluate(_window(0, 2).snapshot(0), custom)) == ["error_rate"]
 
 
 def test_restart_threshold_applies_at_any_traffic():
     w = HealthWindow(restart_window_ms=60000)
     for i in range(10):
         w.record_restart(i * 1000, "spans")
-    assert evaluate(w.snapshot(10000), T)["healthy"]  # 10/min is not above 10/min
+    # 10/min is not above 10/min (no traffic: inconclusive, not "healthy", since issue 8)
+    assert evaluate(w.snapshot(10000), T)["verdict"] == INCONCLUSIVE
     w.record_restart(10500, "spans")
     verdict = evaluate(w.snapshot(11000), T)
     assert _metrics(verdict) == ["restart_frequency"]
@@ -89,10 +114,14 @@ def test_restart_threshold_applies_at_any_traffic():
 
 def test_latency_threshold_against_baseline():
     base = make_baseline(_window(30, 0, latency=10).snapshot(0), 2, T["min_samples"])
-    assert base == {"stage": 2, "latency_p50": 10, "latency_p95": 10, "samples": 30}
+    assert base == {"stage": 2, "latency_p50": 10, "latency_p95": 10, "samples": 30,
+                    # issue 8: each source also gets its own baseline
+                    "sources": {"app": {"latency_p50": 10, "latency_p95": 10, "samples": 30}}}
     assert evaluate(_window(30, 0, latency=20).snapshot(0), T, base)["healthy"]  # 2x: not above
     slow = evaluate(_window(30, 0, latency=21).snapshot(0), T, base)
     assert _metrics(slow) == ["latency"]
+    assert slow["violations"][0]["source"] == "app" and "baseline 10 ms" in \
+        slow["violations"][0]["message"]
     assert evaluate(_window(30, 0, latency=50).snapshot(0), T, None)["healthy"]  # no baseline
     assert make_baseline(_window(3, 0).snapshot(0), 0, T["min_samples"]) is None
 
@@ -105,10 +134,10 @@ def test_stage_success_criteria_add_performance_impact_and_may_tighten():
     stage3 = {"max_performance_impact": 0.10}
     assert _metrics(evaluate(s, T, base, stage3)) == ["performance_impact"]
     assert evaluate(_window(30, 0, latency=110).snapshot(0), T, base, stage3)["healthy"]
-    strict = {"max_error_rate": 0.01}
-    assert _metrics(evaluate(_window(98, 2).snapshot(0), T, None, strict)) == ["error_rate"]
+    strict = {"max_error_rate": 0.01}  # Wilson (issue 8): 4% of 300, not 2% of 100
+    assert _metrics(evaluate(_window(288, 12).snapshot(0), T, None, strict)) == ["error_rate"]
     loose = {"max_error_rate": 0.5}  # a stage can't loosen the environment's limit
-    assert _metrics(evaluate(_window(90, 10).snapshot(0), T, None, loose)) == ["error_rate"]
+    assert _metrics(evaluate(_window(80, 20).snapshot(0), T, None, loose)) == ["error_rate"]
 
 
 def test_thresholds_are_configurable():
@@ -141,15 +170,119 @@ def test_window_expiry_keeps_errors_and_latencies_aligned():
     s = w.snapshot(2100)
     assert s["samples"] == 40 and s["errors"] == 0
     assert s["latency_p50"] == 10 and s["latency_p95"] == 10
-    # the sample cap drops the oldest outcomes together with their own latencies only
-    w2 = HealthWindow(window_ms=10 ** 9, max_samples=10)
+    # outcomes without a latency take no latency slot (issue 8: nothing is dropped
+    # by a sample cap any more; the buckets bound the memory)
+    w2 = HealthWindow(window_ms=10 ** 9, max_samples=100)
     for i in range(10):
         w2.record_outcome(False, None, i)  # errors that carried no latency
-    w2.record_outcome(True, 5, 10)  # 11 > 10: the two oldest go
+    w2.record_outcome(True, 5, 10)
     s2 = w2.snapshot(10)
-    assert (s2["samples"], s2["errors"], s2["latency_p50"]) == (9, 8, 5)
+    assert (s2["samples"], s2["errors"], s2["latency_p50"]) == (11, 10, 5)
     w2.record_outcome(True, 7, 11)
-    w2.record_outcome(True, 9, 12)  # 11 again: two more errors go
+    w2.record_outcome(True, 9, 12)
     s2 = w2.snapshot(12)
-    assert (s2["samples"], s2["errors"]) == (9, 6)
+    assert (s2["samples"], s2["errors"]) == (13, 10)
     assert (s2["latency_p50"], s2["latency_p95"]) == (7, 9)
+
+
+# -- issue 8: buckets, sources, grace, Wilson, inconclusive --------------------
+
+def _stored(w):
+    """Every slot the window holds: fixed arrays, whatever the traffic."""
+    return sum(len(s.lat) + len(s.calls) + len(s.errors) + len(s.seen) + len(s.epoch)
+               for s in w._sources.values())
+
+
+def test_memory_is_the_same_at_any_call_rate():
+    sizes = []
+    for per_second in (10, 100, 1000):
+        w = HealthWindow(window_ms=300000)
+        step = 1000 // per_second
+        for t in range(0, 300000, step):
+            w.record_outcome(t % 50 != 0, 10 + t % 13, t)
+        s = w.snapshot(299999)
+        assert s["samples"] == 300000 // step
+        sizes.append(_stored(w))
+    assert sizes[0] == sizes[1] == sizes[2]
+
+
+def test_sketch_percentiles_at_high_rate_are_close():
+    w = HealthWindow(window_ms=60000)
+    for t in range(60000):  # 1000 calls/s for a minute, latency uniform 1..100
+        w.record_outcome(True, 1 + (t * 37) % 100, t)
+    s = w.snapshot(59999)
+    assert 40 <= s["latency_p50"] <= 60 and 88 <= s["latency_p95"] <= 100
+
+
+def test_buckets_slide_out_with_time():
+    w = HealthWindow(window_ms=10000)
+    for t in range(0, 20000, 10):
+        w.record_outcome(t < 10000, 5, t)  # errors only in the second half
+    s = w.snapshot(19999)
+    assert s["samples"] == 1000 and s["errors"] == 1000
+    assert w.snapshot(40000)["samples"] == 0
+
+
+def test_every_outcome_keeps_its_source_and_violations_name_it():
+    w = HealthWindow(window_ms=60000)
+    for i in range(100):
+        w.record_outcome(True, 10, i, source="http")
+        w.record_outcome(i % 3 != 0, 10, i, source="statsd")
+    s = w.snapshot(100)
+    assert sorted(s["sources"]) == ["http", "statsd"]
+    assert s["sources"]["http"]["errors"] == 0 and s["sources"]["statsd"]["errors"] == 34
+    verdict = evaluate(s, T)
+    assert [(v["source"], v["metric"]) for v in verdict["violations"]] == [("statsd", "error_rate")]
+    assert "(source statsd)" in verdict["violations"][0]["message"]
+
+
+def test_latency_is_judged_against_the_same_source_before_the_stage():
+    w = HealthWindow(window_ms=60000)
+    for i in range(30):
+        w.record_outcome(True, 10, i, source="app")
+        w.record_outcome(True, 100, i, source="probe")
+    base = make_baseline(w.snapshot(30), 1, T["min_samples"])
+    w.reset(31)
+    for i in range(30):
+        w.record_outcome(True, 25, 40 + i, source="app")   # 2.5x its own baseline
+        w.record_outcome(True, 150, 40 + i, source="probe")  # 1.5x
+    verdict = evaluate(w.snapshot(80), T, base)
+    assert [(v["source"], v["metric"]) for v in verdict["violations"]] == [("app", "latency")]
+
+
+def test_sources_are_capped_and_later_ones_count_as_other():
+    w = HealthWindow()
+    for i in range(20):
+        w.record_outcome(True, 1, 0, source="s%d" % i)
+    names = w.sources()
+    assert len(names) <= 6 and "other" in names
+    assert w.snapshot(0)["samples"] == 20
+
+
+def test_grace_period_ignores_a_source_after_start_and_after_each_reset():
+    w = HealthWindow()
+    w.set_grace("probe", 5000, 0)
+    w.record_outcome(False, 1, 4999, source="probe")
+    s = w.snapshot(4999)
+    assert s["sources"]["probe"]["samples"] == 0 and s["sources"]["probe"]["in_grace"]
+    assert s["sources"]["probe"]["ignored_in_grace"] == 1
+    assert "(grace)" in evaluate(s, T)["reason"]
+    w.record_outcome(False, 1, 5000, source="probe")
+    assert w.snapshot(5000)["sources"]["probe"]["samples"] == 1
+    w.reset(10000)  # a stage change: the grace starts again
+    w.record_outcome(False, 1, 12000, source="probe")
+    assert w.snapshot(12000)["sources"]["probe"]["samples"] == 0
+
+
+def test_wilson_lower_bound():
+    assert wilson_lower(0, 0) == 0.0 and wilson_lower(0, 100) == 0.0
+    assert 0.027 < wilson_lower(2, 20) < 0.029   # two early errors: not above 5%
+    assert 0.21 < wilson_lower(30, 100) < 0.22
+    # a device with a true 0.5% rate needs 3 errors in its first 20 calls (a
+    # chance of 1 in 2,400) before the bound passes 5%
+    assert wilson_lower(2, 20) < 0.05 < wilson_lower(3, 20)
+
+
+def test_no_traffic_is_inconclusive_not_healthy():
+    verdict = evaluate(HealthWindow().snapshot(0), T)
+    assert verdict["verdict"] == INCONCLUSIVE and verdict["reason"].startswith("no samples")
