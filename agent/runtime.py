@@ -193,21 +193,10 @@ class AgentRuntime:
         return False
 
     def _dispatch(self, op, args, record):
-        c = self.control
-        if op == P.OP_MIGRATE:
-            c.migrate_to_stage(args["stage"], extra_changes=record)
-        elif op == P.OP_ROLLBACK:
-            c.rollback_to_stage(args["stage"], extra_changes=record)
-        elif op == P.OP_EMERGENCY_ROLLBACK:
-            c.emergency_rollback(args["reason"], extra_changes=record)
-        elif op == P.OP_SET_FLAG:
-            c.set_flag_override(args["name"], args["value"], extra_changes=record)
-        elif op == P.OP_CLEAR_FLAG:
-            c.clear_flag_override(args["name"], extra_changes=record)
-        elif op == P.OP_CLEAR_QUARANTINE:
-            c.clear_quarantine(extra_changes=record)
-        elif op == "noop":  # a desired state already met: only the guard moves on
-            c.store.commit(record)
+        if op == "noop":  # a desired state already met: only the guard moves on
+            self.control.store.commit(record)
+        elif op in P.CONTROL_OPS:  # the protocol's one table: op -> control operation
+            P.dispatch(self.control, op, args, record)
         else:  # decode_command already refused unknown ops; keep the table honest
             raise ControlError(f"unknown op {op!r}")
 
@@ -457,7 +446,7 @@ def will_message(fleet, device_id, groups, key, guard_seq=None):
 def refusal_of(exc):
     """(reason code, detail) for an exception a control operation raised."""
     if isinstance(exc, Quarantined):
-        return P.QUARANTINED, exc.reason
+        return P.IN_QUARANTINE, exc.reason
     if isinstance(exc, NotReady):
         return P.NOT_READY, list(exc.reasons)
     if isinstance(exc, TransitionRefused):

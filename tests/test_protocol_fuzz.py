@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent import protocol as p
+from agent.protocol._commands import _CMD_FIELDS, _DESIRED_FIELDS
 from firmware_shim import codec, minipack
 from firmware_shim.crypto import hmac_sha256
 
@@ -45,7 +46,7 @@ keys = st.one_of(st.text(max_size=12), st.integers(min_value=-(2**63), max_value
                  st.binary(max_size=6), st.booleans(), st.none(), st.floats(allow_nan=False))
 values = st.recursive(scalars, lambda inner: st.one_of(
     st.lists(inner, max_size=4), st.dictionaries(keys, inner, max_size=4)), max_leaves=16)
-FIELDS = list(p._CMD_FIELDS)
+FIELDS = list(_CMD_FIELDS)
 
 
 def _valid(op_index, target_index, seq):
@@ -82,7 +83,14 @@ def _check_command(cmd):
         assert isinstance(cmd.emergency, bool)
         return
     assert cmd.op in p.OPS
-    name, pos = p.control_call(cmd.op, cmd.args)
+    calls = []
+
+    class Control:  # records what p.dispatch would run on MigrationControl
+        def __getattr__(self, name):
+            return lambda *a, extra_changes=None: calls.append((name, a))
+
+    p.dispatch(Control(), cmd.op, cmd.args, {})
+    [(name, pos)] = calls
     for a in pos:
         assert type(a) in (int, str, bool)
     if cmd.op in ("migrate", "rollback"):
@@ -230,7 +238,7 @@ def test_same_contract_with_the_micropython_codec(data, op_index, mutations):
 @FUZZ
 @given(st.integers(0, p.MAX_STAGE), st.booleans(),
        st.one_of(st.none(), st.text(min_size=1, max_size=60), values),
-       st.dictionaries(st.sampled_from(list(p._DESIRED_FIELDS)), values, max_size=2))
+       st.dictionaries(st.sampled_from(list(_DESIRED_FIELDS)), values, max_size=2))
 def test_desired_states(stage, emergency, reason, replace):
     env = {"v": 1, "kind": "desired", "id": "0123456789abcdef", "seq": 9, "plan": PLAN,
            "target": "group:canary", "stage": stage, "emergency": emergency, "reason": reason,

@@ -1,9 +1,19 @@
 """Addressing: device ids, targets (all, group:G, device:ID) and MQTT topics.
 
 Owns: what a valid id is, how a target names devices, and every topic string
-of the MQTT contract (README "MQTT topics and payloads"). Must never: do I/O or sign anything.
+of the MQTT contract (README "MQTT topics and payloads").
+Must never: do I/O or sign anything. Private: use agent.protocol.
 """
-from agent.wire import _ID_CHARS, DEVICE_LEAVES, MAX_ID_LEN, PREFIX, QOS, BadId, BadTarget, BadTopic
+from agent.protocol._wire import (
+    _ID_CHARS,
+    DEVICE_LEAVES,
+    MAX_ID_LEN,
+    PREFIX,
+    QOS,
+    BadId,
+    BadTarget,
+    BadTopic,
+)
 
 # ---------------------------------------------------------------- ids, targets
 

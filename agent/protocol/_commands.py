@@ -1,190 +1,48 @@
-"""The wire protocol between the operator and an agent: topics, signed commands
-and desired states, the replay rules, device reports and key files.
+"""Commands and desired states: their envelopes, MAC tables, checks, and the dispatch.
 
-Owns: every byte format on the MQTT link and every rule that decides whether an
-inbound command may be applied (signature, replay, sequence, plan, shape).
-Must never: do I/O (bytes, keys and `now` are handed in; the runtime sends and
-stores), change agent state (it returns decisions and store changes), or raise
-anything but a ProtocolError subclass for bad input. Any other exception type
-escaping decode_command is a bug (the fuzz tests hold it to that), except
-MemoryError on a board handed a payload above its RAM: pass it a max_payload
-it can hold.
-
-This module holds commands, desired states and the replay guard, and is the
-front door for the rest: it re-exports agent.wire (constants, reason codes,
-errors), agent.addressing (ids, targets, topics), agent.keys and
-agent.reports, so callers write `protocol.X` for all of them.
-
-API (all names below are public)
-  ids, targets   validate_id(value, what) -> value          BadId
-                 parse_target(text) -> (kind, name)          BadTarget; kind all|group|device
-                 make_target(kind, name=None) -> "all" | "group:G" | "device:ID"
-                 target_matches(target, device_id, groups) -> bool
-                 select_devices(target, inventory) -> sorted ids  (inventory {id: [groups]})
-  topics         cmd_topic(fleet, target)  desired_topic(fleet, target)
-                 device_topic(fleet, device_id, leaf)      leaf in DEVICE_LEAVES
-                 device_wildcard(fleet, leaf)               operator: .../device/+/<leaf>
-                 parse_topic(topic) -> (fleet, channel, target, leaf)  BadTopic
-                 subscriptions(fleet, device_id, groups) -> [(topic, qos)]
-  keys           new_fleet_key()  derive_device_key(fleet_key, device_id)
-                 format_key_file(key, kind, device_id=None) -> bytes
-                 parse_key_file(data) -> KeyInfo(.kind, .key, .device_id)   KeyFileError
-                 agent_key(info, device_id) -> (device_key, warning or None)
-  commands       new_command_id()  next_seq(last_seq, now_wall)
-                 encode_command(op, args, target, seq, plan_hash, fleet_key, devices=None,
-                                command_id=None, issued_at=0, max_stage=MAX_STAGE) -> bytes
-                 decode_command(payload, key, device_id, groups=(), plan_hash=None,
-                                max_stage=MAX_STAGE, insecure=False,
-                                max_payload=MAX_PAYLOAD) -> Command    CommandRejected
-                 encode_desired(target, stage, seq, plan_hash, fleet_key, devices=None,
-                                emergency=False, reason=None, ...) -> bytes
-                 decode_desired(...same as decode_command...) -> DesiredState
-                 seal(env, kind, fleet_key, devices) -> bytes  (no validation; for tests)
-                 pick_desired(states) -> the winning DesiredState or None
-                 DesiredState.action(current_stage) -> (op, args) or None
-                 control_call(op, args) -> (MigrationControl method name, [positional args])
-                 ReplayGuard  (see its docstring: check / record / commit / from_store)
-  reports        encode_ack(command_id, result, reason=None, detail=None, state=None, ...)
-                 encode_status(device_id, stage, flags, ...)  encode_offline_status(device_id)
-                 encode_health(device_id, metrics)  encode_event(device_id, name, payload)
-                 decode_report(payload, key=None, kind=None, device_id=None,
-                               fleet_key=None) -> dict                      ReportError
-
-Wire format of a command or desired state: a msgpack map {"v": 1, "body": B,
-"sigs": T}. B is the canonical msgpack (firmware_shim.codec.canonical) of the
-envelope {v, kind, id, seq, plan, target, op, args, issued_at} (desired: stage,
-emergency, reason instead of op, args), at most MAX_BODY bytes. T is a table of
-24-byte entries sorted by tag: tag = SHA-256("fleetstage-tag:" + device_id)[:8],
-then MAC = HMAC-SHA256(K_d, "fleetstage-cmd" + zero byte + B)[:16]
-("fleetstage-desired" + zero byte for desired states). A device finds its
-entry by binary search and checks the MAC over the exact bytes B before it
-parses B: nothing unauthenticated is interpreted (except the id, peeked for
-the ack of a rejection), and a broadcast costs a device one HMAC, not an
-unpack of the whole table.
-
-Keys and threat model. `fleetstage keygen` makes a 32-byte fleet key that only
-the operator holds. Each device holds only its device key,
-K_d = HMAC-SHA256(fleet_key, "fleetstage-device:" + device_id). A broadcast
-(all, group) carries one MAC per device the operator knows to be in the target;
-the operator computes them all from the fleet key. So a device key leaked from
-device A forges nothing that device B accepts: B checks only its own entry,
-under a key A cannot derive. The price is 24 bytes per targeted device (1,000
-devices: 24 KB); MAX_PAYLOAD bounds it, and large fleets address groups. A
-device the operator did not know of when signing finds no entry and rejects
-the message (bad_signature) until it is re-signed. Devices sign their own
-reports (acks, status, health, events) with K_d, so the operator can tell
-which device spoke; the broker ACL is the first line, the MAC the second. Not
-covered: a stolen fleet key forges everything; a key file of kind "fleet" on a
-device works (agent_key derives K_d from it) but makes that device a
-fleet-wide forger, so agent_key returns a warning to log. MACs hide nothing.
-
-Sequence numbers are one fleet-wide operator sequence shared by commands and
-desired states (next_seq makes them from the wall clock in ms, so several
-operator machines with synced clocks stay ordered). A device applies a message
-only if its seq is above the highest it has applied; that single rule makes an
-emergency rollback outrank everything issued before it, whether queued or
-retained, and makes a later decision (higher seq) win over an earlier one.
-Limits: a device whose store was wiped (last seq 0) accepts any validly signed
-old message once; a fresh retained desired state (higher seq) puts it right.
-
-Runtime recipe. On a cmd topic: cmd = decode_command(...); r = guard.check(cmd);
-"duplicate" -> ack DUPLICATE; else name, pos = control_call(cmd.op, cmd.args);
-changes = guard.record(cmd); getattr(control, name)(*pos, extra_changes=changes);
-guard.commit(changes); ack APPLIED. CommandRejected -> ack REJECTED with .reason
-(NotReady -> NOT_READY with its reasons, Quarantined -> QUARANTINED). On a
-desired topic: an empty payload means cleared; gather what arrives just after
-subscribing and apply pick_desired() of it (so a stale broad state does not
-flash through), via .action(current_stage) and the same guard; stale and
-duplicate desired states are expected on every reconnect and need no ack.
-An operator's emergency rollback should also be published as a retained
-desired state (emergency=True), so devices that were offline obey it too.
+Owns: encode_* / decode_* for the two signed kinds (see agent.protocol for the
+wire format), the order of checks on inbound bytes, and dispatch(), which runs
+a verified op on MigrationControl through CONTROL_OPS.
+Must never: do I/O, or let bad bytes raise anything but CommandRejected (an
+encode_* caller's own mistake is CommandInvalid, a LocalProtocolError).
+Private: use agent.protocol.
 """
 import hashlib
 
-from agent.addressing import (  # noqa: F401 - re-exported
-    cmd_topic,
-    desired_topic,
-    device_topic,
-    device_wildcard,
-    make_target,
-    parse_target,
-    parse_topic,
-    select_devices,
-    subscriptions,
-    target_matches,
-    validate_id,
-)
-from agent.keys import (  # noqa: F401 - re-exported
-    KeyInfo,
-    agent_key,
-    derive_device_key,
-    format_key_file,
-    new_fleet_key,
-    parse_key_file,
-)
-from agent.reports import (  # noqa: F401 - re-exported
-    decode_report,
-    encode_ack,
-    encode_event,
-    encode_health,
-    encode_offline_status,
-    encode_status,
-)
-from agent.wire import (  # noqa: F401 - re-exported
-    _CONTROL,
+from agent.protocol._addressing import parse_target, target_matches, validate_id
+from agent.protocol._keys import derive_device_key
+from agent.protocol._wire import (
     _DOMAIN,
     _ENTRY_BYTES,
     _FLAG_CHARS,
     _HEX,
-    APPLIED,
     BAD_SIGNATURE,
-    DEVICE_LEAVES,
-    DUPLICATE,
-    KEY_BYTES,
+    CONTROL_OPS,
     KIND_CMD,
     KIND_DESIRED,
     MAC_BYTES,
     MALFORMED,
     MAX_BODY,
     MAX_FLAG_NAME_LEN,
-    MAX_ID_LEN,
     MAX_ISSUED_AT,
     MAX_PAYLOAD,
     MAX_REASON_LEN,
     MAX_SEQ,
     MAX_STAGE,
-    NEW,
-    NOT_READY,
     NOT_SIGNED_FOR_DEVICE,
     OP_CLEAR_FLAG,
-    OP_CLEAR_QUARANTINE,
     OP_EMERGENCY_ROLLBACK,
     OP_MIGRATE,
     OP_ROLLBACK,
     OP_SET_FLAG,
-    OPS,
-    PREFIX,
-    QOS,
-    QUARANTINED,
-    REASONS,
-    RECENT_WINDOW,
-    REJECTED,
-    REPLAYED,
-    REPORT_KINDS,
-    RESULTS,
-    STALE_SEQUENCE,
     TAG_BYTES,
     UNKNOWN_OP,
     VERSION,
     WRONG_PLAN,
-    BadId,
     BadTarget,
-    BadTopic,
+    CommandInvalid,
     CommandRejected,
-    GuardStateError,
-    KeyFileError,
-    ProtocolError,
-    ReportError,
+    LocalProtocolError,
     _hexstr,
 )
 from firmware_shim import codec
@@ -250,11 +108,17 @@ def pick_desired(states):
     return best
 
 
-def control_call(op, args):
-    """(MigrationControl method name, positional args) for a verified op/args, e.g.
-    getattr(control, name)(*pos, extra_changes=guard.record(cmd))."""
-    name, arg_names = _CONTROL[op]
-    return name, [args[a] for a in arg_names]
+def dispatch(control, op, args, extra_changes=None):
+    """Run a verified op on `control` through CONTROL_OPS; returns what the operation returns.
+
+    extra_changes (the replay guard's record) land in the operation's own commit.
+    An op outside the table is the caller's mistake: decode_command never returns one.
+    """
+    entry = CONTROL_OPS.get(op)
+    if entry is None:
+        raise LocalProtocolError(f"unknown op {op!r}")
+    name, arg_names = entry
+    return getattr(control, name)(*[args[a] for a in arg_names], extra_changes=extra_changes)
 
 
 def new_command_id():
@@ -300,12 +164,10 @@ def _check_flag_name(value, command_id):
 
 def _check_args(op, args, max_stage, command_id):
     """Exact arguments of each op, types and ranges; unknown op -> unknown_op."""
-    expected = {
-        OP_MIGRATE: ("stage",), OP_ROLLBACK: ("stage",), OP_EMERGENCY_ROLLBACK: ("reason",),
-        OP_SET_FLAG: ("name", "value"), OP_CLEAR_FLAG: ("name",), OP_CLEAR_QUARANTINE: (),
-    }.get(op)
-    if expected is None:
+    entry = CONTROL_OPS.get(op)
+    if entry is None:
         raise CommandRejected(UNKNOWN_OP, f"unknown op {op[:40]!r}", command_id)
+    expected = entry[1]
     if not isinstance(args, dict):
         _malformed("args must be a map", command_id)
     for k in args:
@@ -403,18 +265,21 @@ def seal(env, kind, fleet_key, devices):
 
 
 def _encode(env, kind, fleet_key, devices, max_stage):
-    _validate(env, kind, max_stage)
+    try:  # the same checks as on the wire, but here the caller is at fault
+        _validate(env, kind, max_stage)
+    except CommandRejected as exc:
+        raise CommandInvalid(exc.reason, exc.detail) from None
     body_len = len(codec.canonical(env))
     if body_len > MAX_BODY:
-        _malformed(f"signed body of {body_len} bytes exceeds {MAX_BODY}")
+        raise CommandInvalid(MALFORMED, f"signed body of {body_len} bytes exceeds {MAX_BODY}")
     if fleet_key is not None:
         tkind, tname = parse_target(env["target"])
         if devices is None:
             if tkind != "device":
-                raise ProtocolError("a broadcast needs the list of devices to sign for")
+                raise LocalProtocolError("a broadcast needs the list of devices to sign for")
             devices = [tname]
         if not devices:
-            raise ProtocolError("no devices to sign for")
+            raise LocalProtocolError("no devices to sign for")
     return seal(env, kind, fleet_key, devices)
 
 
@@ -423,7 +288,7 @@ def encode_command(op, args, target, seq, plan_hash, fleet_key, devices=None, co
     """Signed command bytes. fleet_key None makes an unsigned one (insecure mode only).
 
     devices: the ids to sign for (select_devices(target, inventory)); optional for
-    a device target. Raises CommandRejected for what the agent would refuse.
+    a device target. Raises CommandInvalid for what the agent would refuse.
     """
     env = {"v": VERSION, "kind": KIND_CMD, "id": command_id or new_command_id(), "seq": seq,
            "plan": plan_hash, "target": target, "op": op, "args": args,
@@ -564,80 +429,3 @@ def decode_desired(payload, key, device_id, groups=(), plan_hash=None, max_stage
                                       max_stage, insecure, max_payload)
     return DesiredState(command_id, env["seq"], env["plan"], env["target"], env["stage"],
                         env["emergency"], env["reason"], env["issued_at"], digest)
-
-
-# ---------------------------------------------------------------- replay guard
-
-class ReplayGuard:
-    """Duplicate, replay and ordering rules over commands and desired states.
-
-    State: the highest applied seq and the last RECENT_WINDOW applied
-    (id, seq, digest) entries, kept in the store under KEY_SEQ / KEY_RECENT.
-
-      check(msg) -> "new" | "duplicate", or raises CommandRejected:
-        same id and same content as an applied one     -> "duplicate" (ack, don't apply)
-        same id, other content / same seq, other id    -> replayed
-        seq <= highest applied (and id unknown)        -> stale_sequence
-      record(msg) -> dict of store changes; pass it as extra_changes to the
-        control operation so it lands in the same atomic commit; then call
-        commit(changes) (only once the store commit succeeded).
-    Only applied messages are recorded, so a rejected one (not_ready) may be
-    applied when it is delivered again.
-    """
-
-    KEY_SEQ = "proto.last_seq"
-    KEY_RECENT = "proto.recent"
-
-    def __init__(self, last_seq=0, recent=None, window=RECENT_WINDOW):
-        self.last_seq = last_seq
-        self.recent = list(recent or [])
-        self.window = window
-
-    @classmethod
-    def from_store(cls, store, window=RECENT_WINDOW):
-        return cls.from_dict({cls.KEY_SEQ: store.get(cls.KEY_SEQ, 0),
-                              cls.KEY_RECENT: store.get(cls.KEY_RECENT, [])}, window)
-
-    @classmethod
-    def from_dict(cls, state, window=RECENT_WINDOW):
-        last_seq = state.get(cls.KEY_SEQ, 0)
-        if last_seq is None:
-            last_seq = 0
-        if not _is_int(last_seq) or not 0 <= last_seq <= MAX_SEQ:
-            raise GuardStateError(f"stored {cls.KEY_SEQ} is not a sequence number")
-        recent = state.get(cls.KEY_RECENT) or []
-        if not isinstance(recent, list):
-            raise GuardStateError(f"stored {cls.KEY_RECENT} is not a list")
-        kept = []
-        for entry in recent:  # an unreadable entry only weakens duplicate detection
-            if (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str)
-                    and _is_int(entry[1]) and isinstance(entry[2], str)):
-                kept.append(entry)
-        return cls(last_seq, kept[-window:], window)
-
-    def state(self):
-        return {self.KEY_SEQ: self.last_seq, self.KEY_RECENT: [list(e) for e in self.recent]}
-
-    def check(self, msg):
-        for cid, seq, digest in self.recent:
-            if cid == msg.id:
-                if seq == msg.seq and digest == msg.digest:
-                    return DUPLICATE
-                raise CommandRejected(REPLAYED, "command id reused with other content", msg.id)
-        for cid, seq, _digest in self.recent:
-            if seq == msg.seq:
-                raise CommandRejected(REPLAYED, f"sequence {seq} already used by {cid}",
-                                      msg.id)
-        if msg.seq <= self.last_seq:
-            raise CommandRejected(STALE_SEQUENCE,
-                                  f"seq {msg.seq} <= last applied {self.last_seq}", msg.id)
-        return NEW
-
-    def record(self, msg):
-        recent = [list(e) for e in self.recent if e[0] != msg.id]
-        recent.append([msg.id, msg.seq, msg.digest])
-        return {self.KEY_SEQ: max(self.last_seq, msg.seq), self.KEY_RECENT: recent[-self.window:]}
-
-    def commit(self, changes):
-        self.last_seq = changes[self.KEY_SEQ]
-        self.recent = [list(e) for e in changes[self.KEY_RECENT]]

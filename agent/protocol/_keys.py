@@ -2,9 +2,10 @@
 
 Owns: key derivation (K_d = HMAC-SHA256(fleet_key, "fleetstage-device:" + id))
 and the key-file format. Must never: read or write files (bytes in, bytes out).
+Private: use agent.protocol.
 """
-from agent.addressing import validate_id
-from agent.wire import _HEX, KEY_BYTES, BadId, KeyFileError, _hexstr
+from agent.protocol._addressing import validate_id
+from agent.protocol._wire import _HEX, KEY_BYTES, BadId, KeyFileError, _hexstr
 from firmware_shim.crypto import hmac_sha256, random_bytes
 
 # ------------------------------------------------------------------------ keys

@@ -1,11 +1,12 @@
 """Device reports: acks, status, health and events, signed with the device key.
 
 Owns: the report envelope and its MAC; decode_report is the operator's check.
-Must never: do I/O; raise anything but ReportError for a bad report.
+Must never: do I/O; raise anything but ReportError for a bad report (a caller's
+own mistake in encode_* is a LocalProtocolError). Private: use agent.protocol.
 """
-from agent.addressing import validate_id
-from agent.keys import derive_device_key
-from agent.wire import (
+from agent.protocol._addressing import validate_id
+from agent.protocol._keys import derive_device_key
+from agent.protocol._wire import (
     _REPORT_DOMAIN,
     MAC_BYTES,
     MAX_ID_LEN,
@@ -17,7 +18,7 @@ from agent.wire import (
     RESULTS,
     VERSION,
     BadId,
-    ProtocolError,
+    LocalProtocolError,
     ReportError,
 )
 from firmware_shim import codec
@@ -48,11 +49,11 @@ def encode_ack(command_id, result, reason=None, detail=None, state=None, device_
                seq=None, key=None, now=None):
     """The ack for one command: result applied|duplicate|rejected (+ reason code)."""
     if result not in RESULTS:
-        raise ProtocolError("ack result must be one of " + ", ".join(RESULTS))
+        raise LocalProtocolError("ack result must be one of " + ", ".join(RESULTS))
     if (result == REJECTED) != (reason is not None):
-        raise ProtocolError("a rejected ack needs a reason; others have none")
+        raise LocalProtocolError("a rejected ack needs a reason; others have none")
     if reason is not None and reason not in REASONS:
-        raise ProtocolError(f"unknown reason code {reason!r}")
+        raise LocalProtocolError(f"unknown reason code {reason!r}")
     body = {"id": command_id, "result": result}
     for name, value in (("reason", reason), ("detail", _short(detail)), ("state", state),
                         ("seq", seq)):
@@ -90,7 +91,7 @@ def encode_event(device_id, name, payload=None, key=None, now=None):
 
 def _check_report_text(name):
     if not isinstance(name, str) or not name or len(name) > MAX_ID_LEN:
-        raise ProtocolError(f"event name must be a string of 1..{MAX_ID_LEN} characters")
+        raise LocalProtocolError(f"event name must be a string of 1..{MAX_ID_LEN} characters")
 
 
 def decode_report(payload, key=None, kind=None, device_id=None, fleet_key=None,

@@ -1,9 +1,10 @@
-"""The wire protocol's shared vocabulary: constants, reason codes and errors.
+"""The wire protocol's shared vocabulary: constants, reason codes, the op table, errors.
 
 Owns: the names every protocol module and the runtime agree on (ops, results,
-reason codes, topic leaves, limits, MAC domain tags) and the error tree, whose
-root ProtocolError is the only exception bad input may raise.
-Must never: hold logic; agent.protocol is the front door that re-exports this.
+reason codes, topic leaves, limits, MAC domain tags), CONTROL_OPS (the one
+table from a wire op to the MigrationControl operation it runs) and the error
+tree, whose root ProtocolError is the only exception the protocol raises.
+Must never: hold logic. Private: import it through agent.protocol.
 """
 
 VERSION = 1
@@ -21,8 +22,9 @@ RECENT_WINDOW = 64  # applied command ids remembered for duplicate detection
 MAX_SEQ = 2**63 - 1
 MAX_ISSUED_AT = 2**53
 
-# Reason codes in a rejected ack. NOT_READY and QUARANTINED come from the
+# Reason codes in a rejected ack. NOT_READY and IN_QUARANTINE come from the
 # runtime, which maps MigrationControl's NotReady / Quarantined onto them.
+# (IN_QUARANTINE is the reason code; agent.transitions.QUARANTINED is the state.)
 BAD_SIGNATURE = "bad_signature"
 REPLAYED = "replayed"
 STALE_SEQUENCE = "stale_sequence"
@@ -30,9 +32,9 @@ MALFORMED = "malformed"
 UNKNOWN_OP = "unknown_op"
 WRONG_PLAN = "wrong_plan"
 NOT_READY = "not_ready"
-QUARANTINED = "quarantined"
+IN_QUARANTINE = "quarantined"
 REASONS = (BAD_SIGNATURE, REPLAYED, STALE_SEQUENCE, MALFORMED, UNKNOWN_OP, WRONG_PLAN,
-           NOT_READY, QUARANTINED)
+           NOT_READY, IN_QUARANTINE)
 
 # Detail of a bad_signature when the MAC table has no entry for this device (the
 # operator left it out of a broadcast); a runtime may treat that as "not for us".
@@ -52,8 +54,10 @@ OP_CLEAR_FLAG = "clear_flag"
 OP_CLEAR_QUARANTINE = "clear_quarantine"
 OPS = (OP_MIGRATE, OP_ROLLBACK, OP_EMERGENCY_ROLLBACK, OP_SET_FLAG, OP_CLEAR_FLAG,
        OP_CLEAR_QUARANTINE)
-# op -> (MigrationControl method, its positional argument names); see control_call.
-_CONTROL = {
+# The dispatch table: op -> (MigrationControl method, its argument names in
+# order). decode_command accepts exactly these ops with exactly these arguments,
+# and agent.protocol.dispatch runs them; nothing else names the ops' methods.
+CONTROL_OPS = {
     OP_MIGRATE: ("migrate_to_stage", ("stage",)),
     OP_ROLLBACK: ("rollback_to_stage", ("stage",)),
     OP_EMERGENCY_ROLLBACK: ("emergency_rollback", ("reason",)),
@@ -78,34 +82,63 @@ _HEX = frozenset("0123456789abcdef")
 
 
 class ProtocolError(ValueError):
-    """Root of every error this module raises for bad input."""
+    """Root of every error the protocol raises. Two branches below it, as in h11:
+
+    LocalProtocolError   the caller handed in something invalid (an operator's
+                         id, target, key file, or a command it must not sign)
+    RemoteProtocolError  bytes from the wire (or the flash) are bad: the agent
+                         answers with a reason code and keeps running
+    decode_* turn a local error about a value that came off the wire into a
+    remote one, so a message from outside never raises a local error.
+    """
 
 
-class BadId(ProtocolError):
+class LocalProtocolError(ProtocolError):
+    """The caller misused the protocol; fix the call (nothing hostile happened)."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """Bad input from outside: a command, desired state, report or stored state."""
+
+
+class BadId(LocalProtocolError):
     pass
 
 
-class BadTarget(ProtocolError):
+class BadTarget(LocalProtocolError):
     pass
 
 
-class BadTopic(ProtocolError):
+class BadTopic(LocalProtocolError):
     pass
 
 
-class KeyFileError(ProtocolError):
+class KeyFileError(LocalProtocolError):
     pass
 
 
-class ReportError(ProtocolError):
+class CommandInvalid(LocalProtocolError):
+    """encode_command / encode_desired refused what the agent would refuse.
+
+    `.reason` is the reason code an agent would answer with (e.g. malformed),
+    `.detail` says what is wrong.
+    """
+
+    def __init__(self, reason, detail=None):
+        super().__init__(reason, detail)
+        self.reason = reason
+        self.detail = detail
+
+
+class ReportError(RemoteProtocolError):
     """A device report (ack, status...) that is malformed or fails its MAC."""
 
 
-class GuardStateError(ProtocolError):
+class GuardStateError(RemoteProtocolError):
     """The replay guard's stored state is unusable (never silently reset)."""
 
 
-class CommandRejected(ProtocolError):
+class CommandRejected(RemoteProtocolError):
     """An inbound command or desired state refused; `.reason` is in REASONS.
 
     `.command_id` is the envelope's id when it could be read (for the ack),

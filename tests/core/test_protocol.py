@@ -15,6 +15,27 @@ KEY_A = p.derive_device_key(FLEET_KEY, "gw-a")
 KEY_B = p.derive_device_key(FLEET_KEY, "gw-b")
 
 
+class CallRecorder:
+    """A stand-in control for p.dispatch: records (method, positional args, extra_changes)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, name):
+        def call(*args, extra_changes=None):
+            self.calls.append((name, list(args), extra_changes))
+            return name
+        return call
+
+
+def _dispatched(op, args, extra_changes=None):
+    """(MigrationControl method name, positional args) that p.dispatch runs for op/args."""
+    rec = CallRecorder()
+    assert p.dispatch(rec, op, args, extra_changes) == rec.calls[0][0]
+    assert len(rec.calls) == 1 and rec.calls[0][2] == extra_changes
+    return rec.calls[0][0], rec.calls[0][1]
+
+
 def _cmd(op="migrate", args=None, target="device:gw-a", seq=10, plan=PLAN, devices=None,
          command_id=None, key=FLEET_KEY):
     if args is None:
@@ -75,7 +96,7 @@ def test_sign_verify_round_trip_for_each_op():
         assert cmd.id == "0123456789abcdef" and cmd.seq == 10 and cmd.plan == PLAN
         assert cmd.target == "device:gw-a" and cmd.issued_at == 1700000000
         assert len(cmd.digest) == 16
-        assert p.control_call(cmd.op, cmd.args) == (method, positional)
+        assert _dispatched(cmd.op, cmd.args, {"k": 1}) == (method, positional)
 
 
 def test_wire_format_matches_the_documented_layout():
@@ -244,7 +265,10 @@ def test_payload_size_limit():
     huge = dict(_env(_cmd()), op="emergency_rollback", args={"reason": "x" * 5000})
     exc = corekit.raises(p.CommandRejected, _decode, _resign(huge))
     assert exc.reason == p.MALFORMED and "body" in exc.detail
-    corekit.raises(p.CommandRejected, _cmd, "set_flag", {"name": "a" * 65, "value": True})
+    exc = corekit.raises(p.CommandInvalid, _cmd, "set_flag", {"name": "a" * 65, "value": True})
+    # the operator's own mistake is local, never the wire's CommandRejected
+    assert isinstance(exc, p.LocalProtocolError) and not isinstance(exc, p.CommandRejected)
+    assert exc.reason == p.MALFORMED
 
 
 def test_all_reason_codes_are_distinct_constants():
@@ -358,7 +382,7 @@ def test_desired_states_share_the_sequence_and_emergency_outranks_older():
     assert guard.check(emergency) == p.DUPLICATE  # the retained copy on every reconnect
     later = p.decode_desired(p.encode_desired("all", 2, 40, PLAN, FLEET_KEY, ["gw-a"]), **keys)
     assert guard.check(later) == "new"  # a later decision needs a higher seq
-    corekit.raises(p.CommandRejected, p.encode_desired, "all", 3, 41, PLAN, FLEET_KEY, ["gw-a"],
+    corekit.raises(p.CommandInvalid, p.encode_desired, "all", 3, 41, PLAN, FLEET_KEY, ["gw-a"],
                    emergency=True, reason="x")  # an emergency is stage 0
 
 
@@ -541,3 +565,26 @@ def test_malformed_corpus_gets_its_reason_code():
         assert exc.reason == case["reason"], (case["file"], exc.reason, exc.detail)
         seen.add(exc.reason)
     assert seen == {p.MALFORMED, p.BAD_SIGNATURE, p.WRONG_PLAN, p.UNKNOWN_OP}
+
+
+def test_errors_split_local_and_remote_under_one_root():
+    for cls in (p.BadId, p.BadTarget, p.BadTopic, p.KeyFileError, p.CommandInvalid):
+        assert issubclass(cls, p.LocalProtocolError) and issubclass(cls, p.ProtocolError)
+        assert not issubclass(cls, p.RemoteProtocolError)
+    for cls in (p.CommandRejected, p.ReportError, p.GuardStateError):
+        assert issubclass(cls, p.RemoteProtocolError) and issubclass(cls, p.ProtocolError)
+        assert not issubclass(cls, p.LocalProtocolError)
+    # a bad value that came off the wire is a remote error (the agent acks it)
+    env = dict(_env(_cmd()), args={"name": "a" * 65, "value": True}, op="set_flag")
+    exc = corekit.raises(p.CommandRejected, _decode, _resign(env))
+    assert exc.reason == p.MALFORMED
+
+
+def test_the_package_has_one_public_door():
+    assert sorted(set(p.__all__)) == sorted(p.__all__)
+    for name in p.__all__:
+        assert not name.startswith("_") and getattr(p, name) is not None
+    assert p.IN_QUARANTINE == "quarantined" and p.IN_QUARANTINE in p.REASONS
+    assert not hasattr(p, "QUARANTINED")  # the state's name (agent.transitions) only
+    assert sorted(p.CONTROL_OPS) == sorted(p.OPS)
+    corekit.raises(p.LocalProtocolError, p.dispatch, CallRecorder(), "noop", {})
