@@ -17,6 +17,7 @@ The link contract (duck-typed):
     link.subscribe(topic, qos)         remembered and re-sent on every reconnect
     link.publish(topic, payload, qos, retain)   raises when it cannot send
     link.poll(timeout_ms)              (only for run()) drive I/O, call callbacks
+    on_message(topic, payload=None)    a message the link read past, too large to hold
 Callbacks run inside the link's I/O call, so a QoS 1 command is acknowledged
 to the broker only after its store commit: a crash before that means redelivery.
 """
@@ -131,7 +132,9 @@ class AgentRuntime:
             self.log(f"ignored message on {topic[:80]!r}: {exc}")
             return
         try:
-            if channel == P.KIND_CMD:
+            if payload is None:  # the link skipped a message too large for this device
+                self._ack(None, P.REJECTED, P.MALFORMED, "message too large for this device")
+            elif channel == P.KIND_CMD:
                 self._handle_command(payload)
             elif channel == P.KIND_DESIRED:
                 if payload:  # an empty retained payload clears the desired state

@@ -15,6 +15,12 @@ exponential backoff and jitter. No QoS 2: fleetstage never uses it.
 Never: block longer than poll's timeout once connected (a connect attempt may
 take up to CONNECT_TIMEOUT_S), raise out of poll(), or trust a length field:
 a malformed packet from the broker drops the connection and reconnects.
+A PUBLISH larger than MAX_PACKET is not malformed, only too big for a
+board's heap: the client reads its topic and packet id, discards the rest as
+it arrives (never buffering it), hands the callback `payload=None` (the
+runtime acks it `malformed`), PUBACKs it so the broker stops redelivering,
+and keeps the link. Dropping the link instead would cut the board off: the
+broker would resend the message on every reconnect, forever.
 Unlike micropython-lib's umqtt.simple it does not validate wire data with
 `assert`, and it never blocks inside a read.
 """
@@ -31,7 +37,11 @@ except ImportError:  # boards built without TLS
     _ssl = None
 
 CONNECT_TIMEOUT_S = 5
-MAX_PACKET = 512 * 1024
+# The largest packet held in RAM. A signed command is at most 4 KiB of body
+# plus 16 bytes of MAC per device it names (bounded by the addressing); a
+# bigger PUBLISH is skipped (see above).
+MAX_PACKET = 32 * 1024
+MAX_TOPIC = 1024  # an oversized PUBLISH whose topic is longer than this is malformed
 MAX_INFLIGHT = 64
 EAGAIN = 11
 
@@ -65,10 +75,14 @@ def _packet(first, body):
     return bytes((first,)) + _remaining_length(len(body)) + body
 
 
-def parse_packets(buf):
-    """Split complete packets off `buf` -> (list of (type_byte, body), rest).
+def parse_packets(buf, max_packet=MAX_PACKET):
+    """Split complete packets off `buf` -> (packets, rest, skip).
 
-    Raises MicroMqttError for a length field that is malformed or too large.
+    packets: (type_byte, body) for each whole packet, and (type_byte, head,
+    length) for a PUBLISH longer than max_packet: head holds its topic and
+    packet id, and `skip` more bytes of it are still to come and to be
+    discarded. Raises MicroMqttError for a length field that is malformed, or
+    any other packet that is too large.
     """
     out = []
     pos = 0
@@ -80,7 +94,7 @@ def parse_packets(buf):
         i = pos + 1
         while True:
             if i >= n:
-                return out, buf[pos:]
+                return out, buf[pos:], 0
             b = buf[i]
             length += (b & 0x7F) * mult
             i += 1
@@ -89,13 +103,26 @@ def parse_packets(buf):
             mult *= 128
             if mult > 128 ** 3:
                 raise MicroMqttError("malformed remaining length")
-        if length > MAX_PACKET:
-            raise MicroMqttError("packet of %d bytes exceeds %d" % (length, MAX_PACKET))
+        if length > max_packet:
+            if first & 0xF0 != 0x30:
+                raise MicroMqttError("packet of %d bytes exceeds %d" % (length, max_packet))
+            if i + 2 > n:
+                return out, buf[pos:], 0
+            head = 2 + ((buf[i] << 8) | buf[i + 1]) + (2 if first & 0x06 else 0)
+            if head > MAX_TOPIC + 4 or head > length:
+                raise MicroMqttError("oversized PUBLISH with a topic of %d bytes" % head)
+            if i + head > n:
+                return out, buf[pos:], 0
+            out.append((first, bytes(buf[i:i + head]), length))
+            if i + length > n:
+                return out, b"", i + length - n
+            pos = i + length
+            continue
         if i + length > n:
-            return out, buf[pos:]
+            return out, buf[pos:], 0
         out.append((first, bytes(buf[i:i + length])))
         pos = i + length
-    return out, buf[pos:]
+    return out, buf[pos:], 0
 
 
 class MicroTlsUnsupported(MicroMqttError):
@@ -186,6 +213,7 @@ class MicroLink:
         self.sock = None
         self.poller = None
         self.buf = b""
+        self.skip = 0  # bytes of an oversized PUBLISH still to discard
         self.subs = []
         self.inflight = {}  # packet id -> publish packet bytes (QoS 1, awaiting PUBACK)
         self.next_pid = 1
@@ -194,7 +222,7 @@ class MicroLink:
         self.last_out = 0
         self.last_in = 0
         self.running = False
-        self.counters = {"connects": 0, "failures": 0, "malformed": 0}
+        self.counters = {"connects": 0, "failures": 0, "malformed": 0, "oversized": 0}
         self._on_message = self._on_connect = self._on_disconnect = None
 
     # -- the link contract ---------------------------------------------------
@@ -264,6 +292,7 @@ class MicroLink:
                 sock = self.tls_context.wrap_socket(sock, server_hostname=self.host)
             self.sock = sock
             self.buf = b""
+            self.skip = 0
             self._write(self._connect_packet())
             self._await_connack()
         except (OSError, MicroMqttError, IndexError, ValueError) as exc:
@@ -386,9 +415,18 @@ class MicroLink:
         if not chunk:
             raise MicroMqttError("broker closed the connection")
         self.last_in = monotonic_ms()
-        packets, self.buf = parse_packets(self.buf + chunk)
-        for first, body in packets:
-            self._handle(first, body)
+        if self.skip:  # the tail of an oversized PUBLISH: read past it, keep nothing
+            if len(chunk) <= self.skip:
+                self.skip -= len(chunk)
+                return
+            chunk = chunk[self.skip:]
+            self.skip = 0
+        packets, self.buf, self.skip = parse_packets(self.buf + chunk)
+        for packet in packets:
+            if len(packet) == 3:
+                self._handle_oversized(*packet)
+            else:
+                self._handle(*packet)
 
     def _handle(self, first, body):
         kind = first & 0xF0
@@ -401,7 +439,12 @@ class MicroLink:
         else:
             self.counters["malformed"] += 1
 
-    def _handle_publish(self, first, body):
+    def _handle_oversized(self, first, head, length):
+        self.counters["oversized"] += 1
+        self.log("skipped a PUBLISH of %d bytes (more than %d)" % (length, MAX_PACKET))
+        self._handle_publish(first, head, oversized=True)
+
+    def _handle_publish(self, first, body, oversized=False):
         qos = (first >> 1) & 3
         if len(body) < 2:
             raise MicroMqttError("short PUBLISH")
@@ -417,7 +460,7 @@ class MicroLink:
         if qos:
             pid = struct.unpack(">H", body[pos:pos + 2])[0]
             pos += 2
-        payload = body[pos:]
+        payload = None if oversized else body[pos:]
         if self._on_message:
             self._on_message(topic, payload, bool(first & 1))
         if qos == 1 and self.connected:

@@ -121,12 +121,49 @@ def test_bad_config_stops_the_board_agent_with_the_field(world):
 
 
 def test_packet_parser_refuses_lying_lengths():
-    packets, rest = parse_packets(b"\x30\x05\x00\x01ahi\xd0\x00\x40")
-    assert packets == [(0x30, b"\x00\x01ahi"), (0xD0, b"")] and rest == b"\x40"
+    packets, rest, skip = parse_packets(b"\x30\x05\x00\x01ahi\xd0\x00\x40")
+    assert packets == [(0x30, b"\x00\x01ahi"), (0xD0, b"")] and rest == b"\x40" and skip == 0
     with pytest.raises(MicroMqttError):
-        parse_packets(b"\x30\xff\xff\xff\xff\x01")
+        parse_packets(b"\x30\xff\xff\xff\xff\x01")  # a fifth length byte
     with pytest.raises(MicroMqttError):
-        parse_packets(b"\x30\xff\xff\xff\x7f")  # 256 MiB announced
+        parse_packets(b"\x90\xff\xff\xff\x7f")  # a 256 MiB SUBACK
+    with pytest.raises(MicroMqttError):  # an oversized PUBLISH whose topic runs on and on
+        parse_packets(b"\x30\xff\xff\xff\x7f\xff\xff")
+
+
+def test_packet_parser_reads_past_an_oversized_publish():
+    head = b"\x00\x03a/b\x00\x07"  # topic a/b, packet id 7 (QoS 1)
+    length = 40000
+    first = b"\x32" + bytes((length % 128 | 0x80, length // 128 % 128 | 0x80, length // 16384))
+    data = first + head + b"x" * 100
+    # the head not complete yet: wait for it
+    assert parse_packets(data[:6], max_packet=1000) == ([], data[:6], 0)
+    packets, rest, skip = parse_packets(data, max_packet=1000)
+    assert packets == [(0x32, head, length)] and rest == b""
+    assert skip == length - len(head) - 100
+    # whole and followed by a PINGRESP: both come out
+    whole = first + head + b"x" * (length - len(head)) + b"\xd0\x00"
+    packets, rest, skip = parse_packets(whole, max_packet=1000)
+    assert packets == [(0x32, head, length), (0xD0, b"")] and (rest, skip) == (b"", 0)
+
+
+def test_item7_oversized_command_does_not_cut_off_board(world):
+    """A 600 KB command: read past, acked malformed, PUBACKed (no redelivery), link kept."""
+    agent = _micro_agent(world).start()
+    obs, op = world.observer, world.operator
+    obs.wait_stage(0, timeout=30)
+    world.publish_raw("device:board1", b"\x81" * (600 * 1024))
+    obs.wait_for(lambda: any(a.get("reason") == "malformed" for a in obs.of("ack")), 30)
+    ack = [a for a in obs.of("ack") if a.get("reason") == "malformed"][0]
+    assert ack["result"] == "rejected" and "too large" in ack["detail"], ack
+    out = op.publish_stage(1, "device:board1", ["board1"], timeout=20)
+    assert out.acks["board1"]["result"] == "applied", (out.to_dict(), agent.log())
+    _assert_consistent(obs.wait_stage(1), 1)
+    time.sleep(3)  # time for a redelivery to show, if the broker still had it
+    assert len([a for a in obs.of("ack") if a.get("reason") == "malformed"]) == 1
+    log = agent.log()
+    assert log.count("connected to broker") == 1 and "link lost" not in log, log
+    assert "skipped a PUBLISH of 614" in log and agent.alive()
 
 
 def _assert_consistent(status, stage):

@@ -102,6 +102,19 @@ def test_hostile_commands_are_rejected_and_state_untouched():
     control.close()
 
 
+def test_a_message_the_link_read_past_is_acked_malformed_and_state_untouched():
+    """payload None: the board's link skipped a PUBLISH too large to hold (issue 7 item 7)."""
+    rt, link, control, _ = make()
+    deliver(rt, "device:" + DEV, cmd(control, "migrate", {"stage": 1}, 10))
+    for channel in ("cmd", "desired"):
+        deliver(rt, "device:" + DEV, None, channel)
+    acks = link.leaf("ack")[1:]
+    assert [(a["result"], a["reason"]) for a in acks] == [("rejected", "malformed")] * 2
+    assert "too large" in acks[0]["detail"]
+    assert control.stage == 1 and rt.counters["errors"] == 0
+    control.close()
+
+
 def test_reports_queue_while_down_bounded_and_flush_on_reconnect():
     link = FakeLink(connected=False)
     rt, link, control, clock = make(link, queue_limit=5)
