@@ -21,7 +21,7 @@ from firmware_shim.clock import ManualClock
 from sim.broker import VirtualBroker, VirtualLink
 from sim.faults import BadCohort, FaultProfile
 from sim.memfs import MemFS
-from sim.strategy import WavePolicy, WaveResult, classify
+from tools.strategy import WavePolicy, WaveResult, classify
 
 TICK_MS = 10_000           # traffic and runtime tick
 MONITOR_MS = 30_000        # each agent's health check interval (the runbook's default)

@@ -7,8 +7,8 @@ from sim.broker import topic_matches
 from sim.faults import PROFILES, BadCohort, FaultProfile, profile
 from sim.fleet import SimSettings, run
 from sim.memfs import MemFS
-from sim.strategy import WavePolicy, WaveResult, judge_wave
 from tools.cli import main as cli_main
+from tools.strategy import WavePolicy, WaveResult, judge_wave
 
 
 def test_wave_split_covers_every_device_once_and_is_stable():

@@ -1,173 +1,420 @@
-"""`fleetstage rollout`: the orchestrator. Waves, thresholds, automatic halt and rollback.
+"""`fleetstage rollout`: the plan, stage by stage, in waves, over MQTT.
 
     fleetstage rollout --to-stage 4 --broker URL --key fleet.key --fleet F
-                       [--waves 0.02,0.1,0.5,1] [--max-failure 0.05] [--soak 1800]
-                       [--expect N] [--state FILE]
+        [--waves group:canary,2%,10%,50%,100%] [--soak S | --soak-scale F]
+        [--timeout S] [--success 95%] [--error-threshold 5% | N]
+        [--on-failure rollback|pause] [--expect N] [--state FILE] [--json]
+    fleetstage rollout --resume ...     continue a paused (or interrupted) rollout
+    fleetstage rollout --abort ...      end the rollout in the state file, release the fleet
 
-For each stage from the fleet's current one up to --to-stage, and each wave
-(the same stable shuffle as the simulator's, sim.strategy.WavePolicy), it
-signs a migrate command for every device of the wave, waits for the acks,
-watches the wave's verified statuses for --soak seconds, and judges it with
-the same classify() the simulator uses. A failed wave halts the rollout and
-rolls every device that reached the stage back to the stage before.
+Each wave: a signed migrate command for its devices, their acks (each device
+has --timeout seconds; a silent one fails), a retained desired state, then the
+stage's monitoring time (the plan's: 30 min, 2 h, 4 h, 24 h; --soak S or
+--soak-scale F overrides). The wave passes when at least --success of it
+applied and stayed healthy and no more than --error-threshold (a share, 5%,
+or a count, 3) rejected, rolled back by itself, or stayed silent. A failed
+wave rolls back what the stage reached (--on-failure rollback) or pauses
+(--on-failure pause; --resume accepts the wave and goes on).
 
-Its progress is kept in a fleetstage store (--state, crash-safe like the
-devices' own), so a killed orchestrator resumes at the wave it was in; a
-halted rollout stays halted until the file is removed by a person.
-Exit codes: 0 done, 1 halted, 2 usage or connection error.
+Safety: an emergency rollback of any of its devices, or any newer operator
+command for them, stops the rollout at once (exit 5); it raises no device
+again. One rollout per fleet: a lock on the state file and a lease on
+fleetstage/<fleet>/rollout/lease that other machines see. Progress lives in a
+crash-safe store (--state): a killed rollout resumes where it was, resending
+the same signed command (devices answer `duplicate`), never a new one. A state
+file that does not match --to-stage, --waves or the fleet is refused.
+
+Exit codes:
+  0  completed: every wave of every stage passed
+  1  halted: a wave failed; what it reached was rolled back
+  2  failed: could not run (usage, broker, state file refused, fleet held)
+  3  paused: a wave failed with --on-failure pause (--resume goes on)
+  4  aborted: --abort ended it, or Ctrl-C interrupted it (rerun to resume)
+  5  preempted: an emergency rollback or a newer operator command won
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from collections.abc import Callable
 
 from agent import protocol as P
 from agent.store import Store, StoreError
-from firmware_shim.mqtt_paho import MqttConfig, MqttError, PahoLink
-from sim.strategy import WavePolicy, WaveResult, classify
+from firmware_shim import codec
+from firmware_shim.mqtt_paho import MqttError
+from tools import waves as W
 from tools.operator_cmd import (
     OperatorClient,
     OperatorError,
     add_connection_options,
     client_from_args,
 )
-from tools.status_cmd import FleetView
+from tools.orchestrator import (
+    Finished,
+    Notice,
+    Orchestrator,
+    Retain,
+    RolloutSpec,
+    Send,
+    Wait,
+    soak_from_plan,
+)
+from tools.rollout_lease import Lease, LeaseHeld, StateLock
+
+EXIT = {"completed": 0, "halted": 1, "failed": 2, "paused": 3, "aborted": 4, "preempted": 5}
+TERMINAL = ("completed", "halted", "preempted")
 
 
-class Rollout:
-    def __init__(self, client: OperatorClient, view: FleetView, policy: WavePolicy,
-                 store: Store, state_path: str, soak_s: float, ack_timeout_s: float,
-                 log=print) -> None:
+class RolloutError(Exception):
+    """The rollout cannot run; the text says why and what to do."""
+
+
+class Wire:
+    """The orchestrator core's I/O: one operator connection, decisions out, reports in."""
+
+    def __init__(self, client: OperatorClient, lease: Lease | None = None,
+                 on_sent: Callable[[], None] | None = None) -> None:
         self.client = client
-        self.view = view
-        self.policy = policy
+        self.on_sent = on_sent or (lambda: None)
+        self.lease = lease
+        self.orch: Orchestrator | None = None
+        self.status: dict[str, dict] = {}
+        self._tags: dict[bytes, str] | None = None
+        self.bad = 0
+        self._chain = client._on_message
+        client.link.set_callbacks(on_message=self.on_message)
+        fleet = client.fleet
+        for channel in ("cmd", "desired"):
+            client.link.subscribe("%s/%s/%s/#" % (P.PREFIX, fleet, channel), 1)
+        client.link.subscribe(P.device_wildcard(fleet, "event"), 1)
+
+    # -- inbound -------------------------------------------------------------
+    def on_message(self, topic: str, payload: bytes, retain: bool) -> None:
+        if self.lease is not None and self.lease.on_message(topic, payload, retain):
+            return
+        self._chain(topic, payload, retain)
+        try:
+            _fleet, channel, target, leaf = P.parse_topic(topic)
+        except P.ProtocolError:
+            return
+        if not payload:
+            return
+        if channel == "device":
+            self._report(P.parse_target(target)[1], leaf, payload)
+        else:
+            self._command(channel, payload)
+
+    def _report(self, device: str, leaf: str, payload: bytes) -> None:
+        try:
+            rep = P.decode_report(payload, P.derive_device_key(self.client.fleet_key, device),
+                                  leaf, device_id=device)
+        except P.ProtocolError:
+            self.bad += 1
+            return
+        now = time.time()
+        if leaf == "status":
+            merged = dict(self.status.get(device, {}))
+            merged.update(rep)
+            self.status[device] = merged
+        if self.orch is None:
+            return
+        if leaf == "status":
+            self.orch.on_status(device, rep, now)
+        elif leaf == "ack":
+            self.orch.on_ack(device, rep, now)
+        elif leaf == "event":
+            payload_ = rep.get("payload") if isinstance(rep.get("payload"), dict) else {}
+            self.orch.on_event(device, str(rep.get("name")), payload_, now)
+
+    def _command(self, channel: str, payload: bytes) -> None:
+        """An operator command or desired state on the wire: whose, and for whom?"""
+        if self.orch is None:
+            return
+        try:
+            outer = codec.unpackb(bytes(payload))
+            env = codec.unpackb(outer["body"])
+            cid, seq, sigs = env["id"], env["seq"], outer.get("sigs") or b""
+        except Exception:  # noqa: BLE001 - not ours to judge; devices ack it
+            return
+        if cid in {c["id"] for c in self.orch.commands.values()} or not isinstance(seq, int):
+            return
+        if not self.orch._newer(seq):
+            return
+        tags = self._tag_map()
+        addressed = sorted({tags[sigs[i:i + P.TAG_BYTES]]
+                            for i in range(0, len(sigs) - P._ENTRY_BYTES + 1, P._ENTRY_BYTES)
+                            if sigs[i:i + P.TAG_BYTES] in tags})
+        if not addressed:
+            return
+        d = addressed[0]
+        decode = P.decode_command if channel == "cmd" else P.decode_desired
+        groups = self.orch.devices[d].groups
+        try:
+            msg = decode(payload, P.derive_device_key(self.client.fleet_key, d), d, groups)
+        except P.ProtocolError:
+            self.bad += 1  # not signed with our fleet key: it cannot move a device
+            return
+        self.orch.on_command(cid, seq, msg.op, addressed, time.time())
+
+    def _tag_map(self) -> dict[bytes, str]:
+        if self._tags is None:
+            assert self.orch is not None
+            self._tags = {P.device_tag(d): d for d in self.orch.devices}
+        return self._tags
+
+    def drain(self, rounds: int = 3) -> None:
+        for _ in range(rounds):
+            self.client.loop.run_once(0)
+
+    # -- outbound ------------------------------------------------------------
+    def publish(self, decision: Send | Retain) -> bool:
+        """Sign and publish one decision; False when the rollout ended before it went out."""
+        orch = self.orch
+        assert orch is not None
+        self.drain()  # an emergency rollback that just arrived must win over this publish
+        if orch.outcome is not None:
+            return False
+        c = self.client
+        plan = c.plan
+        if decision.command_id is None:
+            cid, seq, issued = P.new_command_id(), c.next_seq(decision.devices), int(time.time())
+        else:
+            cid, seq, issued = decision.command_id, int(decision.seq or 0), int(
+                decision.issued_at or 0)
+        orch.sent(decision.key, cid, seq, issued, time.time())
+        self.on_sent()
+        for target, devices in address(decision.devices):
+            if isinstance(decision, Send):
+                payload = P.encode_command(decision.op, decision.args, target, seq, plan.hash,
+                                           c.fleet_key, devices=devices, command_id=cid,
+                                           issued_at=issued, max_stage=plan.max_stage)
+                c.link.publish(P.cmd_topic(c.fleet, target), payload, qos=1)
+            else:
+                payload = P.encode_desired(target, decision.stage, seq, plan.hash, c.fleet_key,
+                                           devices=devices, command_id=cid, issued_at=issued,
+                                           max_stage=plan.max_stage)
+                c.link.publish(P.desired_topic(c.fleet, target), payload, qos=1, retain=True)
+            c.loop.run_once(0)
+        c.loop.run_until(lambda: not c.link.pending_out(), 10.0)
+        return True
+
+
+def address(devices: list[str]) -> list[tuple[str, list[str]]]:
+    """(target, devices signed for) per message: each device its own topic, so what a
+    device receives stays one small message whatever the wave's size."""
+    return [("device:" + d, [d]) for d in devices]
+
+
+# ------------------------------------------------------------------ the driver
+
+class Driver:
+    def __init__(self, args: argparse.Namespace, client: OperatorClient, wire: Wire,
+                 store: Store, say: Callable[[str], None]) -> None:
+        self.args = args
+        self.client = client
+        self.wire = wire
         self.store = store
-        self.state_path = state_path
-        self.soak_s = soak_s
-        self.ack_timeout_s = ack_timeout_s
-        self.log = log
+        self.say = say
+        wire.on_sent = self.save  # the state is on flash before anything goes out
 
-    # -- one wave ----------------------------------------------------------------
-    def _command_each(self, op: str, stage: int, devices: list[str]) -> dict[str, dict]:
-        """One signed command per device (each signed only for itself); -> acks."""
-        outcomes = [self.client.send(op, {"stage": stage}, "device:" + d, [d]) for d in devices]
-        deadline = time.monotonic() + self.ack_timeout_s
-        for outcome in outcomes:
-            self.client.wait(outcome, max(0.0, deadline - time.monotonic()))
-        for outcome in outcomes:
-            self.client.publish_desired(outcome, stage)  # silent devices converge later
-        acks = {}
-        for outcome in outcomes:
-            acks.update(outcome.acks)
-        return acks
+    def save(self) -> None:
+        orch = self.wire.orch
+        assert orch is not None
+        self.store.commit({"orch": orch.state(), "status": orch.outcome or "running"})
 
-    def _soak(self) -> None:
-        end = time.monotonic() + self.soak_s
-        while time.monotonic() < end:
-            self.client.loop.run_once(0.1)
+    def run(self, orch: Orchestrator) -> Finished:
+        self.wire.orch = orch
+        loop = self.client.loop
+        while True:
+            if self.wire.lease is not None:
+                self.wire.lease.renew()
+            until = None
+            for d in orch.step(time.time()):
+                if isinstance(d, Finished):
+                    self.save()
+                    return d
+                if isinstance(d, Notice):
+                    self.say(d.text)
+                elif isinstance(d, (Send, Retain)):
+                    self.wire.publish(d)
+                elif isinstance(d, Wait):
+                    until = d.until
+            # inputs can change the picture at any time: look again within 0.2 s
+            loop.run_once(0 if until is None else min(0.2, max(0.0, until - time.time())))
 
-    def run_wave(self, stage: int, wave: int, members: list[str]) -> WaveResult:
-        acks = self._command_each(P.OP_MIGRATE, stage, members)
-        self._soak()
-        return classify(self.policy, stage, wave, members, acks, self.view.status)
 
-    # -- the whole rollout -----------------------------------------------------------
-    def run(self, devices: list[str], to_stage: int) -> int:
-        if self.store.get("status") == "halted":
-            self.log("rollout halted earlier: %s (remove %s to start again)" % (
-                self.store.get("why"), self.state_path))
-            return 1
-        if self.store.get("devices") not in (None, devices):
-            self.log("the fleet changed since this rollout began; resuming with the devices"
-                     " it started with")
-            devices = self.store.get("devices")
-        waves = self.policy.split(devices)
-        done = {tuple(x) for x in self.store.get("done", [])}
-        self.store.commit({"devices": devices, "to_stage": to_stage, "status": "running"})
-        first = self.store.get("from_stage")
-        if first is None:
-            first = min((st.get("stage") or 0) for st in self.view.status.values()) + 1
-            self.store.commit({"from_stage": first})
-        for stage in range(first, to_stage + 1):
-            for number, members in enumerate(waves, 1):
-                if (stage, number) in done:
-                    continue
-                self.log("stage %d wave %d: %d devices" % (stage, number, len(members)))
-                result = self.run_wave(stage, number, members)
-                self.log("  applied %d, rejected %d %s, rolled back %d, unanswered %d" % (
-                    result.applied, result.rejected, result.reasons or "", result.rolled_back,
-                    result.unanswered))
-                if result.halted:
-                    return self.halt(stage, number, waves, result)
-                done.add((stage, number))
-                self.store.commit({"done": sorted([list(x) for x in done])})
-        self.store.commit({"status": "done"})
-        self.log("rollout done: every device at stage %d" % to_stage)
-        return 0
+def build_spec(args: argparse.Namespace, plan) -> RolloutSpec:
+    to_stage = args.to_stage if args.to_stage is not None else plan.max_stage
+    if not 1 <= to_stage <= plan.max_stage:
+        raise RolloutError("--to-stage must be 1..%d" % plan.max_stage)
+    if args.soak is not None and args.soak_scale is not None:
+        raise RolloutError("give --soak or --soak-scale, not both")
+    try:
+        waves = W.parse_waves(args.waves)
+        error = W.parse_threshold(args.error_threshold)
+        success = W.parse_threshold(args.success)
+    except W.WaveError as exc:
+        raise RolloutError(str(exc)) from None
+    if success.is_count:
+        raise RolloutError("--success is a share of the wave (95% or 0.95)")
+    soak = soak_from_plan(plan, args.soak_scale if args.soak_scale is not None else 1.0,
+                          args.soak)
+    return RolloutSpec(to_stage=to_stage, waves=waves, soak_s=soak, ack_timeout_s=args.timeout,
+                       success=success.value, error=error, on_failure=args.on_failure)
 
-    def halt(self, stage: int, wave: int, waves: list[list[str]], result: WaveResult) -> int:
-        why = "stage %d wave %d: %s" % (stage, wave, result.why)
-        self.store.commit({"status": "halted", "why": why})
-        reached = [d for members in waves[:wave] for d in members]
-        self.log("HALT %s; rolling %d devices back to stage %d" % (why, len(reached), stage - 1))
-        acks = self._command_each(P.OP_ROLLBACK, stage - 1, reached)
-        bad = [d for d in reached if acks.get(d, {}).get("result") not in ("applied", "duplicate")]
-        if bad:
-            self.log("  rollback not acknowledged by %d devices: %s (retained desired state "
-                     "brings them back when they answer)" % (len(bad), ", ".join(bad[:10])))
-        return 1
+
+def device_infos(client: OperatorClient, wire: Wire, devices: list[str]) -> dict:
+    out = {}
+    for d in devices:
+        st = wire.status.get(d, {})
+        hw = st.get("hw") if isinstance(st.get("hw"), str) else None
+        stage = st.get("stage") if isinstance(st.get("stage"), int) else None
+        online = st.get("online") if isinstance(st.get("online"), bool) else None
+        out[d] = W.DeviceInfo(groups=tuple(client.inventory.get(d) or ()), hw=hw,
+                              online=online, stage=stage)
+    return out
+
+
+def _open_orchestrator(args, spec, infos, store, say) -> tuple[Orchestrator | None, int | None]:
+    """(orchestrator, None) to run, or (None, exit code) when the state file says no."""
+    status = store.get("status")
+    saved = store.get("orch")
+    if saved is None or status == "aborted":
+        if args.resume:
+            raise RolloutError("nothing to resume in %s: start a rollout without --resume" %
+                               args.state)
+        return Orchestrator(spec, infos), None
+    why = Orchestrator.mismatch(spec, infos, saved)
+    if status == "completed":
+        behind = sorted(d for d, i in infos.items() if (i.stage or 0) < spec.to_stage)
+        if why is None and not behind:
+            say("rollout done earlier: every device at stage %d" % spec.to_stage)
+            return None, EXIT["completed"]
+        why = why or "%d devices are below stage %d now (%s)" % (
+            len(behind), spec.to_stage, ", ".join(
+                "%s at %s" % (d, infos[d].stage) for d in behind[:5]))
+        raise RolloutError("%s records a finished rollout, but %s; run with --abort to clear "
+                           "it, then start again" % (args.state, why))
+    if status in ("halted", "preempted"):
+        say("rollout %s earlier: %s (run with --abort to clear %s, then start again)" % (
+            status, store.get("orch", {}).get("reason"), args.state))
+        return None, EXIT[status]
+    if why is not None:
+        raise RolloutError("%s cannot be resumed: %s; run with --abort to clear it" % (
+            args.state, why))
+    orch = Orchestrator(spec, infos, state=saved)
+    if status == "paused":
+        if not args.resume:
+            say("rollout paused earlier: %s (--resume goes on, --abort ends it)" % orch.reason)
+            return None, EXIT["paused"]
+        orch.resume_paused()
+    else:
+        say("resuming the rollout in %s at stage %d wave %d" % (args.state, orch.stage,
+                                                                orch.wave + 1))
+    return orch, None
+
+
+def _abort(args, client: OperatorClient | None, store: Store, say) -> int:
+    status = store.get("status")
+    if store.get("orch") is None or status == "aborted":
+        say("no rollout to abort in %s" % args.state)
+        return EXIT["aborted"]
+    rollout_id = store.get("rollout_id") or "?"
+    store.commit({"status": "aborted"})
+    if client is not None:
+        Lease(client, rollout_id, 0).clear_if_ours()
+    say("rollout %s aborted (was %s); devices stay where they are: use `fleetstage rollback` "
+        "or a new rollout" % (rollout_id, status))
+    return EXIT["aborted"]
 
 
 def _run(args: argparse.Namespace) -> int:
-    try:
-        policy = WavePolicy(waves=tuple(float(x) for x in args.waves.split(",")),
-                            max_failure_ratio=args.max_failure)
-    except ValueError as exc:
-        print("fleetstage rollout: %s" % exc, file=sys.stderr)
-        return 2
+    out = sys.stderr if args.json else sys.stdout
+
+    def say(msg: str) -> None:
+        print(msg, file=out, flush=True)
+
+    def fail(msg: str) -> int:
+        print("fleetstage rollout: %s" % msg, file=sys.stderr)
+        if args.json:
+            print(json.dumps({"outcome": "failed", "reason": msg, "exit_code": EXIT["failed"]}))
+        return EXIT["failed"]
+
     try:
         client = client_from_args(args)
-        client.connect()
-        view = FleetView(client.fleet, client.fleet_key)
-        status_link = PahoLink(MqttConfig.from_url(
-            args.broker, client_id="rollout-status-" + P.new_command_id(),
-            username=args.username, password=client.link.config.password, ca=args.ca,
-            cert=args.cert, key=args.client_key, insecure=args.tls_insecure))
-        status_link.set_callbacks(on_message=view.on_message)
-        status_link.subscribe(P.device_wildcard(client.fleet, "status"))
-        client.loop.add(status_link)
-        status_link.start()
-        devices = sorted(client.devices_for("all", None, args.expect))
-    except (OperatorError, MqttError, OSError, P.ProtocolError) as exc:
-        print("fleetstage rollout: %s" % exc, file=sys.stderr)
-        return 2
-    to_stage = args.to_stage if args.to_stage is not None else client.plan.max_stage
-    if not 1 <= to_stage <= client.plan.max_stage:
-        print("fleetstage rollout: --to-stage must be 1..%d" % client.plan.max_stage,
-              file=sys.stderr)
-        return 2
-    client.loop.run_until(lambda: set(view.status) >= set(devices), 10.0)
-    state = args.state or "fleetstage-rollout-%s.store" % client.fleet
+        spec = build_spec(args, client.plan)
+    except (OperatorError, RolloutError, OSError, ValueError, P.ProtocolError) as exc:
+        return fail(str(exc))
+    args.state = args.state or "fleetstage-rollout-%s.store" % client.fleet
+    lock = StateLock(args.state)
     try:
-        store = Store(state)
+        lock.acquire()
+        store = Store(args.state)
+    except LeaseHeld as exc:
+        return fail(str(exc))
     except (StoreError, OSError) as exc:
-        print("fleetstage rollout: cannot open %s: %s" % (state, exc), file=sys.stderr)
-        return 2
-    rollout = Rollout(client, view, policy, store, state, args.soak, args.timeout,
-                      log=lambda m: (print(m), sys.stdout.flush()))
+        return fail("cannot open %s: %s" % (args.state, exc))
+    wire = None
     try:
-        return rollout.run(devices, to_stage)
+        lease = Lease(client, store.get("rollout_id") or P.new_command_id(), spec.to_stage,
+                      args.lease_ttl)
+        wire = Wire(client, lease)
+        client.connect()
+        if args.abort:
+            return _abort(args, client, store, say)
+        devices = sorted(client.devices_for("all", None, args.expect))
+        client.loop.run_until(lambda: set(wire.status) >= set(devices), 5.0)
+        infos = device_infos(client, wire, devices)
+        orch, code = _open_orchestrator(args, spec, infos, store, say)
+        if orch is None:
+            return code if code is not None else EXIT["failed"]
+        lease.acquire()
+        if store.get("rollout_id") != lease.rollout or store.get("status") == "aborted":
+            store.commit({"rollout_id": lease.rollout, "status": "running",
+                          "orch": orch.state()})
+        driver = Driver(args, client, wire, store, say)
+        try:
+            done = driver.run(orch)
+        except KeyboardInterrupt:
+            say("interrupted: the state is kept in %s; run again to resume" % args.state)
+            return EXIT["aborted"]
+        return report(args, orch, done, say)
+    except (LeaseHeld, RolloutError) as exc:
+        return fail(str(exc))
     except StoreError as exc:
         # Progress that cannot be recorded must not be acted on: stop here; a rerun
         # reopens the file and resumes from what it really holds.
-        print("fleetstage rollout: cannot record progress in %s: %s" % (state, exc),
-              file=sys.stderr)
-        return 2
+        return fail("cannot record progress in %s: %s" % (args.state, exc))
+    except (OperatorError, MqttError, OSError, P.ProtocolError) as exc:
+        return fail(str(exc))
     finally:
+        if wire is not None and wire.lease is not None:
+            wire.lease.release()
         store.close()
-        status_link.close()
+        lock.release()
         client.close()
+
+
+def report(args: argparse.Namespace, orch: Orchestrator, done: Finished, say) -> int:
+    code = EXIT.get(done.outcome, EXIT["failed"])
+    if args.json:
+        print(json.dumps({"outcome": done.outcome, "reason": done.reason, "exit_code": code,
+                          "blamed": done.blamed, "to_stage": orch.spec.to_stage,
+                          "from_stage": orch.from_stage, "state": args.state,
+                          "waves": [r.to_dict() for r in orch.results]},
+                         indent=2, sort_keys=True, default=repr))
+        return code
+    last = orch.results[-1] if orch.results else None
+    if last is not None and last.halted:
+        rows = (last.cohorts.get("by_hw") or []) + (last.cohorts.get("by_group") or [])
+        for row in sorted(rows, key=lambda r: -r["failed"])[:6]:
+            say("  cohort %s" % row["text"])
+        if done.blamed:
+            say("  blamed: %s %s" % (done.blamed["dimension"], done.blamed["text"]))
+    say("rollout %s: %s" % (done.outcome, done.reason))
+    return code
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -175,12 +422,26 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--to-stage", type=int, help="last stage (default: the plan's last)")
     add_connection_options(p)
-    p.add_argument("--waves", default="0.02,0.1,0.5,1", help="cumulative wave fractions")
-    p.add_argument("--max-failure", type=float, default=0.05,
-                   help="halt when more than this fraction of a wave fails (default 0.05)")
-    p.add_argument("--soak", type=float, default=1800.0,
-                   help="seconds each wave is watched before the next (default 1800)")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for acks")
+    p.add_argument("--waves", default=W.DEFAULT_WAVES,
+                   help="waves: group:NAME and cumulative percentages, mixed, ending at 100%% "
+                        "(default %s)" % W.DEFAULT_WAVES)
+    p.add_argument("--soak", type=float, help="seconds each wave is watched (default: the "
+                                              "plan's monitoring time for the stage)")
+    p.add_argument("--soak-scale", type=float,
+                   help="multiply the plan's monitoring times (e.g. 0.01 for a rehearsal)")
+    p.add_argument("--success", default="95%",
+                   help="share of a wave that must apply and stay healthy (default 95%%)")
+    p.add_argument("--error-threshold", "--max-failure", dest="error_threshold", default="5%",
+                   help="failed devices that halt a wave: a share (5%%, 0.05) or a count (3)")
+    p.add_argument("--on-failure", choices=("rollback", "pause"), default="rollback")
+    p.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds each device has to ack before it counts as silent")
     p.add_argument("--expect", type=int, help="wait until N devices have announced themselves")
     p.add_argument("--state", help="progress file (default fleetstage-rollout-FLEET.store)")
+    p.add_argument("--json", action="store_true", help="print the outcome and waves as JSON")
+    p.add_argument("--lease-ttl", type=float, default=60.0, help=argparse.SUPPRESS)
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="go on after a pause")
+    mode.add_argument("--abort", action="store_true",
+                      help="end the rollout recorded in --state and release the fleet")
     p.set_defaults(handler=_run)

@@ -14,7 +14,7 @@ import sys
 from sim.faults import PROFILES, profile
 from sim.fleet import SimSettings, run
 from sim.report import write_html, write_json
-from sim.strategy import WavePolicy
+from tools.strategy import WavePolicy
 
 
 def register(sub: argparse._SubParsersAction) -> None:
