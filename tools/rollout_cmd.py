@@ -65,6 +65,7 @@ from tools.rollout_lease import Lease, LeaseHeld, StateLock
 
 EXIT = {"completed": 0, "halted": 1, "failed": 2, "paused": 3, "aborted": 4, "preempted": 5}
 TERMINAL = ("completed", "halted", "preempted")
+ENTRY = P.TAG_BYTES + P.MAC_BYTES  # one entry of a signed message's MAC table
 
 
 class RolloutError(Exception):
@@ -144,7 +145,7 @@ class Wire:
             return
         tags = self._tag_map()
         addressed = sorted({tags[sigs[i:i + P.TAG_BYTES]]
-                            for i in range(0, len(sigs) - P._ENTRY_BYTES + 1, P._ENTRY_BYTES)
+                            for i in range(0, len(sigs) - ENTRY + 1, ENTRY)
                             if sigs[i:i + P.TAG_BYTES] in tags})
         if not addressed:
             return
