@@ -1,0 +1,263 @@
+"""bench board: the agent's heap on the MicroPython unix port, from the bundle as built.
+
+It builds the .mpy bundle (`fleetstage bundle`), starts a mosquitto, and runs
+the `micropython` binary in the bundle's folder (the folder is the flash, as
+`cd BUNDLE && micropython main.py` serves it). A small driver script boots
+the agent the way main.py does (firmware_shim.board.build + start), then
+feeds it four signed stage changes as the link would, and reports:
+
+- heap after imports: gc.mem_alloc() after gc.collect(), every module the
+  board imports at boot loaded; each module's share is what importing it
+  added (modules imported leaves first, so a share is the module's own);
+- heap after boot: connected, subscribed, status published, collected;
+- peak of a stage change, two ways: the smallest `-X heapsize` in which the
+  boot and all four stage changes complete (bisected: what a board's heap
+  must hold, fragmentation included), and, as a bound, what a stage change
+  allocates with the collector off (every byte of garbage counted).
+
+Targets (issue 11): <= 96 KB after boot, <= 128 KB at the peak of a stage
+change. The baseline column is the bare interpreter's heap in the same run
+(`micropython -c` with nothing imported).
+"""
+from __future__ import annotations
+
+import ast
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+from agent import protocol as P
+from agent.plan import Plan
+from bench.__main__ import figure
+from tests.mqttkit import Broker
+from tools.bundle_cmd import ROOT, bundle, sources
+
+KB = 1024
+TARGET_BOOT = 96 * KB
+TARGET_PEAK = 128 * KB
+DEVICE = "bench-board"
+FLEET = "benchfleet"
+
+DRIVER = r'''
+import gc, json, sys
+BOUND = sys.argv[-1] == "bound"  # the collector off during each stage change
+gc.collect()
+bare = gc.mem_alloc()
+shares = []
+for name in ORDER:
+    gc.collect()
+    before = gc.mem_alloc()
+    __import__(name)
+    gc.collect()
+    shares.append((name, gc.mem_alloc() - before))
+gc.collect()
+imports = gc.mem_alloc()
+from firmware_shim import board
+from firmware_shim.files import FolderFlash
+runtime, link, control = board.build("/config.json", fs=FolderFlash(board.bundle_root(__file__)))
+board.start_agent(runtime, control)
+link.start()
+for _ in range(200):
+    link.poll(20)
+    runtime.tick()
+    if link.connected and not runtime.queue.items and runtime.counters["published"] > 0:
+        break
+if not link.connected:
+    raise SystemExit("no broker")
+for _ in range(10):
+    link.poll(20)
+    runtime.tick()
+gc.collect()
+boot = gc.mem_alloc()
+topic = "fleetstage/%s/cmd/device/%s" % (FLEET, DEVICE)
+bounds = []
+for n in range(1, 5):
+    with open("cmd%d.bin" % n, "rb") as f:
+        payload = f.read()
+    gc.collect()
+    if BOUND:
+        gc.disable()
+    runtime.on_message(topic, payload, False)
+    runtime.tick()
+    bounds.append(gc.mem_alloc())
+    gc.enable()
+    for _ in range(5):
+        link.poll(20)
+        runtime.tick()
+del payload
+gc.collect()
+print(json.dumps({"bare": bare, "imports": imports, "boot": boot, "bounds": bounds,
+                  "stage": control.stage, "shares": shares, "after": gc.mem_alloc()}))
+'''
+
+
+def micropython_binary() -> str:
+    found = os.path.join(os.path.dirname(sys.executable), "micropython")
+    return found if os.path.exists(found) else (shutil.which("micropython") or found)
+
+
+def _module_path(mod: str) -> str:
+    path = os.path.join(ROOT, *mod.split(".")) + ".py"
+    return path if os.path.exists(path) else os.path.join(ROOT, *mod.split("."), "__init__.py")
+
+
+def top_level_imports(mod: str) -> set[str]:
+    """What `mod` imports when it loads (imports inside functions are lazy: not counted)."""
+    with open(_module_path(mod)) as f:
+        tree = ast.parse(f.read())
+    found: set[str] = set()
+    nodes = list(tree.body)
+    while nodes:
+        node = nodes.pop()
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module)
+            found.update(node.module + "." + a.name for a in node.names)
+        elif isinstance(node, ast.Try):
+            nodes.extend(node.body)
+    found |= {".".join(mod.split(".")[:i]) for i in range(1, mod.count(".") + 1)}  # packages
+    return found
+
+
+def boot_modules() -> list[str]:
+    """The bundle's modules that loading firmware_shim.board loads, leaves first.
+
+    A package whose __init__ imports its own submodules loads them as one
+    (importing any of them runs the __init__ first), so it is one entry here
+    and its share includes theirs.
+    """
+    every = set()
+    for rel in sources():
+        mod = rel[:-3].replace("/", ".")
+        every.add(mod[:-len(".__init__")] if mod.endswith(".__init__") else mod)
+    imports = {m: top_level_imports(m) & every for m in every}
+
+    def node(m: str) -> str:
+        parent = m.rpartition(".")[0]
+        if parent in every and m in imports[parent]:
+            return node(parent)
+        return m
+
+    deps: dict[str, set[str]] = {}
+    for m in every:
+        deps.setdefault(node(m), set()).update(node(d) for d in imports[m])
+    order: list[str] = []
+
+    def visit(m: str, stack: tuple[str, ...]) -> None:
+        if m in order or m in stack:
+            return
+        for d in sorted(deps[m] - {m}):
+            visit(d, stack + (m,))
+        order.append(m)
+
+    visit("firmware_shim.board", ())
+    return order
+
+
+def _signed_commands(out: str, fleet_key: bytes) -> None:
+    plan = Plan.default()
+    now = int(time.time())
+    for n in range(1, 5):
+        cmd = P.encode_command(P.OP_MIGRATE, {"stage": n}, "device:" + DEVICE,
+                               P.next_seq(0, now) + n, plan.hash, fleet_key, devices=[DEVICE],
+                               issued_at=now, max_stage=plan.max_stage)
+        with open(os.path.join(out, "cmd%d.bin" % n), "wb") as f:
+            f.write(cmd)
+
+
+def build_board(work: str, broker_url: str) -> str:
+    """The .mpy bundle with a config and key, plus the driver and four signed commands."""
+    fleet_key = P.new_fleet_key()
+    key = os.path.join(work, "device.key")
+    with open(key, "wb") as f:
+        f.write(P.format_key_file(P.derive_device_key(fleet_key, DEVICE), "device", DEVICE))
+    config = os.path.join(work, "config.json")
+    with open(config, "w") as f:
+        json.dump({"device_id": DEVICE, "fleet": FLEET, "broker": broker_url,
+                   "key_file": "/device.key", "state_dir": "/state", "environment": "dev",
+                   "health_interval_ms": 3600000, "status_interval_ms": 3600000}, f)
+    out = os.path.join(work, "bundle")
+    bundle(out, compile_mpy=True, config=config, key=key)
+    _signed_commands(out, fleet_key)
+    driver = DRIVER.replace("ORDER", repr(boot_modules())).replace(
+        "FLEET", repr(FLEET)).replace("DEVICE", repr(DEVICE))
+    with open(os.path.join(out, "bench_heap.py"), "w") as f:
+        f.write(driver)
+    return out
+
+
+def _run_driver(out: str, heap: int | None = None, bound: bool = False) -> dict | None:
+    """One boot + four stage changes; None when it ran out of heap."""
+    state = os.path.join(out, "state")
+    shutil.rmtree(state, ignore_errors=True)
+    argv = [micropython_binary()] + (["-X", "heapsize=%d" % heap] if heap else [])
+    argv += ["bench_heap.py"] + (["bound"] if bound else [])
+    proc = subprocess.run(argv, cwd=out, capture_output=True, text=True, timeout=120)
+    if proc.returncode:
+        if "MemoryError" in proc.stderr + proc.stdout:
+            return None
+        raise RuntimeError("the board driver failed: %s" % (proc.stderr or proc.stdout)[-800:])
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    if got["stage"] != 4:
+        raise RuntimeError("the board did not reach stage 4: %s" % proc.stdout[-800:])
+    return got
+
+
+def smallest_heap(out: str, high: int, step: int = 2 * KB) -> int:
+    """The smallest heapsize (to `step`) in which boot + four stage changes complete."""
+    low = 16 * KB
+    while high - low > step:
+        mid = (low + high) // 2
+        if _run_driver(out, mid) is None:
+            low = mid
+        else:
+            high = mid
+    return high
+
+
+def bare_heap() -> int:
+    proc = subprocess.run([micropython_binary(), "-c", "import gc; gc.collect(); "
+                           "print(gc.mem_alloc())"], capture_output=True, text=True, timeout=30)
+    return int(proc.stdout.strip())
+
+
+def measure(work: str) -> dict:
+    broker = Broker(os.path.join(work, "broker"), persist=False).start()
+    try:
+        out = build_board(work, broker.url)
+        got = _run_driver(out, bound=True)
+        if got is None:
+            raise RuntimeError("the board ran out of the default heap")
+        got["min_heap"] = smallest_heap(out, max(got["bounds"]) + 64 * KB)
+        got["bare_process"] = bare_heap()
+        return got
+    finally:
+        broker.stop()
+
+
+def run(quick: bool = False) -> list[dict]:
+    work = tempfile.mkdtemp(prefix="bench-board-")
+    try:
+        got = measure(work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    bare = got["bare_process"]
+    base = "bare micropython"
+    rows = [
+        figure("heap after imports", got["imports"] / KB, "KB", base, bare / KB),
+        figure("heap after boot", got["boot"] / KB, "KB", base, bare / KB,
+               target="<= 96 KB", met=got["boot"] <= TARGET_BOOT),
+        figure("peak of a stage change: smallest heap that runs it", got["min_heap"] / KB,
+               "KB", base, bare / KB, target="<= 128 KB", met=got["min_heap"] <= TARGET_PEAK),
+        figure("peak of a stage change, no GC (upper bound)", max(got["bounds"]) / KB, "KB",
+               base, bare / KB),
+    ]
+    total = sum(size for _, size in got["shares"]) or 1
+    for name, size in sorted(got["shares"], key=lambda s: -s[1]):
+        rows.append(figure("  share: " + name, size / KB, "KB", "all modules", total / KB))
+    return rows
