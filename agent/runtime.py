@@ -17,6 +17,7 @@ The link contract (duck-typed):
     link.subscribe(topic, qos)         remembered and re-sent on every reconnect
     link.publish(topic, payload, qos, retain)   raises when it cannot send
     link.poll(timeout_ms)              (only for run()) drive I/O, call callbacks
+    link.set_will(topic, payload, qos, retain)   (agent.boot, before start) the last will
     on_message(topic, payload=None)    a message the link read past, too large to hold
 Callbacks run inside the link's I/O call, so a QoS 1 command is acknowledged
 to the broker only after its store commit: a crash before that means redelivery.

@@ -2,7 +2,8 @@
 
 It serves the same link contract as the paho adapter, so agent.runtime runs
 unchanged on a board:
-    link.connected, link.set_callbacks(on_message, on_connect, on_disconnect),
+    link.connected, link.set_will(topic, payload, qos, retain),
+    link.set_callbacks(on_message, on_connect, on_disconnect),
     link.subscribe(topic, qos), link.publish(topic, payload, qos, retain),
     link.poll(timeout_ms), link.start(), link.close()
 What it does: CONNECT with a last will and credentials, SUBSCRIBE (re-sent on
@@ -226,6 +227,10 @@ class MicroLink:
         self._on_message = self._on_connect = self._on_disconnect = None
 
     # -- the link contract ---------------------------------------------------
+    def set_will(self, topic, payload, qos=1, retain=True):
+        """The last will sent with the next CONNECT (agent.boot sets it before start())."""
+        self.will = (topic, payload, qos, retain)
+
     def set_callbacks(self, on_message=None, on_connect=None, on_disconnect=None):
         self._on_message = on_message
         self._on_connect = on_connect

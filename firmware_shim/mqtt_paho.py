@@ -202,6 +202,13 @@ class PahoLink:
         client.on_socket_unregister_write = self._paho_done_write
         return client
 
+    def set_will(self, topic: str, payload: bytes, qos: int = 1, retain: bool = True) -> None:
+        """Replace the last will before start() (agent.boot knows the final one only once
+        the flash is open)."""
+        will = Will(topic, payload, qos, retain)
+        self.config = self.config.replace(will=will)
+        self._client.will_set(topic, payload, qos=qos, retain=retain)
+
     def set_callbacks(self, on_message=None, on_connect=None, on_disconnect=None):
         self._on_message = on_message or _ignore
         self._on_connect = on_connect or _ignore

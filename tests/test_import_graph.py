@@ -134,21 +134,13 @@ def violations(graph):
     return lines
 
 
-# Known today, removed by the composition root (agent/boot.py, issue 9 step 3).
 # Exact match: a new violation fails, and so does a fixed one still listed here.
 KNOWN = [
-    "module cycle: tools.agent_cmd <-> tools.local_cmd",
-    "package cycle: agent <-> firmware_shim",
     # issue 10: the orchestrator core lives on the operator side (tools/) and the
     # simulator drives it (sim -> tools), while the `fleetstage sim` command is
     # tools/sim_cmd.py (tools -> sim). Moving that command's module out of tools/
     # (or the CLI to a layer above both) removes it.
     "package cycle: sim <-> tools",
-    "firmware_shim imports agent: firmware_shim.board -> agent.agent_config",
-    "firmware_shim imports agent: firmware_shim.board -> agent.control",
-    "firmware_shim imports agent: firmware_shim.board -> agent.plan",
-    "firmware_shim imports agent: firmware_shim.board -> agent.protocol",
-    "firmware_shim imports agent: firmware_shim.board -> agent.runtime",
 ]
 
 

@@ -10,6 +10,7 @@ import json
 import os
 import signal
 
+from agent import boot
 from agent import protocol as P
 from agent.agent_config import load_config
 from firmware_shim import board
@@ -80,8 +81,9 @@ def test_board_start_up_counts_restarts_and_rolls_back(tmp_path):
     _put_at_stage_1(load_config(path))
     results = []
     for _ in range(3):
-        runtime, link, control = board.build(path)
-        results.append(board.start_agent(runtime, control)["result"])
+        agent = boot.build(path, board.Board())
+        control = agent.control
+        results.append(agent.start()["result"])
         stage = control.stage
         control.close()  # a reset: nothing flushed beyond what the store committed
     # no outcomes yet: "inconclusive" since issue 8 (was "ok"); the restarts roll back

@@ -16,6 +16,7 @@ import sys
 
 import pytest
 
+from agent import boot
 from agent import protocol as P
 from agent.agent_config import ConfigError, parse_config
 from firmware_shim import board, mqtt_micro
@@ -121,10 +122,12 @@ def test_pi_refuses_a_broker_not_signed_by_the_configured_ca(pki, tmp_path, fiel
 BOARD_PROBE = """
 import sys
 sys.path.insert(0, '.')
+from agent import boot
 from firmware_shim import board
 from agent.agent_config import ConfigError
 try:
-    runtime, link, control = board.build(%r)
+    agent = boot.build(%r, board.Board())
+    link, control = agent.link, agent.control
 except ConfigError as exc:
     print('REFUSED', exc.field)
     sys.exit(0)
@@ -183,11 +186,11 @@ def test_board_refuses_mqtts_when_the_port_cannot_verify(pki, tmp_path, monkeypa
     monkeypatch.setattr(mqtt_micro, "_ssl", OldSsl)
     path = _board_config(tmp_path, "b-old", pki.good, {"ca": pki.ca})
     with pytest.raises(ConfigError) as err:
-        board.build(path)
+        boot.build(path, board.Board())
     assert err.value.field == "tls.ca" and "SSLContext" in str(err.value)
     assert not os.path.exists(str(tmp_path / "state-b-old"))  # refused before the flash
     skip = _board_config(tmp_path, "b-skip", pki.good,
                          {"ca": pki.ca, "insecure_skip_hostname_check": True})
     with pytest.raises(ConfigError) as err:
-        board.build(skip)
+        boot.build(skip, board.Board())
     assert err.value.field == "tls.insecure_skip_hostname_check"

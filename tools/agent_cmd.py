@@ -1,8 +1,9 @@
 """`fleetstage agent --config PATH`: run the device agent on CPython (a Pi gateway).
 
-Owns: turning the JSON config into a running AgentRuntime: the state-dir lock,
-the device key, MigrationControl, the paho link (with the offline last will),
-the local console socket, signal handling and logs on stderr (journald).
+Owns: the Pi's platform for agent.boot (the composition root, which wires the
+key, MigrationControl, the runtime and the last will): the paho link, files,
+clock and logs on stderr (journald); plus the state-dir lock, the local console
+socket and signal handling.
 Must never: start when the config, the key or the lock is wrong: it says which
 and exits non-zero, so systemd shows the reason.
 """
@@ -10,13 +11,12 @@ import signal
 import sys
 import time
 
+from agent import boot
 from agent import protocol as P
 from agent.agent_config import ConfigError, load_config
-from agent.control import MigrationControl
-from agent.plan import Plan
-from agent.runtime import AgentRuntime, will_message
-from firmware_shim.board import count_agent_start
+from agent.runtime import will_message
 from firmware_shim.clock import SystemClock
+from firmware_shim.files import FileSystem
 from firmware_shim.mqtt_paho import MqttConfig, MqttError, PahoLink, Will
 from tools.local_cmd import ConsoleServer, StateDirLock, StateDirLocked
 
@@ -30,27 +30,25 @@ def log(msg):
     sys.stderr.flush()
 
 
+class PiPlatform:
+    """A Pi gateway's platform objects for agent.boot: files, clock, stderr, paho."""
+
+    def __init__(self, clock=None):
+        self.fs = FileSystem()
+        self.clock = clock if clock is not None else SystemClock()
+        self.log = log
+
+    def open_link(self, cfg, key, refuse):
+        return PahoLink(link_config(cfg, key), log=log)
+
+    def poll(self):
+        pass
+
+
 def open_control(cfg, clock=None):
-    plan = Plan.load(cfg.plan_file) if cfg.plan_file else None
-    return MigrationControl.open(cfg.state_dir, plan=plan, config=cfg.control, clock=clock,
-                                 log=log)
-
-
-def load_device_key(cfg):
-    """(key or None, warning or None). Missing key: an error unless insecure."""
-    try:
-        with open(cfg.key_file, "rb") as f:
-            info = P.parse_key_file(f.read())
-    except FileNotFoundError:
-        if cfg.insecure:
-            return None, f"key file {cfg.key_file} missing: reports go out unsigned"
-        raise AgentStartError(f"config field 'key_file': {cfg.key_file} does not exist") from None
-    except (OSError, P.ProtocolError) as exc:
-        raise AgentStartError(f"config field 'key_file': {exc}") from None
-    try:
-        return P.agent_key(info, cfg.device_id)
-    except P.ProtocolError as exc:
-        raise AgentStartError(f"config field 'key_file': {exc}") from None
+    """MigrationControl for the config on this machine's files (the agent holds the lock)."""
+    return boot.open_control(cfg, FileSystem(), clock if clock is not None else SystemClock(),
+                             log)
 
 
 def link_config(cfg, key, guard_seq=None):
@@ -66,34 +64,7 @@ def link_config(cfg, key, guard_seq=None):
         backoff_max=cfg.backoff_max_s)
 
 
-def build_runtime(cfg, key, control, link):
-    return AgentRuntime(
-        control, link, cfg.fleet, cfg.device_id, cfg.groups, key=key, clock=control.clock,
-        insecure=cfg.insecure, queue_limit=int(cfg.queue_limit),
-        health_interval_ms=int(cfg.health_interval_ms),
-        status_interval_ms=int(cfg.status_interval_ms),
-        monitor_interval_ms=int(cfg.monitor_interval_ms), log=log)
-
-
-def console_handler(runtime):
-    def handle(request):
-        op = request.get("op")
-        if op == "status":
-            return {"ok": True, "status": runtime.control.status()}
-        if op == "emergency_rollback":
-            reason = request.get("reason")
-            if not isinstance(reason, str) or not reason:
-                return {"ok": False, "error": "emergency_rollback needs a non-empty reason"}
-            result = runtime.local_emergency_rollback(reason)
-            return {"ok": True, "result": result, "status": runtime.control.status()}
-        return {"ok": False, "error": f"unknown op {op!r}"}
-    return handle
-
-
 def run_agent(cfg):
-    key, warning = load_device_key(cfg)
-    if warning:
-        log("WARNING: " + warning)
     if cfg.insecure:
         log("WARNING: insecure development mode: unsigned commands are ACCEPTED")
     lock = StateDirLock(cfg.state_dir)
@@ -101,21 +72,20 @@ def run_agent(cfg):
         lock.acquire()
     except StateDirLocked as exc:
         raise AgentStartError(str(exc)) from None
-    control = open_control(cfg, SystemClock())
-    for note in control.recovered_notes:
-        log("store recovery: " + note)
-    guard_seq = P.ReplayGuard.from_store(control.store).last_seq
-    link = PahoLink(link_config(cfg, key, guard_seq), log=log)
-    runtime = build_runtime(cfg, key, control, link)
-    console = ConsoleServer(cfg.state_dir, console_handler(runtime))
+    try:
+        agent = boot.boot(cfg, PiPlatform())
+    except BaseException:
+        lock.release()
+        raise
+    runtime, link, control = agent.runtime, agent.link, agent.control
+    console = ConsoleServer(cfg.state_dir, agent.console)
 
     def stop(signum, frame):
         runtime.stopping = True
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    runtime.start()
-    count_agent_start(control, log)  # after start(): a crash-loop rollback is reported too
+    agent.start()  # after runtime.start(): a crash-loop rollback is reported too
     link.start()
     log(f"device {cfg.device_id} fleet {cfg.fleet} at stage {control.stage}; broker {cfg.broker}")
     try:
@@ -128,9 +98,8 @@ def run_agent(cfg):
                 link.poll(100)
             except MqttError:
                 pass
-        link.close()
+        agent.close()
         console.close()
-        control.close()
         lock.release()
         log("stopped")
     return 0

@@ -23,8 +23,9 @@ PACKAGES = ("agent", "firmware_shim")
 CPYTHON_ONLY = {"firmware_shim/mqtt_paho.py"}
 MAIN_PY = (
     "# fleetstage agent: this folder is the flash; it boots from /config.json in it\n"
-    "from firmware_shim.board import run_bundle\n"
-    "run_bundle(__file__)\n"
+    "from agent.boot import run\n"
+    "from firmware_shim.board import Board\n"
+    "Board(run).run_bundle(__file__)\n"
 )
 # .mpy version -> the first MicroPython release that loads it
 # (docs.micropython.org/en/latest/reference/mpyfiles.html)

@@ -195,25 +195,21 @@ def _unresponsive(state_dir, path, timeout):
 
 
 def handle_local_request(control, request):
-    """What both paths do with a request, given an open MigrationControl."""
-    op = request.get("op")
-    if op == "status":
-        return {"ok": True, "status": control.status()}
-    if op == "emergency_rollback":
-        reason = request.get("reason")
-        if not isinstance(reason, str) or not reason:
-            return {"ok": False, "error": "emergency_rollback needs a non-empty reason"}
-        from agent.runtime import local_hold_changes
+    """What the direct path does with a request, given an open MigrationControl."""
+    from agent.boot import console_reply
 
-        result = control.emergency_rollback("local: " + reason,
-                                            extra_changes=local_hold_changes(control.clock))
-        return {"ok": True, "result": result, "status": control.status()}
-    return {"ok": False, "error": f"unknown op {op!r}"}
+    return console_reply(request, control)
+
+
+def _store_log(msg):
+    print(msg, file=sys.stderr)
 
 
 def _direct(cfg, request):
     """No agent answers: take the lock and act on the store ourselves."""
-    from tools.agent_cmd import open_control
+    from agent import boot
+    from firmware_shim.clock import SystemClock
+    from firmware_shim.files import FileSystem
 
     lock = StateDirLock(cfg.state_dir)
     try:
@@ -224,7 +220,7 @@ def _direct(cfg, request):
         raise AgentUnresponsive(f"{held} holds {lock.path} but its console {sock} does not "
                                 f"answer; {hint}") from None
     try:
-        control = open_control(cfg)
+        control = boot.open_control(cfg, FileSystem(), SystemClock(), _store_log)
         try:
             return handle_local_request(control, request)
         finally:

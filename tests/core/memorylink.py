@@ -11,6 +11,14 @@ class MemoryLink:
         self.key = key  # the device key its reports are checked with
         self.connected = connected
         self.sent = []
+        self.will = None
+        self.closed = False
+
+    def set_will(self, topic, payload, qos=1, retain=True):
+        self.will = (topic, payload, qos, retain)
+
+    def close(self):
+        self.closed = True
 
     def set_callbacks(self, on_message, on_connect, on_disconnect):
         pass
