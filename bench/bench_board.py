@@ -3,7 +3,8 @@
 It builds the .mpy bundle (`fleetstage bundle`), starts a mosquitto, and runs
 the `micropython` binary in the bundle's folder (the folder is the flash, as
 `cd BUNDLE && micropython main.py` serves it). A small driver script boots
-the agent the way main.py does (firmware_shim.board.build + start), then
+the agent the way main.py does (agent.boot.build with firmware_shim.board.Board,
+then start), then
 feeds it four signed stage changes as the link would, and reports:
 
 - heap after imports: gc.mem_alloc() after gc.collect(), every module the
@@ -56,10 +57,12 @@ for name in ORDER:
     shares.append((name, gc.mem_alloc() - before))
 gc.collect()
 imports = gc.mem_alloc()
+from agent import boot
 from firmware_shim import board
 from firmware_shim.files import FolderFlash
-runtime, link, control = board.build("/config.json", fs=FolderFlash(board.bundle_root(__file__)))
-board.start_agent(runtime, control)
+agent = boot.build("/config.json", board.Board(fs=FolderFlash(board.bundle_root(__file__))))
+runtime, link, control = agent.runtime, agent.link, agent.control
+agent.start()
 link.start()
 for _ in range(200):
     link.poll(20)
@@ -125,7 +128,7 @@ def top_level_imports(mod: str) -> set[str]:
 
 
 def boot_modules() -> list[str]:
-    """The bundle's modules that loading firmware_shim.board loads, leaves first.
+    """The bundle's modules that main.py loads (agent.boot, firmware_shim.board), leaves first.
 
     A package whose __init__ imports its own submodules loads them as one
     (importing any of them runs the __init__ first), so it is one entry here
@@ -155,6 +158,7 @@ def boot_modules() -> list[str]:
             visit(d, stack + (m,))
         order.append(m)
 
+    visit("agent.boot", ())
     visit("firmware_shim.board", ())
     return order
 
