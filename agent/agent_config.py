@@ -6,7 +6,8 @@ MicroPython board read the SAME file through this module, so it uses only
 raises ConfigError naming the field and why, and the agent stops at start.
 
 Required: device_id, fleet, broker (mqtt://host[:port] or mqtts://...),
-key_file, state_dir, environment. Optional: groups (list), insecure (false),
+key_file, state_dir, environment. Optional: groups (list), hw (the hardware
+revision, a name shown in status and used by rollout cohorts), insecure (false),
 tls {ca, cert, key, insecure_skip_hostname_check}, credentials {username,
 password}, control (overrides for agent.config.Config: thresholds,
 cooldown_ms, ...), and tuning knobs (keepalive_s, backoff_min_s, backoff_max_s, health_interval_ms,
@@ -30,7 +31,7 @@ _TUNING = {
 
 _KNOWN = (
     "device_id", "fleet", "groups", "broker", "key_file", "state_dir", "environment",
-    "insecure", "tls", "credentials", "plan_file", "clean_session", "control",
+    "insecure", "tls", "credentials", "plan_file", "clean_session", "control", "hw",
 )
 
 
@@ -141,6 +142,7 @@ class AgentConfig:
         for i, g in enumerate(groups):
             check_name(f"groups[{i}]", g)
         self.groups = sorted(set(groups))
+        self.hw = check_name("hw", d["hw"]) if d.get("hw") is not None else None
         self.broker = _string(d, "broker")
         self.host, self.port, self.tls = parse_broker("broker", self.broker)
         self.key_file = _string(d, "key_file")

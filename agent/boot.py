@@ -60,7 +60,7 @@ def build_runtime(cfg, key, control, link, log):
         insecure=cfg.insecure, queue_limit=int(cfg.queue_limit),
         health_interval_ms=int(cfg.health_interval_ms),
         status_interval_ms=int(cfg.status_interval_ms),
-        monitor_interval_ms=int(cfg.monitor_interval_ms), log=log)
+        monitor_interval_ms=int(cfg.monitor_interval_ms), log=log, hw=cfg.hw)
 
 
 def count_agent_start(control, log):

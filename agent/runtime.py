@@ -43,12 +43,13 @@ KEY_LOCAL_HOLD = "rt.local_hold"
 class AgentRuntime:
     def __init__(self, control, link, fleet, device_id, groups=(), key=None, clock=None,
                  insecure=False, queue_limit=256, health_interval_ms=30000,
-                 status_interval_ms=60000, monitor_interval_ms=None, log=None):
+                 status_interval_ms=60000, monitor_interval_ms=None, log=None, hw=None):
         self.control = control
         self.link = link
         self.fleet = P.validate_id(fleet, "fleet")
         self.device_id = P.validate_id(device_id)
         self.groups = sorted(groups)
+        self.hw = hw  # hardware revision (agent config `hw`): rollouts group failures by it
         self.key = key
         self.clock = clock or control.clock
         self.insecure = insecure
@@ -94,7 +95,7 @@ class AgentRuntime:
     def will(self):
         """(topic, payload) the link registers as its last will: marks the device offline."""
         return will_message(self.fleet, self.device_id, self.groups, self.key,
-                            self.guard.last_seq)
+                            self.guard.last_seq, self.hw)
 
     def run(self, poll_ms=100, extra_poll=None):
         """Blocking loop for a single agent (the Pi); `stopping` ends it."""
@@ -127,7 +128,7 @@ class AgentRuntime:
         """Never raises: every failure becomes an ack with a reason code or a counted error."""
         self.counters["messages"] += 1
         try:
-            channel = P.parse_topic(topic)[1]
+            _fleet, channel, target, _leaf = P.parse_topic(topic)
         except P.ProtocolError as exc:  # not one of ours (a broker or ACL mistake): ignore
             self.counters["ignored"] = self.counters.get("ignored", 0) + 1
             self.log(f"ignored message on {topic[:80]!r}: {exc}")
@@ -136,7 +137,7 @@ class AgentRuntime:
             if payload is None:  # the link skipped a message too large for this device
                 self._ack(None, P.REJECTED, P.MALFORMED, "message too large for this device")
             elif channel == P.KIND_CMD:
-                self._handle_command(payload)
+                self._handle_command(payload, target.startswith("bucket:"))
             elif channel == P.KIND_DESIRED:
                 if payload:  # an empty retained payload clears the desired state
                     self._desired_inbox[topic] = payload
@@ -149,13 +150,18 @@ class AgentRuntime:
                        plan_hash=self.control.plan.hash, max_stage=self.control.plan.max_stage,
                        insecure=self.insecure)
 
-    def _handle_command(self, payload):
+    def _handle_command(self, payload, bucket=False):
         try:
             cmd = self._decode(payload, P.decode_command)
             if self.guard.check(cmd) == P.DUPLICATE:
                 self._ack(cmd.id, P.DUPLICATE, seq=cmd.seq)
                 return
         except P.CommandRejected as exc:
+            if bucket and exc.detail == P.NOT_SIGNED_FOR_DEVICE:
+                # A bucket command carries only the MACs of the devices it moves; the
+                # rest of the bucket hears it too and is not named: nothing to answer.
+                self.counters["not_for_us"] = self.counters.get("not_for_us", 0) + 1
+                return
             self._ack(exc.command_id, P.REJECTED, exc.reason, exc.detail)
             return
         detail = already_there(cmd.op, cmd.args, self.control.stage)
@@ -315,7 +321,7 @@ class AgentRuntime:
         return P.encode_status(
             self.device_id, c.stage, c.flags.values(), health=summary, plan_hash=c.plan.hash,
             agent_version=VERSION, uptime_s=self.uptime_s(), online=online, groups=self.groups,
-            quarantined=q is not None,
+            quarantined=q is not None, hw=self.hw,
             extra={"state": c.state, "seq": c.seq, "guard_seq": self.guard.last_seq,
                    "queue_dropped": self.queue.dropped,
                    "queue_dropped_by_kind": dict(self.queue.dropped_by_kind),
@@ -431,7 +437,7 @@ def already_there(op, args, stage):
     return None
 
 
-def will_message(fleet, device_id, groups, key, guard_seq=None):
+def will_message(fleet, device_id, groups, key, guard_seq=None, hw=None):
     """The last will: offline, stage unknown, but WITH the groups and the guard's seq.
 
     The operator signs a group broadcast for the devices it knows to be in the
@@ -444,7 +450,7 @@ def will_message(fleet, device_id, groups, key, guard_seq=None):
     topic = P.device_topic(fleet, device_id, "status")
     extra = None if guard_seq is None else {"guard_seq": guard_seq}
     return topic, P.encode_status(device_id, None, None, online=False,
-                                  groups=sorted(groups), extra=extra, key=key)
+                                  groups=sorted(groups), extra=extra, key=key, hw=hw)
 
 
 def refusal_of(exc):

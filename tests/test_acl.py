@@ -174,3 +174,26 @@ def test_shipped_acl_is_fleet_specific(tmp_path):
         loop.close()
     finally:
         b.stop()
+
+
+def test_device_reads_its_own_bucket_topics_and_no_other_bucket(acl_broker):
+    """Hash-bucket commands (big waves): dev-a may read each prefix of its own bucket,
+    never dev-b's (unless they share that prefix)."""
+    from agent import protocol as P
+
+    fleet = acl_broker.fleet
+    loop, links, inbox = _setup(acl_broker)
+    mine, theirs = P.bucket_of("dev-a"), P.bucket_of("dev-b")
+    n = next(i for i in range(1, P.BUCKET_DEPTH + 1) if mine[:i] != theirs[:i])
+    links["dev-a"].subscribe(f"fleetstage/{fleet}/cmd/bucket/{theirs[:n]}")
+    links["dev-a"].subscribe(f"fleetstage/{fleet}/cmd/bucket/{mine[:P.BUCKET_DEPTH]}")
+    links["dev-a"].subscribe(f"fleetstage/{fleet}/desired/bucket/{mine[:1]}")
+    _settle(loop, links)
+    op = links["operator"]
+    op.publish(f"fleetstage/{fleet}/cmd/bucket/{theirs[:n]}", b"for-b", qos=1)
+    op.publish(f"fleetstage/{fleet}/desired/bucket/{mine[:1]}", b"desired-a", qos=1)
+    op.publish(f"fleetstage/{fleet}/cmd/bucket/{mine}", b"for-a", qos=1)
+    assert loop.run_until(lambda: len(inbox["dev-a"]) >= 2, 10)
+    loop.run_until(lambda: False, 0.3)
+    assert sorted(p for _, p in inbox["dev-a"]) == [b"desired-a", b"for-a"]
+    loop.close()

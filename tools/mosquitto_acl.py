@@ -18,6 +18,7 @@ import json
 import os
 import sys
 
+from agent import protocol as P
 from agent.agent_config import ConfigError, check_name
 from tools.keygen import write_private_file
 
@@ -68,6 +69,9 @@ def render_acl(fleet, devices, operator=OPERATOR):
         for channel in ("cmd", "desired"):
             out.append(f"topic read {root}/{channel}/all")
             out.append(f"topic read {root}/{channel}/device/{device_id}")
+            bucket = P.bucket_of(device_id)  # hash buckets: every prefix of its own
+            for n in range(1, P.BUCKET_DEPTH + 1):
+                out.append(f"topic read {root}/{channel}/bucket/{bucket[:n]}")
             for g in sorted(set(devices[device_id])):
                 check_name("groups", g)
                 out.append(f"topic read {root}/{channel}/group/{g}")

@@ -45,6 +45,7 @@ from agent.store import Store, StoreError
 from firmware_shim import codec
 from firmware_shim.mqtt_paho import MqttError
 from tools import waves as W
+from tools.bucketing import Buckets, plan_addressing
 from tools.operator_cmd import (
     OperatorClient,
     OperatorError,
@@ -83,6 +84,7 @@ class Wire:
         self.orch: Orchestrator | None = None
         self.status: dict[str, dict] = {}
         self._tags: dict[bytes, str] | None = None
+        self.buckets: Buckets | None = None
         self.bad = 0
         self._chain = client._on_message
         client.link.set_callbacks(on_message=self.on_message)
@@ -186,7 +188,9 @@ class Wire:
                 decision.issued_at or 0)
         orch.sent(decision.key, cid, seq, issued, time.time())
         self.on_sent()
-        for target, devices in address(decision.devices):
+        if self.buckets is None:
+            self.buckets = Buckets(orch.devices)
+        for target, devices in address(decision.devices, self.buckets):
             if isinstance(decision, Send):
                 payload = P.encode_command(decision.op, decision.args, target, seq, plan.hash,
                                            c.fleet_key, devices=devices, command_id=cid,
@@ -202,10 +206,10 @@ class Wire:
         return True
 
 
-def address(devices: list[str]) -> list[tuple[str, list[str]]]:
-    """(target, devices signed for) per message: each device its own topic, so what a
-    device receives stays one small message whatever the wave's size."""
-    return [("device:" + d, [d]) for d in devices]
+def address(devices: list[str], buckets: Buckets) -> list[tuple[str, list[str]]]:
+    """(target, devices signed for) per message: hash-bucket topics, so what a device
+    receives stays one message of at most MAX_MACS entries at any fleet size."""
+    return plan_addressing(devices, buckets)
 
 
 # ------------------------------------------------------------------ the driver

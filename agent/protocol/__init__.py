@@ -26,7 +26,9 @@ CommandInvalid from encode_*). RemoteProtocolError: bad input from outside
 
 API (all names below are public)
   ids, targets   validate_id(value, what) -> value          BadId
-                 parse_target(text) -> (kind, name)          BadTarget; kind all|group|device
+                 parse_target(text) -> (kind, name)   BadTarget; kind all|group|device|bucket
+                 bucket_of(device_id) -> BUCKET_DEPTH hex digits; "bucket:P" targets every
+                                device whose bucket starts with P (cmd/bucket/P topics)
                  make_target(kind, name=None) -> "all" | "group:G" | "device:ID"
                  target_matches(target, device_id, groups) -> bool
                  select_devices(target, inventory) -> sorted ids  (inventory {id: [groups]})
@@ -110,6 +112,8 @@ An operator's emergency rollback should also be published as a retained
 desired state (emergency=True), so devices that were offline obey it too.
 """
 from agent.protocol._addressing import (
+    BUCKET_DEPTH,
+    bucket_of,
     cmd_topic,
     desired_topic,
     device_topic,
@@ -214,6 +218,7 @@ from agent.protocol._wire import (
 __all__ = [
     "APPLIED",
     "BAD_SIGNATURE",
+    "BUCKET_DEPTH",
     "BadId",
     "BadTarget",
     "BadTopic",
@@ -270,6 +275,7 @@ __all__ = [
     "VERSION",
     "WRONG_PLAN",
     "agent_key",
+    "bucket_of",
     "cmd_topic",
     "decode_command",
     "decode_desired",

@@ -1,10 +1,13 @@
-"""Addressing: device ids, targets (all, group:G, device:ID) and MQTT topics.
+"""Addressing: device ids, targets (all, group:G, device:ID, bucket:P) and MQTT topics.
 
 Owns: what a valid id is, how a target names devices, and every topic string
 of the MQTT contract (README "MQTT topics and payloads").
 Must never: do I/O or sign anything. Private: use agent.protocol.
 """
+import hashlib
+
 from agent.protocol._wire import (
+    _HEX,
     _ID_CHARS,
     DEVICE_LEAVES,
     MAX_ID_LEN,
@@ -13,7 +16,18 @@ from agent.protocol._wire import (
     BadId,
     BadTarget,
     BadTopic,
+    _hexstr,
 )
+
+# Hash buckets keep what one device receives bounded at any fleet size: a
+# device's bucket is the first BUCKET_DEPTH hex digits of
+# SHA-256("fleetstage-bucket:" + id); it subscribes to cmd/bucket/P and
+# desired/bucket/P for each prefix P of it (lengths 1..BUCKET_DEPTH), and the
+# operator publishes each command at one prefix length, deep enough that no
+# message carries more than a bounded number of MACs (tools/bucketing.py).
+# 16**6 buckets hold 16.7M devices at one each.
+BUCKET_DEPTH = 6
+_TARGET_KINDS = ("group", "device", "bucket")
 
 # ---------------------------------------------------------------- ids, targets
 
@@ -29,17 +43,32 @@ def validate_id(value, what="device id"):
     return value
 
 
+def bucket_of(device_id):
+    """The device's bucket: BUCKET_DEPTH lowercase hex digits (public, not secret)."""
+    digest = hashlib.sha256(b"fleetstage-bucket:" + validate_id(device_id).encode()).digest()
+    return _hexstr(digest)[:BUCKET_DEPTH]
+
+
+def _check_bucket(name):
+    if not 1 <= len(name) <= BUCKET_DEPTH or any(c not in _HEX for c in name):
+        raise BadTarget(f"bucket {name[:20]!r} must be 1..{BUCKET_DEPTH} lowercase hex digits")
+
+
 def parse_target(text):
-    """"all" -> ("all", None); "group:G" -> ("group", G); "device:ID" -> ("device", ID)."""
+    """"all" -> ("all", None); "group:G" -> ("group", G); "device:ID" -> ("device", ID);
+    "bucket:P" -> ("bucket", P): every device whose bucket starts with P."""
     if not isinstance(text, str):
         raise BadTarget("target must be a string")
     if text == "all":
         return ("all", None)
     i = text.find(":")
     kind = text[:i] if i > 0 else ""
-    if kind not in ("group", "device"):
-        raise BadTarget(f"target {text[:80]!r} is not all, group:NAME or device:ID")
+    if kind not in _TARGET_KINDS:
+        raise BadTarget(f"target {text[:80]!r} is not all, group:NAME, device:ID or bucket:HEX")
     name = text[i + 1:]
+    if kind == "bucket":
+        _check_bucket(name)
+        return (kind, name)
     try:
         validate_id(name, kind + " name" if kind == "group" else "device id")
     except BadId as exc:
@@ -61,6 +90,8 @@ def target_matches(target, device_id, groups=()):
         return True
     if kind == "group":
         return name in groups
+    if kind == "bucket":
+        return bucket_of(device_id).startswith(name)
     return name == device_id
 
 
@@ -114,7 +145,7 @@ def parse_topic(topic):
         if channel in ("cmd", "desired"):
             if rest == ["all"]:
                 return (fleet, channel, "all", None)
-            if len(rest) == 2 and rest[0] in ("group", "device"):
+            if len(rest) == 2 and rest[0] in _TARGET_KINDS:
                 return (fleet, channel, make_target(rest[0], rest[1]), None)
         elif channel == "device" and len(rest) == 2 and rest[1] in DEVICE_LEAVES:
             return (fleet, channel, make_target("device", rest[0]), rest[1])
@@ -124,9 +155,12 @@ def parse_topic(topic):
 
 
 def subscriptions(fleet, device_id, groups=()):
-    """The device's cmd and desired topics for all, each of its groups, and itself."""
+    """The device's cmd and desired topics for all, each of its groups, each prefix of
+    its bucket, and itself."""
     targets = ["all"] + [make_target("group", validate_id(g, "group name"))
                          for g in sorted(set(groups))]
+    bucket = bucket_of(device_id)
+    targets += ["bucket:" + bucket[:n] for n in range(1, BUCKET_DEPTH + 1)]
     targets.append(make_target("device", device_id))
     out = []
     for t in targets:

@@ -64,12 +64,12 @@ def encode_ack(command_id, result, reason=None, detail=None, state=None, device_
 
 def encode_status(device_id, stage, flags, health=None, plan_hash=None, agent_version=None,
                   uptime_s=None, online=True, groups=None, quarantined=None, extra=None,
-                  key=None, now=None):
+                  key=None, now=None, hw=None):
     """The retained status. flags: {name: bool}; health: a small summary dict."""
     body = {"online": bool(online), "stage": stage, "flags": flags}
     for name, value in (("health", health), ("plan", plan_hash), ("agent_version", agent_version),
                         ("uptime_s", uptime_s), ("groups", groups),
-                        ("quarantined", quarantined), ("extra", extra)):
+                        ("quarantined", quarantined), ("extra", extra), ("hw", hw)):
         if value is not None:
             body[name] = value
     return _encode_report("status", device_id, body, key, now)

@@ -92,3 +92,10 @@ def test_tls_hostname_switch_is_validated():
         assert raises(ConfigError, parse_config, json.dumps(with_(tls=tls))).field == field
     plain = with_(broker="mqtt://h", tls={"insecure_skip_hostname_check": True})
     assert raises(ConfigError, parse_config, json.dumps(plain)).field == "tls"
+
+
+def test_hw_names_the_hardware_revision():
+    assert parse_config(json.dumps(BASE)).hw is None
+    assert parse_config(json.dumps(with_(hw="rev-b"))).hw == "rev-b"
+    for bad in ("", "rev b", 7, "x" * 65):
+        assert raises(ConfigError, AgentConfig, with_(hw=bad)).field == "hw"

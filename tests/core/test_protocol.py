@@ -425,13 +425,51 @@ def test_subscriptions_cover_all_groups_and_self():
     subs = p.subscriptions("f1", "gw-a", ["west", "east"])
     topics = [t for t, q in subs]
     assert all(q == 1 for t, q in subs)
+    bucket = p.bucket_of("gw-a")
+    buckets = []
+    for n in range(1, p.BUCKET_DEPTH + 1):
+        buckets += ["fleetstage/f1/cmd/bucket/" + bucket[:n],
+                    "fleetstage/f1/desired/bucket/" + bucket[:n]]
     assert topics == [
         "fleetstage/f1/cmd/all", "fleetstage/f1/desired/all",
         "fleetstage/f1/cmd/group/east", "fleetstage/f1/desired/group/east",
         "fleetstage/f1/cmd/group/west", "fleetstage/f1/desired/group/west",
+    ] + buckets + [
         "fleetstage/f1/cmd/device/gw-a", "fleetstage/f1/desired/device/gw-a",
     ]
     corekit.raises(p.BadId, p.subscriptions, "f1", "gw-a", ["ok", "bad/group"])
+
+
+def test_bucket_targets_address_every_device_whose_bucket_starts_with_the_prefix():
+    b = p.bucket_of("gw-a")
+    assert len(b) == p.BUCKET_DEPTH and all(c in "0123456789abcdef" for c in b)
+    assert b == p.bucket_of("gw-a") and b != p.bucket_of("gw-b")
+    for n in range(1, p.BUCKET_DEPTH + 1):
+        target = "bucket:" + b[:n]
+        assert p.parse_target(target) == ("bucket", b[:n])
+        assert p.target_matches(target, "gw-a")
+        topic = p.cmd_topic("f1", target)
+        assert topic == "fleetstage/f1/cmd/bucket/" + b[:n]
+        assert p.parse_topic(topic) == ("f1", "cmd", target, None)
+    other = "0" if b[0] != "0" else "1"
+    assert not p.target_matches("bucket:" + other, "gw-a")
+    for bad in ("bucket:", "bucket:ABC", "bucket:1234567", "bucket:xyz", "bucket:1/2"):
+        corekit.raises(p.BadTarget, p.parse_target, bad)
+    corekit.raises(p.BadTopic, p.parse_topic, "fleetstage/f1/cmd/bucket/zz")
+
+
+def test_a_bucket_command_reaches_its_signed_members_only():
+    key = p.new_fleet_key()
+    b = p.bucket_of("gw-a")
+    target = "bucket:" + b[:1]
+    msg = p.encode_command("migrate", {"stage": 1}, target, 5, "h", key, devices=["gw-a"])
+    cmd = p.decode_command(msg, p.derive_device_key(key, "gw-a"), "gw-a")
+    assert cmd.target == target and cmd.seq == 5
+    # a device of another bucket is not in the target (even with a valid MAC)
+    other = next(d for d in ("gw-%d" % i for i in range(100)) if p.bucket_of(d)[0] != b[0])
+    msg2 = p.encode_command("migrate", {"stage": 1}, target, 6, "h", key, devices=[other])
+    corekit.raises(p.CommandRejected, p.decode_command, msg2,
+                   p.derive_device_key(key, other), other)
 
 
 def test_ids_and_targets():

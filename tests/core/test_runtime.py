@@ -358,3 +358,32 @@ def test_rollback_to_current_or_higher_stage_is_an_applied_noop_and_never_migrat
     deliver(rt, "device:" + DEV, cmd(control, "rollback", {"stage": 0}, 14))
     assert control.stage == 0 and "detail" not in link.leaf("ack")[-1]
     control.close()
+
+
+def test_status_and_last_will_carry_the_hardware_revision():
+    clock = ManualClock()
+    control = MigrationControl.open(tmpdir("rt-hw"), clock=clock)
+    link = FakeLink()
+    rt = AgentRuntime(control, link, "fl", DEV, ("g1",), key=P.derive_device_key(FLEET_KEY, DEV),
+                      clock=clock, hw="rev-b")
+    rt.start()
+    assert link.leaf("status")[-1]["hw"] == "rev-b"
+    _topic, will = rt.will()
+    assert P.decode_report(will, P.derive_device_key(FLEET_KEY, DEV))["hw"] == "rev-b"
+    control.close()
+
+
+def test_a_bucket_command_not_signed_for_this_device_gets_no_ack():
+    """Bucket neighbours hear a command meant for others: it names them not, so no ack."""
+    rt, link, control, _ = make()
+    mine = P.bucket_of(DEV)
+    other = next(d for d in ("dev-%d" % i for i in range(2, 500)) if P.bucket_of(d)[:1] == mine[:1])
+    payload = P.encode_command("migrate", {"stage": 1}, "bucket:" + mine[:1], 9,
+                               control.plan.hash, FLEET_KEY, devices=[other])
+    deliver(rt, "bucket:" + mine[:1], payload)
+    assert link.leaf("ack") == [] and control.stage == 0
+    signed = P.encode_command("migrate", {"stage": 1}, "bucket:" + mine[:1], 10,
+                              control.plan.hash, FLEET_KEY, devices=[other, DEV])
+    deliver(rt, "bucket:" + mine[:1], signed)
+    assert link.leaf("ack")[-1]["result"] == "applied" and control.stage == 1
+    control.close()
