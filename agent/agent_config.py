@@ -15,6 +15,8 @@ status_interval_ms, queue_limit, plan_file, clean_session).
 """
 import json
 
+from agent.errors import ConfigError  # one class for every config (re-exported)
+
 _NAME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-"
 _MAX_NAME = 64
 
@@ -35,13 +37,6 @@ _KNOWN = (
 )
 
 
-class ConfigError(ValueError):
-    """A config that cannot run; `.field` names the key at fault."""
-
-    def __init__(self, field, why):
-        self.field = field
-        self.why = why
-        super().__init__(f"config field '{field}': {why}")
 
 
 def check_name(field, value):
@@ -194,7 +189,6 @@ class AgentConfig:
     def _control_config(self, d):
         """agent.config.Config for MigrationControl: environment + optional "control" overrides."""
         from agent.config import Config
-        from agent.config import ConfigError as ControlConfigError
 
         extra = d.get("control", {})
         if not isinstance(extra, dict):
@@ -205,10 +199,9 @@ class AgentConfig:
         data["environment"] = self.environment
         try:
             return Config.from_dict(data)
-        except ControlConfigError as exc:
-            field = getattr(exc, "field", "?")
-            where = "environment" if field == "environment" else "control." + str(field)
-            raise ConfigError(where, getattr(exc, "reason", str(exc))) from None
+        except ConfigError as exc:
+            where = "environment" if exc.field == "environment" else "control." + str(exc.field)
+            raise ConfigError(where, exc.why) from None
 
     def _bool(self, d, field, default):
         value = d.get(field, default)
@@ -240,11 +233,11 @@ def parse_config(text):
     return AgentConfig(data)
 
 
-def load_config(path, fs=None):
+def load_config(path, fs):
     """Read and validate the config file through a firmware_shim FileSystem."""
-    from firmware_shim.files import FileReadError, FileSystem, read_text
+    from firmware_shim.files import FileReadError, read_text
 
     try:
-        return parse_config(read_text(fs or FileSystem(), path))
+        return parse_config(read_text(fs, path))
     except FileReadError as exc:
         raise ConfigError("(file)", str(exc)) from None

@@ -50,8 +50,8 @@ def load_key(cfg, fs, log):
 def open_control(cfg, fs, clock, log):
     """MigrationControl on the device's flash, with the config's plan and control settings."""
     plan = Plan.load(cfg.plan_file, fs) if cfg.plan_file else None
-    return MigrationControl.open(cfg.state_dir, plan=plan, config=cfg.control, clock=clock,
-                                 fs=fs, log=log)
+    return MigrationControl.open(cfg.state_dir, fs, clock, plan=plan, config=cfg.control,
+                                 log=log)
 
 
 def build_runtime(cfg, key, control, link, log):

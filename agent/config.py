@@ -11,8 +11,9 @@ leave a device with a default it was never meant to have.
 """
 import json
 
+from agent.errors import ConfigError  # one class for every config (re-exported)
 from agent.flags import FlagError, check_flag_map
-from firmware_shim.files import FileReadError, FileSystem, read_text
+from firmware_shim.files import FileReadError, read_text
 
 # config/config.exs sets every flag off; the environments add to it.
 ENVIRONMENTS = {
@@ -52,11 +53,6 @@ _THRESHOLD_LIMITS = {
 }
 
 
-class ConfigError(Exception):
-    def __init__(self, field, reason):
-        super().__init__(f"config field {field}: {reason}")
-        self.field = field
-        self.reason = reason
 
 
 def _check_number(field, value, minimum, integer):
@@ -132,9 +128,9 @@ class Config:
         return cls.from_dict(data)
 
     @classmethod
-    def load(cls, path, fs=None):
+    def load(cls, path, fs):
         try:
-            text = read_text(fs or FileSystem(), path)
+            text = read_text(fs, path)
         except FileReadError as exc:
             raise ConfigError("(file)", str(exc)) from None
         return cls.from_json(text)

@@ -37,8 +37,7 @@ from agent.transitions import (  # noqa: F401 - re-exported: callers catch these
     Quarantined,
     TransitionRefused,
 )
-from firmware_shim.clock import SystemClock
-from firmware_shim.files import FileSystem, join
+from firmware_shim.files import join
 
 STORE_FILE = "agent.store"
 FLAG_PREFIX = "flag."
@@ -81,14 +80,16 @@ class MigrationControl:
     # -- wiring -------------------------------------------------------------
 
     @classmethod
-    def open(cls, state_dir, plan=None, config=None, clock=None, fs=None, log=None):
+    def open(cls, state_dir, fs, clock, plan=None, config=None, log=None):
         """Open (or create) the device state in `state_dir` and wire flags and services.
+
+        fs, clock: the platform's (firmware_shim.files.FileSystem and
+        firmware_shim.clock.SystemClock on a device; agent.boot hands them in).
 
         plan: a Plan, a plan dict or the path of a plan JSON file (default: the runbook's).
         config: a Config, a config dict or the path of a config JSON file (default env).
         log: where the store's recovery lines go (default: nowhere).
         """
-        fs = fs or FileSystem()
         fs.makedirs(state_dir)
         if plan is None:
             plan = Plan.default()
@@ -97,7 +98,6 @@ class MigrationControl:
         elif isinstance(plan, str):
             plan = Plan.load(plan, fs)
         config = Config.load(config, fs) if isinstance(config, str) else Config.coerce(config)
-        clock = clock or SystemClock()
         events = EventBus()
         # The flags get the bus only after the stored state is restored, so
         # rebuilding the state at boot is not reported as a flag change.

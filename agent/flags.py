@@ -12,6 +12,7 @@ single dict lookup. An unknown name at read time is not an error (an app built
 for a newer plan must not crash an older agent): it reads as False and is
 counted. An unknown name at set time is an operator mistake: UnknownFlag.
 """
+from agent.errors import AgentError
 
 # The runbook's seven flags, in plan order. Defaults are config/config.exs: all off.
 CATALOGUE = {
@@ -49,7 +50,7 @@ _MAX_UNKNOWN_NAMES = 32
 _OTHER_UNKNOWN = "(other)"
 
 
-class FlagError(Exception):
+class FlagError(AgentError):
     """A flag was set to something that is not allowed."""
 
 

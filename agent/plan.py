@@ -12,9 +12,10 @@ the same on CPython and MicroPython and does not depend on key order.
 import hashlib
 import json
 
+from agent.errors import AgentError
 from agent.flags import CATALOGUE
 from firmware_shim.codec import canonical
-from firmware_shim.files import FileReadError, FileSystem, read_text
+from firmware_shim.files import FileReadError, read_text
 
 RISKS = ("low", "medium", "high", "critical")
 
@@ -47,7 +48,7 @@ DEFAULT_PLAN = {
 }
 
 
-class PlanError(Exception):
+class PlanError(AgentError):
     """A plan that cannot be used, with the reason."""
 
 
@@ -134,9 +135,9 @@ class Plan:
         return cls.from_dict(data)
 
     @classmethod
-    def load(cls, path, fs=None):
+    def load(cls, path, fs):
         try:
-            text = read_text(fs or FileSystem(), path)
+            text = read_text(fs, path)
         except FileReadError as exc:
             raise PlanError("plan file: " + str(exc)) from None
         return cls.from_json(text)

@@ -24,8 +24,8 @@ to the broker only after its store commit: a crash before that means redelivery.
 """
 from agent import VERSION
 from agent import protocol as P
-from agent.control import ControlError, NotReady, Quarantined, TransitionRefused
-from agent.flags import FlagError
+from agent.control import ControlError
+from agent.errors import AgentError
 from agent.report_queue import ReportQueue
 from agent.store import StoreError
 
@@ -178,7 +178,7 @@ class AgentRuntime:
             changes[KEY_LOCAL_HOLD] = None  # the operator has spoken since the console
         try:
             self._dispatch(op, args, changes)
-        except (ControlError, FlagError, StoreError) as exc:
+        except AgentError as exc:  # refused: the error says how to answer
             if isinstance(exc, StoreError):
                 self._resync_with_flash()
             if ack_refusal:
@@ -247,7 +247,7 @@ class AgentRuntime:
             while c.stage + 1 < state.stage:
                 try:
                     c.migrate_to_stage(c.stage + 1)  # intermediate: no guard record
-                except (ControlError, StoreError) as exc:
+                except AgentError as exc:
                     if first_try:
                         self._refused(state, *refusal_of(exc))
                     return False
@@ -454,17 +454,8 @@ def will_message(fleet, device_id, groups, key, guard_seq=None, hw=None):
 
 
 def refusal_of(exc):
-    """(reason code, detail) for an exception a control operation raised."""
-    if isinstance(exc, Quarantined):
-        return P.IN_QUARANTINE, exc.reason
-    if isinstance(exc, NotReady):
-        return P.NOT_READY, list(exc.reasons)
-    if isinstance(exc, TransitionRefused):
-        return P.NOT_READY, [exc.reason]
-    if isinstance(exc, StoreError):
-        # Nothing was committed; the operator may resend once storage recovers.
-        return P.NOT_READY, [f"storage error: {exc}"]
-    return P.MALFORMED, str(exc)  # FlagError / ControlError: arguments it cannot take
+    """(reason code, detail) for an AgentError a control operation raised (agent.errors)."""
+    return exc.refusal, exc.refusal_detail()
 
 
 def _quiet(msg):

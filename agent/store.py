@@ -3,7 +3,8 @@
 It owns the on-flash format of the agent's durable state (stage, flags, command
 sequence number, restart counts, migration history) and the rules that keep it
 intact across power cuts. It never touches `open`/`os` itself (files come from
-the `fs` object handed in, firmware_shim.files.FileSystem by default), never
+the `fs` object handed in: firmware_shim.files.FileSystem on a Pi or a
+board, a fake in tests), never
 acknowledges a commit before it is durable, and never leaves a state on flash
 that mixes two commits.
 
@@ -60,9 +61,11 @@ flash). If even that fails there are two cases:
 """
 import struct
 
+from agent.errors import AgentError
+from agent.protocol import NOT_READY
 from firmware_shim import codec
 from firmware_shim.checksum import crc32
-from firmware_shim.files import EEXIST, ENOSPC, FileSystem, dirname, oserror_errno
+from firmware_shim.files import EEXIST, ENOSPC, dirname, oserror_errno
 
 MAGIC = b"FSTG"
 VERSION = 1
@@ -74,8 +77,14 @@ MAX_PAYLOAD = 0xFFFFFF
 MAX_SEQ = 0xFFFFFFFF
 
 
-class StoreError(Exception):
-    """Anything the store refuses or cannot do."""
+class StoreError(AgentError):
+    """Anything the store refuses or cannot do. Nothing was committed, so a refused
+    command may be resent once storage recovers: not_ready."""
+
+    refusal = NOT_READY
+
+    def refusal_detail(self):
+        return [f"storage error: {self}"]
 
 
 class StoreFullError(StoreError):
@@ -306,9 +315,9 @@ class Store:
     (flash bytes / logical payload bytes) under 2 for flag-sized records.
     """
 
-    def __init__(self, path, fs=None, compact_min_bytes=8192, compact_factor=8, logger=None):
+    def __init__(self, path, fs, compact_min_bytes=8192, compact_factor=8, logger=None):
         self.path = path
-        self.fs = fs if fs is not None else FileSystem()
+        self.fs = fs  # handed in: firmware_shim.files.FileSystem, a flash backend, a fake
         self.compact_min_bytes = compact_min_bytes
         self.compact_factor = compact_factor
         self._log = logger or _quiet  # the caller hands in a log to hear recovery lines

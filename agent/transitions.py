@@ -19,6 +19,8 @@ is not in TRANSITIONS is refused with TransitionRefused, which names the state,
 the event and the reason from REFUSALS. Must never: touch the store, the flags
 or the clock; MigrationControl does that once the table says yes.
 """
+from agent.errors import AgentError
+from agent.protocol import IN_QUARANTINE, NOT_READY
 
 AT_STAGE = "AT_STAGE"
 COOLDOWN = "COOLDOWN"
@@ -80,16 +82,21 @@ REFUSALS = {
 }
 
 
-class ControlError(Exception):
+class ControlError(AgentError):
     """Base of every error MigrationControl raises on purpose."""
 
 
 class TransitionRefused(ControlError):
+    refusal = NOT_READY
+
     def __init__(self, state, event, reason):
         super().__init__(f"{event} refused in state {state}: {reason}")
         self.state = state
         self.event = event
         self.reason = reason
+
+    def refusal_detail(self):
+        return [self.reason]
 
 
 class NotReady(TransitionRefused):
@@ -99,9 +106,17 @@ class NotReady(TransitionRefused):
         super().__init__(state, event, "; ".join(reasons))
         self.reasons = list(reasons)
 
+    def refusal_detail(self):
+        return list(self.reasons)
+
 
 class Quarantined(TransitionRefused):
     """The device is quarantined and will not advance."""
+
+    refusal = IN_QUARANTINE
+
+    def refusal_detail(self):
+        return self.reason
 
 
 def next_state(state, event):

@@ -152,7 +152,7 @@ class BenchAgent:
     def __init__(self, broker, root, i, fleet_key, pool, outbox=None, fs=None):
         self.device_id = f"dev{i:05d}"
         self.control = MigrationControl.open(os.path.join(root, self.device_id),
-                                             clock=SystemClock(), fs=fs)
+                                             fs or FileSystem(), SystemClock())
         self.link = _link(broker, self.device_id)
         rt_link = self.link if outbox is None else OutboxLink(self.link, outbox)
         self.runtime = AgentRuntime(self.control, rt_link, FLEET, self.device_id,

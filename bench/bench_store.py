@@ -202,7 +202,7 @@ def wal_bytes_per_commit(tmp, changes_list):
 
 def durable_commit_times(tmp, commits, rounds):
     """Median seconds per durable one-flag commit for the store, SQLite and JSON."""
-    store = Store(os.path.join(tmp, "time.db"), logger=lambda msg: None)
+    store = Store(os.path.join(tmp, "time.db"), FileSystem(), logger=lambda msg: None)
     sql = SqliteKV(os.path.join(tmp, "time.sqlite"))
     js = JsonFile(os.path.join(tmp, "time.json"))
     for target in (store, sql, js):

@@ -18,6 +18,8 @@ import pytest
 
 from agent import protocol as P
 from agent.control import MigrationControl
+from firmware_shim.clock import SystemClock
+from firmware_shim.files import FileSystem
 from firmware_shim.mqtt_micro import MicroMqttError, parse_packets
 from tests.agentkit import PLAN, REPO, AgentProcess, World
 
@@ -200,7 +202,7 @@ def test_bundle_killed_during_stage_changes_boots_consistent(world):
     assert agent.alive() and obs.last_status()["stage"] == 4
     agent.stop()
     # the flash (the bundle's /state) holds what the device reported
-    control = MigrationControl.open(agent.state_dir)
+    control = MigrationControl.open(agent.state_dir, FileSystem(), SystemClock())
     try:
         assert control.stage == 4
     finally:

@@ -149,6 +149,30 @@ def test_no_import_cycles_and_shim_below_core():
     assert found == KNOWN, "\n".join(found)
 
 
+PLATFORM_CLASSES = ("FileSystem", "FolderFlash", "SystemClock", "PahoLink", "MicroLink")
+
+
+def platform_objects_built_in_the_core(root=ROOT):
+    """(module, class) for every call in agent/ that builds a real platform object."""
+    found = []
+    for mod, path in sorted(project_modules(root).items()):
+        if mod.split(".")[0] != "agent":
+            continue
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read(), path)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call):
+                name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+                if name in PLATFORM_CLASSES:
+                    found.append((mod, name))
+    return found
+
+
+def test_the_core_builds_no_platform_objects():
+    # files, clocks and links are handed in (agent.boot's callers build them)
+    assert platform_objects_built_in_the_core() == []
+
+
 # -- the checker itself finds what it must (a tiny tree of its own) ---------
 
 def _tree(tmp_path, files):
@@ -190,6 +214,11 @@ def test_checker_resolves_relative_imports(tmp_path):
     })
     assert violations(graph) == [
         "module cycle: agent.proto <-> agent.proto._keys <-> agent.proto._wire"]
+
+
+def test_checker_sees_a_platform_default_in_the_core(tmp_path):
+    _tree(tmp_path, {"agent/store.py": "def f(fs=None):\n    return fs or FileSystem()\n"})
+    assert platform_objects_built_in_the_core(str(tmp_path)) == [("agent.store", "FileSystem")]
 
 
 def test_a_clean_tree_has_no_violations(tmp_path):

@@ -7,6 +7,7 @@ import sys
 
 from agent import protocol as P
 from agent.agent_config import load_config
+from firmware_shim.files import FileSystem
 from tests.agentkit import REPO
 
 
@@ -25,7 +26,7 @@ def test_install_writes_a_valid_config_key_and_unit(tmp_path):
              "--ca", "/etc/ssl/fleet-ca.pem", "--root", str(root),
              "--exe", "/opt/fs/bin/fleetstage")
     assert r.returncode == 0, r.stderr
-    cfg = load_config(str(root / "etc/fleetstage/agent.json"))
+    cfg = load_config(str(root / "etc/fleetstage/agent.json"), FileSystem())
     assert (cfg.device_id, cfg.fleet, cfg.groups, cfg.tls) == ("gw7", "plant1", ["line-a"], True)
     assert cfg.state_dir == "/var/lib/fleetstage" and cfg.key_file == "/etc/fleetstage/device.key"
     key_path = root / "etc/fleetstage/device.key"

@@ -14,6 +14,7 @@ from agent import boot
 from agent import protocol as P
 from agent.agent_config import load_config
 from firmware_shim import board
+from firmware_shim.files import FileSystem
 from firmware_shim.mqtt_paho import free_port
 from tests.agentkit import AgentProcess, wait_until
 from tools.agent_cmd import open_control
@@ -44,7 +45,7 @@ def _put_at_stage_1(cfg):
 def test_agent_process_crash_loop_rolls_back_one_stage(tmp_path):
     agent = AgentProcess(str(tmp_path), _NoBroker(), "plant", P.new_fleet_key(), "gw1",
                          config={"control": CONTROL})
-    cfg = load_config(agent.config_path)
+    cfg = load_config(agent.config_path, FileSystem())
     _put_at_stage_1(cfg)
     stages = []
     for n in range(1, 4):
@@ -78,7 +79,7 @@ def _board_config(tmp_path, fleet_key):
 
 def test_board_start_up_counts_restarts_and_rolls_back(tmp_path):
     path = _board_config(tmp_path, P.new_fleet_key())
-    _put_at_stage_1(load_config(path))
+    _put_at_stage_1(load_config(path, FileSystem()))
     results = []
     for _ in range(3):
         agent = boot.build(path, board.Board())
@@ -89,4 +90,4 @@ def test_board_start_up_counts_restarts_and_rolls_back(tmp_path):
     # no outcomes yet: "inconclusive" since issue 8 (was "ok"); the restarts roll back
     assert results == ["inconclusive", "inconclusive", "rollback_triggered"]
     assert stage == 0
-    _assert_rolled_back_for_restarts(_stage(load_config(path))[1])
+    _assert_rolled_back_for_restarts(_stage(load_config(path, FileSystem()))[1])

@@ -14,6 +14,7 @@ import pytest
 
 from agent import protocol as P
 from agent.agent_config import load_config
+from firmware_shim.files import FileSystem
 from tests.agentkit import REPO, AgentProcess
 from tools.agent_cmd import open_control
 
@@ -40,7 +41,7 @@ class _NoBroker:
 @pytest.fixture
 def gateway(tmp_path):
     agent = AgentProcess(str(tmp_path), _NoBroker(), "plant", P.new_fleet_key(), "gw1")
-    cfg = load_config(agent.config_path)
+    cfg = load_config(agent.config_path, FileSystem())
     control = open_control(cfg)
     control.migrate_to_stage(1)
     control.close()

@@ -107,7 +107,7 @@ def run_agent(cfg):
 
 def _run(args):
     try:
-        cfg = load_config(args.config)
+        cfg = load_config(args.config, FileSystem())
         return run_agent(cfg)
     except (ConfigError, AgentStartError, MqttError) as exc:
         log(f"cannot start: {exc}")

@@ -137,8 +137,9 @@ def bundle(out_dir: str, compile_mpy: bool = True, config: str | None = None,
 def _run(args: argparse.Namespace) -> int:
     if args.config:
         from agent.agent_config import ConfigError, load_config
+        from firmware_shim.files import FileSystem
         try:
-            load_config(args.config)
+            load_config(args.config, FileSystem())
         except ConfigError as exc:
             print("fleetstage bundle: %s" % exc, file=sys.stderr)
             return 2

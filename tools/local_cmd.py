@@ -247,9 +247,10 @@ def _print_status(status, via):
 
 def _run(args):
     from agent.agent_config import ConfigError, load_config
+    from firmware_shim.files import FileSystem
 
     try:
-        cfg = load_config(args.config)
+        cfg = load_config(args.config, FileSystem())
     except ConfigError as exc:
         print(f"fleetstage local: {exc}", file=sys.stderr)
         return 2

@@ -20,6 +20,7 @@ import time
 
 from agent import protocol as P
 from agent.plan import Plan
+from firmware_shim.files import FileSystem
 from firmware_shim.mqtt_paho import MqttConfig, MqttError, MqttLoop, PahoLink
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
@@ -290,7 +291,7 @@ def client_from_args(args):
     fleet = args.fleet or os.environ.get("FLEETSTAGE_FLEET")
     if not fleet:
         raise OperatorError("--fleet is required (or set FLEETSTAGE_FLEET)")
-    plan = Plan.load(args.plan) if args.plan else None
+    plan = Plan.load(args.plan, FileSystem()) if args.plan else None
     return OperatorClient(args.broker, fleet, info.key, plan=plan, username=args.username,
                           password=_read_secret(args.password_file), ca=args.ca, cert=args.cert,
                           client_key=args.client_key, tls_insecure=args.tls_insecure)

@@ -43,6 +43,7 @@ from collections.abc import Callable
 from agent import protocol as P
 from agent.store import Store, StoreError
 from firmware_shim import codec
+from firmware_shim.files import FileSystem
 from firmware_shim.mqtt_paho import MqttError
 from tools import waves as W
 from tools.bucketing import Buckets, plan_addressing
@@ -356,7 +357,7 @@ def _run(args: argparse.Namespace) -> int:
     lock = StateLock(args.state)
     try:
         lock.acquire()
-        store = Store(args.state)
+        store = Store(args.state, FileSystem())
     except LeaseHeld as exc:
         return fail(str(exc))
     except (StoreError, OSError) as exc:

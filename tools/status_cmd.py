@@ -17,6 +17,7 @@ import time
 
 from agent import protocol as P
 from agent.plan import Plan
+from firmware_shim.files import FileSystem
 from firmware_shim.mqtt_paho import MqttConfig, MqttError, MqttLoop, PahoLink
 
 
@@ -129,7 +130,7 @@ def _run(args: argparse.Namespace) -> int:
         if info.kind == "device":
             raise P.KeyFileError("%s is a device key; reports are checked with the fleet key"
                                  % args.key)
-        plan = Plan.load(args.plan) if args.plan else Plan.default()
+        plan = Plan.load(args.plan, FileSystem()) if args.plan else Plan.default()
         view = FleetView(fleet, info.key)
         loop, link = _connect(args, view)
     except (OSError, P.ProtocolError, MqttError, ValueError) as exc:

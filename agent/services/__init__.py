@@ -79,20 +79,15 @@ _IMPLS = {
 }
 
 
-def _default_clock():
-    from firmware_shim.clock import SystemClock  # only when no clock is handed in
-    return SystemClock()
-
-
 class Services:
     """One device's services: `.registry`, `.error_context`, `.telemetry`, `.spans`,
     `.sampled_events`, `.enforcement`, `.supervisor`."""
 
-    def __init__(self, flags, events=None, clock=None, strict=False,
+    def __init__(self, flags, clock, events=None, strict=False,
                  max_restarts=3, period_ms=5000):
         self.flags = flags
         self.events = events
-        self.clock = clock if clock is not None else _default_clock()
+        self.clock = clock  # handed in: the core never picks the platform's clock
         self.owner = legacy_state.new_owner()
         self.enforcement = Enforcement(self.clock, strict=strict)
         self.supervisor = Supervisor(self.clock, events, max_restarts, period_ms)

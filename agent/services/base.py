@@ -10,13 +10,14 @@ Must never: hold service state itself (that lives in the implementation), or
 read a flag on the hot path (the facade swaps implementations in apply_flags).
 """
 
+from agent.errors import AgentError
 from agent.services import legacy_state
 
 LEGACY = "legacy"
 NEW = "new"
 
 
-class ServicesError(Exception):
+class ServicesError(AgentError):
     """Root of the services' errors; any other exception type from here is a bug."""
 
 

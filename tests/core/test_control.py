@@ -26,7 +26,7 @@ MINUTE = 60000
 def _open(d=None, clock=None, config=None, fs=None, plan=None):
     d = d or corekit.tmpdir("ctl")
     clock = clock or ManualClock()
-    return MigrationControl.open(d, plan=plan, config=config, clock=clock, fs=fs), d, clock
+    return MigrationControl.open(d, fs or FileSystem(), clock, plan=plan, config=config), d, clock
 
 
 def _traffic(c, n=30, errors=0, latency=10):
@@ -550,7 +550,7 @@ def test_unknown_flag_reads_and_store_stats_in_metrics():
 
 def test_invalid_stored_values_fall_back_to_safe_ones():
     d = corekit.tmpdir("ctl")
-    store = Store(d + "/agent.store")
+    store = Store(d + "/agent.store", FileSystem())
     store.commit({"ctl.stage": "three", "ctl.state": "LIMBO", "ctl.overrides": {"nope": 1},
                   "ctl.seq": 12})
     store.close()

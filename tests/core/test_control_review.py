@@ -7,6 +7,7 @@ from agent import transitions as tr
 from agent.control import AT_STAGE, COOLDOWN, MigrationControl
 from agent.store import StoreError
 from firmware_shim.clock import ManualClock
+from firmware_shim.files import FileSystem
 
 MINUTE = 60000
 YEAR_S = 365 * 24 * 3600
@@ -15,7 +16,7 @@ YEAR_S = 365 * 24 * 3600
 def _open(d=None, clock=None, config=None):
     d = d or corekit.tmpdir("ctlrev")
     clock = clock or ManualClock()
-    return MigrationControl.open(d, config=config, clock=clock), d, clock
+    return MigrationControl.open(d, FileSystem(), clock, config=config), d, clock
 
 
 def _traffic(c, n=30, errors=0, latency=10):

@@ -4,6 +4,7 @@ import corekit
 from agent.config import DEFAULT_THRESHOLDS, Config, ConfigError
 from agent.flags import FLAG_NAMES
 from agent.plan import DEFAULT_PLAN, Plan, PlanError
+from firmware_shim.files import FileSystem
 
 
 def _copy(value):
@@ -55,11 +56,11 @@ def test_plan_loads_from_a_json_file():
     d = corekit.tmpdir("plan")
     with open(d + "/plan.json", "w") as f:
         f.write(json.dumps(DEFAULT_PLAN))
-    assert Plan.load(d + "/plan.json").hash == Plan.default().hash
-    corekit.raises(PlanError, Plan.load, d + "/missing.json")
+    assert Plan.load(d + "/plan.json", FileSystem()).hash == Plan.default().hash
+    corekit.raises(PlanError, Plan.load, d + "/missing.json", FileSystem())
     with open(d + "/bad.json", "w") as f:
         f.write("{not json")
-    corekit.raises(PlanError, Plan.load, d + "/bad.json")
+    corekit.raises(PlanError, Plan.load, d + "/bad.json", FileSystem())
 
 
 def _bad(mutate, words):
@@ -136,7 +137,7 @@ def test_config_loads_from_a_json_file():
     d = corekit.tmpdir("cfg")
     with open(d + "/prod.json", "w") as f:
         f.write('{"environment": "prod", "thresholds": {"min_samples": 5}}')
-    config = Config.load(d + "/prod.json")
+    config = Config.load(d + "/prod.json", FileSystem())
     assert config.environment == "prod" and config.thresholds["min_samples"] == 5
-    exc = corekit.raises(ConfigError, Config.load, d + "/none.json")
+    exc = corekit.raises(ConfigError, Config.load, d + "/none.json", FileSystem())
     assert exc.field == "(file)"

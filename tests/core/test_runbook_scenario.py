@@ -11,6 +11,7 @@ from agent.control import AT_STAGE, COOLDOWN, MigrationControl, NotReady, Transi
 from agent.flags import FLAG_NAMES
 from agent.plan import Plan
 from firmware_shim.clock import ManualClock
+from firmware_shim.files import FileSystem
 
 TICK = 30000
 PROD = {"environment": "prod", "cooldown_ms": 600000}
@@ -26,8 +27,8 @@ def _expected_flags(stage):
 class Device:
     def __init__(self):
         self.clock = ManualClock()
-        self.control = MigrationControl.open(corekit.tmpdir("runbook"), config=PROD,
-                                             clock=self.clock)
+        self.control = MigrationControl.open(corekit.tmpdir("runbook"), FileSystem(),
+                                             self.clock, config=PROD)
         self.events = []
         self.control.events.subscribe("*", lambda n, p: self.events.append((n, p)))
 

@@ -8,6 +8,7 @@ from agent.control import MigrationControl
 from agent.runtime import AgentRuntime
 from firmware_shim import codec
 from firmware_shim.clock import ManualClock
+from firmware_shim.files import FileSystem
 
 FLEET_KEY = bytes(range(32))
 DEV = "dev-1"
@@ -41,7 +42,7 @@ class FakeLink:
 
 def make(link=None, queue_limit=256, groups=("g1",)):
     clock = ManualClock()
-    control = MigrationControl.open(tmpdir("rt"), clock=clock)
+    control = MigrationControl.open(tmpdir("rt"), FileSystem(), clock)
     link = link or FakeLink()
     rt = AgentRuntime(control, link, "fl", DEV, groups, key=P.derive_device_key(FLEET_KEY, DEV),
                       clock=clock, queue_limit=queue_limit)
@@ -183,7 +184,7 @@ def test_ack_goes_out_before_events_and_status():
 
 def test_automatic_rollback_with_broker_down_is_reported_on_reconnect():
     clock = ManualClock()
-    control = MigrationControl.open(tmpdir("rt"), clock=clock)
+    control = MigrationControl.open(tmpdir("rt"), FileSystem(), clock)
     link = FakeLink(connected=False)
     rt = AgentRuntime(control, link, "fl", DEV, key=P.derive_device_key(FLEET_KEY, DEV),
                       clock=clock, monitor_interval_ms=1000, health_interval_ms=500)
@@ -256,7 +257,7 @@ def test_console_hold_ignores_desired_states_whatever_the_operator_clock():
 def test_console_hold_on_a_board_without_rtc():
     # A board with no RTC reads a wall clock near 1970: any operator seq is above it.
     clock = ManualClock(wall_start=0.0)
-    control = MigrationControl.open(tmpdir("rt"), clock=clock)
+    control = MigrationControl.open(tmpdir("rt"), FileSystem(), clock)
     rt = AgentRuntime(control, FakeLink(), "fl", DEV, key=P.derive_device_key(FLEET_KEY, DEV),
                       clock=clock)
     rt.start()
@@ -272,14 +273,14 @@ def test_console_hold_on_a_board_without_rtc():
 def test_console_hold_survives_a_reboot_and_only_an_applied_command_lifts_it():
     clock = ManualClock()
     state_dir = tmpdir("rt")
-    control = MigrationControl.open(state_dir, clock=clock)
+    control = MigrationControl.open(state_dir, FileSystem(), clock)
     key = P.derive_device_key(FLEET_KEY, DEV)
     rt = AgentRuntime(control, FakeLink(), "fl", DEV, key=key, clock=clock)
     rt.start()
     deliver(rt, "device:" + DEV, cmd(control, "migrate", {"stage": 1}, 10))
     rt.local_emergency_rollback("console")
     control.close()
-    control = MigrationControl.open(state_dir, clock=clock)  # the gateway reboots
+    control = MigrationControl.open(state_dir, FileSystem(), clock)  # the gateway reboots
     link = FakeLink()
     rt = AgentRuntime(control, link, "fl", DEV, key=key, clock=clock)
     rt.start()
@@ -308,11 +309,11 @@ def test_console_hold_set_through_the_store_while_the_agent_is_down():
 
     clock = ManualClock()
     state_dir = tmpdir("rt")
-    control = MigrationControl.open(state_dir, clock=clock)
+    control = MigrationControl.open(state_dir, FileSystem(), clock)
     control.migrate_to_stage(1)
     control.emergency_rollback("local: console", extra_changes=local_hold_changes(clock))
     control.close()
-    control = MigrationControl.open(state_dir, clock=clock)
+    control = MigrationControl.open(state_dir, FileSystem(), clock)
     rt = AgentRuntime(control, FakeLink(), "fl", DEV, key=P.derive_device_key(FLEET_KEY, DEV),
                       clock=clock)
     rt.start()

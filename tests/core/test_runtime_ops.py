@@ -10,6 +10,7 @@ from agent import protocol as P
 from agent.control import MigrationControl
 from agent.runtime import DESIRED_RETRY_MS, AgentRuntime
 from firmware_shim.clock import ManualClock
+from firmware_shim.files import FileSystem
 
 FLEET_KEY = bytes(range(1, 33))
 DEV = "gw-ops"
@@ -20,8 +21,8 @@ FLAG = "use_logger_error_context"
 class Device:
     def __init__(self, config=None, fs=None):
         self.clock = ManualClock()
-        self.control = MigrationControl.open(tmpdir("rtops"), config=config, clock=self.clock,
-                                             fs=fs)
+        self.control = MigrationControl.open(tmpdir("rtops"), fs or FileSystem(), self.clock,
+                                             config=config)
         self.link = MemoryLink(KEY)
         self.rt = AgentRuntime(self.control, self.link, "fl", DEV, key=KEY, clock=self.clock,
                                monitor_interval_ms=1000)

@@ -10,6 +10,7 @@ from agent.control import MigrationControl
 from agent.report_queue import ReportQueue
 from agent.runtime import AgentRuntime
 from firmware_shim.clock import ManualClock
+from firmware_shim.files import FileSystem
 
 FLEET_KEY = bytes(range(32))
 DEV = "dev-q"
@@ -48,7 +49,7 @@ def test_a_retained_status_replaces_the_queued_one_without_counting_a_drop():
 
 def test_long_outage_keeps_acks_and_the_automatic_rollback_events():
     clock = ManualClock()
-    control = MigrationControl.open(tmpdir("rtq"), clock=clock)
+    control = MigrationControl.open(tmpdir("rtq"), FileSystem(), clock)
     link = MemoryLink(KEY, connected=False)
     rt = AgentRuntime(control, link, "fl", DEV, key=KEY, clock=clock, queue_limit=24,
                       monitor_interval_ms=1000, health_interval_ms=500,

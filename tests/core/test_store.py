@@ -32,7 +32,7 @@ def _quiet(msg):
 
 def _open(path, fs=None, **kw):
     kw.setdefault("logger", _quiet)
-    return Store(path, fs=fs, **kw)
+    return Store(path, fs=fs if fs is not None else FileSystem(), **kw)
 
 
 def _read(path):
