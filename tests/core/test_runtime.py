@@ -363,7 +363,7 @@ def test_rollback_to_current_or_higher_stage_is_an_applied_noop_and_never_migrat
 
 def test_status_and_last_will_carry_the_hardware_revision():
     clock = ManualClock()
-    control = MigrationControl.open(tmpdir("rt-hw"), clock=clock)
+    control = MigrationControl.open(tmpdir("rt-hw"), FileSystem(), clock)
     link = FakeLink()
     rt = AgentRuntime(control, link, "fl", DEV, ("g1",), key=P.derive_device_key(FLEET_KEY, DEV),
                       clock=clock, hw="rev-b")
