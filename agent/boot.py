@@ -17,6 +17,8 @@ A platform is duck-typed:
         last will; it is made BEFORE the flash is opened, so a config the
         platform cannot serve (a board without verifying TLS) stops the start
         with refuse(field, why) (it raises ConfigError) and touches nothing.
+    platform.memory()  (optional) {name: bytes} for status and health: heap_free and
+                       heap_alloc on a board, rss on a Pi (firmware_shim.machine.memory)
     platform.poll()    (only for run()) called once the agent is built, then every
                        loop turn: a board arms and feeds its watchdog there
 """
@@ -54,13 +56,14 @@ def open_control(cfg, fs, clock, log):
                                  log=log)
 
 
-def build_runtime(cfg, key, control, link, log):
+def build_runtime(cfg, key, control, link, log, memory=None):
     return AgentRuntime(
         control, link, cfg.fleet, cfg.device_id, cfg.groups, key=key, clock=control.clock,
         insecure=cfg.insecure, queue_limit=int(cfg.queue_limit),
         health_interval_ms=int(cfg.health_interval_ms),
         status_interval_ms=int(cfg.status_interval_ms),
-        monitor_interval_ms=int(cfg.monitor_interval_ms), log=log, hw=cfg.hw)
+        monitor_interval_ms=int(cfg.monitor_interval_ms), log=log, hw=cfg.hw,
+        memory=memory)
 
 
 def count_agent_start(control, log):
@@ -143,7 +146,7 @@ def boot(cfg, platform):
         raise
     for note in control.recovered_notes:
         log("store recovery: " + note)
-    runtime = build_runtime(cfg, key, control, link, log)
+    runtime = build_runtime(cfg, key, control, link, log, getattr(platform, "memory", None))
     topic, payload = runtime.will()  # offline, with the groups and the guard's seq
     link.set_will(topic, payload, 1, True)
     return Agent(cfg, key, control, runtime, link, log)

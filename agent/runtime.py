@@ -43,7 +43,8 @@ KEY_LOCAL_HOLD = "rt.local_hold"
 class AgentRuntime:
     def __init__(self, control, link, fleet, device_id, groups=(), key=None, clock=None,
                  insecure=False, queue_limit=256, health_interval_ms=30000,
-                 status_interval_ms=60000, monitor_interval_ms=None, log=None, hw=None):
+                 status_interval_ms=60000, monitor_interval_ms=None, log=None, hw=None,
+                 memory=None):
         self.control = control
         self.link = link
         self.fleet = P.validate_id(fleet, "fleet")
@@ -58,6 +59,8 @@ class AgentRuntime:
         self.status_interval_ms = status_interval_ms
         self.monitor_interval_ms = monitor_interval_ms
         self.log = log or _quiet
+        # () -> {name: bytes} for status and health (firmware_shim.machine.memory)
+        self.memory = memory
         self.guard = P.ReplayGuard.from_store(control.store)
         self._local_hold = control.store.get(KEY_LOCAL_HOLD)
         self.counters = {"messages": 0, "applied": 0, "duplicate": 0, "rejected": 0,
@@ -98,7 +101,12 @@ class AgentRuntime:
                             self.guard.last_seq, self.hw)
 
     def run(self, poll_ms=100, extra_poll=None):
-        """Blocking loop for a single agent (the Pi); `stopping` ends it."""
+        """Blocking loop for a single agent (the Pi, a board); `stopping` ends it.
+
+        extra_poll() runs once per turn: a board feeds its watchdog there
+        (agent.boot.run), so a loop that hangs in the link, a handler or the
+        store stops feeding it and the board resets.
+        """
         while not self.stopping:
             try:
                 self.link.poll(poll_ms)
@@ -326,8 +334,19 @@ class AgentRuntime:
                    "queue_dropped": self.queue.dropped,
                    "queue_dropped_by_kind": dict(self.queue.dropped_by_kind),
                    "console_hold": self._local_hold is not None,
-                   "desired_held": self.counters["desired_held"]},
+                   "desired_held": self.counters["desired_held"],
+                   "memory": self.memory_report()},
             key=self.key, now=self._now())
+
+    def memory_report(self):
+        """heap_free/heap_alloc on a board, rss on a Pi (bytes); {} when not wired."""
+        if self.memory is None:
+            return {}
+        try:
+            return dict(self.memory())
+        except Exception as exc:  # a report must go out even if the platform cannot say
+            self._count_error("memory", exc)
+            return {}
 
     def publish_status(self):
         self._status_dirty = False
@@ -340,6 +359,7 @@ class AgentRuntime:
             metrics["runtime"]["queue_len"] = len(self.queue)
             metrics["runtime"]["queue_dropped"] = self.queue.dropped
             metrics["runtime"]["queue_dropped_by_kind"] = dict(self.queue.dropped_by_kind)
+            metrics["memory"] = self.memory_report()
             payload = P.encode_health(self.device_id, metrics, key=self.key, now=self._now())
         except Exception as exc:
             self._count_error("health report", exc)

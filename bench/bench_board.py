@@ -19,6 +19,10 @@ feeds it four signed stage changes as the link would, and reports:
 Targets (issue 11): <= 96 KB after boot, <= 128 KB at the peak of a stage
 change. The baseline column is the bare interpreter's heap in the same run
 (`micropython -c` with nothing imported).
+
+On the Pi side it measures the resident set (VmRSS) of `fleetstage agent`
+idling connected to the broker, beside bare python and python with paho and
+msgpack imported, all in the same run (target: the agent <= 25 MB).
 """
 from __future__ import annotations
 
@@ -239,9 +243,61 @@ def measure(work: str) -> dict:
             raise RuntimeError("the board ran out of the default heap")
         got["min_heap"] = smallest_heap(out, max(got["bounds"]) + 64 * KB)
         got["bare_process"] = bare_heap()
+        got["pi"] = pi_footprint(work, broker.url)
         return got
     finally:
         broker.stop()
+
+
+def _rss_of(proc: subprocess.Popen) -> int:
+    with open("/proc/%d/status" % proc.pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * KB
+    raise RuntimeError("no VmRSS for %d" % proc.pid)
+
+
+def _idle_rss(argv: list[str], ready: str | None, log_path: str, settle_s: float = 2.0) -> int:
+    """The resident set of a process once `ready` shows in its output and it has idled."""
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while ready is not None:
+            with open(log_path, errors="replace") as f:
+                if ready in f.read():
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("not ready: %s" % open(log_path).read()[-500:])
+            time.sleep(0.05)
+        time.sleep(settle_s)
+        return _rss_of(proc)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def pi_footprint(work: str, broker_url: str) -> dict:
+    """Idle RSS of `fleetstage agent` beside bare python and python with paho imported."""
+    fleet_key = P.new_fleet_key()
+    key = os.path.join(work, "pi.key")
+    with open(key, "wb") as f:
+        f.write(P.format_key_file(P.derive_device_key(fleet_key, "bench-pi"), "device",
+                                  "bench-pi"))
+    config = os.path.join(work, "pi.json")
+    with open(config, "w") as f:
+        json.dump({"device_id": "bench-pi", "fleet": FLEET, "broker": broker_url,
+                   "key_file": key, "state_dir": os.path.join(work, "pi-state"),
+                   "environment": "dev"}, f)
+    py = sys.executable
+    wait = "import sys, time; print('ready', flush=True); time.sleep(60)"
+    return {
+        "bare": _idle_rss([py, "-c", wait], "ready", os.path.join(work, "bare.log")),
+        "paho": _idle_rss([py, "-c", "import paho.mqtt.client, msgpack; " + wait], "ready",
+                          os.path.join(work, "paho.log")),
+        "agent": _idle_rss([py, "-m", "tools.cli", "agent", "--config", config],
+                           "connected to broker", os.path.join(work, "agent.log")),
+    }
 
 
 def run(quick: bool = False) -> list[dict]:
@@ -260,6 +316,13 @@ def run(quick: bool = False) -> list[dict]:
                "KB", base, bare / KB, target="<= 128 KB", met=got["min_heap"] <= TARGET_PEAK),
         figure("peak of a stage change, no GC (upper bound)", max(got["bounds"]) / KB, "KB",
                base, bare / KB),
+    ]
+    pi, mb = got["pi"], 1024.0 * KB
+    rows += [
+        figure("Pi agent idle RSS (fleetstage agent)", pi["agent"] / mb, "MB", "bare python",
+               pi["bare"] / mb, target="<= 25 MB", met=pi["agent"] <= 25 * mb),
+        figure("  python with paho + msgpack imported", pi["paho"] / mb, "MB", "bare python",
+               pi["bare"] / mb),
     ]
     total = sum(size for _, size in got["shares"]) or 1
     for name, size in sorted(got["shares"], key=lambda s: -s[1]):

@@ -17,7 +17,7 @@ the board. Must never: import agent (the core sits above the shim; it is handed 
 """
 from firmware_shim.clock import SystemClock
 from firmware_shim.files import FileSystem, FolderFlash
-from firmware_shim.machine import Watchdog
+from firmware_shim.machine import Watchdog, memory
 from firmware_shim.mqtt_micro import MicroLink, MicroTlsUnsupported
 
 
@@ -63,6 +63,7 @@ class Board:
         self.log = log
         self.watchdog_ms = watchdog_ms
         self._wdt = None
+        self.memory = memory  # heap_free / heap_alloc in status and health
 
     def open_link(self, cfg, key, refuse):
         """The MQTT link, made before the flash is opened: a port that cannot verify

@@ -4,7 +4,10 @@ On CPython (a Raspberry Pi gateway) the id comes from the config or the host
 name, reset exits the process so systemd restarts it, and the watchdog is a
 no-op (systemd's WatchdogSec can be added by the unit). On a MicroPython board
 these map to machine.unique_id(), machine.reset() and machine.WDT.
+memory() is what the device reports about its memory: the heap on a board,
+the resident set on a Pi.
 """
+import gc
 import sys
 
 try:
@@ -41,3 +44,18 @@ class Watchdog:
     def feed(self):
         if self._wdt is not None:
             self._wdt.feed()
+
+
+def memory():
+    """{"heap_free", "heap_alloc"} (gc, bytes) on MicroPython; {"rss"} (bytes) on CPython."""
+    if hasattr(gc, "mem_free"):  # MicroPython: CPython's gc has no mem_free
+        return {"heap_free": gc.mem_free(), "heap_alloc": gc.mem_alloc()}
+    try:
+        with open("/proc/self/statm") as f:  # Linux (Raspberry Pi OS): resident pages
+            import os
+
+            return {"rss": int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")}
+    except (OSError, ValueError, IndexError, AttributeError):
+        import resource  # no /proc (macOS): the peak, the best it offers
+
+        return {"rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}

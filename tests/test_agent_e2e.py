@@ -47,6 +47,7 @@ def test_stage_0_to_4_and_back(world):
     obs, op = world.observer, world.operator
     st = obs.wait_stage(0)
     assert st["plan"] == PLAN.hash and st["groups"] == ["pilot"] and st["agent_version"]
+    assert st["extra"]["memory"]["rss"] > 5 * 1024 * 1024  # the Pi reports its resident set
     for stage in (1, 2, 3, 4):
         out = op.publish_stage(stage, "device:gw1", ["gw1"], timeout=15)
         assert out.exit_code() == 0, out.to_dict()

@@ -78,6 +78,10 @@ def test_board_agent_takes_signed_stages_and_refuses_forgeries(world):
     obs, op = world.observer, world.operator
     st = obs.wait_stage(0, timeout=30)
     assert st["plan"] == PLAN.hash and st["groups"] == ["boards"], agent.log()
+    memory = st["extra"]["memory"]  # gc.mem_free() / gc.mem_alloc() of the board
+    assert memory["heap_free"] > 0 and memory["heap_alloc"] > 50 * 1024, memory
+    obs.wait_for(lambda: obs.of("health"), timeout=10)
+    assert obs.of("health")[-1]["metrics"]["memory"]["heap_alloc"] > 50 * 1024
     for stage in (1, 2, 3, 4):
         out = op.publish_stage(stage, "group:boards", ["board1"], timeout=20)
         assert out.acks["board1"]["result"] == "applied", (out.to_dict(), agent.log())

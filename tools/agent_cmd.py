@@ -17,6 +17,7 @@ from agent.agent_config import ConfigError, load_config
 from agent.runtime import will_message
 from firmware_shim.clock import SystemClock
 from firmware_shim.files import FileSystem
+from firmware_shim.machine import memory
 from firmware_shim.mqtt_paho import MqttConfig, MqttError, PahoLink, Will
 from tools.local_cmd import ConsoleServer, StateDirLock, StateDirLocked
 
@@ -37,6 +38,7 @@ class PiPlatform:
         self.fs = FileSystem()
         self.clock = clock if clock is not None else SystemClock()
         self.log = log
+        self.memory = memory  # the resident set in status and health
 
     def open_link(self, cfg, key, refuse):
         return PahoLink(link_config(cfg, key), log=log)

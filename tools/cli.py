@@ -23,20 +23,26 @@ COMMAND_MODULES = [
 ]
 
 
-def build_parser():
+# `fleetstage agent` is the long-running process on every gateway: it loads its own
+# command only (the operator tools, orchestrator and simulator cost ~4 MB resident).
+RESIDENT_COMMANDS = {"agent": "tools.agent_cmd"}
+
+
+def build_parser(only=None):
     parser = argparse.ArgumentParser(
         prog="fleetstage",
         description="Staged feature-flag migrations on fleets of edge gateways,"
         " with automatic rollback.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    for name in COMMAND_MODULES if only is None else [only]:
         importlib.import_module(name).register(sub)
     return parser
 
 
 def main(argv=None):
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(RESIDENT_COMMANDS.get(argv[0]) if argv else None)
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
         parser.print_help()
