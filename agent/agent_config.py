@@ -10,8 +10,11 @@ key_file, state_dir, environment. Optional: groups (list), hw (the hardware
 revision, a name shown in status and used by rollout cohorts), insecure (false),
 tls {ca, cert, key, insecure_skip_hostname_check}, credentials {username,
 password}, control (overrides for agent.config.Config: thresholds,
-cooldown_ms, ...), and tuning knobs (keepalive_s, backoff_min_s, backoff_max_s, health_interval_ms,
-status_interval_ms, queue_limit, plan_file, clean_session).
+cooldown_ms, ...), run_dir (/run/fleetstage: flags.json, flags.flagd.json,
+api.sock and metrics.sock for the gateway's applications), health {probes,
+statsd} (agent.health_config), and tuning knobs (keepalive_s, backoff_min_s,
+backoff_max_s, health_interval_ms, status_interval_ms, queue_limit, plan_file,
+clean_session).
 """
 import json
 
@@ -34,7 +37,9 @@ _TUNING = {
 _KNOWN = (
     "device_id", "fleet", "groups", "broker", "key_file", "state_dir", "environment",
     "insecure", "tls", "credentials", "plan_file", "clean_session", "control", "hw",
+    "run_dir", "health",
 )
+DEFAULT_RUN_DIR = "/run/fleetstage"
 
 
 
@@ -145,6 +150,8 @@ class AgentConfig:
         self.environment = check_name("environment", d.get("environment"))
         self.control = self._control_config(d)
         self.plan_file = _string(d, "plan_file", required=False)
+        self.run_dir = _string(d, "run_dir", required=False) or DEFAULT_RUN_DIR
+        self.health = self._health_config(d)
         self.insecure = self._bool(d, "insecure", False)
         self.clean_session = self._bool(d, "clean_session", False)
         tls = self._tls_block(d)
@@ -202,6 +209,14 @@ class AgentConfig:
         except ConfigError as exc:
             where = "environment" if exc.field == "environment" else "control." + str(exc.field)
             raise ConfigError(where, exc.why) from None
+
+    def _health_config(self, d):
+        from agent.health_config import HealthConfigError, parse_health
+
+        try:
+            return parse_health(d.get("health"))
+        except HealthConfigError as exc:
+            raise ConfigError(exc.field, exc.why) from None
 
     def _bool(self, d, field, default):
         value = d.get(field, default)

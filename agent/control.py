@@ -334,6 +334,16 @@ class MigrationControl:
             raise ControlError(f"outcome source must be a string, not {name!r}")
         self.health.record_outcome(ok, latency_ms, self.clock.monotonic_ms(), name)
 
+    def record_outcomes(self, calls, errors, latency_ms, source):
+        """calls outcomes at once, errors of them failed (a scrape's deltas)."""
+        if type(calls) is not int or type(errors) is not int or calls < 0 or errors < 0:
+            raise ControlError("calls and errors must be integers >= 0")
+        if not isinstance(source, str):
+            raise ControlError(f"outcome source must be a string, not {source!r}")
+        if latency_ms is not None and type(latency_ms) is not int and type(latency_ms) is not float:
+            raise ControlError(f"latency_ms must be a number or None, not {latency_ms!r}")
+        self.health.record_outcomes(calls, errors, latency_ms, self.clock.monotonic_ms(), source)
+
     def set_source_grace(self, source, grace_ms):
         """A source's startup grace (a probe's initial_delay_s): its outcomes are
         ignored for grace_ms from now and again after every stage change."""

@@ -220,6 +220,25 @@ class HealthWindow:
                 if j < per:
                     src.lat[slot * per + j] = latency_ms
 
+    def record_outcomes(self, calls, errors, latency_ms, now_ms, source=None):
+        """Many calls at once (a scrape's deltas): counts added in O(1); the latency,
+        if any, is one observation (a mean over those calls)."""
+        if calls <= 0:
+            return
+        if errors > calls:
+            errors = calls
+        src = self._source(source or DEFAULT_SOURCE)
+        if src.grace_until is not None:
+            if now_ms < src.grace_until:
+                src.ignored += calls
+                return
+            src.grace_until = None
+        self.record_outcome(errors == 0, latency_ms, now_ms, source)
+        slot = (now_ms // self.bucket_ms) % BUCKETS
+        if src.epoch[slot] == now_ms // self.bucket_ms:
+            src.calls[slot] += calls - 1
+            src.errors[slot] += errors - (1 if errors else 0)
+
     def record_restart(self, now_ms, name=None):
         self._restarts.append((now_ms, name))
         if len(self._restarts) > MAX_RESTARTS:

@@ -76,10 +76,11 @@ class AgentProcess:
             f.write(P.format_key_file(P.derive_device_key(fleet_key, device_id), "device",
                                       device_id))
         self.state_dir = os.path.join(workdir, "state-" + device_id)
+        self.run_dir = os.path.join(workdir, "run-" + device_id)
         cfg = {
             "device_id": device_id, "fleet": fleet, "groups": list(groups),
             "broker": broker.url, "key_file": self.key_file, "state_dir": self.state_dir,
-            "environment": "dev", "keepalive_s": 2, "backoff_min_s": 0.05,
+            "run_dir": self.run_dir, "environment": "dev", "keepalive_s": 2, "backoff_min_s": 0.05,
             "backoff_max_s": 0.5, "health_interval_ms": 300, "status_interval_ms": 1000,
             "monitor_interval_ms": 1000,
         }

@@ -3,7 +3,8 @@
 Owns: the Pi's platform for agent.boot (the composition root, which wires the
 key, MigrationControl, the runtime and the last will): the paho link, files,
 clock and logs on stderr (journald); plus the state-dir lock, the local console
-socket and signal handling.
+socket, the applications' side (tools.app_side: run_dir files, api.sock,
+metrics.sock, statsd, probes) and signal handling.
 Must never: start when the config, the key or the lock is wrong: it says which
 and exits non-zero, so systemd shows the reason.
 """
@@ -19,6 +20,7 @@ from firmware_shim.clock import SystemClock
 from firmware_shim.files import FileSystem
 from firmware_shim.machine import memory
 from firmware_shim.mqtt_paho import MqttConfig, MqttError, PahoLink, Will
+from tools.app_side import AppSide
 from tools.local_cmd import ConsoleServer, StateDirLock, StateDirLocked
 
 
@@ -81,6 +83,17 @@ def run_agent(cfg):
         raise
     runtime, link, control = agent.runtime, agent.link, agent.control
     console = ConsoleServer(cfg.state_dir, agent.console)
+    try:
+        apps = AppSide(cfg.run_dir, cfg.health, control, log)
+    except OSError as exc:
+        console.close()
+        agent.close()
+        lock.release()
+        raise AgentStartError(f"config field 'run_dir': {cfg.run_dir}: {exc}") from None
+
+    def extra_poll():
+        console.poll()
+        apps.poll()
 
     def stop(signum, frame):
         runtime.stopping = True
@@ -91,7 +104,7 @@ def run_agent(cfg):
     link.start()
     log(f"device {cfg.device_id} fleet {cfg.fleet} at stage {control.stage}; broker {cfg.broker}")
     try:
-        runtime.run(poll_ms=100, extra_poll=console.poll)
+        runtime.run(poll_ms=100, extra_poll=extra_poll)
     finally:
         if link.connected:  # a clean DISCONNECT suppresses the will: say offline ourselves
             try:
@@ -100,6 +113,7 @@ def run_agent(cfg):
                 link.poll(100)
             except MqttError:
                 pass
+        apps.close()
         agent.close()
         console.close()
         lock.release()

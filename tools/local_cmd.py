@@ -16,6 +16,9 @@ import json
 import os
 import socket
 import sys
+from typing import Callable
+
+from firmware_shim.unix_server import StreamServer
 
 LOCK_FILE = "agent.lock"
 SOCKET_FILE = "agent.sock"
@@ -92,65 +95,64 @@ class StateDirLock:
                 self._fd = None
 
 
-class ConsoleServer:
-    """The agent's side of the local console: non-blocking, polled from the agent's loop.
+class _ConsoleLine:
+    """One console connection: a JSON line in, a JSON line out, then close."""
 
-    `handler(request_dict) -> reply_dict`. A bad request gets {"ok": false,
-    "error": ...}; nothing a local client sends can stop the agent.
-    """
-
-    def __init__(self, state_dir, handler):
-        self.path = os.path.join(state_dir, SOCKET_FILE)
+    def __init__(self, handler: Callable[[dict], dict]) -> None:
         self.handler = handler
+        self.buf = bytearray()
+        self.out = bytearray()
+        self.done = False
+        self.busy = False
+
+    def feed(self, data: bytes) -> None:
+        self.buf += data
+        if b"\n" in self.buf or len(self.buf) >= MAX_REQUEST:
+            self._answer()
+
+    def eof(self) -> None:
+        if not self.done:
+            self._answer()
+
+    def tick(self, now: float) -> None:
+        pass
+
+    def _answer(self) -> None:
+        line = bytes(self.buf).split(b"\n", 1)[0]
         try:
-            os.unlink(self.path)  # a stale socket from a crashed agent (we hold the lock)
-        except FileNotFoundError:
-            pass
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.bind(self.path)
-        os.chmod(self.path, 0o600)
-        self._sock.listen(4)
-        self._sock.setblocking(False)
-
-    def fileno(self):
-        return self._sock.fileno()
-
-    def poll(self):
-        while True:
-            try:
-                conn, _ = self._sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            try:
-                self._serve(conn)
-            except Exception:  # a client that hangs up mid-request must not hurt the agent
-                pass
-            finally:
-                conn.close()
-
-    def _serve(self, conn):
-        conn.settimeout(2.0)
-        data = b""
-        while not data.endswith(b"\n") and len(data) < MAX_REQUEST:
-            chunk = conn.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-        try:
-            request = json.loads(data.decode("utf-8"))
+            request = json.loads(line.decode("utf-8"))
             if not isinstance(request, dict):
                 raise ValueError("request must be a JSON object")
             reply = self.handler(request)
         except Exception as exc:
             reply = {"ok": False, "error": f"{exc.__class__.__name__}: {exc}"}
-        conn.sendall(json.dumps(reply, sort_keys=True, default=str).encode() + b"\n")
+        self.out += json.dumps(reply, sort_keys=True, default=str).encode() + b"\n"
+        self.done = True
+
+
+class ConsoleServer:
+    """The agent's side of the local console: non-blocking, polled from the agent's loop.
+
+    `handler(request_dict) -> reply_dict`. A bad request gets {"ok": false,
+    "error": ...}; nothing a local client sends can stop the agent, and a
+    client that trickles its request or never reads the answer cannot delay
+    it (firmware_shim.unix_server never waits on a client).
+    """
+
+    def __init__(self, state_dir, handler, idle_timeout_s=10.0):
+        self.path = os.path.join(state_dir, SOCKET_FILE)
+        self.handler = handler
+        self._server = StreamServer(self.path, lambda: _ConsoleLine(handler), mode=0o600,
+                                    idle_timeout_s=idle_timeout_s)
+
+    def fileno(self):
+        return self._server.fileno()
+
+    def poll(self):
+        self._server.poll()
 
     def close(self):
-        self._sock.close()
-        try:
-            os.unlink(self.path)
-        except OSError:
-            pass
+        self._server.close()
 
 
 def console_request(state_dir, request, timeout=10.0):

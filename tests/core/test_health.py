@@ -286,3 +286,12 @@ def test_wilson_lower_bound():
 def test_no_traffic_is_inconclusive_not_healthy():
     verdict = evaluate(HealthWindow().snapshot(0), T)
     assert verdict["verdict"] == INCONCLUSIVE and verdict["reason"].startswith("no samples")
+
+
+def test_record_outcomes_adds_a_scrape_in_one_step():
+    w = HealthWindow(window_ms=60000)
+    w.record_outcomes(1000, 300, 12.5, 0, source="prom")
+    w.record_outcomes(0, 0, None, 1, source="prom")  # nothing happened: nothing recorded
+    s = w.snapshot(10)["sources"]["prom"]
+    assert (s["samples"], s["errors"], s["latency_p50"]) == (1000, 300, 12.5)
+    assert _metrics(evaluate(w.snapshot(10), T)) == ["error_rate"]
