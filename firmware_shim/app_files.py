@@ -80,11 +80,12 @@ class AppFiles:
         if doc["revision"] == self.written:
             return False
         try:
-            write_atomically(os.path.join(self.run_dir, SNAPSHOT_FILE),
-                             json.dumps(doc, sort_keys=True).encode() + b"\n")
+            # flagd's file first: once flags.json shows revision r, both files hold r
             flagd = app_flags.flagd_document(doc["flags"])
             write_atomically(os.path.join(self.run_dir, FLAGD_FILE),
                              json.dumps(flagd, sort_keys=True, indent=1).encode() + b"\n")
+            write_atomically(os.path.join(self.run_dir, SNAPSHOT_FILE),
+                             json.dumps(doc, sort_keys=True).encode() + b"\n")
         except OSError as exc:
             self.errors += 1
             if self.errors in (1, 10, 100) or self.errors % 1000 == 0:
