@@ -4,17 +4,16 @@ Owns: the run directory (created 0750 if missing, group `fleetstage` when that
 group exists) and replacing both files atomically: write a temp file in the
 same directory, fsync it, rename it over the old one, fsync the directory.
 A reader sees the old snapshot or the new one, never half of one. Mode 0640.
-The contents come from agent.app_flags; `sync()` runs every loop tick and
-writes only when the revision moved (and once at start).
+The contents come from agent.app_flags (handed in by tools.app_side);
+`sync()` runs every loop tick and writes only when the revision moved (and
+once at start): flags.flagd.json first, then flags.json.
 """
 from __future__ import annotations
 
 import json
 import os
-import time
-from typing import Any, Callable
+from typing import Callable
 
-from agent import app_flags
 from firmware_shim.unix_server import share_with_group
 
 SNAPSHOT_FILE = "flags.json"
@@ -57,22 +56,18 @@ def write_atomically(path: str, data: bytes, mode: int = 0o640) -> None:
 
 
 class AppFiles:
-    def __init__(self, run_dir: str, control: Any, log: Callable[[str], None] | None = None,
-                 wall: Callable[[], float] = time.time) -> None:
+    """current() -> the flags.json document (with "revision" and "flags");
+    flagd(flags) -> flagd's document. Both come from agent.app_flags (the caller
+    hands them in: firmware_shim does not import the core)."""
+
+    def __init__(self, run_dir: str, current: Callable[[], dict],
+                 flagd: Callable[[dict], dict], log: Callable[[str], None] | None = None) -> None:
         self.run_dir = ensure_run_dir(run_dir)
-        self.control = control
+        self.current = current
+        self.flagd = flagd
         self.log = log or (lambda msg: None)
-        self.wall = wall
         self.written: int | None = None
         self.errors = 0
-        self.snapshot: dict = {}
-
-    def current(self) -> dict:
-        """The snapshot for the control's current revision (made again only when it moved)."""
-        rev = app_flags.revision_of(self.control)
-        if self.snapshot.get("revision") != rev:
-            self.snapshot = app_flags.snapshot(self.control, self.wall())
-        return self.snapshot
 
     def sync(self) -> bool:
         """Write both files if the revision moved since the last write; True when written."""
@@ -81,9 +76,9 @@ class AppFiles:
             return False
         try:
             # flagd's file first: once flags.json shows revision r, both files hold r
-            flagd = app_flags.flagd_document(doc["flags"])
             write_atomically(os.path.join(self.run_dir, FLAGD_FILE),
-                             json.dumps(flagd, sort_keys=True, indent=1).encode() + b"\n")
+                             json.dumps(self.flagd(doc["flags"]), sort_keys=True,
+                                        indent=1).encode() + b"\n")
             write_atomically(os.path.join(self.run_dir, SNAPSHOT_FILE),
                              json.dumps(doc, sort_keys=True).encode() + b"\n")
         except OSError as exc:

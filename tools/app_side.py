@@ -10,8 +10,10 @@ probe or a socket) or let an application's mistake stop the agent.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any, Callable
 
+from agent import app_flags
 from agent.control import ControlError
 from firmware_shim.app_api import API_SOCKET, HttpConn
 from firmware_shim.app_files import AppFiles
@@ -28,7 +30,8 @@ class AppSide:
         self.control = control
         self.log = log or (lambda msg: None)
         self.rejected = 0
-        self.files = AppFiles(run_dir, control, self.log)
+        self._snapshot: dict = {}
+        self.files = AppFiles(run_dir, self.current, app_flags.flagd_document, self.log)
         self.files.sync()
         self.api = StreamServer(os.path.join(run_dir, API_SOCKET), lambda: HttpConn(self),
                                 mode=0o660)
@@ -44,7 +47,11 @@ class AppSide:
 
     # -- what the API and the listeners call (on the loop's thread) --------
     def current(self) -> dict:
-        return self.files.current()
+        """The flags.json document for the control's revision (made again only when it moved)."""
+        rev = app_flags.revision_of(self.control)
+        if self._snapshot.get("revision") != rev:
+            self._snapshot = app_flags.snapshot(self.control, time.time())
+        return self._snapshot
 
     def health(self) -> dict:
         status = self.control.status()
