@@ -4,12 +4,13 @@ import corekit
 from agent.app_flags import flagd_document, iso_utc, snapshot
 from agent.control import MigrationControl
 from firmware_shim.clock import ManualClock
+from firmware_shim.files import FileSystem
 
 
 def test_snapshot_follows_every_change_and_its_revision_only_grows():
     d = corekit.tmpdir("appflags")
     clock = ManualClock()
-    c = MigrationControl.open(d, clock=clock)
+    c = MigrationControl.open(d, FileSystem(), clock)
     first = snapshot(c, 0)
     assert sorted(first) == ["flags", "plan", "revision", "stage", "state", "updated_at"]
     assert first["stage"] == 0 and first["updated_at"] == "1970-01-01T00:00:00Z"
@@ -18,7 +19,7 @@ def test_snapshot_follows_every_change_and_its_revision_only_grows():
     assert second["revision"] > first["revision"] and second["stage"] == 1
     assert second["flags"] == c.flags.values()
     c.close()
-    c = MigrationControl.open(d, clock=clock)  # a restart keeps the revision
+    c = MigrationControl.open(d, FileSystem(), clock)  # a restart keeps the revision
     assert snapshot(c, 2)["revision"] == second["revision"]
     c.set_flag_override("use_genserver_telemetry", True)
     assert snapshot(c, 3)["revision"] > second["revision"]
