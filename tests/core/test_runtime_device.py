@@ -19,7 +19,7 @@ from agent.control import MigrationControl
 from agent.runtime import AgentRuntime
 from firmware_shim import board, machine
 from firmware_shim.clock import ManualClock
-from firmware_shim.files import join
+from firmware_shim.files import FileSystem, join
 
 
 class BoardReset(BaseException):
@@ -133,7 +133,7 @@ def test_a_hung_loop_stops_feeding_the_watchdog_and_the_board_resets():
 
 
 def _runtime(link, clock, memory=None):
-    control = MigrationControl.open(tmpdir("rtdev"), clock=clock)
+    control = MigrationControl.open(tmpdir("rtdev"), FileSystem(), clock)
     rt = AgentRuntime(control, link, "fl", DEV, ("g1",), key=P.derive_device_key(FLEET_KEY, DEV),
                       clock=clock, health_interval_ms=1000, memory=memory)
     rt.start()
