@@ -1,4 +1,4 @@
-"""The flag store: a flash-backed key-value file that survives power loss.
+"""The flag store's I/O driver: a flash-backed key-value file that survives power loss.
 
 It owns the on-flash format of the agent's durable state (stage, flags, command
 sequence number, restart counts, migration history) and the rules that keep it
@@ -8,13 +8,8 @@ board, a fake in tests), never
 acknowledges a commit before it is durable, and never leaves a state on flash
 that mixes two commits.
 
-File format (little-endian):
-
-    file    = HEADER  SNAPSHOT-record  COMMIT-record*
-    HEADER  = b"FSTG" | version u8 (=1) | 3 zero bytes | generation u32 | crc32 u32
-    record  = type u8 | payload length u24 | seq u32 | crc32 u32 | payload
-              type 0x53 'S' (snapshot: the whole map) or 0x43 'C' (commit: the changes,
-              None deletes); crc32 covers the first 8 header bytes and the payload.
+This module is the I/O driver; the bytes (header, records, replay) are
+agent.store_format's, so a second backend can reuse them. File format: see there.
 
 A commit is ONE record: one write, then one fsync (on littlefs fsync is flush,
 the commit point). Records are small (a one-flag commit is ~40 bytes), so
@@ -59,247 +54,65 @@ flash). If even that fails there are two cases:
   back (the caller must then rebuild what it derived from the store;
   agent.control does that itself).
 """
-import struct
-
-from agent.errors import AgentError
-from agent.protocol import NOT_READY
+from agent.store_format import (  # the store's errors are re-exported: callers catch them here
+    COMMIT,
+    MAX_SEQ,
+    SNAPSHOT,
+    StoreClosedError,
+    StoreError,
+    StoreFormatError,
+    StoreFullError,
+    StoreIOError,
+    StoreNeedsReopenError,
+    StoreValueError,
+    apply_changes,
+    copy_value,
+    encode_header,
+    encode_record,
+    parse_log,
+    same_value,
+)
 from firmware_shim import codec
-from firmware_shim.checksum import crc32
 from firmware_shim.files import EEXIST, ENOSPC, dirname, oserror_errno
 
-MAGIC = b"FSTG"
-VERSION = 1
-HEADER_SIZE = 16
-RECORD_HEADER_SIZE = 12
-SNAPSHOT = 0x53
-COMMIT = 0x43
-MAX_PAYLOAD = 0xFFFFFF
-MAX_SEQ = 0xFFFFFFFF
-
-
-class StoreError(AgentError):
-    """Anything the store refuses or cannot do. Nothing was committed, so a refused
-    command may be resent once storage recovers: not_ready."""
-
-    refusal = NOT_READY
-
-    def refusal_detail(self):
-        return [f"storage error: {self}"]
-
-
-class StoreFullError(StoreError):
-    """The file system is full (ENOSPC); nothing was acknowledged."""
-
-
-class StoreIOError(StoreError):
-    """Another I/O failure (EIO, failed fsync, ...); nothing was acknowledged."""
-
-
-class StoreValueError(StoreError):
-    """The caller passed a key or value the store cannot keep."""
-
-
-class StoreFormatError(StoreError):
-    """The file is a store of another format version; it is left untouched."""
-
-
-class StoreClosedError(StoreError):
-    """The store was closed."""
-
-
-class StoreNeedsReopenError(StoreIOError):
-    """A commit's fsync failed after its bytes were written and the rollback failed
-    too: what a reboot shows is unknown, so the store takes no commit until
-    reopen() has read back what the file holds."""
-
-
-# ---------------------------------------------------------------- the format
-
-
-def encode_header(generation):
-    head = MAGIC + bytes((VERSION, 0, 0, 0)) + struct.pack("<I", generation & 0xFFFFFFFF)
-    return head + struct.pack("<I", crc32(head))
-
-
-def decode_header(data):
-    """(ok, generation). Raises StoreFormatError for an intact header of another version."""
-    if len(data) < HEADER_SIZE or data[:4] != MAGIC:
-        return False, 0
-    head = data[:12]
-    if struct.unpack("<I", data[12:16])[0] != crc32(head):
-        return False, 0
-    if data[4] != VERSION:
-        raise StoreFormatError(f"store format version {data[4]}, this agent reads {VERSION}")
-    return True, struct.unpack("<I", data[8:12])[0]
-
-
-def encode_record(kind, seq, payload):
-    if len(payload) > MAX_PAYLOAD:
-        raise StoreValueError(f"record of {len(payload)} bytes is too large")
-    head = struct.pack("<II", kind | (len(payload) << 8), seq)
-    return head + struct.pack("<I", crc32(payload, crc32(head))) + payload
-
-
-def decode_record(data, pos):
-    """(kind, seq, payload, end) for an intact record at `pos`, else None."""
-    if pos + RECORD_HEADER_SIZE > len(data):
-        return None
-    kind = data[pos]
-    if kind != COMMIT and kind != SNAPSHOT:
-        return None
-    word, seq, crc = struct.unpack("<III", data[pos:pos + RECORD_HEADER_SIZE])
-    end = pos + RECORD_HEADER_SIZE + (word >> 8)
-    if end > len(data):
-        return None
-    payload = data[pos + RECORD_HEADER_SIZE:end]
-    if crc32(payload, crc32(data[pos:pos + 8])) != crc:
-        return None
-    return kind, seq, payload, end
-
-
-def _decode_map(payload):
-    try:
-        value = codec.unpackb(payload)
-    except codec.CodecError:
-        return None
-    if not isinstance(value, dict):
-        return None
-    for k in value:
-        if not isinstance(k, str):
-            return None
-    return value
-
-
-class ParsedLog:
-    """What recovery found in a file: the state of its longest valid prefix and the tail."""
-
-    def __init__(self):
-        self.header_ok = False
-        self.generation = 0
-        self.state = {}
-        self.records = 0
-        self.last_seq = 0
-        self.good_end = HEADER_SIZE
-        self.snapshot_end = 0
-        self.tail = "clean"  # "clean", "torn" or "corrupt"
-        self.max_seq_after = 0  # the highest seq of a valid-looking record past the damage
-
-
-def parse_log(data):
-    """Replay `data`; never raises for damage, only StoreFormatError for a newer format."""
-    out = ParsedLog()
-    out.header_ok, out.generation = decode_header(data)
-    pos = HEADER_SIZE
-    seq = None
-    while pos < len(data):
-        rec = decode_record(data, pos)
-        if rec is None:
-            break
-        kind, rec_seq, payload, end = rec
-        if kind != (SNAPSHOT if seq is None else COMMIT):
-            break
-        if seq is not None and rec_seq != seq + 1:
-            break
-        changes = _decode_map(payload)
-        if changes is None:
-            break
-        if kind == SNAPSHOT:
-            out.state = changes
-            out.snapshot_end = end
-        else:
-            _apply(out.state, changes)
-        seq = rec_seq
-        out.records += 1
-        pos = end
-    out.last_seq = seq or 0
-    out.good_end = pos
-    if pos < len(data) or len(data) < HEADER_SIZE:
-        # from pos itself: an intact record there that is out of order is damage too
-        found, out.max_seq_after = _scan_for_valid(data, pos, seq)
-        out.tail = "corrupt" if found else "torn"
-    if len(data) > 0 and (not out.header_ok or out.records == 0):
-        # header and snapshot reach the file whole (fsync before rename): never torn
-        out.tail = "corrupt"
-    return out
-
-
-def _scan_for_valid(data, start, last_seq):
-    """Is there an intact record (newer than last_seq) anywhere at or after `start`?"""
-    found = False
-    best = 0
-    floor = -1 if last_seq is None else last_seq
-    end = len(data) - RECORD_HEADER_SIZE
-    pos = start
-    while pos <= end:
-        b = data[pos]
-        if b == COMMIT or b == SNAPSHOT:
-            rec = decode_record(data, pos)
-            if rec is not None and rec[1] > floor:
-                found = True
-                if rec[1] > best:
-                    best = rec[1]
-        pos += 1
-    return found, best
-
-
-def _apply(state, changes):
-    for k, v in changes.items():
-        if v is None:
-            if k in state:
-                del state[k]
-        else:
-            state[k] = v
-
-
-_PLAIN = (str, int, bool, bytes, type(None))
-
-
-def _same_value(a, b):
-    """Equal AND of the same type all the way down (1 == True == 1.0 must not count as equal)."""
-    t = type(a)
-    if t is not type(b):
-        return False
-    if t is list:
-        if len(a) != len(b):
-            return False
-        for i in range(len(a)):
-            if not _same_value(a[i], b[i]):
-                return False
-        return True
-    if t is dict:
-        if len(a) != len(b):
-            return False
-        for k in a:
-            # str keys compare strictly with `in`; other key types (1 and True are
-            # one dict key) take the canonical bytes below
-            if type(k) is not str:
-                return _same_canonical(a, b)
-            if k not in b or not _same_value(a[k], b[k]):
-                return False
-        return True
-    if isinstance(a, _PLAIN):
-        return a == b
-    return _same_canonical(a, b)
-
-
-def _same_canonical(a, b):
-    try:
-        return codec.canonical(a) == codec.canonical(b)
-    except codec.CodecError:
-        return False
-
-
-def _copy(value):
-    # A caller that edits a list it got, then commits it, must see a real change.
-    if isinstance(value, list):
-        return [_copy(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _copy(v) for k, v in value.items()}
-    return value
+__all__ = ["Store", "StoreError", "StoreFullError", "StoreIOError", "StoreValueError",
+           "StoreFormatError", "StoreClosedError", "StoreNeedsReopenError"]
 
 
 def _quiet(msg):
     pass
+
+
+# ---------------------------------------------------------------- its states
+
+# One state at a time; STORE_TRANSITIONS is every move the store makes.
+OPEN = "OPEN"                  # memory is what flash holds; commits append
+NEEDS_REPAIR = "NEEDS_REPAIR"  # flash may hold a torn record (or no snapshot yet): reads
+#                                work, the next commit, compact() or close() rewrites first
+NEEDS_REOPEN = "NEEDS_REOPEN"  # a failed commit may be on flash: no commit until reopen()
+CLOSED = "CLOSED"
+STORE_STATES = (OPEN, NEEDS_REPAIR, NEEDS_REOPEN, CLOSED)
+
+DAMAGED = "Damaged"              # flash may differ from memory in a way a rewrite fixes
+COMMIT_UNSURE = "CommitUnsure"   # a commit's fsync failed after its bytes landed, and so
+#                                  did the rollback: a reboot may or may not show it
+REWRITTEN = "Rewritten"          # a snapshot of memory is durable on flash
+READ_BACK = "ReadBack"           # memory dropped and read back from flash (reopen)
+CLOSE = "Close"
+
+STORE_TRANSITIONS = {
+    OPEN: {DAMAGED: NEEDS_REPAIR, REWRITTEN: OPEN, READ_BACK: OPEN, CLOSE: CLOSED},
+    NEEDS_REPAIR: {DAMAGED: NEEDS_REPAIR, COMMIT_UNSURE: NEEDS_REOPEN, REWRITTEN: OPEN,
+                   READ_BACK: OPEN, CLOSE: CLOSED},
+    NEEDS_REOPEN: {DAMAGED: NEEDS_REOPEN, REWRITTEN: OPEN, READ_BACK: OPEN, CLOSE: CLOSED},
+    CLOSED: {},
+}
+# What commit() and compact() raise in the states that refuse them.
+WRITES_REFUSED = {
+    NEEDS_REOPEN: (StoreNeedsReopenError, "must be reopened: an earlier commit may or may "
+                                          "not be on flash"),
+    CLOSED: (StoreClosedError, "is closed"),
+}
 
 
 # ---------------------------------------------------------------- the store
@@ -329,10 +142,8 @@ class Store:
         self._f = None
         self._size = 0  # bytes in the file we append to
         self._snapshot_size = 0
-        self._needs_repair = False
-        self._needs_reopen = False
-        self._aside_pending = False  # a corrupt file still waits to be moved aside
-        self._closed = False
+        self.state = OPEN  # one of STORE_STATES; moves only through _move()
+        self._aside_pending = False  # the repair must also move a corrupt file aside
         self._stats = {
             "bytes_written": 0, "records": 0, "commits": 0, "noop_commits": 0,
             "compactions": 0, "recovered": 0, "dropped_bytes": 0,
@@ -346,11 +157,11 @@ class Store:
         """The value of `key`; lists and dicts come as copies, so editing one changes nothing."""
         if key not in self._state:
             return default
-        return _copy(self._state[key])
+        return copy_value(self._state[key])
 
     def items(self):
         """Every (key, value), sorted by key (values copied as in get)."""
-        return [(k, _copy(self._state[k])) for k in sorted(self._state)]
+        return [(k, copy_value(self._state[k])) for k in sorted(self._state)]
 
     def __contains__(self, key):
         return key in self._state
@@ -378,32 +189,31 @@ class Store:
         out["generation"] = self._generation
         out["file_bytes"] = self._size
         out["keys"] = len(self._state)
-        out["needs_repair"] = self._needs_repair
-        out["needs_reopen"] = self._needs_reopen
+        out["needs_repair"] = self.state in (NEEDS_REPAIR, NEEDS_REOPEN)
+        out["needs_reopen"] = self.state == NEEDS_REOPEN
+        out["state"] = self.state
         return out
 
     @property
     def needs_reopen(self):
-        return self._needs_reopen
+        return self.state == NEEDS_REOPEN
 
     def reopen(self):
         """End NEEDS_REOPEN: first try once more to rewrite the file from memory (then
         the failed commit is gone for good and memory stays); if that fails too,
         drop memory and read the file back as a reboot would."""
-        if self._closed:
+        if self.state == CLOSED:
             raise StoreClosedError(f"store {self.path} is closed")
-        if self._needs_reopen:
+        if self.state == NEEDS_REOPEN:
             try:
-                self._rewrite()
-                self._needs_reopen = False
+                self._rewrite()  # REWRITTEN: memory wins, the failed commit is gone
                 return
             except StoreError as exc:
                 self._log(f"store: reopen reads {self.path} back: {exc}")
         self._close_handle()
         self._state = {}
-        self._needs_repair = False
-        self._needs_reopen = False
         self._aside_pending = False
+        self._move(READ_BACK)
         self._open()
 
     # ------------------------------------------------------------ writing
@@ -427,8 +237,8 @@ class Store:
             raise StoreValueError(f"cannot encode: {exc}") from None
         if self._seq >= MAX_SEQ:
             raise StoreError("sequence numbers exhausted")
-        if self._needs_repair:
-            self._repair()
+        if self.state == NEEDS_REPAIR:
+            self._rewrite()
         seq = self._seq + 1
         record = encode_record(COMMIT, seq, payload)
         self._seq = seq  # burned now, whatever happens next
@@ -442,7 +252,7 @@ class Store:
             self._stats["failed_commits"] += 1
             self._size += len(record)  # unknown how much landed; the rewrite fixes it
             if not self._recover_from_failed_append(exc) and written:
-                self._needs_reopen = True
+                self._move(COMMIT_UNSURE)
                 self._log(f"store: commit {seq} may be on flash after a failed fsync and "
                           "could not be rolled back; no commits until reopen()")
                 raise _store_error(exc, f"commit {seq} not durable and not rolled back (a "
@@ -451,7 +261,7 @@ class Store:
         self._size += len(record)
         # The decoded copy is what a reopen sees (tuples become lists, and the
         # caller's objects are not shared); these bytes were just encoded here.
-        _apply(self._state, codec.unpackb_trusted(payload))
+        apply_changes(self._state, codec.unpackb_trusted(payload))
         self._stats["records"] += 1
         self._stats["commits"] += 1
         if self._due_for_compaction():
@@ -469,24 +279,29 @@ class Store:
 
     def close(self):
         """Release the file; a store that still needs repair tries it one last time."""
-        if self._closed:
+        if self.state == CLOSED:
             return
-        if self._needs_repair:
+        if self.state in (NEEDS_REPAIR, NEEDS_REOPEN):
             try:
                 self._rewrite()
             except StoreError as exc:
                 self._log(f"store: closing {self.path} unrepaired: {exc}")
-        self._closed = True
+        self._move(CLOSE)
         self._close_handle()
 
     # ------------------------------------------------------------ internals
 
     def _check_open(self):
-        if self._closed:
-            raise StoreClosedError(f"store {self.path} is closed")
-        if self._needs_reopen:
-            raise StoreNeedsReopenError(f"store {self.path} must be reopened: an earlier "
-                                        "commit may or may not be on flash")
+        refused = WRITES_REFUSED.get(self.state)
+        if refused is not None:
+            error, why = refused
+            raise error(f"store {self.path} {why}")
+
+    def _move(self, event):
+        nxt = STORE_TRANSITIONS[self.state].get(event)
+        if nxt is None:  # a bug in this module, never bad input
+            raise StoreError(f"store {self.path}: {event} in state {self.state}")
+        self.state = nxt
 
     def _real_changes(self, changes):
         if not isinstance(changes, dict):
@@ -498,7 +313,7 @@ class Store:
             if value is None:
                 if key in self._state:
                     real[key] = None
-            elif key not in self._state or not _same_value(self._state[key], value):
+            elif key not in self._state or not same_value(self._state[key], value):
                 real[key] = value
         return real
 
@@ -521,16 +336,13 @@ class Store:
         # Part of the failed record may be on flash: rewrite the file from memory
         # (the acknowledged state) so it can never surface, and so later appends
         # never land after garbage.
-        self._needs_repair = True
+        self._move(DAMAGED)
         try:
             self._rewrite()
         except StoreError as again:
             self._log(f"store: could not roll back failed commit ({exc}): {again}")
             return False
         return True
-
-    def _repair(self):
-        self._rewrite()
 
     def _rewrite(self):
         """Compaction: snapshot of memory -> .tmp -> fsync -> rename over -> fsync dir."""
@@ -559,7 +371,7 @@ class Store:
             stage = "rename"
             # past this point the file we append to may change: never reuse the old handle
             self._close_handle()
-            self._needs_repair = True
+            self._move(DAMAGED)  # a failure from here on leaves no handle: repair first
             if self._aside_pending:
                 fs.rename(self.path, self._aside_name())
                 self._aside_pending = False
@@ -570,7 +382,7 @@ class Store:
             if stage == "write":
                 self._drop_tmp()
             raise _store_error(exc, f"compaction failed at {stage}") from None
-        self._needs_repair = False
+        self._move(REWRITTEN)
         self._generation = generation
         self._size = len(data)
         self._snapshot_size = len(data)
@@ -650,7 +462,7 @@ class Store:
             dropped = len(data) - parsed.good_end
             self._log(f"store: dropped torn tail of {dropped} bytes at offset " +
                       f"{parsed.good_end} in {self.path}")
-        self._needs_repair = True
+        self._move(DAMAGED)
         self._try_rewrite_on_open()
 
     def _adopt_tmp(self):
@@ -668,7 +480,7 @@ class Store:
         return data
 
     def _start_fresh(self):
-        self._needs_repair = True
+        self._move(DAMAGED)  # no file yet: the first snapshot is the repair
         self._try_rewrite_on_open()
 
     def _try_rewrite_on_open(self):

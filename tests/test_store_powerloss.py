@@ -23,14 +23,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "cor
 from faultfs import EIO, PADS, FaultFS, PowerCut  # noqa: E402
 
 from agent.store import (  # noqa: E402
-    HEADER_SIZE,
-    RECORD_HEADER_SIZE,
     Store,
     StoreError,
     StoreFullError,
     StoreIOError,
-    parse_log,
 )
+from agent.store_format import HEADER_SIZE, RECORD_HEADER_SIZE, parse_log  # noqa: E402
 from firmware_shim.files import ENOSPC, FileSystem  # noqa: E402
 
 

@@ -8,14 +8,15 @@ import corekit
 from faultfs import EIO, PAD_FF, PAD_NONE, PAD_RANDOM, PAD_ZERO, FaultFS, PowerCut
 
 from agent.store import (
-    HEADER_SIZE,
     Store,
+    StoreError,
     StoreFormatError,
     StoreFullError,
     StoreIOError,
     StoreNeedsReopenError,
     StoreValueError,
 )
+from agent.store_format import HEADER_SIZE
 from firmware_shim.files import ENOSPC, FileSystem
 
 
@@ -276,7 +277,7 @@ def test_newer_format_version_is_refused_and_left_alone():
     s = _open(path)
     s.commit({"a": 1})
     s.close()
-    from agent.store import encode_header
+    from agent.store_format import encode_header
     from firmware_shim.checksum import crc32
     head = bytearray(encode_header(7))
     head[4] = 2
@@ -542,3 +543,32 @@ def test_faultfs_passes_other_methods_through_behind_the_power_switch():
     corekit.raises(PowerCut, fs.read_text, path)
     fs.reboot()
     assert fs.read_text(path) == "hello"
+
+
+def test_the_store_moves_through_one_explicit_state():
+    from agent import store as st
+
+    # the table: every state is in it, CLOSED is final, only a repair can become unsure
+    assert sorted(st.STORE_TRANSITIONS) == sorted(st.STORE_STATES)
+    assert st.STORE_TRANSITIONS[st.CLOSED] == {}
+    assert [s for s in st.STORE_STATES
+            if st.COMMIT_UNSURE in st.STORE_TRANSITIONS[s]] == [st.NEEDS_REPAIR]
+    path = _path()
+    fs = FaultFS()
+    s = _open(path, fs)
+    assert s.state == st.OPEN and s.stats()["state"] == st.OPEN
+    s.commit({"a": 1})
+    fs.fail("write", ENOSPC)
+    fs.fail("fsync", ENOSPC, times=2)
+    corekit.raises(StoreFullError, s.commit, {"a": 2})
+    assert s.state == st.NEEDS_REPAIR
+    fs.clear_faults()
+    s.commit({"b": 1})
+    assert s.state == st.OPEN
+    s.close()
+    s = _failed_fsync_not_rolled_back(_path(), FaultFS())
+    assert s.state == st.NEEDS_REOPEN
+    s.close()
+    assert s.state == st.CLOSED
+    exc = corekit.raises(StoreError, s._move, st.REWRITTEN)  # nothing leaves CLOSED
+    assert "CLOSED" in str(exc)

@@ -1,0 +1,253 @@
+"""The store's record format: pure bytes in, bytes and maps out (no I/O).
+
+Owns: the header and record layout, CRC checks, replaying a log into a map
+(parse_log: longest valid prefix, torn tail vs corruption), the change rules
+(None deletes; values compared by exact type) and the store's errors. The I/O
+driver (agent.store.Store, or a second backend such as a flash key-value
+partition) decides where the bytes live and when they are durable.
+Must never: touch a file system, a clock or a log.
+
+File format (little-endian):
+
+    file    = HEADER  SNAPSHOT-record  COMMIT-record*
+    HEADER  = b"FSTG" | version u8 (=1) | 3 zero bytes | generation u32 | crc32 u32
+    record  = type u8 | payload length u24 | seq u32 | crc32 u32 | payload
+              type 0x53 'S' (snapshot: the whole map) or 0x43 'C' (commit: the changes,
+              None deletes); crc32 covers the first 8 header bytes and the payload.
+"""
+import struct
+
+from agent.errors import AgentError
+from agent.protocol import NOT_READY
+from firmware_shim import codec
+from firmware_shim.checksum import crc32
+
+MAGIC = b"FSTG"
+VERSION = 1
+HEADER_SIZE = 16
+RECORD_HEADER_SIZE = 12
+SNAPSHOT = 0x53
+COMMIT = 0x43
+MAX_PAYLOAD = 0xFFFFFF
+MAX_SEQ = 0xFFFFFFFF
+
+
+class StoreError(AgentError):
+    """Anything the store refuses or cannot do. Nothing was committed, so a refused
+    command may be resent once storage recovers: not_ready."""
+
+    refusal = NOT_READY
+
+    def refusal_detail(self):
+        return [f"storage error: {self}"]
+
+
+class StoreFullError(StoreError):
+    """The file system is full (ENOSPC); nothing was acknowledged."""
+
+
+class StoreIOError(StoreError):
+    """Another I/O failure (EIO, failed fsync, ...); nothing was acknowledged."""
+
+
+class StoreValueError(StoreError):
+    """The caller passed a key or value the store cannot keep."""
+
+
+class StoreFormatError(StoreError):
+    """The file is a store of another format version; it is left untouched."""
+
+
+class StoreClosedError(StoreError):
+    """The store was closed."""
+
+
+class StoreNeedsReopenError(StoreIOError):
+    """A commit's fsync failed after its bytes were written and the rollback failed
+    too: what a reboot shows is unknown, so the store takes no commit until
+    reopen() has read back what the file holds."""
+
+
+# ---------------------------------------------------------------- the format
+
+
+def encode_header(generation):
+    head = MAGIC + bytes((VERSION, 0, 0, 0)) + struct.pack("<I", generation & 0xFFFFFFFF)
+    return head + struct.pack("<I", crc32(head))
+
+
+def decode_header(data):
+    """(ok, generation). Raises StoreFormatError for an intact header of another version."""
+    if len(data) < HEADER_SIZE or data[:4] != MAGIC:
+        return False, 0
+    head = data[:12]
+    if struct.unpack("<I", data[12:16])[0] != crc32(head):
+        return False, 0
+    if data[4] != VERSION:
+        raise StoreFormatError(f"store format version {data[4]}, this agent reads {VERSION}")
+    return True, struct.unpack("<I", data[8:12])[0]
+
+
+def encode_record(kind, seq, payload):
+    if len(payload) > MAX_PAYLOAD:
+        raise StoreValueError(f"record of {len(payload)} bytes is too large")
+    head = struct.pack("<II", kind | (len(payload) << 8), seq)
+    return head + struct.pack("<I", crc32(payload, crc32(head))) + payload
+
+
+def decode_record(data, pos):
+    """(kind, seq, payload, end) for an intact record at `pos`, else None."""
+    if pos + RECORD_HEADER_SIZE > len(data):
+        return None
+    kind = data[pos]
+    if kind != COMMIT and kind != SNAPSHOT:
+        return None
+    word, seq, crc = struct.unpack("<III", data[pos:pos + RECORD_HEADER_SIZE])
+    end = pos + RECORD_HEADER_SIZE + (word >> 8)
+    if end > len(data):
+        return None
+    payload = data[pos + RECORD_HEADER_SIZE:end]
+    if crc32(payload, crc32(data[pos:pos + 8])) != crc:
+        return None
+    return kind, seq, payload, end
+
+
+def _decode_map(payload):
+    try:
+        value = codec.unpackb(payload)
+    except codec.CodecError:
+        return None
+    if not isinstance(value, dict):
+        return None
+    for k in value:
+        if not isinstance(k, str):
+            return None
+    return value
+
+
+class ParsedLog:
+    """What recovery found in a file: the state of its longest valid prefix and the tail."""
+
+    def __init__(self):
+        self.header_ok = False
+        self.generation = 0
+        self.state = {}
+        self.records = 0
+        self.last_seq = 0
+        self.good_end = HEADER_SIZE
+        self.snapshot_end = 0
+        self.tail = "clean"  # "clean", "torn" or "corrupt"
+        self.max_seq_after = 0  # the highest seq of a valid-looking record past the damage
+
+
+def parse_log(data):
+    """Replay `data`; never raises for damage, only StoreFormatError for a newer format."""
+    out = ParsedLog()
+    out.header_ok, out.generation = decode_header(data)
+    pos = HEADER_SIZE
+    seq = None
+    while pos < len(data):
+        rec = decode_record(data, pos)
+        if rec is None:
+            break
+        kind, rec_seq, payload, end = rec
+        if kind != (SNAPSHOT if seq is None else COMMIT):
+            break
+        if seq is not None and rec_seq != seq + 1:
+            break
+        changes = _decode_map(payload)
+        if changes is None:
+            break
+        if kind == SNAPSHOT:
+            out.state = changes
+            out.snapshot_end = end
+        else:
+            apply_changes(out.state, changes)
+        seq = rec_seq
+        out.records += 1
+        pos = end
+    out.last_seq = seq or 0
+    out.good_end = pos
+    if pos < len(data) or len(data) < HEADER_SIZE:
+        # from pos itself: an intact record there that is out of order is damage too
+        found, out.max_seq_after = _scan_for_valid(data, pos, seq)
+        out.tail = "corrupt" if found else "torn"
+    if len(data) > 0 and (not out.header_ok or out.records == 0):
+        # header and snapshot reach the file whole (fsync before rename): never torn
+        out.tail = "corrupt"
+    return out
+
+
+def _scan_for_valid(data, start, last_seq):
+    """Is there an intact record (newer than last_seq) anywhere at or after `start`?"""
+    found = False
+    best = 0
+    floor = -1 if last_seq is None else last_seq
+    end = len(data) - RECORD_HEADER_SIZE
+    pos = start
+    while pos <= end:
+        b = data[pos]
+        if b == COMMIT or b == SNAPSHOT:
+            rec = decode_record(data, pos)
+            if rec is not None and rec[1] > floor:
+                found = True
+                if rec[1] > best:
+                    best = rec[1]
+        pos += 1
+    return found, best
+
+
+def apply_changes(state, changes):
+    for k, v in changes.items():
+        if v is None:
+            if k in state:
+                del state[k]
+        else:
+            state[k] = v
+
+
+_PLAIN = (str, int, bool, bytes, type(None))
+
+
+def same_value(a, b):
+    """Equal AND of the same type all the way down (1 == True == 1.0 must not count as equal)."""
+    t = type(a)
+    if t is not type(b):
+        return False
+    if t is list:
+        if len(a) != len(b):
+            return False
+        for i in range(len(a)):
+            if not same_value(a[i], b[i]):
+                return False
+        return True
+    if t is dict:
+        if len(a) != len(b):
+            return False
+        for k in a:
+            # str keys compare strictly with `in`; other key types (1 and True are
+            # one dict key) take the canonical bytes below
+            if type(k) is not str:
+                return _same_canonical(a, b)
+            if k not in b or not same_value(a[k], b[k]):
+                return False
+        return True
+    if isinstance(a, _PLAIN):
+        return a == b
+    return _same_canonical(a, b)
+
+
+def _same_canonical(a, b):
+    try:
+        return codec.canonical(a) == codec.canonical(b)
+    except codec.CodecError:
+        return False
+
+
+def copy_value(value):
+    # A caller that edits a list it got, then commits it, must see a real change.
+    if isinstance(value, list):
+        return [copy_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: copy_value(v) for k, v in value.items()}
+    return value
