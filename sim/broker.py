@@ -79,8 +79,9 @@ class VirtualBroker:
         self.up = True
         self.links: set[VirtualLink] = set()
         self.exact: dict[str, set[VirtualLink]] = {}
-        self.wild: list[tuple[str, VirtualLink]] = []
-        self.retained: dict[str, bytes] = {}
+        self.wild: dict[str, set[VirtualLink]] = {}
+        # topic -> (payload, sender): a retained copy keeps its place in its sender's order
+        self.retained: dict[str, tuple[bytes, VirtualLink | None]] = {}
         self.queue: list = []
         self.last_delivery: dict[tuple[int, int], int] = {}
         self._n = 0
@@ -103,9 +104,12 @@ class VirtualBroker:
             return
         link.connected = False
         self.links.discard(link)
-        for subs in self.exact.values():
-            subs.discard(link)
-        self.wild = [(f, lk) for f, lk in self.wild if lk is not link]
+        # only the link's own filters: a scan of every subscription made each
+        # disconnect cost O(fleet), and a broker outage O(fleet^2)
+        for filt, _qos in link.subscriptions:
+            subs = (self.wild if "+" in filt or "#" in filt else self.exact).get(filt)
+            if subs is not None:
+                subs.discard(link)
         if link.will and not graceful and self.up:
             self.publish(link.will[0], link.will[1], 1, True)
         if link.on_disconnect:
@@ -113,26 +117,26 @@ class VirtualBroker:
 
     def subscribe(self, link: VirtualLink, filt: str) -> None:
         if "+" in filt or "#" in filt:
-            self.wild.append((filt, link))
-            hits = [(t, p) for t, p in self.retained.items() if topic_matches(filt, t)]
+            self.wild.setdefault(filt, set()).add(link)
+            hits = [(t, r) for t, r in self.retained.items() if topic_matches(filt, t)]
         else:
             self.exact.setdefault(filt, set()).add(link)
             hits = [(filt, self.retained[filt])] if filt in self.retained else []
-        for topic, payload in hits:
-            self._schedule(link, topic, payload, True, 1)
+        for topic, (payload, sender) in hits:
+            self._schedule(link, topic, payload, True, 1, sender)
 
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool,
                 sender: VirtualLink | None = None) -> None:
         self.counters["published"] += 1
         if retain:
             if payload:
-                self.retained[topic] = payload
+                self.retained[topic] = (payload, sender)
             else:
                 self.retained.pop(topic, None)
         targets = set(self.exact.get(topic, ()))
-        for filt, link in self.wild:
-            if topic_matches(filt, topic):
-                targets.add(link)
+        for filt, links in self.wild.items():
+            if links and topic_matches(filt, topic):
+                targets.update(links)
         for link in sorted(targets, key=lambda lk: lk.client_id):
             self._schedule(link, topic, payload, False, qos, sender)
 

@@ -13,12 +13,19 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class Traffic:
-    """What the apps on a healthy device do each health tick."""
+    """What the apps on a healthy device do: calls per second and how they fare.
 
-    calls_per_tick: int = 20
+    Half a call a second keeps ~150 outcomes in the agent's 5-minute window,
+    enough for its 100-sample verdicts (see sim.fleet.DEVICE_CONFIG) without
+    paying for samples nothing judges.
+    """
+
+    calls_per_s: float = 0.5
     error_rate: float = 0.005
     latency_ms: float = 20.0
-    latency_jitter: float = 0.25
+    # +-10%: the p50 of ~150 samples then moves by ~1%, well inside the plan's
+    # 10% performance-impact limit (at +-25% a healthy device crossed it now and then)
+    latency_jitter: float = 0.10
 
 
 @dataclass(frozen=True)

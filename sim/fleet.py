@@ -9,6 +9,7 @@ The world misbehaves as the FaultProfile says.
 """
 from __future__ import annotations
 
+import heapq
 import random
 import time
 from dataclasses import dataclass, field
@@ -16,23 +17,29 @@ from dataclasses import dataclass, field
 from agent import protocol as P
 from agent.control import MigrationControl
 from agent.plan import Plan
-from agent.runtime import AgentRuntime
+from agent.runtime import DESIRED_RETRY_MS, AgentRuntime
 from firmware_shim.clock import ManualClock
 from sim.broker import VirtualBroker, VirtualLink
 from sim.faults import BadCohort, FaultProfile
 from sim.memfs import MemFS
 from tools.strategy import WavePolicy, WaveResult, classify
 
-TICK_MS = 10_000           # traffic and runtime tick
+SAMPLE_MS = 30_000         # the report's devices-per-stage timeline
 MONITOR_MS = 30_000        # each agent's health check interval (the runbook's default)
+STATUS_MS = 600_000        # the status heartbeat (a status also goes out on every change)
+# Health reports are for dashboards; nothing in the simulator reads them, so a
+# simulated agent sends one a day rather than paying for one a minute.
+HEALTH_REPORT_MS = 86_400_000
 ACK_TIMEOUT_MS = 60_000
 REBOOT_MS = (5_000, 30_000)
-# A gateway here serves ~2 calls/s. With the default minimum of 20 samples, two
+# A gateway here serves ~0.5 calls/s. With the default minimum of 20 samples, two
 # errors in the first 20 calls after a stage change (10%) would roll a healthy
 # device (0.5% errors) back about once in 200 checks; 100 samples keep the
 # runbook's "error rate > 5%" rule without that noise.
 DEVICE_CONFIG = {"thresholds": {"min_samples": 100}}
 SETTLE_MS = 120_000        # after the last wave: time for reboots and desired-state retries
+BROKER_WAIT_STEP_MS = 10_000  # how often an operator looks whether the broker is back
+NEVER = 1 << 62
 
 
 @dataclass
@@ -53,39 +60,54 @@ class SkewedClock:
         self.skew_s = skew_s
 
     def monotonic_ms(self) -> int:
-        return self.base.monotonic_ms()
+        return self.base.now_ms
 
     def wall_time(self) -> float:
         return self.base.wall_time() + self.skew_s
 
 
 class SimDevice:
-    def __init__(self, sim: Simulation, device_id: str, groups: list[str],
+    """One real agent, woken only when it has something to do.
+
+    A device wakes when a message reaches it (as a real agent's poll loop
+    would tick right after), when its health check is due, and when a
+    desired state it could not apply is due for a retry. On each wake it first
+    records the calls its apps made since the last wake, spread over that time.
+    """
+
+    def __init__(self, sim: Simulation, index: int, device_id: str, groups: list[str],
                  cohort: BadCohort | None, skew_s: float) -> None:
         self.sim = sim
+        self.index = index
         self.device_id = device_id
         self.groups = groups
         self.cohort = cohort
         self.fs = MemFS()
         self.clock = SkewedClock(sim.clock, skew_s)
         self.link = VirtualLink(sim.broker, device_id)
-        self.key = P.derive_device_key(sim.fleet_key, device_id)
+        self.key = sim.operator_keys.key(device_id)
         self.rng = random.Random("%d:%s" % (sim.settings.seed, device_id))
         self.power_cuts = 0
         self.down_until: int | None = None
         self.control: MigrationControl | None = None
         self.runtime: AgentRuntime | None = None
+        self.next_wake = NEVER
+        self.next_check = NEVER
+        self.sampled_to = 0
         self.boot()
 
     def boot(self) -> None:
+        now = self.sim.clock.now_ms
         self.control = MigrationControl.open("/state", config=DEVICE_CONFIG, clock=self.clock,
                                              fs=self.fs, log=self.sim.store_log)
         self.runtime = AgentRuntime(
             self.control, self.link, self.sim.settings.fleet, self.device_id, self.groups,
-            key=self.key, clock=self.clock, health_interval_ms=60_000,
-            status_interval_ms=120_000, monitor_interval_ms=MONITOR_MS)
+            key=self.key, clock=self.clock, health_interval_ms=HEALTH_REPORT_MS,
+            status_interval_ms=STATUS_MS, monitor_interval_ms=MONITOR_MS)
         self.link.will = self.runtime.will()
         self.runtime.start()
+        self.next_check = now + MONITOR_MS
+        self.sampled_to = now
         on_message = self.link.on_message
         assert on_message is not None  # runtime.start() installed it
 
@@ -96,10 +118,13 @@ class SimDevice:
             on_message(topic, payload, retain)
             if self.fs.dead:
                 self.lose_power()
+            else:
+                self.sim.wake(self, self.sim.clock.now_ms)
 
         self.link.on_message = deliver
         if self.sim.broker.up:
             self.link.connect()
+        self.sim.wake(self, self.next_check)
 
     def lose_power(self) -> None:
         self.power_cuts += 1
@@ -109,26 +134,68 @@ class SimDevice:
         self.control = None
         self.fs.power_cut()
         self.down_until = self.sim.clock.now_ms + self.rng.randint(*REBOOT_MS)
+        self.sim.wake(self, self.down_until)
 
-    def tick(self, now: int) -> None:
-        control, runtime = self.control, self.runtime
-        if control is None or runtime is None:
-            if self.down_until is not None and now >= self.down_until:
-                self.down_until = None
-                self.boot()
-            return
+    def _record_traffic(self, control: MigrationControl, now: int) -> None:
+        """The calls the apps made since the last wake, at their own times."""
         traffic = self.sim.settings.profile.traffic
+        gap = int(1000 / traffic.calls_per_s)
+        t = self.sampled_to + gap
+        if t > now:
+            return
         err, lat = traffic.error_rate, traffic.latency_ms
         c = self.cohort
         if c is not None and control.stage >= c.from_stage:
             err, lat = c.error_rate, lat * c.latency_factor
-        rng = self.rng
-        for _ in range(traffic.calls_per_tick):
-            jitter = 1 + traffic.latency_jitter * (2 * rng.random() - 1)
-            control.record_outcome(rng.random() >= err, lat * jitter)
+        spread = traffic.latency_jitter * lat
+        rnd = self.rng.random
+        record = control.health.record_outcome
+        while t <= now:
+            record(rnd() >= err, lat + spread * (2 * rnd() - 1), t)
+            t += gap
+        self.sampled_to = t - gap
+
+    def wake_up(self, now: int) -> None:
+        self.next_wake = NEVER
+        control, runtime = self.control, self.runtime
+        if control is None or runtime is None:
+            if self.down_until is not None:
+                if now >= self.down_until:
+                    self.down_until = None
+                    self.boot()
+                else:
+                    self.sim.wake(self, self.down_until)
+            return
+        self._record_traffic(control, now)
         runtime.tick()
         if self.fs.dead:
             self.lose_power()
+            return
+        if now >= self.next_check:  # the agent's own rule: the next check is due a period on
+            self.next_check = now + MONITOR_MS
+        due = self.next_check
+        # a desired state the device could not apply yet (a storage error) is retried
+        if runtime._pending_desired is not None:
+            due = min(due, now + DESIRED_RETRY_MS)
+        self.sim.wake(self, due)
+
+
+class OperatorKeys:
+    """Each device's key and MAC-table tag, derived once per run, not once per command.
+
+    `cache` is the {device: (tag, K_d)} table agent.protocol.seal fills and reads.
+    """
+
+    def __init__(self, fleet_key: bytes) -> None:
+        self.fleet_key = fleet_key
+        self.cache: dict[str, tuple[bytes, bytes]] = {}
+
+    def key(self, device_id: str) -> bytes:
+        tk = self.cache.get(device_id)
+        if tk is None:
+            tk = self.cache[device_id] = (P.device_tag(device_id),
+                                          P.derive_device_key(self.fleet_key, device_id))
+        return tk[1]
 
 
 class Operator:
@@ -150,8 +217,10 @@ class Operator:
 
     def on_message(self, topic: str, payload: bytes, retain: bool = False) -> None:
         try:
-            body = P.decode_report(payload, fleet_key=self.sim.fleet_key)
-        except P.ReportError:
+            sender = topic.split("/")[-2]  # fleetstage/FLEET/device/ID/LEAF
+            body = P.decode_report(payload, key=self.sim.operator_keys.key(sender),
+                                   device_id=sender)
+        except (P.ReportError, P.ProtocolError):
             self.bad_reports += 1
             return
         device = body["device"]
@@ -171,14 +240,15 @@ class Operator:
         plan_hash = self.sim.plan_hash
         key = self.sim.fleet_key
         command_id = P.new_command_id()
+        keys = self.sim.operator_keys.cache
         desired = P.encode_desired(target, stage, self.seq, plan_hash, key, devices=devices,
-                                   emergency=(op == "emergency_rollback"))
+                                   emergency=(op == "emergency_rollback"), keys=keys)
         fleet = self.sim.settings.fleet
         if self.sim.broker.up:
             self.link.publish(P.desired_topic(fleet, target), desired, 1, True)
             self.seq = P.next_seq(self.seq, self.sim.clock.wall_time())
             cmd = P.encode_command(op, args, target, self.seq, plan_hash, key, devices=devices,
-                                   command_id=command_id)
+                                   command_id=command_id, keys=keys)
             self.link.publish(P.cmd_topic(fleet, target), cmd, 1, False)
         return command_id
 
@@ -191,6 +261,9 @@ class Simulation:
         prof = settings.profile
         self.broker = VirtualBroker(self.rng, prof.latency_ms, prof.loss)
         self.fleet_key = bytes(self.rng.getrandbits(8) for _ in range(32))
+        self.operator_keys = OperatorKeys(self.fleet_key)
+        self.wakeups: list[tuple[int, int, SimDevice]] = []  # (when, index, device), a heap
+        self.next_sample = 0
         self.counters = {"power_cuts": 0, "store_log_lines": 0}
         self.store_log_tail: list[str] = []
         self.timeline: list[dict] = []
@@ -202,14 +275,14 @@ class Simulation:
                 self.wave_of[d] = w
         self.wave_count = max(self.wave_of.values())
         self.devices: list[SimDevice] = []
-        for d in ids:
+        for i, d in enumerate(ids):
             cohort = None
             for c in prof.cohorts:
                 if self.rng.random() < c.fraction:
                     cohort = c
             groups = ["wave-%d" % self.wave_of[d]] + ([cohort.name] if cohort else [])
             skew = self.rng.uniform(-prof.clock_skew_s, prof.clock_skew_s)
-            self.devices.append(SimDevice(self, d, groups, cohort, skew))
+            self.devices.append(SimDevice(self, i, d, groups, cohort, skew))
         self.plan = Plan.default()
         self.plan_hash = self.plan.hash
         self.stages = self.plan.max_stage
@@ -222,17 +295,45 @@ class Simulation:
         self.store_log_tail = (self.store_log_tail + [msg])[-20:]
 
     # the event loop ----------------------------------------------------------
+    def wake(self, dev: SimDevice, when: int) -> None:
+        """Wake `dev` at `when` (or earlier, if it is already due earlier)."""
+        if when < dev.next_wake:
+            dev.next_wake = when
+            heapq.heappush(self.wakeups, (when, dev.index, dev))
+
+    def _next_event(self, end: int) -> int:
+        t = end
+        if self.broker.queue and self.broker.queue[0][0] < t:
+            t = self.broker.queue[0][0]
+        if self.wakeups and self.wakeups[0][0] < t:
+            t = self.wakeups[0][0]
+        if self.next_sample < t:
+            t = self.next_sample
+        for start, stop in self.outages:
+            for edge in (start, stop):
+                if self.clock.now_ms < edge < t:
+                    t = edge
+        return max(t, self.clock.now_ms)
+
     def run_for(self, ms: int) -> None:
+        """Deliver messages and wake devices in time order until `ms` from now."""
         end = self.clock.now_ms + ms
-        while self.clock.now_ms < end:
-            step = min(TICK_MS, end - self.clock.now_ms)
-            self.broker.deliver_until(self.clock.now_ms + step)
-            self.clock.advance(step)
+        while True:
+            t = self._next_event(end)
+            self.clock.advance(t - self.clock.now_ms)
             self._outages()
-            now = self.clock.now_ms
-            for dev in self.devices:
-                dev.tick(now)
-            self._sample()
+            self.broker.deliver_until(t)
+            wakeups = self.wakeups
+            while wakeups and wakeups[0][0] <= t:
+                when, _i, dev = heapq.heappop(wakeups)
+                if when == dev.next_wake:  # else a stale entry: it was moved earlier
+                    dev.wake_up(t)
+            if t >= self.next_sample:
+                self._sample()
+                self.next_sample = t + SAMPLE_MS
+            if t >= end and not (self.broker.queue and self.broker.queue[0][0] <= t) and not (
+                    wakeups and wakeups[0][0] <= t):
+                return
 
     def _outages(self) -> None:
         now = self.clock.now_ms
@@ -279,8 +380,8 @@ class Simulation:
         """An orchestrator does not publish into a dead broker: it waits, bounded."""
         waited = 0
         while not self.broker.up and waited < limit_ms:
-            self.run_for(TICK_MS)
-            waited += TICK_MS
+            self.run_for(BROKER_WAIT_STEP_MS)
+            waited += BROKER_WAIT_STEP_MS
         if waited:
             why = "operator waited %d s for the broker" % (waited // 1000)
             self.timeline.append({"t_ms": self.clock.now_ms, "event": why})

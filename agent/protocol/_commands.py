@@ -251,20 +251,29 @@ def device_tag(device_id):
     return hashlib.sha256(b"fleetstage-tag:" + validate_id(device_id).encode()).digest()[:TAG_BYTES]
 
 
-def seal(env, kind, fleet_key, devices):
+def seal(env, kind, fleet_key, devices, keys=None):
     """Wrap an envelope dict for the wire WITHOUT validating it (encode_* validate
     first; tests use this to reach the checks behind the MAC). fleet_key None:
-    unsigned. devices: ids to add a MAC for."""
+    unsigned. devices: ids to add a MAC for. keys: an operator's cache
+    {device id: (tag, K_d)} for this fleet key, filled as it goes, so a fleet's
+    keys are derived once, not on every command."""
     body = codec.canonical(env)
     outer = {"v": VERSION, "body": body}
     if fleet_key is not None:
-        entries = sorted(device_tag(d) + _mac(derive_device_key(fleet_key, d), kind, body)
-                         for d in devices)
+        if keys is None:
+            keys = {}
+        entries = []
+        for d in devices:
+            tk = keys.get(d)
+            if tk is None:
+                tk = keys[d] = (device_tag(d), derive_device_key(fleet_key, d))
+            entries.append(tk[0] + _mac(tk[1], kind, body))
+        entries.sort()
         outer["sigs"] = b"".join(entries)
     return codec.packb(outer)
 
 
-def _encode(env, kind, fleet_key, devices, max_stage):
+def _encode(env, kind, fleet_key, devices, max_stage, keys=None):
     try:  # the same checks as on the wire, but here the caller is at fault
         _validate(env, kind, max_stage)
     except CommandRejected as exc:
@@ -280,11 +289,11 @@ def _encode(env, kind, fleet_key, devices, max_stage):
             devices = [tname]
         if not devices:
             raise LocalProtocolError("no devices to sign for")
-    return seal(env, kind, fleet_key, devices)
+    return seal(env, kind, fleet_key, devices, keys)
 
 
 def encode_command(op, args, target, seq, plan_hash, fleet_key, devices=None, command_id=None,
-                   issued_at=0, max_stage=MAX_STAGE):
+                   issued_at=0, max_stage=MAX_STAGE, keys=None):
     """Signed command bytes. fleet_key None makes an unsigned one (insecure mode only).
 
     devices: the ids to sign for (select_devices(target, inventory)); optional for
@@ -293,16 +302,16 @@ def encode_command(op, args, target, seq, plan_hash, fleet_key, devices=None, co
     env = {"v": VERSION, "kind": KIND_CMD, "id": command_id or new_command_id(), "seq": seq,
            "plan": plan_hash, "target": target, "op": op, "args": args,
            "issued_at": issued_at}
-    return _encode(env, KIND_CMD, fleet_key, devices, max_stage)
+    return _encode(env, KIND_CMD, fleet_key, devices, max_stage, keys)
 
 
 def encode_desired(target, stage, seq, plan_hash, fleet_key, devices=None, emergency=False,
-                   reason=None, command_id=None, issued_at=0, max_stage=MAX_STAGE):
+                   reason=None, command_id=None, issued_at=0, max_stage=MAX_STAGE, keys=None):
     """Signed desired-state bytes (publish retained on desired_topic(fleet, target))."""
     env = {"v": VERSION, "kind": KIND_DESIRED, "id": command_id or new_command_id(),
            "seq": seq, "plan": plan_hash, "target": target, "stage": stage,
            "emergency": emergency, "reason": reason, "issued_at": issued_at}
-    return _encode(env, KIND_DESIRED, fleet_key, devices, max_stage)
+    return _encode(env, KIND_DESIRED, fleet_key, devices, max_stage, keys)
 
 
 def _unwrap(payload, max_payload):
