@@ -67,7 +67,8 @@ def percentile(sorted_values, fraction):
 
 def weighted_percentiles(pairs, fractions):
     """Nearest-rank percentiles of (value, weight) pairs; the same as percentile()
-    when every weight is 1. Returns a list aligned with fractions (None when empty)."""
+    when every weight is 1. Returns a list aligned with fractions (None when empty).
+    fractions ascend; one pass over the sorted pairs finds them all."""
     if not pairs:
         return [None for _ in fractions]
     pairs.sort()
@@ -75,17 +76,20 @@ def weighted_percentiles(pairs, fractions):
     for p in pairs:
         total += p[1]
     out = []
+    cum = 0.0
+    i = 0
+    n = len(pairs)
     for fraction in fractions:
         target = fraction * total - 1e-9
-        cum = 0.0
-        found = pairs[-1][0]
-        for value, weight in pairs:
-            cum += weight
-            if cum >= target:
-                found = value
-                break
-        out.append(_tidy(found))
+        while i < n and cum + pairs[i][1] < target:
+            cum += pairs[i][1]
+            i += 1
+        out.append(_tidy(pairs[i][0] if i < n else pairs[-1][0]))
     return out
+
+
+def _tidy_or_none(value):
+    return None if value is None else _tidy(value)
 
 
 def _tidy(value):
@@ -285,7 +289,9 @@ class HealthWindow:
 
     def _source_figures(self, src, now_ms, pairs_out):
         calls = errors = 0
-        pairs = []
+        values = []
+        weights = []   # (count of values, weight) per bucket, in the order of `values`
+        uniform = True
         for slot in self._live_slots(src, now_ms):
             calls += src.calls[slot]
             errors += src.errors[slot]
@@ -293,12 +299,25 @@ class HealthWindow:
             if seen:
                 per = src.per
                 kept = seen if seen < per else per
-                weight = seen / kept
                 base = slot * per
-                for i in range(kept):
-                    pairs.append((src.lat[base + i], weight))
-        pairs_out.extend(pairs)
-        p50, p95 = weighted_percentiles(pairs, (0.50, 0.95))
+                values.extend(src.lat[base:base + kept])
+                weights.append((kept, seen / kept))
+                uniform = uniform and seen == kept
+        if uniform and pairs_out is None:
+            # every latency stands for one call: a plain sort (no pairs to build)
+            values.sort()
+            p50, p95 = _tidy_or_none(percentile(values, 0.50)), _tidy_or_none(
+                percentile(values, 0.95))
+        else:
+            pairs = []
+            i = 0
+            for kept, weight in weights:
+                for v in values[i:i + kept]:
+                    pairs.append((v, weight))
+                i += kept
+            if pairs_out is not None:
+                pairs_out.extend(pairs)
+            p50, p95 = weighted_percentiles(pairs, (0.50, 0.95))
         return {
             "samples": calls,
             "errors": errors,
@@ -314,14 +333,20 @@ class HealthWindow:
         """The figures for the window ending at now_ms, overall and per source."""
         self.prune(now_ms)
         sources = {}
-        pairs = []
+        # pairs for the overall p50/p95; with one source its own figures are those
+        pairs = [] if len(self._sources) > 1 else None
         samples = errors = 0
         for name in sorted(self._sources):
             figures = self._source_figures(self._sources[name], now_ms, pairs)
             sources[name] = figures
             samples += figures["samples"]
             errors += figures["errors"]
-        p50, p95 = weighted_percentiles(pairs, (0.50, 0.95))
+        if pairs is None:
+            p50 = p95 = None
+            for figures in sources.values():
+                p50, p95 = figures["latency_p50"], figures["latency_p95"]
+        else:
+            p50, p95 = weighted_percentiles(pairs, (0.50, 0.95))
         restarts = len(self._restarts)
         minutes = self.restart_window_ms / 60000
         by_name = {}

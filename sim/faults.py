@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 class Traffic:
     """What the apps on a healthy device do: calls per second and how they fare.
 
-    Half a call a second keeps ~150 outcomes in the agent's 5-minute window,
-    enough for its 100-sample verdicts (see sim.fleet.DEVICE_CONFIG) without
+    Half a call a second keeps ~150 outcomes in the agent's 5-minute window:
+    a bad cohort's 15% errors show within ~2 minutes of a stage change, without
     paying for samples nothing judges.
     """
 
