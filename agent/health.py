@@ -194,35 +194,58 @@ class HealthWindow:
 
     # -- recording --------------------------------------------------------
     def record_outcome(self, ok, latency_ms, now_ms, source=None):
+        src, slot = self._slot(source, now_ms, 1)
+        if src is None:
+            return
+        src.calls[slot] += 1
+        if not ok:
+            src.errors[slot] += 1
+        if latency_ms is not None:
+            self._keep_latency(src, slot, latency_ms)
+
+    def record_calls(self, calls, errors, latencies, now_ms, source=None):
+        """`calls` outcomes seen together at now_ms (a simulated app's last half
+        minute), `errors` of them failed; latencies: each one that carried one. The
+        same as that many record_outcome calls at now_ms, at the cost of one (unlike
+        record_outcomes, every latency is kept as its own observation)."""
+        src, slot = self._slot(source, now_ms, calls)
+        if src is None:
+            return
+        src.calls[slot] += calls
+        src.errors[slot] += errors
+        for latency_ms in latencies:
+            self._keep_latency(src, slot, latency_ms)
+
+    def _slot(self, source, now_ms, n):
+        """(source, bucket slot) for n outcomes at now_ms; (None, None) when not kept."""
         src = self._source(source or DEFAULT_SOURCE)
         if src.grace_until is not None:
             if now_ms < src.grace_until:
-                src.ignored += 1
-                return
+                src.ignored += n
+                return None, None
             src.grace_until = None
         number = now_ms // self.bucket_ms
         slot = number % BUCKETS
         held = src.epoch[slot]
         if held != number:
             if held > number:
-                return  # older than the whole window (the clock never goes back)
+                return None, None  # older than the whole window (the clock never goes back)
             src.epoch[slot] = number
             src.calls[slot] = 0
             src.errors[slot] = 0
             src.seen[slot] = 0
-        src.calls[slot] += 1
-        if not ok:
-            src.errors[slot] += 1
-        if latency_ms is not None:
-            seen = src.seen[slot] + 1
-            src.seen[slot] = seen
-            per = src.per
-            if seen <= per:
-                src.lat[slot * per + seen - 1] = latency_ms
-            else:
-                j = self._rng.below(seen)
-                if j < per:
-                    src.lat[slot * per + j] = latency_ms
+        return src, slot
+
+    def _keep_latency(self, src, slot, latency_ms):
+        seen = src.seen[slot] + 1
+        src.seen[slot] = seen
+        per = src.per
+        if seen <= per:
+            src.lat[slot * per + seen - 1] = latency_ms
+        else:
+            j = self._rng.below(seen)
+            if j < per:
+                src.lat[slot * per + j] = latency_ms
 
     def record_outcomes(self, calls, errors, latency_ms, now_ms, source=None):
         """Many calls at once (a scrape's deltas): counts added in O(1); the latency,

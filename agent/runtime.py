@@ -30,7 +30,7 @@ from agent.report_queue import ReportQueue
 from agent.store import StoreError
 
 STATUS_HEALTH_KEYS = ("healthy", "verdict", "error_rate", "restart_frequency", "samples",
-                      "latency_p50", "performance_impact")
+                      "latency_p50", "latency_p95", "performance_impact")
 DESIRED_RETRY_MS = 5000
 # The console hold: committed with a console (local) emergency rollback. While it
 # is set, EVERY desired state is ignored (logged and counted), and only an explicit

@@ -35,9 +35,18 @@ class BrokerDown(OSError):
 class VirtualLink:
     """The link contract agent.runtime expects, served by a VirtualBroker."""
 
-    def __init__(self, broker: VirtualBroker, client_id: str) -> None:
+    def __init__(self, broker: VirtualBroker, client_id: str,
+                 fault_rng: random.Random | None = None) -> None:
         self.broker = broker
         self.client_id = client_id
+        # draws the loss and delay of every message to or from this client (a device's
+        # own seeded source), so the same messages fail whatever else the fleet does
+        self.fault_rng = fault_rng
+        self.powered: Callable[[], bool] | None = None  # False: the device just lost power
+        # clean_session=False (the agent's default): while away, the broker keeps this
+        # client's subscriptions and its QoS 1 messages, and sends them on reconnect
+        self.persistent = False
+        self.held: list[tuple[str, bytes, bool, VirtualLink | None]] = []
         self.connected = False
         self.subscriptions: list[tuple[str, int]] = []
         self.on_message: Callable | None = None
@@ -49,13 +58,16 @@ class VirtualLink:
         self.on_message, self.on_connect, self.on_disconnect = on_message, on_connect, on_disconnect
 
     def subscribe(self, topic: str, qos: int = 1) -> None:
-        self.subscriptions.append((topic, qos))
+        if (topic, qos) not in self.subscriptions:
+            self.subscriptions.append((topic, qos))
         if self.connected:
             self.broker.subscribe(self, topic)
 
     def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
         if not self.connected:
             raise BrokerDown("not connected")
+        if self.powered is not None and not self.powered():
+            raise BrokerDown("no power: nothing leaves a device after its power is cut")
         self.broker.publish(topic, payload, qos, retain, sender=self)
 
     def poll(self, timeout_ms: int = 0) -> None:
@@ -86,7 +98,7 @@ class VirtualBroker:
         self.last_delivery: dict[tuple[int, int], int] = {}
         self._n = 0
         self.counters = {"published": 0, "delivered": 0, "lost_qos0": 0, "redelivered_qos1": 0,
-                         "dropped_outage": 0}
+                         "dropped_outage": 0, "held_for_session": 0}
 
     # clients --------------------------------------------------------------
     def connect(self, link: VirtualLink) -> None:
@@ -96,8 +108,17 @@ class VirtualBroker:
         self.links.add(link)
         for topic, _qos in link.subscriptions:
             self.subscribe(link, topic)
+        held, link.held = link.held, []
+        for topic, payload, retain, sender in held:  # the session's messages, in order
+            self._schedule(link, topic, payload, retain, 1, sender)
         if link.on_connect:
             link.on_connect()
+
+    def unacked(self, link: VirtualLink, topic: str, payload: bytes, retain: bool) -> None:
+        """A QoS 1 message the client took but never acknowledged (it lost power while
+        handling it): a persistent session sends it again on reconnect."""
+        if link.persistent:
+            link.held.insert(0, (topic, payload, retain, None))
 
     def disconnect(self, link: VirtualLink, graceful: bool = False) -> None:
         if not link.connected:
@@ -106,7 +127,7 @@ class VirtualBroker:
         self.links.discard(link)
         # only the link's own filters: a scan of every subscription made each
         # disconnect cost O(fleet), and a broker outage O(fleet^2)
-        for filt, _qos in link.subscriptions:
+        for filt, _qos in ([] if link.persistent else link.subscriptions):
             subs = (self.wild if "+" in filt or "#" in filt else self.exact).get(filt)
             if subs is not None:
                 subs.discard(link)
@@ -142,28 +163,33 @@ class VirtualBroker:
 
     def _schedule(self, link: VirtualLink, topic: str, payload: bytes, retain: bool,
                   qos: int, sender: VirtualLink | None = None) -> None:
-        delay = self.rng.randint(*self.latency_ms)
-        if self.loss and self.rng.random() < self.loss:
+        rng = link.fault_rng or (sender.fault_rng if sender is not None else None) or self.rng
+        delay = rng.randint(*self.latency_ms)
+        if self.loss and rng.random() < self.loss:
             if qos == 0:
                 self.counters["lost_qos0"] += 1
                 return
             self.counters["redelivered_qos1"] += 1
-            delay += self.rng.randint(1000, 5000)  # the sender's retry after no PUBACK
+            delay += rng.randint(1000, 5000)  # the sender's retry after no PUBACK
         when = self.now + delay
         # MQTT keeps one client's messages in order on the way to another client
         pair = (id(sender), id(link))
         when = max(when, self.last_delivery.get(pair, 0))
         self.last_delivery[pair] = when
         self._n += 1
-        heapq.heappush(self.queue, (when, self._n, link, topic, payload, retain))
+        heapq.heappush(self.queue, (when, self._n, link, topic, payload, retain, qos, sender))
 
     # time -----------------------------------------------------------------
     def deliver_until(self, t: int) -> None:
         while self.queue and self.queue[0][0] <= t:
-            when, _n, link, topic, payload, retain = heapq.heappop(self.queue)
+            when, _n, link, topic, payload, retain, qos, sender = heapq.heappop(self.queue)
             self.now = max(self.now, when)
             if not self.up or not link.connected:
-                self.counters["dropped_outage"] += 1
+                if link.persistent and qos == 1:
+                    link.held.append((topic, payload, retain, sender))
+                    self.counters["held_for_session"] += 1
+                else:
+                    self.counters["dropped_outage"] += 1
                 continue
             self.counters["delivered"] += 1
             if link.on_message:

@@ -52,7 +52,8 @@ class FaultProfile:
 
 
 PROFILES = {
-    "clean": FaultProfile(name="clean"),
+    "none": FaultProfile(name="none"),      # no faults at all: every device completes
+    "clean": FaultProfile(name="clean"),    # the same, by its older name
     "default": FaultProfile(
         name="default",
         cohorts=(BadCohort(),),

@@ -14,15 +14,17 @@ import random
 import time
 from dataclasses import dataclass, field
 
-from agent import protocol as P
 from agent.control import MigrationControl
 from agent.plan import Plan
 from agent.runtime import DESIRED_RETRY_MS, AgentRuntime
 from firmware_shim.clock import ManualClock
+from sim import report
 from sim.broker import VirtualBroker, VirtualLink
-from sim.faults import BadCohort, FaultProfile
+from sim.driver import OperatorKeys, SimOperator
+from sim.faults import PROFILES, BadCohort, FaultProfile
 from sim.memfs import MemFS
-from tools.strategy import WavePolicy, WaveResult, classify
+from tools import waves as W
+from tools.orchestrator import RolloutSpec, soak_from_plan
 
 SAMPLE_MS = 30_000         # the report's devices-per-stage timeline
 MONITOR_MS = 30_000        # each agent's health check interval (the runbook's default)
@@ -36,8 +38,8 @@ REBOOT_MS = (5_000, 30_000)
 # 0.5% errors from tripping the 5% rule on a few early samples (agent.health).
 DEVICE_CONFIG: dict = {}
 SETTLE_MS = 120_000        # after the last wave: time for reboots and desired-state retries
-BROKER_WAIT_STEP_MS = 10_000  # how often an operator looks whether the broker is back
 NEVER = 1 << 62
+HEALTHY_HW = "rev-a"
 
 
 @dataclass
@@ -46,8 +48,19 @@ class SimSettings:
     seed: int = 7
     fleet: str = "simfleet"
     soak_ms: int = 300_000          # how long each wave is watched before the next
-    policy: WavePolicy = field(default_factory=WavePolicy)
-    profile: FaultProfile = field(default_factory=FaultProfile)
+    waves: str = W.DEFAULT_WAVES    # as `fleetstage rollout --waves`
+    error_threshold: str = "5%"     # as `--error-threshold`: a share or a count
+    success: float = 0.95           # as `--success`
+    on_failure: str = "rollback"
+    profile: FaultProfile = field(default_factory=lambda: PROFILES["default"])
+
+    def spec(self, plan: Plan) -> RolloutSpec:
+        """The rollout `fleetstage rollout` would run with the same options."""
+        return RolloutSpec(to_stage=plan.max_stage, waves=W.parse_waves(self.waves),
+                           soak_s=soak_from_plan(plan, fixed=self.soak_ms / 1000),
+                           ack_timeout_s=ACK_TIMEOUT_MS / 1000, success=self.success,
+                           error=W.parse_threshold(self.error_threshold),
+                           on_failure=self.on_failure)
 
 
 class SkewedClock:
@@ -73,18 +86,25 @@ class SimDevice:
     records the calls its apps made since the last wake, spread over that time.
     """
 
-    def __init__(self, sim: Simulation, index: int, device_id: str, groups: list[str],
+    def __init__(self, sim: Simulation, index: int, device_id: str,
                  cohort: BadCohort | None, skew_s: float) -> None:
         self.sim = sim
         self.index = index
         self.device_id = device_id
-        self.groups = groups
         self.cohort = cohort
+        self.hw = cohort.name if cohort is not None else HEALTHY_HW
+        self.groups = [self.hw]  # the fleet's inventory groups devices by hardware
         self.fs = MemFS()
         self.clock = SkewedClock(sim.clock, skew_s)
-        self.link = VirtualLink(sim.broker, device_id)
+        seed = sim.settings.seed
+        # faults (power cuts, and the broker's loss and delay on this device's messages)
+        # and the apps' traffic draw from their own sources, so neither shifts the other
+        self.rng = random.Random("%d:%s:faults" % (seed, device_id))
+        self.traffic_rng = random.Random("%d:%s:traffic" % (seed, device_id))
+        self.link = VirtualLink(sim.broker, device_id, self.rng)
+        self.link.powered = lambda: not self.fs.dead
+        self.link.persistent = True  # the agent's default: clean_session false
         self.key = sim.operator_keys.key(device_id)
-        self.rng = random.Random("%d:%s" % (sim.settings.seed, device_id))
         self.power_cuts = 0
         self.down_until: int | None = None
         self.control: MigrationControl | None = None
@@ -110,11 +130,14 @@ class SimDevice:
         assert on_message is not None  # runtime.start() installed it
 
         def deliver(topic: str, payload: bytes, retain: bool = False) -> None:
+            if self.control is not None:  # what the apps did up to this moment
+                self._record_traffic(self.control, self.sim.clock.now_ms)
             rate = self.sim.settings.profile.power_cut_rate
             if rate and self.rng.random() < rate:
                 self.fs.arm_cut(self.rng.randint(0, 48))
             on_message(topic, payload, retain)
             if self.fs.dead:
+                self.sim.broker.unacked(self.link, topic, payload, retain)
                 self.lose_power()
             else:
                 self.sim.wake(self, self.sim.clock.now_ms)
@@ -135,23 +158,26 @@ class SimDevice:
         self.sim.wake(self, self.down_until)
 
     def _record_traffic(self, control: MigrationControl, now: int) -> None:
-        """The calls the apps made since the last wake, at their own times."""
+        """The calls the apps made since the last look, recorded together (as a statsd
+        flush would be): one call into the agent's health window, not one per call."""
         traffic = self.sim.settings.profile.traffic
-        gap = int(1000 / traffic.calls_per_s)
-        t = self.sampled_to + gap
-        if t > now:
+        gap = self.sim.call_gap_ms
+        n = (now - self.sampled_to) // gap
+        if n <= 0:
             return
+        self.sampled_to += n * gap
         err, lat = traffic.error_rate, traffic.latency_ms
         c = self.cohort
         if c is not None and control.stage >= c.from_stage:
             err, lat = c.error_rate, lat * c.latency_factor
         spread = traffic.latency_jitter * lat
-        rnd = self.rng.random
-        record = control.health.record_outcome
-        while t <= now:
-            record(rnd() >= err, lat + spread * (2 * rnd() - 1), t)
-            t += gap
-        self.sampled_to = t - gap
+        rnd = self.traffic_rng.random
+        latencies = [lat + spread * (2 * rnd() - 1) for _ in range(n)]
+        errors = 0
+        for _ in range(n):
+            if rnd() < err:
+                errors += 1
+        control.health.record_calls(n, errors, latencies, now)
 
     def wake_up(self, now: int) -> None:
         self.next_wake = NEVER
@@ -178,80 +204,15 @@ class SimDevice:
         self.sim.wake(self, due)
 
 
-class OperatorKeys:
-    """Each device's key and MAC-table tag, derived once per run, not once per command.
+class Simulation:
+    """The world: a fleet of real agents, a virtual broker, virtual time, and faults.
 
-    `cache` is the {device: (tag, K_d)} table agent.protocol.seal fills and reads.
+    Every random choice about a device (its cohort, clock skew, power cuts,
+    what happens to messages to and from it, its apps' traffic) comes from
+    random sources seeded by (seed, device id), so the same faults hit the
+    same devices whatever order the world runs them in.
     """
 
-    def __init__(self, fleet_key: bytes) -> None:
-        self.fleet_key = fleet_key
-        self.cache: dict[str, tuple[bytes, bytes]] = {}
-
-    def key(self, device_id: str) -> bytes:
-        tk = self.cache.get(device_id)
-        if tk is None:
-            tk = self.cache[device_id] = (P.device_tag(device_id),
-                                          P.derive_device_key(self.fleet_key, device_id))
-        return tk[1]
-
-
-class Operator:
-    """The rollout orchestrator's view: signs commands, reads reports."""
-
-    def __init__(self, sim: Simulation) -> None:
-        self.sim = sim
-        self.link = VirtualLink(sim.broker, "operator")
-        self.seq = 0
-        self.acks: dict[str, dict[str, dict]] = {}   # command id -> device -> ack body
-        self.status: dict[str, dict] = {}            # device -> latest status body
-        self.events: list[tuple[int, str, str]] = []
-        self.bad_reports = 0
-        fleet = sim.settings.fleet
-        self.link.set_callbacks(self.on_message, None, None)
-        for leaf in ("ack", "status", "event"):
-            self.link.subscribe(P.device_wildcard(fleet, leaf), 1)
-        self.link.connect()
-
-    def on_message(self, topic: str, payload: bytes, retain: bool = False) -> None:
-        try:
-            sender = topic.split("/")[-2]  # fleetstage/FLEET/device/ID/LEAF
-            body = P.decode_report(payload, key=self.sim.operator_keys.key(sender),
-                                   device_id=sender)
-        except (P.ReportError, P.ProtocolError):
-            self.bad_reports += 1
-            return
-        device = body["device"]
-        kind = body["kind"]
-        if kind == "ack":
-            self.acks.setdefault(body["id"], {})[device] = body
-        elif kind == "status":
-            prev = self.status.get(device, {})
-            merged = dict(prev)
-            merged.update(body)
-            self.status[device] = merged
-        elif kind == "event":
-            self.events.append((self.sim.clock.now_ms, device, body.get("name", "?")))
-
-    def send(self, op: str, args: dict, target: str, devices: list[str], stage: int) -> str:
-        self.seq = P.next_seq(self.seq, self.sim.clock.wall_time())
-        plan_hash = self.sim.plan_hash
-        key = self.sim.fleet_key
-        command_id = P.new_command_id()
-        keys = self.sim.operator_keys.cache
-        desired = P.encode_desired(target, stage, self.seq, plan_hash, key, devices=devices,
-                                   emergency=(op == "emergency_rollback"), keys=keys)
-        fleet = self.sim.settings.fleet
-        if self.sim.broker.up:
-            self.link.publish(P.desired_topic(fleet, target), desired, 1, True)
-            self.seq = P.next_seq(self.seq, self.sim.clock.wall_time())
-            cmd = P.encode_command(op, args, target, self.seq, plan_hash, key, devices=devices,
-                                   command_id=command_id, keys=keys)
-            self.link.publish(P.cmd_topic(fleet, target), cmd, 1, False)
-        return command_id
-
-
-class Simulation:
     def __init__(self, settings: SimSettings) -> None:
         self.settings = settings
         self.rng = random.Random(settings.seed)
@@ -265,27 +226,84 @@ class Simulation:
         self.counters = {"power_cuts": 0, "store_log_lines": 0}
         self.store_log_tail: list[str] = []
         self.timeline: list[dict] = []
-        self.waves: list[WaveResult] = []
-        ids = ["gw-%05d" % i for i in range(settings.devices)]
-        self.wave_of = {}
-        for w, members in enumerate(settings.policy.split(ids), 1):
-            for d in members:
-                self.wave_of[d] = w
-        self.wave_count = max(self.wave_of.values())
-        self.devices: list[SimDevice] = []
-        for i, d in enumerate(ids):
-            cohort = None
-            for c in prof.cohorts:
-                if self.rng.random() < c.fraction:
-                    cohort = c
-            groups = ["wave-%d" % self.wave_of[d]] + ([cohort.name] if cohort else [])
-            skew = self.rng.uniform(-prof.clock_skew_s, prof.clock_skew_s)
-            self.devices.append(SimDevice(self, i, d, groups, cohort, skew))
         self.plan = Plan.default()
         self.plan_hash = self.plan.hash
         self.stages = self.plan.max_stage
-        self.operator = Operator(self)
         self.outages = sorted(prof.broker_outages)
+        self.call_gap_ms = int(1000 / prof.traffic.calls_per_s)
+        self.devices: list[SimDevice] = []
+        for i in range(settings.devices):
+            device_id = "gw-%05d" % i
+            pick = random.Random("%d:%s:profile" % (settings.seed, device_id))
+            cohort = None
+            for c in prof.cohorts:
+                if pick.random() < c.fraction:
+                    cohort = c
+            skew = pick.uniform(-prof.clock_skew_s, prof.clock_skew_s)
+            self.devices.append(SimDevice(self, i, device_id, cohort, skew))
+        self.operator_link = VirtualLink(self.broker, "operator")
+        self.operator = SimOperator(self, self.operator_link, settings.fleet,
+                                    self.operator_keys, self.plan, settings.seed)
+        self.operator_link.connect()
+        self.by_id = {dev.device_id: dev for dev in self.devices}
+        self.device_thresholds = dict(self.devices[0].control.config.thresholds) if (
+            self.devices and self.devices[0].control) else {}
+        self.baseline_p95: float | None = None
+        self.wave_health: list[dict] = []
+        self.operator.on_result = self._wave_health
+
+    def fleet_latency_p95(self) -> float | None:
+        """The 95th percentile of the devices' own p95 latencies now (before a rollout:
+        the baseline the report draws each wave's latency against)."""
+        now = self.clock.now_ms
+        p95s = sorted(p for p in (dev.control.health.snapshot(now)["latency_p95"]
+                                  for dev in self.devices if dev.control is not None)
+                      if p is not None)
+        return p95s[int(0.95 * (len(p95s) - 1))] if p95s else None
+
+    def _wave_health(self, result: dict) -> None:
+        """The health the wave's own devices measured when it was judged, for the report's
+        plots (the operator's decisions come from the wire, never from here)."""
+        orch = self.operator.orch
+        assert orch is not None
+        now = self.clock.now_ms
+        samples = errors = 0
+        p95s = []
+        for d in orch.waves[result["wave"] - 1]:
+            control = self.by_id[d].control
+            if control is None:
+                continue
+            snap = control.health.snapshot(now)
+            samples += snap["samples"]
+            errors += snap["errors"]
+            if snap["latency_p95"] is not None:
+                p95s.append(snap["latency_p95"])
+        p95s.sort()
+        self.wave_health.append({
+            "stage": result["stage"], "wave": result["wave"], "t_ms": now,
+            "samples": samples, "error_rate": errors / samples if samples else None,
+            "latency_p95": p95s[int(0.95 * (len(p95s) - 1))] if p95s else None})
+
+    # the world, as the operator's driver sees it ----------------------------
+    def now_ms(self) -> int:
+        return self.clock.now_ms
+
+    def wall_time(self) -> float:
+        return self.clock.wall_time()
+
+    def broker_up(self) -> bool:
+        return self.broker.up
+
+    def inventory(self) -> dict[str, W.DeviceInfo]:
+        """What the operator knows before it starts: each device's groups and hardware."""
+        out = {}
+        for dev in self.devices:
+            st = self.operator.status.get(dev.device_id, {})
+            stage = st.get("stage") if isinstance(st.get("stage"), int) else None
+            online = st.get("online") if isinstance(st.get("online"), bool) else None
+            out[dev.device_id] = W.DeviceInfo(groups=tuple(dev.groups), hw=dev.hw,
+                                              online=online, stage=stage)
+        return out
 
     def store_log(self, msg: str) -> None:
         """Devices' store recovery lines: counted and kept (the last 20) for the report."""
@@ -352,51 +370,6 @@ class Simulation:
                 counts[dev.control.stage] += 1
         self.timeline.append({"t_ms": self.clock.now_ms, "stages": counts})
 
-    # the rollout -------------------------------------------------------------
-    def rollout(self) -> str:
-        for stage in range(1, self.stages + 1):
-            for wave in range(1, self.wave_count + 1):
-                members = sorted(d for d, w in self.wave_of.items() if w == wave)
-                target = "group:wave-%d" % wave
-                self.wait_for_broker()
-                cid = self.operator.send("migrate", {"stage": stage}, target, members, stage)
-                self.run_for(ACK_TIMEOUT_MS)
-                self.run_for(self.settings.soak_ms)
-                result = self._judge(stage, wave, cid, members)
-                self.waves.append(result)
-                if result.halted:
-                    self._halt(stage, wave)
-                    return "halted at stage %d wave %d: %s" % (stage, wave, result.why)
-        self.run_for(SETTLE_MS)  # devices still rebooting converge from the desired state
-        behind = sum(1 for d in self.devices
-                     if d.control is None or d.control.stage != self.stages)
-        if behind:
-            return "completed all waves; %d devices not at stage %d" % (behind, self.stages)
-        return "completed: every device at stage %d" % self.stages
-
-    def wait_for_broker(self, limit_ms: int = 3_600_000) -> None:
-        """An orchestrator does not publish into a dead broker: it waits, bounded."""
-        waited = 0
-        while not self.broker.up and waited < limit_ms:
-            self.run_for(BROKER_WAIT_STEP_MS)
-            waited += BROKER_WAIT_STEP_MS
-        if waited:
-            why = "operator waited %d s for the broker" % (waited // 1000)
-            self.timeline.append({"t_ms": self.clock.now_ms, "event": why})
-
-    def _judge(self, stage: int, wave: int, cid: str, members: list[str]) -> WaveResult:
-        return classify(self.settings.policy, stage, wave, members,
-                        self.operator.acks.get(cid, {}), self.operator.status)
-
-    def _halt(self, stage: int, wave: int) -> None:
-        """Roll back every wave that reached `stage`, through the same signed path."""
-        self.wait_for_broker()
-        for w in range(1, wave + 1):
-            members = sorted(d for d, x in self.wave_of.items() if x == w)
-            self.operator.send("rollback", {"stage": stage - 1}, "group:wave-%d" % w, members,
-                               stage - 1)
-        self.run_for(ACK_TIMEOUT_MS + self.settings.soak_ms)
-
     # the verdict ---------------------------------------------------------------
     def booted_devices(self) -> list[tuple[SimDevice, MigrationControl]]:
         """Every device with its control; one still rebooting boots from its flash now."""
@@ -431,47 +404,13 @@ class Simulation:
 
 
 def run(settings: SimSettings) -> dict:
+    """One rollout on a simulated fleet; the report (sim.report's contract) as a dict."""
     started = time.perf_counter()
     sim = Simulation(settings)
-    setup_s = time.perf_counter() - started
-    outcome = sim.rollout()
+    spec = settings.spec(sim.plan)
+    sim.run_for(ACK_TIMEOUT_MS // 2)  # the fleet reports in; the operator reads the statuses
+    sim.baseline_p95 = sim.fleet_latency_p95()
+    finished = sim.operator.run(spec, sim.inventory())
+    sim.run_for(SETTLE_MS)  # devices still rebooting converge from their desired state
     problems = sim.check_consistency()
-    wall_s = time.perf_counter() - started
-    final = [0] * (sim.stages + 1)
-    quarantined = auto_rollbacks = stores_recovered = 0
-    for _dev, control in sim.booted_devices():
-        st = control.status()
-        final[st["current_stage"]] += 1
-        quarantined += st["quarantine"] is not None
-        auto_rollbacks += sum(st["auto_rollbacks"].values())
-        stores_recovered += bool(control.store.stats().get("recovered"))
-    events: dict[str, int] = {}
-    for _t, _d, name in sim.operator.events:
-        events[name] = events.get(name, 0) + 1
-    return {
-        "settings": {"devices": settings.devices, "seed": settings.seed,
-                     "profile": settings.profile.name, "waves": list(settings.policy.waves),
-                     "soak_ms": settings.soak_ms,
-                     "max_failure_ratio": settings.policy.max_failure_ratio},
-        "outcome": outcome,
-        "consistent": not problems,
-        "problems": problems[:50],
-        "virtual_time_s": sim.clock.now_ms / 1000,
-        "wall_time_s": round(wall_s, 2),
-        "setup_s": round(setup_s, 2),
-        "final_stages": final,
-        "cohorts": {c.name: sum(1 for d in sim.devices if d.cohort is c)
-                    for c in settings.profile.cohorts},
-        "waves": [vars(w) | {"failed": w.failed} for w in sim.waves],
-        "auto_rollbacks": auto_rollbacks,
-        "quarantined": quarantined,
-        "power_cuts": sim.counters["power_cuts"],
-        "stores_recovered_after_cut": stores_recovered,
-        "store_log_lines": sim.counters["store_log_lines"],
-        "store_log_tail": sim.store_log_tail,
-        "events": events,
-        "broker": dict(sim.broker.counters),
-        "bad_reports": sim.operator.bad_reports,
-        "timeline": [t for t in sim.timeline if "stages" in t][:: max(1, len(sim.timeline) // 400)],
-        "incidents": [t for t in sim.timeline if "event" in t],
-    }
+    return report.build(sim, finished, problems, wall_s=time.perf_counter() - started)

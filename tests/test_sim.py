@@ -7,6 +7,7 @@ from sim.broker import topic_matches
 from sim.faults import PROFILES, BadCohort, FaultProfile, profile
 from sim.fleet import SimSettings, run
 from sim.memfs import MemFS
+from sim.report import to_json
 from tools.cli import main as cli_main
 from tools.strategy import WavePolicy, WaveResult, judge_wave
 
@@ -69,35 +70,38 @@ def test_unknown_profile_is_refused():
     assert "default" in PROFILES
 
 
-def _small(prof, devices=40, soak_ms=300_000):
-    # a gateway serves 0.5 calls/s, so its 100-sample verdict needs ~200 s at a stage
-    return SimSettings(devices=devices, seed=3, profile=prof, soak_ms=soak_ms)
+def _small(prof, devices=40, soak_ms=300_000, **kw):
+    # a gateway serves 0.5 calls/s, so a bad cohort shows ~2 minutes after a stage change
+    return SimSettings(devices=devices, seed=3, profile=prof, soak_ms=soak_ms, **kw)
 
 
 def test_clean_fleet_completes_every_stage():
-    result = run(_small(PROFILES["clean"], devices=24))
-    assert result["outcome"].startswith("completed"), result["outcome"]
-    assert result["final_stages"] == [0, 0, 0, 0, 24]
+    result = run(_small(PROFILES["none"], devices=24))
+    assert result["outcome"] == "completed", result["reason"]
+    assert result["final_stage_counts"] == {"0": 0, "1": 0, "2": 0, "3": 0, "4": 24}
+    assert result["halted_at_stage"] is None and result["rollbacks"] == []
     assert result["consistent"]
-    assert result["auto_rollbacks"] == 0
     assert result["events"]["migration.stage_enabled"] == 24 * 4
+    assert [w["decision"] for w in result["waves"]] == ["advance"] * len(result["waves"])
 
 
 def test_bad_cohort_rolls_itself_back_and_halts_the_rollout():
     prof = FaultProfile(name="t", cohorts=(BadCohort(fraction=0.25, from_stage=3,
                                                      error_rate=0.3),))
     result = run(_small(prof, devices=40))
-    assert result["outcome"].startswith("halted at stage 3"), result["outcome"]
-    assert result["auto_rollbacks"] >= 1
+    assert result["outcome"] == "halted" and result["halted_at_stage"] == 3, result["reason"]
+    assert result["rollbacks"] and {r["cohort"] for r in result["rollbacks"]} == {"rev-b"}
+    assert all(r["stage"] == 3 and r["reason"] == "health:error_rate"
+               for r in result["rollbacks"])
     assert result["events"].get("migration.rollback", 0) >= 1
-    # the halt sends every wave that reached stage 3 back to stage 2; nothing stays above
-    assert result["final_stages"][3] == 0 and result["final_stages"][4] == 0
+    # the halt sends every device that reached stage 3 back to stage 2; nothing stays above
+    assert result["final_stage_counts"]["3"] == 0 and result["final_stage_counts"]["4"] == 0
     assert result["consistent"]
 
 
 def test_power_cuts_and_an_outage_leave_every_device_consistent():
     prof = FaultProfile(name="t", power_cut_rate=0.2, broker_outages=((100_000, 200_000),))
-    result = run(_small(prof, devices=30))
+    result = run(_small(prof, devices=30, soak_ms=60_000))
     assert result["power_cuts"] > 0
     # the stores said what they recovered, into the report rather than onto the terminal
     assert result["store_log_lines"] > 0 and result["store_log_tail"]
@@ -105,22 +109,68 @@ def test_power_cuts_and_an_outage_leave_every_device_consistent():
     assert "broker down" in [i["event"] for i in result["incidents"]]
 
 
-def test_cli_writes_json_and_html_reports(tmp_path, capsys):
+def test_default_scenario_halts_at_stage_3_and_names_the_bad_cohort():
+    """`fleetstage sim` with no options: 500 devices, the default fault profile."""
+    result = run(SimSettings())
+    assert result["outcome"] == "halted" and result["halted_at_stage"] == 3, result["reason"]
+    halted = result["waves"][-1]
+    assert halted["stage"] == 3 and halted["decision"] == "halt"
+    assert halted["cohorts"]["blamed"]["cohort"] == "rev-b"
+    assert "rev-b" in halted["reason"] and result["blamed"]["cohort"] == "rev-b"
+    assert result["rollbacks"] and {r["cohort"] for r in result["rollbacks"]} == {"rev-b"}
+    assert all(w["decision"] == "advance" for w in result["waves"][:-1])
+    assert result["power_cuts"] > 0 and result["consistent"], result["problems"]
+    assert result["final_stage_counts"]["3"] == 0 and result["final_stage_counts"]["4"] == 0
+
+
+def test_faults_none_completes_stage_4_on_every_device(tmp_path, capsys):
     prefix = str(tmp_path / "r")
-    rc = cli_main(["sim", "--devices", "12", "--profile", "clean", "--soak", "30",
-                   "--report", prefix])
+    rc = cli_main(["sim", "--devices", "200", "--faults", "none", "--report", prefix])
     out = capsys.readouterr().out
-    assert rc == 0
-    assert "outcome: completed" in out
+    assert rc == 0 and "outcome: completed" in out
     report = json.loads(open(prefix + ".json").read())
-    assert report["final_stages"][-1] == 12
-    assert "<svg" in open(prefix + ".html").read()
+    assert report["outcome"] == "completed"
+    assert report["final_stage_counts"] == {"0": 0, "1": 0, "2": 0, "3": 0, "4": 200}
+    assert report["mode"] == "virtual" and report["devices"] == 200 and report["seed"] == 7
+
+
+def test_same_seed_gives_a_byte_identical_report_apart_from_wall_time():
+    def once(seed):
+        result = run(_small(PROFILES["default"], devices=60, soak_ms=120_000) if seed is None
+                     else SimSettings(devices=60, seed=seed, soak_ms=120_000))
+        assert result["wall_s"] >= 0
+        result["wall_s"] = 0
+        return to_json(result)
+
+    a, b = once(11), once(11)
+    assert a == b
+    assert once(12) != a  # and the seed matters
+
+
+def test_report_contract_keys():
+    result = run(_small(PROFILES["default"], devices=30, soak_ms=60_000))
+    for key in ("outcome", "halted_at_stage", "final_stage_counts", "rollbacks", "waves",
+                "devices", "seed", "mode", "wall_s"):
+        assert key in result
+    assert result["outcome"] in ("completed", "halted", "paused")
+    for w in result["waves"]:
+        assert {"stage", "devices", "decision", "reason", "cohorts"} <= set(w)
+        assert w["decision"] in ("advance", "halt", "pause")
+        assert {"by_reason", "by_group", "by_hw", "blamed"} <= set(w["cohorts"])
+
+
+def test_cli_refuses_bad_options_in_one_line(capsys):
+    for argv in (["sim", "--waves", "50%,10%"], ["sim", "--devices", "0"],
+                 ["sim", "--broker", "mqtt://localhost:1"]):
+        assert cli_main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("fleetstage sim:") and "\n" not in err and "Traceback" not in err
 
 
 def test_consistency_check_catches_flash_that_disagrees_with_memory():
     from sim.fleet import Simulation
 
-    sim = Simulation(_small(PROFILES["clean"], devices=3))
+    sim = Simulation(_small(PROFILES["none"], devices=3))
     assert sim.check_consistency() == []
     dev = sim.devices[1]
     dev.control.store.commit({"ctl.stage": 3})  # flash says 3, the device still runs 0

@@ -1,9 +1,16 @@
-"""`fleetstage sim`: run a staged rollout on a simulated fleet of real agents.
+"""`fleetstage sim`: rehearse a staged rollout on a simulated fleet of real agents.
 
 With no options it runs its embedded defaults: 500 devices in virtual time,
-the default fault profile (an 8% hardware cohort that breaks at stage 3, 1%
-message loss, power cuts during writes, clock skew), waves of 2/10/50/100%.
-It prints a summary and writes a JSON report and an HTML page with plots.
+the default fault profile (an 8% hardware cohort, rev-b, that breaks at
+stage 3; 1% message loss; power cuts during writes; clock skew), waves of
+2/10/50/100%, 5 minutes of monitoring per wave. The rollout is decided by
+the orchestrator core `fleetstage rollout` runs (tools/orchestrator.py), so
+the simulator rehearses exactly what operators run. It prints a summary and
+writes a JSON report and an HTML page with plots.
+
+--transport mqtt runs the same scenario over a real MQTT broker: every
+simulated device holds its own session (client id, last will,
+subscriptions); with no --broker an embedded broker starts in this process.
 """
 from __future__ import annotations
 
@@ -14,61 +21,102 @@ import sys
 from sim.faults import PROFILES, profile
 from sim.fleet import SimSettings, run
 from sim.report import write_html, write_json
-from tools.strategy import WavePolicy
+from tools import waves as W
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sim", help="simulate a staged rollout on a fleet of real agents",
-                       description=__doc__)
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--devices", type=int, default=500, help="fleet size (default 500)")
-    p.add_argument("--profile", default="default", choices=sorted(PROFILES),
-                   help="fault profile (default: default)")
+    p.add_argument("--faults", "--profile", dest="faults", default="default",
+                   choices=sorted(PROFILES),
+                   help="fault profile (default: default; none: no faults at all)")
     p.add_argument("--seed", type=int, default=7, help="random seed; a run is reproducible")
-    p.add_argument("--waves", default="0.02,0.1,0.5,1",
-                   help="cumulative wave fractions (default 0.02,0.1,0.5,1)")
-    p.add_argument("--max-failure", type=float, default=0.05,
-                   help="halt when more than this fraction of a wave fails (default 0.05)")
-    p.add_argument("--soak", type=float, default=300, help="seconds each wave is watched")
+    p.add_argument("--waves", default=W.DEFAULT_WAVES,
+                   help="waves as for `fleetstage rollout` (default %s)" % W.DEFAULT_WAVES)
+    p.add_argument("--error-threshold", default="5%",
+                   help="a wave fails when more than this share (5%%) or count (3) of its "
+                        "devices fail (default 5%%)")
+    p.add_argument("--on-failure", choices=("rollback", "pause"), default="rollback",
+                   help="what a failed wave does (default rollback)")
+    p.add_argument("--soak", type=float, default=300,
+                   help="seconds of monitoring per wave (default 300)")
+    p.add_argument("--transport", choices=("virtual", "mqtt"), default="virtual",
+                   help="virtual (default): a virtual broker in virtual time, fast; mqtt: "
+                        "every device its own session on a real broker")
+    p.add_argument("--broker", default=None,
+                   help="with --transport mqtt: mqtt://HOST:PORT of a running broker "
+                        "(default: an embedded broker in this process)")
     p.add_argument("--report", default="fleetstage-report",
                    help="report path prefix: writes PREFIX.json and PREFIX.html")
     p.add_argument("--json", action="store_true", help="print the whole report as JSON")
     p.set_defaults(handler=main)
 
 
+def _fail(msg: str) -> int:
+    print("fleetstage sim: %s" % msg, file=sys.stderr)
+    return 2
+
+
 def main(args: argparse.Namespace) -> int:
     if args.devices < 1:
-        print("fleetstage sim: --devices must be at least 1", file=sys.stderr)
-        return 2
+        return _fail("--devices must be at least 1")
+    if args.soak < 0:
+        return _fail("--soak must be 0 or more seconds")
     try:
-        waves = tuple(float(x) for x in args.waves.split(","))
-        policy = WavePolicy(waves=waves, max_failure_ratio=args.max_failure)
-    except ValueError as exc:
-        print("fleetstage sim: bad --waves/--max-failure: %s" % exc, file=sys.stderr)
-        return 2
-    settings = SimSettings(devices=args.devices, seed=args.seed, policy=policy,
-                           profile=profile(args.profile), soak_ms=int(args.soak * 1000))
+        W.parse_waves(args.waves)
+        W.parse_threshold(args.error_threshold)
+    except W.WaveError as exc:
+        return _fail(str(exc))
+    if args.broker is not None and args.transport != "mqtt":
+        return _fail("--broker needs --transport mqtt")
+    settings = SimSettings(devices=args.devices, seed=args.seed, waves=args.waves,
+                           error_threshold=args.error_threshold, on_failure=args.on_failure,
+                           profile=profile(args.faults), soak_ms=int(args.soak * 1000))
     if not args.json:
-        print("fleetstage sim: %d devices, profile %s, waves %s, seed %d" % (
-            args.devices, args.profile, args.waves, args.seed))
-    result = run(settings)
+        print("fleetstage sim: %d devices, faults %s, waves %s, seed %d, %s transport" % (
+            args.devices, args.faults, args.waves, args.seed, args.transport))
+    if args.transport == "mqtt":
+        from sim.mqtt_transport import MqttSetupError, run_mqtt
+        try:
+            result = run_mqtt(settings, args.broker)
+        except MqttSetupError as exc:
+            return _fail(str(exc))
+    else:
+        result = run(settings)
     write_json(result, args.report + ".json")
     write_html(result, args.report + ".html")
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))
     else:
-        for w in result["waves"]:
-            print("  stage %d wave %d: %4d devices  applied %4d  rejected %3d  rolled back %3d"
-                  "  unanswered %3d%s" % (
-                      w["stage"], w["wave"], w["devices"], w["applied"], w["rejected"],
-                      w["rolled_back"], w["unanswered"],
-                      ("  HALT: " + w["why"]) if w["halted"] else ""))
-        print("outcome: %s" % result["outcome"])
-        print("final devices per stage: %s" % result["final_stages"])
-        print("automatic rollbacks: %d, quarantined: %d, power cuts: %d (store recovery log"
-              " lines: %d, in the report), events: %s" % (
-                  result["auto_rollbacks"], result["quarantined"], result["power_cuts"],
-                  result["store_log_lines"], result["events"]))
-        print("consistent: %s; %.0f s of virtual time in %.1f s" % (
-            result["consistent"], result["virtual_time_s"], result["wall_time_s"]))
-        print("report: %s.json, %s.html" % (args.report, args.report))
+        _summary(result, args.report)
     return 0 if result["consistent"] else 1
+
+
+def _summary(result: dict, prefix: str) -> None:
+    for w in result["waves"]:
+        print("  stage %d wave %d: %5d devices  applied %5d  rejected %3d  rolled back %3d"
+              "  silent %3d  %s%s" % (
+                  w["stage"], w["wave"], w["devices"], w["applied"], w["rejected"],
+                  w["rolled_back"], w["silent"], w["decision"].upper(),
+                  (": " + w["reason"]) if w["reason"] else ""))
+    print("outcome: %s%s" % (result["outcome"], (" at stage %d" % result["halted_at_stage"])
+                             if result["halted_at_stage"] else ""))
+    if result.get("blamed"):
+        print("blamed cohort: %s" % result["blamed"]["text"])
+    print("final devices per stage: %s" % ", ".join(
+        "%s: %d" % kv for kv in result["final_stage_counts"].items()))
+    print("automatic rollbacks on devices: %d (by cohort: %s), quarantined: %d, power cuts: %d"
+          " (store recovery log lines: %d, in the report)" % (
+              len(result["rollbacks"]), _by_cohort(result["rollbacks"]), result["quarantined"],
+              result["power_cuts"], result["store_log_lines"]))
+    print("consistent: %s; %.0f s of virtual time in %.1f s" % (
+        result["consistent"], result["virtual_time_s"], result["wall_s"]))
+    print("report: %s.json, %s.html" % (prefix, prefix))
+
+
+def _by_cohort(rollbacks: list[dict]) -> str:
+    counts: dict[str, int] = {}
+    for r in rollbacks:
+        counts[r["cohort"]] = counts.get(r["cohort"], 0) + 1
+    return ", ".join("%s %d" % kv for kv in sorted(counts.items())) or "none"

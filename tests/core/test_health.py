@@ -295,3 +295,19 @@ def test_record_outcomes_adds_a_scrape_in_one_step():
     s = w.snapshot(10)["sources"]["prom"]
     assert (s["samples"], s["errors"], s["latency_p50"]) == (1000, 300, 12.5)
     assert _metrics(evaluate(w.snapshot(10), T)) == ["error_rate"]
+
+
+def test_outcomes_recorded_together_count_as_each_one():
+    # the simulator records an app's calls since its last wake in one call
+    one, many = HealthWindow(), HealthWindow()
+    lat = [10 + i for i in range(30)]
+    for i, x in enumerate(lat):
+        one.record_outcome(i % 10 != 0, x, 45000)
+    many.record_calls(30, 3, lat, 45000)
+    a, b = one.snapshot(60000), many.snapshot(60000)
+    assert (a["samples"], a["errors"]) == (b["samples"], b["errors"]) == (30, 3)
+    assert (a["latency_p50"], a["latency_p95"]) == (b["latency_p50"], b["latency_p95"])
+    many.set_grace("app", 10000, 70000)
+    many.record_calls(5, 1, [1, 2, 3, 4, 5], 75000)  # inside the grace period
+    assert many.snapshot(76000)["sources"]["app"]["ignored_in_grace"] == 5
+    assert many.snapshot(76000)["samples"] == 30
