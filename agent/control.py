@@ -148,10 +148,9 @@ class MigrationControl:
 
     def _readiness(self, n, snapshot):
         reasons = []
-        if type(n) is not int or n < 1 or n > self.plan.max_stage:
-            reasons.append(f"plan {self.plan.name} has stages 1..{self.plan.max_stage}, not {n!r}")
-        elif self.stage != n - 1:
-            reasons.append(f"at stage {self.stage}; stage {n} needs stage {n - 1} first")
+        problem = tr.migrate_target_problem(n, self.stage, self.plan.max_stage, self.plan.name)
+        if problem is not None:
+            reasons.append(problem)
         if self.state == QUARANTINED:
             q = self._quarantine or {}
             reasons.append("quarantined at stage {} after {} automatic rollbacks".format(
@@ -192,10 +191,9 @@ class MigrationControl:
         self._refresh_timers()
         event = tr.RollbackRequested
         new_state = tr.next_state(self.state, event)
-        if type(n) is not int or n < 0 or n >= self.stage:
-            raise TransitionRefused(self.state, event,
-                                    f"target must be a stage from 0 to {self.stage - 1}, " +
-                                    f"below the current stage {self.stage}, not {n!r}")
+        problem = tr.rollback_target_problem(n, self.stage)
+        if problem is not None:
+            raise TransitionRefused(self.state, event, problem)
         if not isinstance(reason, str):
             raise ControlError("rollback reason must be a string")
         entry = self._change_stage(n, new_state, "rollback", reason, {}, extra_changes)
@@ -237,7 +235,7 @@ class MigrationControl:
             return {"result": "ok", "health": report}
         violations = verdict["violations"]
         self.events.emit("health.violation", {"stage": self.stage, "violations": violations})
-        if self.stage == 0:
+        if tr.automatic_rollback_target(self.stage) is None:
             # Nothing left to roll back: report it, and let the operator decide.
             return {"result": "unhealthy", "violations": violations, "rolled_back_to": None,
                     "health": report}
@@ -376,17 +374,14 @@ class MigrationControl:
 
     def _automatic_rollback(self, violations, report):
         from_stage = self.stage
-        to_stage = from_stage - 1
+        to_stage = tr.automatic_rollback_target(from_stage)
         count = self._auto_rollbacks.get(str(from_stage), 0) + 1
-        if count >= self.config.quarantine_after:
-            event = tr.RepeatedHealthViolation
-        else:
-            event = tr.HealthViolation
-        new_state = tr.next_state(self.state, event)
+        new_state = tr.next_state(self.state,
+                                  tr.violation_event(count, self.config.quarantine_after))
         counts = dict(self._auto_rollbacks)
         counts[str(from_stage)] = count
         wall = self._wall_ms()
-        cooldown_until = wall + self.config.cooldown_ms
+        cooldown_until = tr.cooldown_deadline(wall, self.config.cooldown_ms)
         quarantine = self._quarantine
         if new_state == QUARANTINED and quarantine is None:
             quarantine = {"stage": to_stage, "from_stage": from_stage, "since": wall,
@@ -560,8 +555,8 @@ class MigrationControl:
         holds in memory and is made again on the next read."""
         if self.state != COOLDOWN or self._cooldown_until is None:
             return
-        cap = self._wall_ms() + self.config.cooldown_ms
-        if self._cooldown_until <= cap:
+        cap = tr.clamp_cooldown(self._cooldown_until, self._wall_ms(), self.config.cooldown_ms)
+        if cap == self._cooldown_until:
             return
         try:
             self._commit({"ctl.cooldown_until": cap}, None, None, self.state)
@@ -643,10 +638,9 @@ class MigrationControl:
     def _cooldown_info(self):
         if self.state != COOLDOWN or self._cooldown_until is None:
             return None
-        remaining = self._cooldown_until - self._wall_ms()
-        if remaining > self.config.cooldown_ms:
-            remaining = self.config.cooldown_ms
-        return {"until": self._cooldown_until, "remaining_ms": remaining if remaining > 0 else 0}
+        remaining = tr.cooldown_remaining_ms(self._cooldown_until, self._wall_ms(),
+                                             self.config.cooldown_ms)
+        return {"until": self._cooldown_until, "remaining_ms": remaining}
 
     def _result(self, entry):
         # A copy: the history keeps `entry` itself, and callers may change what they get.

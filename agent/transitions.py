@@ -134,13 +134,59 @@ def next_state(state, event):
     raise TransitionRefused(state, event, reason)
 
 
-def allowed_events(state):
-    return sorted(TRANSITIONS.get(state, {}))
+# -- the rules that go with the table ----------------------------------------
+# MigrationControl asks these; it decides none of them itself.
+
+def violation_event(rollbacks_from_stage, quarantine_after):
+    """HealthViolation, or RepeatedHealthViolation once the automatic rollbacks from
+    one stage (this one included) reach quarantine_after."""
+    if rollbacks_from_stage >= quarantine_after:
+        return RepeatedHealthViolation
+    return HealthViolation
+
+
+def migrate_target_problem(n, stage, max_stage, plan_name):
+    """Why stage n cannot be migrated to from `stage` (forward one step only), or None."""
+    if type(n) is not int or n < 1 or n > max_stage:
+        return f"plan {plan_name} has stages 1..{max_stage}, not {n!r}"
+    if stage != n - 1:
+        return f"at stage {stage}; stage {n} needs stage {n - 1} first"
+    return None
+
+
+def rollback_target_problem(n, stage):
+    """Why n is not a stage to roll back to from `stage` (any stage below it), or None."""
+    if type(n) is not int or n < 0 or n >= stage:
+        return (f"target must be a stage from 0 to {stage - 1}, "
+                f"below the current stage {stage}, not {n!r}")
+    return None
+
+
+def automatic_rollback_target(stage):
+    """An automatic rollback goes back one stage; None at stage 0 (nothing to undo)."""
+    return stage - 1 if stage > 0 else None
+
+
+def cooldown_deadline(now_wall_ms, cooldown_ms):
+    return now_wall_ms + cooldown_ms
+
+
+def clamp_cooldown(until, now_wall_ms, cooldown_ms):
+    """A deadline further away than one whole cooldown means the wall clock went back:
+    it becomes now + cooldown_ms, so a cooldown always ends."""
+    cap = now_wall_ms + cooldown_ms
+    return cap if until > cap else until
+
+
+def cooldown_remaining_ms(until, now_wall_ms, cooldown_ms):
+    remaining = clamp_cooldown(until, now_wall_ms, cooldown_ms) - now_wall_ms
+    return remaining if remaining > 0 else 0
 
 
 def table_text():
-    """The table as text lines ("STATE --Event--> NEXT", then the refusals), for docs
-    and `status` dumps: the diagram is drawn from the same table the code obeys."""
+    """The table as text lines ("STATE --Event--> NEXT", then the refusals). The README's
+    state diagram is this text (tests/test_readme_tables.py checks it), so the
+    diagram is drawn from the same table the code obeys."""
     lines = []
     for state in STATES:
         for event in sorted(TRANSITIONS[state]):

@@ -799,3 +799,21 @@ def test_violation_in_history_names_source_and_threshold():
     assert v["source"] == "http:gateway" and v["metric"] == "error_rate" and v["limit"] == 0.05
     corekit.raises(ControlError, c.record_outcome, True, 1, source=5)
     c.close()
+
+
+def test_the_rules_beside_the_table():
+    assert tr.violation_event(1, 3) == tr.HealthViolation
+    assert tr.violation_event(3, 3) == tr.RepeatedHealthViolation
+    assert tr.migrate_target_problem(2, 1, 4, "p") is None
+    assert "needs stage 1 first" in tr.migrate_target_problem(2, 0, 4, "p")
+    assert "stages 1..4" in tr.migrate_target_problem(5, 4, 4, "p")
+    assert "stages 1..4" in tr.migrate_target_problem(True, 0, 4, "p")
+    assert tr.rollback_target_problem(0, 2) is None
+    assert "from 0 to 1" in tr.rollback_target_problem(2, 2)
+    assert tr.automatic_rollback_target(3) == 2 and tr.automatic_rollback_target(0) is None
+    assert tr.cooldown_deadline(1000, 500) == 1500
+    assert tr.clamp_cooldown(10**12, 1000, 500) == 1500  # the wall clock went back
+    assert tr.clamp_cooldown(1200, 1000, 500) == 1200
+    assert tr.cooldown_remaining_ms(1200, 1000, 500) == 200
+    assert tr.cooldown_remaining_ms(900, 1000, 500) == 0
+    assert not hasattr(tr, "allowed_events")  # the table itself is the list
