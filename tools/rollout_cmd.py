@@ -231,6 +231,9 @@ class Driver:
         self.store.commit({"orch": orch.state(), "status": orch.outcome or "running"})
 
     def run(self, orch: Orchestrator) -> Finished:
+        now = time.time()
+        for device, status in self.wire.status.items():  # retained, seen before it began
+            orch.on_status(device, status, now)
         self.wire.orch = orch
         loop = self.client.loop
         while True:
@@ -415,7 +418,7 @@ def report(args: argparse.Namespace, orch: Orchestrator, done: Finished, say) ->
     last = orch.results[-1] if orch.results else None
     if last is not None and last.halted:
         rows = (last.cohorts.get("by_hw") or []) + (last.cohorts.get("by_group") or [])
-        for row in sorted(rows, key=lambda r: -r["failed"])[:6]:
+        for row in sorted((r for r in rows if r["others"]), key=lambda r: -r["failed"])[:6]:
             say("  cohort %s" % row["text"])
         if done.blamed:
             say("  blamed: %s %s" % (done.blamed["dimension"], done.blamed["text"]))

@@ -228,8 +228,9 @@ def cohort_analysis(outcomes: Mapping[str, tuple[str, str]],
                     devices: Mapping[str, DeviceInfo]) -> dict:
     """Failures grouped by reason, group and hardware revision, each with its lift.
 
-    A cohort is blamed when at least half of it failed, it holds at least 60% of
-    the failures, and the rest of the wave failed at most a quarter as often.
+    A cohort is blamed when it holds at least 60% of the failures, the rest of the
+    wave failed at most a quarter as often, and either half of it failed or none of
+    the rest did (the first few failures of a wave halted early name their cohort).
     """
     failed = {d for d, (kind, _r) in outcomes.items() if kind in FAILURES}
     by_reason: dict[str, int] = {}
@@ -261,8 +262,8 @@ def cohort_analysis(outcomes: Mapping[str, tuple[str, str]],
             row["lift"] = None if not rate_out else round(rate_in / rate_out, 2)
             if f_in:
                 rows.append(row)
-            stands_out = (rate_out is not None and rate_in >= 0.5 and f_in >= 0.6 * len(failed)
-                          and rate_out <= rate_in / 4)
+            stands_out = (rate_out is not None and f_in >= 0.6 * len(failed)
+                          and rate_out <= rate_in / 4 and (rate_in >= 0.5 or rate_out == 0))
             if stands_out and (blamed is None or (f_in, rate_in) > best):
                 blamed, best = dict(row, dimension=dim), (f_in, rate_in)
         tables[dim] = sorted(rows, key=lambda r: (-r["failed"], r["cohort"]))
