@@ -14,6 +14,7 @@ import sys
 
 from agent import boot
 from agent.agent_config import load_config
+from firmware_shim.files import FileSystem
 from firmware_shim.mqtt_paho import MqttLoop
 from tests.agentkit import REPO, AgentProcess
 from tools.agent_cmd import PiPlatform
@@ -52,7 +53,7 @@ class InProcessGateways:
             files = AgentProcess(os.path.join(world.tmp, "inproc"), world.broker, world.fleet,
                                  world.fleet_key, device_id, groups=spec.get("groups", ()),
                                  config=config)
-            agent = boot.boot(load_config(files.config_path), PiPlatform())
+            agent = boot.boot(load_config(files.config_path, FileSystem()), PiPlatform())
             self.loop.add(agent.link)
             agent.start()
             agent.link.start()
