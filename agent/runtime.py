@@ -23,6 +23,7 @@ Callbacks run inside the link's I/O call, so a QoS 1 command is acknowledged
 to the broker only after its store commit: a crash before that means redelivery.
 """
 from agent import VERSION
+from agent import desired as D
 from agent import protocol as P
 from agent.control import ControlError
 from agent.errors import AgentError
@@ -31,7 +32,7 @@ from agent.store import StoreError
 
 STATUS_HEALTH_KEYS = ("healthy", "verdict", "error_rate", "restart_frequency", "samples",
                       "latency_p50", "latency_p95", "performance_impact")
-DESIRED_RETRY_MS = 5000
+DESIRED_RETRY_MS = D.RETRY_MS
 # The console hold: committed with a console (local) emergency rollback. While it
 # is set, EVERY desired state is ignored (logged and counted), and only an explicit
 # signed command lifts it (in the same commit as that command). It cannot be a
@@ -69,9 +70,8 @@ class AgentRuntime:
         self._started_ms = self.clock.monotonic_ms()
         self._next_health = self._started_ms + health_interval_ms
         self._next_status = self._started_ms + status_interval_ms
-        self._desired_inbox = {}
-        self._pending_desired = None
-        self._next_desired_try = 0
+        self._desired_inbox = {}  # topic -> payload, arrived since the last tick
+        self.desired = D.Convergence()  # the desired-state table (agent.desired)
         self._topics = {}
         self._events = []
         self._status_dirty = False
@@ -174,7 +174,7 @@ class AgentRuntime:
             return
         detail = already_there(cmd.op, cmd.args, self.control.stage)
         if detail is not None:  # converged already (e.g. by a desired state): a no-op
-            self._apply(cmd, "noop", {}, detail=detail)
+            self._apply(cmd, D.GUARD_ONLY, {}, detail=detail)
         else:
             self._apply(cmd, cmd.op, cmd.args)
 
@@ -211,7 +211,7 @@ class AgentRuntime:
         return False
 
     def _dispatch(self, op, args, record):
-        if op == "noop":  # a desired state already met: only the guard moves on
+        if op == D.GUARD_ONLY:  # already there: only the guard moves on
             self.control.store.commit(record)
         elif op in P.CONTROL_OPS:  # the protocol's one table: op -> control operation
             P.dispatch(self.control, op, args, record)
@@ -246,42 +246,48 @@ class AgentRuntime:
             states.append(state)
         return P.pick_desired(states)
 
-    def _converge(self, state, first_try):
+    def _converge(self, state, ack_refusal):
         """Step toward state.stage: forward one stage at a time, rollbacks straight."""
         c = self.control
         action = state.action(c.stage)
-        op, args = action if action is not None else ("noop", {})
+        op, args = action if action is not None else (D.GUARD_ONLY, {})
         if op == P.OP_MIGRATE:
             while c.stage + 1 < state.stage:
                 try:
                     c.migrate_to_stage(c.stage + 1)  # intermediate: no guard record
                 except AgentError as exc:
-                    if first_try:
+                    if ack_refusal:
                         self._refused(state, *refusal_of(exc))
                     return False
                 self._status_dirty = True
-        return self._apply(state, op, args, ack_refusal=first_try)
+        return self._apply(state, op, args, ack_refusal=ack_refusal)
 
     def _handle_desired(self, now):
-        state = None
-        if self._desired_inbox:
-            state = self._take_desired()
+        """One step of agent.desired's table: a new winner, or the pending one's retry."""
+        d = self.desired
+        state = self._take_desired() if self._desired_inbox else None
         if state is not None:
-            self._pending_desired = None
-            if not self._converge(state, True):
-                self._pending_desired = state
-                self._next_desired_try = now + DESIRED_RETRY_MS
-        elif self._pending_desired is not None and now >= self._next_desired_try:
-            state, self._pending_desired = self._pending_desired, None
+            self._try_desired(state, D.Arrived, now)
+        elif d.retry_due(now):
             try:
-                fresh = self.guard.check(state) == P.NEW
+                fresh = self.guard.check(d.pending) == P.NEW
             except P.CommandRejected:
                 fresh = False  # overtaken by a later command
             if self._local_hold is not None:
                 fresh = False  # held since the console (it also dropped what was pending)
-            if fresh and not self._converge(state, False):
-                self._pending_desired = state
-                self._next_desired_try = now + DESIRED_RETRY_MS
+            if fresh:
+                self._try_desired(d.pending, D.RetryDue, now)
+            else:
+                d.move(D.Overtaken)
+
+    def _try_desired(self, state, event, now):
+        self.desired.move(event, state)
+        try:
+            reached = self._converge(state, D.ACKS_REFUSAL[event])
+        except BaseException:
+            self.desired.move(D.Failed)  # tick() counts the error
+            raise
+        self.desired.move(D.Reached if reached else D.Refused, now=now)
 
     # -- periodic work -----------------------------------------------------
     def tick(self):
@@ -424,7 +430,8 @@ class AgentRuntime:
         changes = local_hold_changes(self.clock, reason)
         result = self.control.emergency_rollback("local: " + reason, extra_changes=changes)
         self._local_hold = changes[KEY_LOCAL_HOLD]
-        self._pending_desired = None
+        if self.desired.state == D.WAITING:
+            self.desired.move(D.Overtaken)
         self._status_dirty = True
         self.flush_reports()
         return result

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 from agent.control import MigrationControl
+from agent.desired import WAITING
 from agent.plan import Plan
 from agent.runtime import DESIRED_RETRY_MS, AgentRuntime
 from firmware_shim.clock import ManualClock
@@ -199,7 +200,7 @@ class SimDevice:
             self.next_check = now + MONITOR_MS
         due = self.next_check
         # a desired state the device could not apply yet (a storage error) is retried
-        if runtime._pending_desired is not None:
+        if runtime.desired.state == WAITING:
             due = min(due, now + DESIRED_RETRY_MS)
         self.sim.wake(self, due)
 

@@ -1,0 +1,73 @@
+"""Converging to the retained desired state: the runtime's second state machine, as a table.
+
+Theory of operation. Desired states arrive on retained topics (every
+reconnect brings them again); the runtime picks the winner of what arrived
+together and tries to reach it. A try that the control refuses (not ready,
+a storage error) is kept and tried again every RETRY_MS, silently, until it
+is reached or made moot (a later command moved the replay guard past it, or
+the console's emergency rollback put a hold on every desired state).
+
+    IDLE      nothing to converge to
+    TRYING    converging now (one tick)
+    WAITING   a desired state could not be reached yet: `pending`, retried at `retry_at`
+
+Only the first try of a desired state answers a refusal with an ack
+(ACKS_REFUSAL): retries would repeat the same ack every few seconds.
+GUARD_ONLY is the op of a message that asks for what the device already is:
+nothing changes but the replay guard's record.
+Must never: decode, verify or apply anything itself (agent.runtime does).
+"""
+
+RETRY_MS = 5000
+
+IDLE = "IDLE"
+TRYING = "TRYING"
+WAITING = "WAITING"
+STATES = (IDLE, TRYING, WAITING)
+
+Arrived = "Arrived"      # a new winner on the desired topics
+RetryDue = "RetryDue"    # the retry time of the pending state came
+Reached = "Reached"      # converged, or nothing was left to do
+Refused = "Refused"      # the control refused a step: keep it for a retry
+Overtaken = "Overtaken"  # a later command or the console hold made the pending one moot
+Failed = "Failed"        # the try raised (a bug, a broken store): dropped; the runtime counts it
+EVENTS = (Arrived, RetryDue, Reached, Refused, Overtaken, Failed)
+
+TRANSITIONS = {
+    IDLE: {Arrived: TRYING, Overtaken: IDLE},
+    TRYING: {Reached: IDLE, Refused: WAITING, Failed: IDLE},
+    WAITING: {Arrived: TRYING, RetryDue: TRYING, Overtaken: IDLE},
+}
+ACKS_REFUSAL = {Arrived: True, RetryDue: False}
+
+GUARD_ONLY = "guard_only"
+
+
+class Convergence:
+    """Where the runtime stands with the desired state; moves only through the table."""
+
+    def __init__(self):
+        self.state = IDLE
+        self.pending = None  # the DesiredState being tried or waiting
+        self.retry_at = 0
+
+    def move(self, event, pending=None, now=0):
+        nxt = TRANSITIONS[self.state].get(event)
+        if nxt is None:  # a bug in the runtime, never bad input
+            raise ValueError(f"desired state: {event} in state {self.state}")
+        self.state = nxt
+        if nxt == IDLE:
+            self.pending = None
+        elif pending is not None:
+            self.pending = pending
+        if event == Refused:
+            self.retry_at = now + RETRY_MS
+
+    def retry_due(self, now):
+        return self.state == WAITING and now >= self.retry_at
+
+
+def table_text():
+    """The table as text lines ("STATE --Event--> NEXT")."""
+    return [f"{state} --{event}--> {TRANSITIONS[state][event]}"
+            for state in STATES for event in sorted(TRANSITIONS[state])]
