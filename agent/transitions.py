@@ -157,8 +157,8 @@ def migrate_target_problem(n, stage, max_stage, plan_name):
 def rollback_target_problem(n, stage):
     """Why n is not a stage to roll back to from `stage` (any stage below it), or None."""
     if type(n) is not int or n < 0 or n >= stage:
-        return (f"target must be a stage from 0 to {stage - 1}, "
-                f"below the current stage {stage}, not {n!r}")
+        return (f"target must be a stage from 0 to {stage - 1}, " +  # no adjacent f-strings:
+                f"below the current stage {stage}, not {n!r}")  # older mpy-cross refuses them
     return None
 
 
