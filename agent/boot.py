@@ -22,6 +22,7 @@ A platform is duck-typed:
     platform.poll()    (only for run()) called once the agent is built, then every
                        loop turn: a board arms and feeds its watchdog there
 """
+from agent import apps
 from agent import protocol as P
 from agent.agent_config import ConfigError, load_config
 from agent.control import MigrationControl
@@ -149,6 +150,7 @@ def boot(cfg, platform):
     runtime = build_runtime(cfg, key, control, link, log, getattr(platform, "memory", None))
     topic, payload = runtime.will()  # offline, with the groups and the guard's seq
     link.set_will(topic, payload, 1, True)
+    apps.attach(control)  # applications in this interpreter: from agent import apps
     return Agent(cfg, key, control, runtime, link, log)
 
 

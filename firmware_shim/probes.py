@@ -146,7 +146,8 @@ def prometheus_scrape(probe: dict, timeout: float) -> dict[str, float | None]:
     scale = 1.0 if latency and (latency.endswith("_ms") or latency.endswith("_milliseconds")) \
         else 1000.0
     lat_sum = _total(samples, latency + "_sum") if latency else None
-    return {"requests": _total(samples, probe["requests"]),
+    # a labelled counter that has not counted yet has no sample: that is 0
+    return {"requests": _total(samples, probe["requests"]) or 0.0,
             "errors": _total(samples, probe["errors"]) or 0.0,
             "latency_sum_ms": None if lat_sum is None else lat_sum * scale,
             "latency_count": _total(samples, latency + "_count") if latency else None}
@@ -219,7 +220,7 @@ class ProbeRunner:
             self.sink.outcome(not failed, None, p.name)
             return
         prev, p.last = p.last, result
-        if prev is None or result["requests"] is None or prev["requests"] is None:
+        if prev is None:
             return  # the first scrape only sets the counters' starting point
         calls = result["requests"] - prev["requests"]
         errors = result["errors"] - prev["errors"]

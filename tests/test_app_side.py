@@ -1,0 +1,329 @@
+"""The applications' side of the agent on a Pi, piece by piece, without a broker:
+the run_dir files, the HTTP API on api.sock (through tools.appclient), the
+metrics socket and statsd, and each probe type. The agent's loop is this
+test's thread: it calls AppSide.poll() while a client thread waits."""
+import http.server
+import json
+import os
+import socket
+import sys
+import threading
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+from agent.control import MigrationControl
+from firmware_shim.app_api import HttpConn
+from firmware_shim.app_metrics import StatsdBatch
+from firmware_shim.clock import ManualClock
+from firmware_shim.files import FileSystem
+from firmware_shim.mqtt_paho import free_port
+from firmware_shim.probes import ProbeRunner, parse_systemctl_values
+from tests.agentkit import wait_until
+from tools.app_side import AppSide
+from tools.appclient import FlagsClient
+
+FLAG = "use_genserver_telemetry"
+
+
+def _side(tmp_path, health=None):
+    control = MigrationControl.open(str(tmp_path / "state"), FileSystem(), ManualClock())
+    side = AppSide(str(tmp_path / "run"), health or {"probes": [], "statsd": None}, control)
+    return side, control
+
+
+def _serve_while(side, fn):
+    """Run fn() in a thread while this thread is the agent's loop; fn's result."""
+    out = []
+    t = threading.Thread(target=lambda: out.append(fn()), daemon=True)
+    t.start()
+    while t.is_alive():
+        side.poll()
+        t.join(0.01)
+    return out[0]
+
+
+def test_files_are_written_atomically_with_mode_0640_and_follow_changes(tmp_path):
+    side, control = _side(tmp_path)
+    run = tmp_path / "run"
+    snap = json.loads((run / "flags.json").read_text())
+    assert snap["stage"] == 0 and snap["flags"][FLAG] is False
+    assert oct(os.stat(run / "flags.json").st_mode & 0o777) == "0o640"
+    flagd = json.loads((run / "flags.flagd.json").read_text())
+    assert flagd["flags"][FLAG]["defaultVariant"] == "off"
+    for _ in range(3):
+        control.migrate_to_stage(control.stage + 1)
+    side.poll()
+    snap2 = json.loads((run / "flags.json").read_text())
+    assert snap2["revision"] > snap["revision"] and snap2["flags"][FLAG] is True
+    assert json.loads((run / "flags.flagd.json").read_text())["flags"][FLAG][
+        "defaultVariant"] == "on"
+    assert sorted(os.listdir(run)) == ["api.sock", "flags.flagd.json", "flags.json",
+                                       "metrics.sock"]  # no temp files left
+    side.close()
+    control.close()
+
+
+def test_api_flags_etag_name_long_poll_and_outcomes(tmp_path):
+    side, control = _side(tmp_path)
+    client = FlagsClient(str(tmp_path / "run"))
+    status, doc = _serve_while(side, lambda: client.get("/v1/flags"))
+    assert status == 200 and doc["stage"] == 0 and FLAG in doc["flags"]
+    rev = doc["revision"]
+
+    def conditional():
+        from tools.appclient import _UnixHTTPConnection
+        conn = _UnixHTTPConnection(os.path.join(client.run_dir, "api.sock"), 5)
+        conn.request("GET", "/v1/flags", headers={"If-None-Match": '"%d"' % rev})
+        reply = conn.getresponse()
+        return reply.status, reply.getheader("ETag"), reply.read()
+
+    assert _serve_while(side, conditional) == (304, '"%d"' % rev, b"")
+    assert _serve_while(side, lambda: client.get("/v1/flags/" + FLAG)) == \
+        (200, {"name": FLAG, "value": False, "revision": rev})
+    assert _serve_while(side, lambda: client.get("/v1/flags/nope"))[0] == 404
+    assert _serve_while(side, lambda: client.get("/v2/x"))[0] == 404
+    # long poll: nothing new within the wait -> 304
+    assert _serve_while(side, lambda: client.get(f"/v1/flags?after={rev}&wait=0.2"))[0] == 304
+    # long poll answered by a change made while it waits
+    waiter = threading.Thread(target=lambda: result.append(client.wait_for_change(timeout=20)))
+    result = []
+    waiter.start()
+    assert wait_until(lambda: (side.poll(), side.api.clients == 1)[1], 10, step=0.01)
+    for _ in range(20):
+        side.poll()
+    assert waiter.is_alive()  # parked, not answered
+    control.migrate_to_stage(1)
+    while waiter.is_alive():
+        side.poll()
+        waiter.join(0.01)
+    assert result[0]["stage"] == 1 and result[0]["revision"] > rev
+    # outcomes: one object, JSON lines, and a bad one (400, nothing recorded)
+
+    def post(body):
+        from tools.appclient import _UnixHTTPConnection
+        conn = _UnixHTTPConnection(os.path.join(client.run_dir, "api.sock"), 5)
+        conn.request("POST", "/v1/outcomes", body=body)
+        reply = conn.getresponse()
+        return reply.status, json.loads(reply.read())
+
+    assert _serve_while(side, lambda: post(b'{"ok": false, "latency_ms": 4}')) == \
+        (202, {"recorded": 1})
+    lines = b'{"ok": true, "latency_ms": 1, "source": "svc"}\n{"ok": true}\n'
+    assert _serve_while(side, lambda: post(lines)) == (202, {"recorded": 2})
+    status, body = _serve_while(side, lambda: post(b'{"ok": "yes"}'))
+    assert status == 400 and "ok" in body["error"]
+    sources = control.status()["system_health"]["sources"]
+    assert sources["app"] == dict(sources["app"], samples=2, errors=1)
+    assert sources["svc"]["samples"] == 1
+    health = _serve_while(side, lambda: client.get("/v1/health"))[1]
+    assert health["system_health"]["verdict"] == "inconclusive" and health["stage"] == 1
+    side.close()
+    control.close()
+
+
+def test_helper_enabled_is_cached_by_revision_and_report_reaches_the_window(tmp_path):
+    side, control = _side(tmp_path)
+    client = FlagsClient(str(tmp_path / "run"))
+    assert client.enabled(FLAG) is False and client.revision == control.seq
+    stamp = client._stamp
+    assert client.enabled(FLAG) is False and client._stamp == stamp  # no re-read
+    for _ in range(3):
+        control.migrate_to_stage(control.stage + 1)
+    side.poll()
+    assert client.enabled(FLAG) is True and client._stamp != stamp
+    assert client.report(False, 30.0, source="ingest") is True
+    assert client.report(True, 10.0, source="ingest") is True
+    side.poll()
+    src = control.status()["system_health"]["sources"]["ingest"]
+    assert (src["samples"], src["errors"]) == (2, 1)
+    side.close()
+    assert FlagsClient(str(tmp_path / "run")).report(True) is False  # no agent: dropped
+    control.close()
+
+
+def test_statsd_over_udp_and_json_lines_on_the_metrics_socket(tmp_path):
+    port = free_port()
+    side, control = _side(tmp_path, {"probes": [], "statsd": {
+        "listen": ("127.0.0.1", port), "requests": "gw.req", "errors": "gw.err",
+        "latency": "gw.lat"}})
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for i in range(10):
+        lines = ["gw.req:1|c", "gw.lat:%d|ms" % (10 + i)]
+        if i < 3:
+            lines.append("gw.err:1|c")
+        udp.sendto("\n".join(lines).encode(), ("127.0.0.1", port))
+    udp.sendto(b"gw.req:5|c|@0.5\nnot a metric\nother.thing:1|c", ("127.0.0.1", port))
+    dgram = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    dgram.sendto(b'{"ok": false, "latency_ms": 7}\n{"ok": 1}\n', str(tmp_path / "run" /
+                                                                       "metrics.sock"))
+    assert wait_until(lambda: (side.poll(), control.status()["system_health"]["samples"])[1]
+                      >= 21, 10)
+    sources = control.status()["system_health"]["sources"]
+    assert (sources["statsd"]["samples"], sources["statsd"]["errors"]) == (20, 3)
+    assert (sources["app"]["samples"], sources["app"]["errors"]) == (1, 1)
+    assert side.metrics.stats()["bad"] == 1 and side.metrics.stats()["ignored"] == 2
+    side.close()
+    control.close()
+
+
+def test_statsd_batch_spreads_latencies_over_calls():
+    got = []
+    b = StatsdBatch({"requests": None, "errors": "e", "latency": "l"})
+    for line in ("l:5|ms", "l:6|ms", "e:1|c"):
+        b.line(line)
+    assert b.flush(lambda ok, lat, src: got.append((ok, lat, src))) == 2
+    assert got == [(False, 5.0, "statsd"), (True, 6.0, "statsd")]
+
+
+class _Metrics(http.server.BaseHTTPRequestHandler):
+    body = b""
+    status = 200
+
+    def do_GET(self):  # noqa: N802
+        if self.path == "/fail":
+            self.send_response(500)
+            self.end_headers()
+            return
+        data = type(self).body
+        self.send_response(type(self).status)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+class _ProbeSink:
+    def __init__(self):
+        self.single, self.bulk, self.restart = [], [], []
+
+    def outcome(self, ok, latency, source):
+        self.single.append((ok, latency, source))
+
+    def outcomes(self, calls, errors, latency, source):
+        self.bulk.append((calls, errors, latency, source))
+
+    def restarts(self, name, count):
+        self.restart.append((name, count))
+
+
+def _run_until(runner, predicate):
+    assert wait_until(lambda: (runner.poll(), predicate())[1], 15, step=0.01)
+
+
+def test_http_probe_ok_error_and_refused():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Metrics)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    dead = free_port()
+    sink = _ProbeSink()
+    specs = [{"type": "http", "name": n, "interval_s": 0.05, "timeout_s": 2,
+              "initial_delay_s": 0, "url": url} for n, url in (
+        ("ok", "http://127.0.0.1:%d/metrics" % port), ("bad", "http://127.0.0.1:%d/fail" % port),
+        ("gone", "http://127.0.0.1:%d/" % dead))]
+    runner = ProbeRunner(specs, sink)
+    _run_until(runner, lambda: {s for _, _, s in sink.single} == {"ok", "bad", "gone"})
+    by = {s: (ok, lat) for ok, lat, s in sink.single}
+    assert by["ok"][0] is True and by["ok"][1] > 0
+    assert by["bad"][0] is False and by["bad"][1] is not None
+    assert by["gone"] == (False, None)
+    runner.close()
+    server.shutdown()
+
+
+def test_exec_probe_never_blocks_the_loop(tmp_path):
+    marker = tmp_path / "release"
+    slow = [sys.executable, "-c", "import os,time\nwhile not os.path.exists(%r): "
+            "time.sleep(0.01)" % str(marker)]
+    sink = _ProbeSink()
+    specs = [{"type": "exec", "name": "slow", "interval_s": 60, "timeout_s": 30,
+              "initial_delay_s": 0, "command": slow},
+             {"type": "exec", "name": "fails", "interval_s": 60, "timeout_s": 30,
+              "initial_delay_s": 0, "command": [sys.executable, "-c", "raise SystemExit(3)"]}]
+    runner = ProbeRunner(specs, sink)
+    _run_until(runner, lambda: any(s == "fails" for _, _, s in sink.single))
+    for _ in range(50):
+        runner.poll()  # returns while the slow command still runs
+    assert [s for _, _, s in sink.single] == ["fails"] and runner.probes[0].future is not None
+    marker.write_text("go")
+    _run_until(runner, lambda: any(s == "slow" for _, _, s in sink.single))
+    assert (True, "slow") in [(ok, s) for ok, _, s in sink.single]
+    assert (False, "fails") in [(ok, s) for ok, _, s in sink.single]
+    runner.close()
+
+
+def test_systemctl_values_in_any_order():
+    for text in ("success\n3\nactive\n", "active\nsuccess\n3\n", "3\nactive\nwatchdog\n"):
+        v = parse_systemctl_values(text)
+        assert v["NRestarts"] == 3 and v["ActiveState"] == "active"
+    assert parse_systemctl_values("start-limit-hit\n0\nfailed\n")["Result"] == "start-limit-hit"
+
+
+def test_systemd_probe_counts_restart_rises_and_watchdog_failures(tmp_path, monkeypatch):
+    # CI has no running systemd: tests/standins/systemctl prints what the real one prints.
+    standins = os.path.join(os.path.dirname(os.path.abspath(__file__)), "standins")
+    monkeypatch.setenv("PATH", standins + os.pathsep + os.environ["PATH"])
+    monkeypatch.setenv("FLEETSTAGE_FAKE_SYSTEMD", str(tmp_path))
+    state = tmp_path / "gw.service.json"
+    state.write_text(json.dumps({"ActiveState": "active", "NRestarts": 2, "Result": "success"}))
+    sink = _ProbeSink()
+    runner = ProbeRunner([{"type": "systemd", "name": "unit", "interval_s": 0.05,
+                           "timeout_s": 5, "initial_delay_s": 0, "unit": "gw.service"}], sink)
+    _run_until(runner, lambda: len(sink.single) >= 1)
+    assert sink.restart == [] and sink.single[0] == (True, None, "unit")
+    state.write_text(json.dumps({"ActiveState": "active", "NRestarts": 7, "Result": "watchdog"}))
+    _run_until(runner, lambda: sink.restart)
+    assert sink.restart[0] == ("gw.service", 5)
+    _run_until(runner, lambda: sink.single[-1][0] is False)
+    runner.close()
+
+
+def test_prometheus_probe_takes_differences_between_scrapes():
+    reg = CollectorRegistry()
+    reqs = Counter("http_requests", "requests", ["code"], registry=reg)
+    lat = Histogram("http_request_duration_seconds", "latency", registry=reg)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Metrics)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Metrics.body = generate_latest(reg)
+    sink = _ProbeSink()
+    runner = ProbeRunner([{
+        "type": "prometheus", "name": "prom", "interval_s": 0.05, "timeout_s": 2,
+        "initial_delay_s": 0, "url": "http://127.0.0.1:%d/metrics" % server.server_address[1],
+        "requests": "http_requests_total", "errors": 'http_requests_total{code="500"}',
+        "latency": "http_request_duration_seconds"}], sink)
+    _run_until(runner, lambda: runner.probes[0].last is not None or runner.probes[0].errors > 3)
+    assert runner.probes[0].last is not None, runner.probes[0].last_error
+    for i in range(100):
+        reqs.labels(code="500" if i < 30 else "200").inc()
+        lat.observe(0.040)
+    _Metrics.body = generate_latest(reg)
+    _run_until(runner, lambda: sink.bulk)
+    calls, errors, latency, source = sink.bulk[0]
+    assert (calls, errors, source) == (100, 30, "prom") and abs(latency - 40.0) < 1e-6
+    runner.close()
+    server.shutdown()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=300), max_size=8))
+def test_any_bytes_into_the_http_parser_get_an_answer_or_wait(chunks):
+    class Backend:
+        def current(self):
+            return {"revision": 1, "flags": {FLAG: True}}
+
+        def record(self, ok, latency, source):
+            pass
+
+        def health(self):
+            return {}
+
+    conn = HttpConn(Backend())
+    for chunk in chunks:
+        conn.feed(chunk)
+        conn.tick(0.0)
+    conn.eof()
+    if conn.out:
+        assert conn.out.startswith(b"HTTP/1.1 ") and conn.done
