@@ -42,7 +42,7 @@ _NUMBERS = {
     "history_length": (50, 1, True),
     "window_ms": (300000, 1000, True),        # how far back error rate and latency look
     "restart_window_ms": (60000, 1000, True),  # restarts are counted per minute
-    "max_samples": (200, 10, True),   # latencies kept per source over the window (memory bound)
+    "max_samples": (160, 10, True),   # latencies kept per source over the window (memory bound)
 }
 
 _THRESHOLD_LIMITS = {

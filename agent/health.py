@@ -16,10 +16,13 @@ bucket has the same chance to be kept, one random draw per sample, O(1)).
 p50/p95 come from the union of the reservoirs, each value weighted by the
 calls it stands for; with fewer calls than the reservoir holds they are exact.
 At most MAX_SOURCES sources are kept; later names are counted as "other".
-The bound, with the defaults (10 buckets, max_samples 200 -> 20 latencies a
-bucket, stored as 4-byte floats):
-    per source  3 counters x 10 x 4 B + 200 x 4 B + ~200 B objects  ~ 1.1 KB
-    per device  MAX_SOURCES (6) x 1.1 KB + restarts (64 x ~40 B)     ~ 8 KB
+Restarts are counted the same way: RESTART_BUCKETS buckets over the restart
+window, for at most MAX_RESTART_NAMES names (then "other").
+The bound, with the defaults (10 buckets, max_samples 160 -> 16 latencies a
+bucket, stored as 4-byte floats; counters 4-byte ints):
+    per source  4 x 10 x 4 B + 160 x 4 B + arrays/object headers  < 1.4 KB
+    restarts    MAX_RESTART_NAMES x (2 x 12 x 4 B + headers)       < 1.2 KB
+    per device  MAX_SOURCES (5) x 1.3 KB + restarts + dicts        < 8 KB
 `python -m bench health` measures it at 10, 100 and 1,000 calls a second.
 
 Verdict rules:
@@ -42,10 +45,12 @@ except ImportError:  # pragma: no cover - every port we ship has array
     array = None
 
 BUCKETS = 10
-MAX_SOURCES = 6
+EMPTY = -2147483647  # a slot that holds no bucket yet (bucket numbers may be negative)
+MAX_SOURCES = 5  # e.g. 3 probes, statsd and the apps' own pushes ("app")
 DEFAULT_SOURCE = "app"
 OTHER_SOURCE = "other"
-MAX_RESTARTS = 64          # restarts kept in the window (the rule is > 10 a minute)
+RESTART_BUCKETS = 12       # restarts: counts in 12 buckets of restart_window_ms / 12
+MAX_RESTART_NAMES = 4      # restarting units/services named apart; later ones as "other"
 WILSON_Z = 1.96            # 95% two-sided interval
 
 HEALTHY = "healthy"
@@ -127,45 +132,57 @@ class _Rng:
 class _Source:
     """One source's buckets: flat arrays indexed by slot (and slot * per for latencies)."""
 
+    __slots__ = ("per", "epoch", "calls", "errors", "seen", "lat", "grace_ms", "grace_until",
+                 "ignored")
+
     def __init__(self, per_bucket):
         self.per = per_bucket
-        self.epoch = [-1] * BUCKETS          # which bucket number each slot holds now
-        self.calls = _counters(BUCKETS)
-        self.errors = _counters(BUCKETS)
-        self.seen = _counters(BUCKETS)       # calls that carried a latency
-        self.lat = _floats(BUCKETS * per_bucket)
+        self.epoch = _numbers("i", BUCKETS, EMPTY)  # which bucket number each slot holds
+        self.calls = _numbers("I", BUCKETS, 0)
+        self.errors = _numbers("I", BUCKETS, 0)
+        self.seen = _numbers("I", BUCKETS, 0)    # calls that carried a latency
+        self.lat = _numbers("f", BUCKETS * per_bucket, 0.0)
         self.grace_ms = 0
         self.grace_until = None
         self.ignored = 0
 
     def clear(self):
         for i in range(BUCKETS):
-            self.epoch[i] = -1
+            self.epoch[i] = EMPTY
             self.calls[i] = 0
             self.errors[i] = 0
             self.seen[i] = 0
 
 
-def _counters(n):
-    return array("I", [0] * n) if array is not None else [0] * n
+class _Restarts:
+    """Restarts of one name in RESTART_BUCKETS time buckets over the restart window."""
+
+    __slots__ = ("epoch", "count")
+
+    def __init__(self):
+        self.epoch = _numbers("i", RESTART_BUCKETS, EMPTY)
+        self.count = _numbers("I", RESTART_BUCKETS, 0)
 
 
-def _floats(n):
-    return array("f", [0.0] * n) if array is not None else [0.0] * n
+def _numbers(code, n, value):
+    if array is None:
+        return [value] * n
+    return array(code, [value] * n)
 
 
 class HealthWindow:
     """Outcomes per source in BUCKETS time buckets, and restarts in time order."""
 
-    def __init__(self, window_ms=300000, restart_window_ms=60000, max_samples=200):
+    def __init__(self, window_ms=300000, restart_window_ms=60000, max_samples=160):
         self.window_ms = window_ms
         self.restart_window_ms = restart_window_ms
         self.max_samples = max_samples
         self.bucket_ms = (window_ms + BUCKETS - 1) // BUCKETS
         self.per_bucket = max(1, max_samples // BUCKETS)
+        self.restart_bucket_ms = (restart_window_ms + RESTART_BUCKETS - 1) // RESTART_BUCKETS
         self._sources = {}
         self._grace = {}   # source -> grace_ms, kept across resets
-        self._restarts = []  # (now_ms, name), oldest first
+        self._restarts = {}  # name -> _Restarts
         self._rng = _Rng()
 
     # -- sources and grace ------------------------------------------------
@@ -267,19 +284,46 @@ class HealthWindow:
             src.errors[slot] += errors - (1 if errors else 0)
 
     def record_restart(self, now_ms, name=None):
-        self._restarts.append((now_ms, name))
-        if len(self._restarts) > MAX_RESTARTS:
-            del self._restarts[:len(self._restarts) - MAX_RESTARTS]
-        self.prune(now_ms)
+        key = name or "restart"
+        entry = self._restarts.get(key)
+        if entry is None:
+            if len(self._restarts) >= MAX_RESTART_NAMES and key != OTHER_SOURCE:
+                key = OTHER_SOURCE
+                entry = self._restarts.get(key)
+            if entry is None:
+                entry = _Restarts()
+                self._restarts[key] = entry
+        number = now_ms // self.restart_bucket_ms
+        slot = number % RESTART_BUCKETS
+        held = entry.epoch[slot]
+        if held != number:
+            if held > number:
+                return  # older than the restart window
+            entry.epoch[slot] = number
+            entry.count[slot] = 0
+        entry.count[slot] += 1
 
-    def restarts(self):
-        return list(self._restarts)
+    def restarts(self, now_ms):
+        """{name: restarts in the restart window ending at now_ms}."""
+        cutoff = now_ms - self.restart_window_ms
+        out = {}
+        for name in self._restarts:
+            entry = self._restarts[name]
+            n = 0
+            for slot in range(RESTART_BUCKETS):
+                number = entry.epoch[slot]
+                start = number * self.restart_bucket_ms
+                if number != EMPTY and cutoff <= start <= now_ms:
+                    n += entry.count[slot]
+            if n:
+                out[name] = n
+        return out
 
     def load_restarts(self, restarts):
         """Replace the restart window (e.g. with restarts persisted before a reboot)."""
-        self._restarts = sorted(((t, n) for t, n in restarts), key=lambda e: e[0])
-        if len(self._restarts) > MAX_RESTARTS:
-            del self._restarts[:len(self._restarts) - MAX_RESTARTS]
+        self._restarts = {}
+        for t, name in sorted(restarts, key=lambda e: e[0]):
+            self.record_restart(t, name)
 
     def reset_outcomes(self, now_ms=None):
         """Forget every outcome; with now_ms, every source's grace period starts again."""
@@ -292,10 +336,10 @@ class HealthWindow:
 
     def reset(self, now_ms=None):
         self.reset_outcomes(now_ms)
-        self._restarts = []
+        self._restarts = {}
 
     def prune(self, now_ms):
-        _drop_before(self._restarts, now_ms - self.restart_window_ms)
+        """Nothing to drop: buckets are reused in place (kept for callers)."""
 
     # -- figures ----------------------------------------------------------
     def _live_slots(self, src, now_ms):
@@ -303,7 +347,7 @@ class HealthWindow:
         slots = []
         for slot in range(BUCKETS):
             number = src.epoch[slot]
-            if number < 0:
+            if number == EMPTY:
                 continue
             start = number * self.bucket_ms
             if start >= cutoff and start <= now_ms:
@@ -370,12 +414,11 @@ class HealthWindow:
                 p50, p95 = figures["latency_p50"], figures["latency_p95"]
         else:
             p50, p95 = weighted_percentiles(pairs, (0.50, 0.95))
-        restarts = len(self._restarts)
+        by_name = self.restarts(now_ms)
+        restarts = 0
+        for name in by_name:
+            restarts += by_name[name]
         minutes = self.restart_window_ms / 60000
-        by_name = {}
-        for _, name in self._restarts:
-            key = name or "restart"
-            by_name[key] = by_name.get(key, 0) + 1
         return {
             "samples": samples,
             "errors": errors,
@@ -387,15 +430,6 @@ class HealthWindow:
             "latency_p95": p95,
             "sources": sources,
         }
-
-
-def _drop_before(entries, cutoff):
-    i = 0
-    n = len(entries)
-    while i < n and entries[i][0] < cutoff:
-        i += 1
-    if i:
-        del entries[:i]
 
 
 def make_baseline(snapshot, stage, min_samples):

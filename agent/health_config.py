@@ -34,7 +34,7 @@ COMMON = {
 }
 STATSD_FIELDS = ("listen", "requests", "errors", "latency")
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
-MAX_PROBES = 4  # with statsd and the metrics socket: within agent.health.MAX_SOURCES
+MAX_PROBES = 3  # + statsd + the apps' pushes: agent.health.MAX_SOURCES (5)
 _NAME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.:-"
 
 

@@ -39,7 +39,9 @@ def test_percentiles_are_nearest_rank():
 
 
 def test_snapshot_figures():
-    w = HealthWindow(window_ms=60000, restart_window_ms=60000)
+    # max_samples 200: 20 latencies a bucket, so these 20 are kept exactly (issue 8:
+    # above the reservoir's size the percentiles are estimates)
+    w = HealthWindow(window_ms=60000, restart_window_ms=60000, max_samples=200)
     for i in range(1, 21):
         w.record_outcome(i % 4 != 0, i, 1000)
     w.record_restart(1000, "spans")
@@ -255,7 +257,7 @@ def test_sources_are_capped_and_later_ones_count_as_other():
     for i in range(20):
         w.record_outcome(True, 1, 0, source="s%d" % i)
     names = w.sources()
-    assert len(names) <= 6 and "other" in names
+    assert len(names) <= 5 and "other" in names
     assert w.snapshot(0)["samples"] == 20
 
 

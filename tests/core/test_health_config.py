@@ -27,12 +27,13 @@ def test_every_probe_type_with_its_fields():
         {"type": "http", "name": "h", "url": "http://127.0.0.1:8080/healthz",
          "interval_s": 1, "timeout_s": 0.5, "initial_delay_s": 3},
         {"type": "exec", "name": "e", "command": ["/bin/true", "x"]},
-        {"type": "systemd", "name": "s", "unit": "gateway-app.service"},
-        {"type": "prometheus", "name": "p", "url": "http://127.0.0.1:9100/metrics",
-         "requests": "reqs", "errors": 'reqs{code="500"}', "latency": "lat_seconds"},
-    ], "statsd": {"listen": "127.0.0.1:8125", "requests": "r", "errors": "e",
-                  "latency": "l"}})
-    h, e, s, p = c.health["probes"]
+        {"type": "systemd", "name": "s", "unit": "gateway-app.service"}],
+        "statsd": {"listen": "127.0.0.1:8125", "requests": "r", "errors": "e",
+                   "latency": "l"}})
+    h, e, s = c.health["probes"]
+    prom = {"type": "prometheus", "name": "p", "url": "http://127.0.0.1:9100/metrics",
+            "requests": "reqs", "errors": 'reqs{code="500"}', "latency": "lat_seconds"}
+    p = _cfg({"probes": [prom]}).health["probes"][0]
     assert (h["interval_s"], h["timeout_s"], h["initial_delay_s"]) == (1, 0.5, 3)
     assert (e["interval_s"], e["timeout_s"], e["initial_delay_s"]) == (10, 2, 0)
     assert e["command"] == ["/bin/true", "x"] and s["unit"] == "gateway-app.service"
@@ -61,6 +62,8 @@ def test_each_mistake_names_its_field():
         ({"statsd": {"errors": "e"}}, "health.statsd"),
         ({"statsd": {"requests": "r", "gauge": "g"}}, "health.statsd.gauge"),
         ({"pings": []}, "health.pings"),
+        ({"probes": [{"type": "exec", "name": "p%d" % i, "command": ["a"]} for i in range(4)]},
+         "health.probes"),
     ]
     for health, field in cases:
         exc = raises(ConfigError, _cfg, health)
