@@ -20,7 +20,12 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("agent", "firmware_shim")
-CPYTHON_ONLY = {"firmware_shim/mqtt_paho.py"}
+CPYTHON_ONLY = {
+    "firmware_shim/mqtt_paho.py",
+    # the Pi's side for the gateway's applications (a board has agent.apps instead)
+    "firmware_shim/unix_server.py", "firmware_shim/app_api.py", "firmware_shim/app_files.py",
+    "firmware_shim/app_metrics.py", "firmware_shim/probes.py",
+}
 MAIN_PY = (
     "# fleetstage agent: this folder is the flash; it boots from /config.json in it\n"
     "from agent.boot import run\n"
