@@ -86,7 +86,7 @@ class LoopOutbox:
     """
 
     def __init__(self, loop):
-        self.items = collections.deque()
+        self.items: collections.deque = collections.deque()
         self.errors = 0
         self.thread = threading.get_ident()
         self._r, self._w = socket.socketpair()
@@ -264,7 +264,7 @@ def _measure(n, pool_size, rounds, workdir, fs=None):
             loop.add(a.link)
             a.start()
         devices = [a.device_id for a in agents]
-        acks = {}
+        acks: dict = {}
 
         def on_ack(topic, payload, retain):
             body = P.decode_report(payload)  # the MAC check is the operator's, not timed here
@@ -312,6 +312,7 @@ def _measure(n, pool_size, rounds, workdir, fs=None):
         loop.close()
         if pool is not None:
             pool.shutdown()
+        if outbox is not None:
             outbox.close()
         for a in locals().get("agents", []):
             a.control.close()

@@ -78,7 +78,7 @@ def workload(count, seed=1, flips_only=False):
     """A day in a gateway's life: mostly single flag flips and counters, some stage changes."""
     rng = random.Random(seed)
     flags = {name: False for name in FLAGS}
-    out = []
+    out: list[dict[str, object]] = []
     for n in range(count):
         r = rng.random()
         if r < 0.80 or flips_only:
@@ -117,7 +117,7 @@ def write_amplification(tmp, count, flips_only=False):
 
 
 def _seeded_state():
-    state = {name: False for name in FLAGS}
+    state: dict[str, object] = {name: False for name in FLAGS}
     state.update({"stage": 0, "cmd_seq": 0})
     for n in range(HISTORY_SLOTS):
         state.update({k: v for k, v in stage_change(n, 1700000000.0 + n).items()
@@ -207,7 +207,7 @@ def durable_commit_times(tmp, commits, rounds):
     js = JsonFile(os.path.join(tmp, "time.json"))
     for target in (store, sql, js):
         target.commit(_seeded_state())
-    samples = {"store": [], "sqlite": [], "json": []}
+    samples: dict[str, list[float]] = {"store": [], "sqlite": [], "json": []}
     n = 0
     for _ in range(rounds):
         for name, target in (("store", store), ("sqlite", sql), ("json", js)):

@@ -166,7 +166,7 @@ class PahoLink:
         self._started = False
         self._tried = False
         self._closed = False
-        self._loop = None
+        self._loop: MqttLoop | None = None  # the loop driving this link, once added
         self._log = log or _ignore
         self._client = self._build_client()
 
@@ -334,9 +334,11 @@ class PahoLink:
     # -- driving -----------------------------------------------------------
     def poll(self, timeout_ms=100):
         """Blocking mode for a single link: wait up to timeout_ms for traffic and handle it."""
-        if self._loop is None:
-            MqttLoop().add(self)
-        self._loop.run_once(timeout_ms / 1000.0)
+        loop = self._loop
+        if loop is None:
+            loop = MqttLoop()
+            loop.add(self)  # sets self._loop
+        loop.run_once(timeout_ms / 1000.0)
 
     def _read(self):
         rc = self._client.loop_read()
