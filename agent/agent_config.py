@@ -14,7 +14,8 @@ cooldown_ms, ...), run_dir (/run/fleetstage: flags.json, flags.flagd.json,
 api.sock and metrics.sock for the gateway's applications), health {probes,
 statsd} (agent.health_config), and tuning knobs (keepalive_s, backoff_min_s,
 backoff_max_s, health_interval_ms, status_interval_ms, queue_limit, plan_file,
-clean_session).
+clean_session), state_partition (a board's raw flash partition for the state,
+agent.flash_store; state_dir then holds nothing).
 """
 import json
 
@@ -37,6 +38,7 @@ _TUNING = {
 _KNOWN = (
     "device_id", "fleet", "groups", "broker", "key_file", "state_dir", "environment",
     "insecure", "tls", "credentials", "plan_file", "clean_session", "control", "hw",
+    "state_partition",
     "run_dir", "health",
 )
 DEFAULT_RUN_DIR = "/run/fleetstage"
@@ -147,6 +149,7 @@ class AgentConfig:
         self.host, self.port, self.tls = parse_broker("broker", self.broker)
         self.key_file = _string(d, "key_file")
         self.state_dir = _string(d, "state_dir")
+        self.state_partition = _string(d, "state_partition", required=False)
         self.environment = check_name("environment", d.get("environment"))
         self.control = self._control_config(d)
         self.plan_file = _string(d, "plan_file", required=False)

@@ -17,6 +17,8 @@ A platform is duck-typed:
         last will; it is made BEFORE the flash is opened, so a config the
         platform cannot serve (a board without verifying TLS) stops the start
         with refuse(field, why) (it raises ConfigError) and touches nothing.
+    platform.open_partition(name)  (optional) the raw flash block device the config's
+                       state_partition names (agent.flash_store keeps the state there)
     platform.memory()  (optional) {name: bytes} for status and health: heap_free and
                        heap_alloc on a board, rss on a Pi (firmware_shim.machine.memory)
     platform.poll()    (only for run()) called once the agent is built, then every
@@ -50,11 +52,28 @@ def load_key(cfg, fs, log):
     return key
 
 
-def open_control(cfg, fs, clock, log):
+def open_state_store(cfg, platform, log):
+    """The FlashStore on the partition the config names, or None for the file store."""
+    if not cfg.state_partition:
+        return None
+    open_partition = getattr(platform, "open_partition", None)
+    if open_partition is None:
+        raise ConfigError("state_partition", "this platform has no raw flash partitions")
+    try:
+        device = open_partition(cfg.state_partition)
+    except OSError as exc:
+        raise ConfigError("state_partition", str(exc)) from None
+    from agent.flash_store import FlashStore  # boards with a partition only
+
+    return FlashStore(device, logger=log, path=cfg.state_partition)
+
+
+def open_control(cfg, fs, clock, log, platform=None):
     """MigrationControl on the device's flash, with the config's plan and control settings."""
     plan = Plan.load(cfg.plan_file, fs) if cfg.plan_file else None
+    store = open_state_store(cfg, platform, log)
     return MigrationControl.open(cfg.state_dir, fs, clock, plan=plan, config=cfg.control,
-                                 log=log)
+                                 log=log, store=store)
 
 
 def build_runtime(cfg, key, control, link, log, memory=None):
@@ -141,7 +160,7 @@ def boot(cfg, platform):
     key = load_key(cfg, platform.fs, log)
     link = platform.open_link(cfg, key, _refuse)  # first: a refusal leaves the flash alone
     try:
-        control = open_control(cfg, platform.fs, platform.clock, log)
+        control = open_control(cfg, platform.fs, platform.clock, log, platform)
     except BaseException:
         link.close()
         raise

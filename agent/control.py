@@ -80,7 +80,7 @@ class MigrationControl:
     # -- wiring -------------------------------------------------------------
 
     @classmethod
-    def open(cls, state_dir, fs, clock, plan=None, config=None, log=None):
+    def open(cls, state_dir, fs, clock, plan=None, config=None, log=None, store=None):
         """Open (or create) the device state in `state_dir` and wire flags and services.
 
         fs, clock: the platform's (firmware_shim.files.FileSystem and
@@ -89,8 +89,11 @@ class MigrationControl:
         plan: a Plan, a plan dict or the path of a plan JSON file (default: the runbook's).
         config: a Config, a config dict or the path of a config JSON file (default env).
         log: where the store's recovery lines go (default: nowhere).
+        store: an open store to use instead of the file in state_dir (a board's raw
+        flash partition: agent.flash_store.FlashStore).
         """
-        fs.makedirs(state_dir)
+        if store is None:
+            fs.makedirs(state_dir)
         if plan is None:
             plan = Plan.default()
         elif isinstance(plan, dict):
@@ -102,7 +105,8 @@ class MigrationControl:
         # The flags get the bus only after the stored state is restored, so
         # rebuilding the state at boot is not reported as a flag change.
         flags = FeatureFlags(config.flags)
-        store = Store(join(state_dir, STORE_FILE), fs=fs, logger=log)
+        if store is None:
+            store = Store(join(state_dir, STORE_FILE), fs=fs, logger=log)
         control = cls(store, plan, config, clock, events, flags)
         try:
             restore(control)

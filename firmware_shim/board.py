@@ -80,6 +80,12 @@ class Board:
         except MicroTlsUnsupported as exc:
             refuse("tls.ca", "mqtts:// refused: %s" % exc)
 
+    def open_partition(self, name):
+        """The raw flash partition for the state (config "state_partition")."""
+        from firmware_shim.flash import board_partition
+
+        return board_partition(name)
+
     def poll(self):
         """Called once the agent is built, then every loop turn: arm, then feed the watchdog."""
         if self._wdt is None:

@@ -1,0 +1,116 @@
+"""Raw flash for the agent's state: a board's partition, or a NOR chip in RAM for tests.
+
+A block device here is MicroPython's extended block protocol, which
+esp32.Partition and rp2.Flash implement (and which VfsLfs2 mounts):
+    readblocks(block, buf, offset)    read len(buf) bytes at block*size+offset
+    writeblocks(block, buf, offset)   program them without erasing (NOR: 1 -> 0 only)
+    ioctl(4, 0) -> block count, ioctl(5, 0) -> block size, ioctl(6, block) erases one
+agent.flash_store keeps the state on such a device; board_partition() finds
+the board's own, and RamFlash is the chip the power-loss tests cut.
+
+RamFlash behaves like NOR flash: erase sets a block to 0xFF, a program can
+only clear bits (new = old AND data), and it counts what the flash would
+wear: bytes programmed and blocks erased. cut_at(n) makes the n-th program
+or erase from now the last one: it lands half done (half the bytes
+programmed, half the block erased: the first half, or with last=True the
+second half, since a chip need not go in address order) and PowerCut is
+raised, which no code in the agent catches, as a real power cut.
+"""
+
+BLOCK_COUNT = 4
+BLOCK_SIZE = 5
+BLOCK_ERASE = 6
+
+
+class PowerCut(BaseException):
+    """The power went at a program or an erase (raised by RamFlash.cut_at)."""
+
+
+class RamFlash:
+    def __init__(self, blocks=8, block_size=4096):
+        self.block_size = block_size
+        self.blocks = blocks
+        self.data = bytearray(b"\xff" * (blocks * block_size))
+        self.programmed = 0  # bytes handed to writeblocks
+        self.erases = 0
+        self.ops = 0  # programs and erases so far
+        self._cut = None
+        self._cut_last = False
+
+    def cut_at(self, n, last=False):
+        """The n-th program or erase from now (1 = the next one) is cut halfway."""
+        self._cut = self.ops + n
+        self._cut_last = last
+
+    def uncut(self):
+        self._cut = None
+
+    def _op(self):
+        self.ops += 1
+        return self._cut is not None and self.ops >= self._cut
+
+    def readblocks(self, block, buf, offset=0):
+        start = block * self.block_size + offset
+        buf[:] = self.data[start:start + len(buf)]
+
+    def writeblocks(self, block, buf, offset=None):
+        if offset is None:  # the simple protocol: erase, then program the whole block
+            self.ioctl(BLOCK_ERASE, block)
+            offset = 0
+        start = block * self.block_size + offset
+        cut = self._op()
+        lo, hi = 0, len(buf)
+        if cut:
+            lo, hi = (len(buf) // 2, len(buf)) if self._cut_last else (0, len(buf) // 2)
+        for i in range(lo, hi):
+            self.data[start + i] &= buf[i]
+        self.programmed += hi - lo
+        if cut:
+            raise PowerCut("cut while programming %d bytes at %d" % (len(buf), start))
+
+    def ioctl(self, op, arg):
+        if op == BLOCK_COUNT:
+            return self.blocks
+        if op == BLOCK_SIZE:
+            return self.block_size
+        if op == BLOCK_ERASE:
+            cut = self._op()
+            lo, hi = 0, self.block_size
+            if cut:
+                half = self.block_size // 2
+                lo, hi = (half, hi) if self._cut_last else (0, half)
+            start = arg * self.block_size
+            self.data[start + lo:start + hi] = b"\xff" * (hi - lo)
+            self.erases += 1
+            if cut:
+                raise PowerCut("cut while erasing block %d" % arg)
+            return 0
+        return 0  # 1 init, 2 deinit, 3 sync: nothing to do in RAM
+
+
+def board_partition(name):
+    """The board's raw flash partition `name` as a block device.
+
+    ESP32: a data partition of that label in the partition table
+    (esp32.Partition.find). RP2 (Pico W): rp2.Flash() is the file system's own
+    region, so `name` must be "rp2:START:LEN" (bytes, 4 KiB aligned) carved
+    out of it by the board's firmware build; see README ("a raw flash
+    partition for the state"). Raises OSError when the board has no such part.
+    """
+    try:
+        import esp32  # ESP32 ports only
+    except ImportError:
+        esp32 = None
+    if esp32 is not None:
+        found = esp32.Partition.find(esp32.Partition.TYPE_DATA, label=name)
+        if not found:
+            raise OSError(2, "no data partition labelled %r" % name)
+        return found[0]
+    try:
+        import rp2  # RP2040/RP2350 ports only
+    except ImportError:
+        rp2 = None
+    if rp2 is not None and name.startswith("rp2:"):
+        _, start, length = name.split(":")
+        return rp2.Flash(start=int(start), len=int(length))
+    raise OSError(19, "this port has no raw flash partition %r" % name)
