@@ -52,16 +52,16 @@ MicroPython unix port and CPython) and check each reboot.
 """
 import struct
 
-from agent.store import (
+from agent.store_format import (
     StoreClosedError,
     StoreError,
     StoreFullError,
     StoreIOError,
     StoreValueError,
-    _apply,
-    _copy,
+    apply_changes,
+    copy_value,
+    same_value,
 )
-from agent.store import _same_value as same_value
 from firmware_shim import codec
 from firmware_shim.checksum import crc32
 
@@ -155,10 +155,10 @@ class FlashStore:
     def get(self, key, default=None):
         if key not in self._state:
             return default
-        return _copy(self._state[key])
+        return copy_value(self._state[key])
 
     def items(self):
-        return [(k, _copy(self._state[k])) for k in sorted(self._state)]
+        return [(k, copy_value(self._state[k])) for k in sorted(self._state)]
 
     def __contains__(self, key):
         return key in self._state
@@ -232,7 +232,7 @@ class FlashStore:
                 sealed = True
                 self._stats["dropped_records"] += 1
                 break
-            _apply(self._state, changes)
+            apply_changes(self._state, changes)
             for key in changes:
                 self._where[key] = page_seq
             if seq > self._seq:
@@ -362,7 +362,7 @@ class FlashStore:
             raise StoreIOError("flash store %s: commit not durable: %s" % (self.path, exc)) \
                 from None
         self._pos += len(record)
-        _apply(self._state, codec.unpackb_trusted(payload))
+        apply_changes(self._state, codec.unpackb_trusted(payload))
         for key in real:
             self._where[key] = self._active[0]
         self._stats["commits"] += 1

@@ -13,6 +13,12 @@ Figures (each beside a baseline measured in the same run):
   JSON file with write+fsync+rename+fsync(dir), all on the same disk in the
   same run, interleaved in rounds so that disk noise hits all three alike.
 
+At flash level (bench/flash_level.py, run under the `micropython` binary):
+bytes programmed and blocks erased per one-flag commit and per stage change,
+for the file store on littlefs (VfsLfs2 on a RAM NOR chip of 4 KB blocks)
+and for agent.flash_store on a raw partition of the same chip, with a wear
+estimate in years.
+
 The scratch directory lives under /var/tmp (a real disk here, never tmpfs; the
 run prints what `df` says about it).
 """
@@ -28,6 +34,8 @@ import tempfile
 import time
 
 from agent.store import Store
+from agent.store_format import COMMIT, encode_record
+from bench import flash_level
 from bench.__main__ import figure
 from firmware_shim import codec
 from firmware_shim.files import FileSystem
@@ -273,4 +281,41 @@ def _run(tmp, quick):
                        target="<= SQLite", met=times["store"] <= times["sqlite"]))
     rows.append(figure("durable commit time (vs JSON)", ms, "ms",
                        "JSON write+fsync+rename+fsync dir", times["json"] * 1000))
+    rows.extend(flash_rows(quick))
     return rows
+
+
+def flash_rows(quick):
+    """Flash level, under MicroPython: littlefs (file store) against the raw partition."""
+    got = flash_level.measure(FLAGS, quick)
+    lfs, nvs = got["lfs_flip"], got["nvs_flip"]
+    lfs_s, nvs_s = got["lfs_stage"], got["nvs_stage"]
+    flips = [{FLAGS[i % 7]: i % 2 == 0} for i in range(7)]
+    record = sum(len(encode_record(COMMIT, 1, codec.packb(f))) for f in flips) / len(flips)
+    per_erase = 1 / nvs["erases"] if nvs["erases"] else float("inf")
+    rate = "%d commits/day, %d cycles" % (flash_level.COMMITS_PER_DAY, flash_level.ENDURANCE)
+    lfs_years = flash_level.wear_years(lfs["erases"], flash_level.LFS_BLOCKS)
+    nvs_years = flash_level.wear_years(nvs["erases"], flash_level.NVS_BLOCKS)
+    return [
+        figure("littlefs: bytes programmed per one-flag commit", lfs["programmed"], "B",
+               "the commit's record", record),
+        figure("littlefs: blocks erased per one-flag commit", lfs["erases"], "",
+               "one block per commit", 1.0),
+        figure("littlefs: bytes programmed per stage change", lfs_s["programmed"], "B",
+               "littlefs one-flag commit", lfs["programmed"]),
+        figure("littlefs: blocks erased per stage change", lfs_s["erases"], "",
+               "one block per commit", 1.0),
+        figure("partition: bytes programmed per one-flag commit", nvs["programmed"], "B",
+               "littlefs, same commits", lfs["programmed"], target="<= 64 B",
+               met=nvs["programmed"] <= 64),
+        figure("partition: one-flag commits per block erased", per_erase, "",
+               "littlefs", 1 / lfs["erases"] if lfs["erases"] else None, target=">= 64",
+               met=per_erase >= 64),
+        figure("partition: bytes programmed per stage change", nvs_s["programmed"], "B",
+               "littlefs, same commits", lfs_s["programmed"]),
+        figure("partition: blocks erased per stage change", nvs_s["erases"], "",
+               "littlefs, same commits", lfs_s["erases"]),
+        figure("wear, one-flag commits: partition (%d blocks), years" % flash_level.NVS_BLOCKS,
+               nvs_years, "y", "littlefs (%d blocks), %s" % (flash_level.LFS_BLOCKS, rate),
+               lfs_years),
+    ]
