@@ -57,3 +57,20 @@ def raises(exc_type, fn, *args, **kwargs):
     except exc_type as exc:
         return exc
     raise AssertionError("%s did not raise %s" % (getattr(fn, "__name__", fn), exc_type.__name__))
+
+
+class closing:
+    """with corekit.closing(store_or_control) as s: ... closes it even when the test fails.
+
+    (contextlib.closing, which the MicroPython unix port does not have.)
+    """
+
+    def __init__(self, thing):
+        self.thing = thing
+
+    def __enter__(self):
+        return self.thing
+
+    def __exit__(self, *exc):
+        self.thing.close()
+        return False

@@ -2,7 +2,7 @@
 import json
 
 import corekit
-from memorylink import MemoryLink
+from runtimekit import MemoryLink
 
 from agent import boot
 from agent import protocol as P

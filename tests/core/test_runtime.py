@@ -2,6 +2,7 @@
 
 Runs on CPython and MicroPython (no pytest imports)."""
 from corekit import tmpdir
+from runtimekit import FLEET_KEY, Device, MemoryLink, device_key, signed_command
 
 from agent import protocol as P
 from agent.control import MigrationControl
@@ -10,49 +11,17 @@ from firmware_shim import codec
 from firmware_shim.clock import ManualClock
 from firmware_shim.files import FileSystem
 
-FLEET_KEY = bytes(range(32))
 DEV = "dev-1"
-
-
-class FakeLink:
-    def __init__(self, connected=True):
-        self.connected = connected
-        self.subs = []
-        self.sent = []
-        self.cb = None
-
-    def set_callbacks(self, on_message, on_connect, on_disconnect):
-        self.cb = (on_message, on_connect, on_disconnect)
-
-    def subscribe(self, topic, qos=1):
-        self.subs.append(topic)
-
-    def publish(self, topic, payload, qos=0, retain=False):
-        if not self.connected:
-            raise OSError("down")
-        self.sent.append((topic, payload, qos, retain))
-
-    def leaf(self, leaf):
-        out = []
-        for topic, payload, _q, _retain in self.sent:
-            if topic.endswith("/" + leaf):
-                out.append(P.decode_report(payload, P.derive_device_key(FLEET_KEY, DEV)))
-        return out
+KEY = device_key(DEV)
 
 
 def make(link=None, queue_limit=256, groups=("g1",)):
-    clock = ManualClock()
-    control = MigrationControl.open(tmpdir("rt"), FileSystem(), clock)
-    link = link or FakeLink()
-    rt = AgentRuntime(control, link, "fl", DEV, groups, key=P.derive_device_key(FLEET_KEY, DEV),
-                      clock=clock, queue_limit=queue_limit)
-    rt.start()
-    return rt, link, control, clock
+    d = Device(DEV, groups, link=link, queue_limit=queue_limit)
+    return d.rt, d.link, d.control, d.clock
 
 
 def cmd(control, op, args, seq, target="device:" + DEV, key=FLEET_KEY, cid=None):
-    return P.encode_command(op, args, target, seq, control.plan.hash, key, devices=[DEV],
-                            command_id=cid)
+    return signed_command(control, op, args, seq, DEV, target=target, key=key, cid=cid)
 
 
 def deliver(rt, target, payload, channel="cmd"):
@@ -117,7 +86,7 @@ def test_a_message_the_link_read_past_is_acked_malformed_and_state_untouched():
 
 
 def test_reports_queue_while_down_bounded_and_flush_on_reconnect():
-    link = FakeLink(connected=False)
+    link = MemoryLink(KEY, connected=False)
     rt, link, control, clock = make(link, queue_limit=5)
     for i in range(4):
         deliver(rt, "device:" + DEV, cmd(control, "migrate", {"stage": i + 1}, 20 + i))
@@ -185,7 +154,7 @@ def test_ack_goes_out_before_events_and_status():
 def test_automatic_rollback_with_broker_down_is_reported_on_reconnect():
     clock = ManualClock()
     control = MigrationControl.open(tmpdir("rt"), FileSystem(), clock)
-    link = FakeLink(connected=False)
+    link = MemoryLink(KEY, connected=False)
     rt = AgentRuntime(control, link, "fl", DEV, key=P.derive_device_key(FLEET_KEY, DEV),
                       clock=clock, monitor_interval_ms=1000, health_interval_ms=500)
     rt.start()
@@ -258,7 +227,7 @@ def test_console_hold_on_a_board_without_rtc():
     # A board with no RTC reads a wall clock near 1970: any operator seq is above it.
     clock = ManualClock(wall_start=0.0)
     control = MigrationControl.open(tmpdir("rt"), FileSystem(), clock)
-    rt = AgentRuntime(control, FakeLink(), "fl", DEV, key=P.derive_device_key(FLEET_KEY, DEV),
+    rt = AgentRuntime(control, MemoryLink(KEY), "fl", DEV, key=P.derive_device_key(FLEET_KEY, DEV),
                       clock=clock)
     rt.start()
     deliver(rt, "device:" + DEV, cmd(control, "migrate", {"stage": 1}, 10))
@@ -275,13 +244,13 @@ def test_console_hold_survives_a_reboot_and_only_an_applied_command_lifts_it():
     state_dir = tmpdir("rt")
     control = MigrationControl.open(state_dir, FileSystem(), clock)
     key = P.derive_device_key(FLEET_KEY, DEV)
-    rt = AgentRuntime(control, FakeLink(), "fl", DEV, key=key, clock=clock)
+    rt = AgentRuntime(control, MemoryLink(KEY), "fl", DEV, key=key, clock=clock)
     rt.start()
     deliver(rt, "device:" + DEV, cmd(control, "migrate", {"stage": 1}, 10))
     rt.local_emergency_rollback("console")
     control.close()
     control = MigrationControl.open(state_dir, FileSystem(), clock)  # the gateway reboots
-    link = FakeLink()
+    link = MemoryLink(KEY)
     rt = AgentRuntime(control, link, "fl", DEV, key=key, clock=clock)
     rt.start()
     seq = _wall_ms(clock) + 600000
@@ -314,7 +283,7 @@ def test_console_hold_set_through_the_store_while_the_agent_is_down():
     control.emergency_rollback("local: console", extra_changes=local_hold_changes(clock))
     control.close()
     control = MigrationControl.open(state_dir, FileSystem(), clock)
-    rt = AgentRuntime(control, FakeLink(), "fl", DEV, key=P.derive_device_key(FLEET_KEY, DEV),
+    rt = AgentRuntime(control, MemoryLink(KEY), "fl", DEV, key=P.derive_device_key(FLEET_KEY, DEV),
                       clock=clock)
     rt.start()
     desired = P.encode_desired("all", 1, _wall_ms(clock) + 600000, control.plan.hash,
@@ -364,7 +333,7 @@ def test_rollback_to_current_or_higher_stage_is_an_applied_noop_and_never_migrat
 def test_status_and_last_will_carry_the_hardware_revision():
     clock = ManualClock()
     control = MigrationControl.open(tmpdir("rt-hw"), FileSystem(), clock)
-    link = FakeLink()
+    link = MemoryLink(KEY)
     rt = AgentRuntime(control, link, "fl", DEV, ("g1",), key=P.derive_device_key(FLEET_KEY, DEV),
                       clock=clock, hw="rev-b")
     rt.start()
@@ -388,3 +357,23 @@ def test_a_bucket_command_not_signed_for_this_device_gets_no_ack():
     deliver(rt, "bucket:" + mine[:1], signed)
     assert link.leaf("ack")[-1]["result"] == "applied" and control.stage == 1
     control.close()
+
+
+def test_the_harness_closes_its_store_even_when_a_test_fails():
+    import corekit
+
+    from agent.store import CLOSED, Store
+
+    try:
+        with Device("dev-ctx") as d:
+            raise ValueError("a failing test body")
+    except ValueError:
+        pass
+    assert d.control.store.state == CLOSED
+    try:
+        with corekit.closing(Store(tmpdir("rt") + "/s.db", FileSystem())) as s:
+            s.commit({"k": 1})
+            raise ValueError("another")
+    except ValueError:
+        pass
+    assert s.state == CLOSED

@@ -11,7 +11,7 @@ import json
 import sys
 
 from corekit import tmpdir
-from test_runtime import DEV, FLEET_KEY, FakeLink
+from runtimekit import FLEET_KEY, MemoryLink, device_key
 
 from agent import boot
 from agent import protocol as P
@@ -20,6 +20,9 @@ from agent.runtime import AgentRuntime
 from firmware_shim import board, machine
 from firmware_shim.clock import ManualClock
 from firmware_shim.files import FileSystem, join
+
+DEV = "dev-1"
+KEY = device_key(DEV)
 
 
 class BoardReset(BaseException):
@@ -46,11 +49,11 @@ class PowerOff(BaseException):
     """The test's end of a healthy run: the loop would otherwise serve forever."""
 
 
-class LoopLink(FakeLink):
+class LoopLink(MemoryLink):
     """A link whose poll takes poll_ms of the clock; on turn `hang_at` it never returns."""
 
     def __init__(self, clock, hang_at=None, turns=300):
-        FakeLink.__init__(self)
+        MemoryLink.__init__(self, KEY)
         self.clock, self.hang_at, self.max_turns = clock, hang_at, turns
         self.turns = 0
         self.watchdog = None  # the board arms it once the agent is built
@@ -142,7 +145,7 @@ def _runtime(link, clock, memory=None):
 
 def test_status_and_health_carry_what_the_device_reports_about_its_memory():
     clock = ManualClock()
-    link = FakeLink()
+    link = MemoryLink(KEY)
     rt, control = _runtime(link, clock, memory=lambda: {"heap_free": 70000, "heap_alloc": 90000})
     rt.publish_status()
     rt.publish_health()
@@ -157,7 +160,7 @@ def test_a_memory_report_that_fails_leaves_the_report_whole():
         raise OSError("no /proc")
 
     clock = ManualClock()
-    link = FakeLink()
+    link = MemoryLink(KEY)
     rt, control = _runtime(link, clock, memory=broken)
     rt.publish_status()
     status = link.leaf("status")[-1]

@@ -3,60 +3,18 @@ no-op and the pending desired state retried after a cooldown.
 
 Signed payloads, a ManualClock, a real MigrationControl on a temp directory and
 an in-memory link. Runs on CPython and MicroPython."""
-from corekit import tmpdir
-from memorylink import MemoryLink
+import runtimekit
 
 from agent import protocol as P
-from agent.control import MigrationControl
-from agent.runtime import DESIRED_RETRY_MS, AgentRuntime
-from firmware_shim.clock import ManualClock
-from firmware_shim.files import FileSystem
+from agent.runtime import DESIRED_RETRY_MS
 
-FLEET_KEY = bytes(range(1, 33))
 DEV = "gw-ops"
-KEY = P.derive_device_key(FLEET_KEY, DEV)
 FLAG = "use_logger_error_context"
 
 
-class Device:
-    def __init__(self, config=None, fs=None):
-        self.clock = ManualClock()
-        self.control = MigrationControl.open(tmpdir("rtops"), fs or FileSystem(), self.clock,
-                                             config=config)
-        self.link = MemoryLink(KEY)
-        self.rt = AgentRuntime(self.control, self.link, "fl", DEV, key=KEY, clock=self.clock,
-                               monitor_interval_ms=1000)
-        self.rt.start()
-        self.seq = 100
-
-    def command(self, op, args):
-        """Sign and deliver one command; returns its ack."""
-        self.seq += 1
-        cid = P.new_command_id()
-        payload = P.encode_command(op, args, "device:" + DEV, self.seq, self.control.plan.hash,
-                                   FLEET_KEY, command_id=cid)
-        self.rt.on_message(P.cmd_topic("fl", "device:" + DEV), payload)
-        self.rt.tick()
-        acks = self.link.acks_for(cid)
-        assert len(acks) == 1, acks
-        return acks[0]
-
-    def desired(self, stage):
-        """Sign and deliver a retained desired state; returns its id."""
-        self.seq += 1
-        cid = P.new_command_id()
-        payload = P.encode_desired("device:" + DEV, stage, self.seq, self.control.plan.hash,
-                                   FLEET_KEY, command_id=cid)
-        self.rt.on_message(P.desired_topic("fl", "device:" + DEV), payload, True)
-        self.rt.tick()
-        return cid
-
-    def fail_health(self):
-        """Bad outcomes, then the monitoring interval: the agent rolls itself back."""
-        for _ in range(50):
-            self.control.record_outcome(False, 5)
-        self.clock.advance(1000)
-        self.rt.tick()
+def Device(config=None, fs=None):
+    """The harness's device (runtimekit.Device), polling its health every second."""
+    return runtimekit.Device(DEV, config=config, fs=fs, monitor_interval_ms=1000)
 
 
 def test_set_and_clear_flag_override_by_command():

@@ -3,7 +3,7 @@
 Acks and events (the automatic rollback, health.violation) must outlive the
 periodic health reports and the status. Runs on CPython and MicroPython."""
 from corekit import tmpdir
-from memorylink import MemoryLink
+from runtimekit import FLEET_KEY, MemoryLink, device_key
 
 from agent import protocol as P
 from agent.control import MigrationControl
@@ -12,9 +12,8 @@ from agent.runtime import AgentRuntime
 from firmware_shim.clock import ManualClock
 from firmware_shim.files import FileSystem
 
-FLEET_KEY = bytes(range(32))
 DEV = "dev-q"
-KEY = P.derive_device_key(FLEET_KEY, DEV)
+KEY = device_key(DEV)
 
 
 def _topic(leaf):

@@ -1,5 +1,6 @@
-"""agent.control: the review's findings on the latency baseline (item 5) and a
-cooldown that must end even when the wall clock is wrong after a reboot (item 6)."""
+"""agent.control: the latency baseline across stages, and recovery: a cooldown that
+ends even when the wall clock is wrong after a reboot, a commit whose fate on flash
+is unknown, and a service move that failed."""
 import corekit
 import faultfs
 
@@ -24,7 +25,7 @@ def _traffic(c, n=30, errors=0, latency=10):
         c.record_outcome(i >= errors, latency)
 
 
-# -- item 5: a baseline that cannot be measured is None, never an older stage's
+# -- a baseline that cannot be measured is None, never an older stage's
 
 def test_unmeasurable_baseline_is_committed_as_none_not_kept_from_an_older_stage():
     c, d, clock = _open()
@@ -59,7 +60,7 @@ def test_a_measurable_baseline_still_catches_a_slow_stage():
     c.close()
 
 
-# -- item 6: a cooldown ends even when the wall clock is wrong after a reboot ---
+# -- a cooldown ends even when the wall clock is wrong after a reboot ---
 
 def _cooling(config):
     c, d, clock = _open(config=config)
@@ -110,7 +111,7 @@ def test_operator_may_clear_a_cooldown():
     c.close()
 
 
-# -- item 11a: a commit whose fsync failed and that could not be rolled back --------
+# -- a commit whose fsync failed and that could not be rolled back --------
 
 def test_control_rebuilds_from_flash_when_a_failed_commit_could_not_be_rolled_back():
     d = corekit.tmpdir("ctlrev")
