@@ -143,6 +143,7 @@ class MigrationControl:
             "quarantine": None if self._quarantine is None else dict(self._quarantine),
             "auto_rollbacks": dict(self._auto_rollbacks),
             "monitoring": self._monitoring_info(),
+            "last_auto_rollback": self._last_auto_rollback(),
         }
 
     def validate_readiness_for_stage(self, n):
@@ -612,6 +613,17 @@ class MigrationControl:
             s["baseline_latency_p50"] = base
             out[name] = s
         return out
+
+    def _last_auto_rollback(self):
+        """{"from", "to", "at", "violations": [{"source", "metric", "value", "limit"}]} of
+        the latest automatic rollback in the history, or None."""
+        for entry in self.history.entries():
+            if entry.get("op") == "auto_rollback":
+                return {"from": entry["from"], "to": entry["to"], "at": entry["at"],
+                        "violations": [{"source": v.get("source"), "metric": v["metric"],
+                                        "value": v["value"], "limit": v["limit"]}
+                                       for v in entry.get("violations") or ()]}
+        return None
 
     def _note_verdict(self, now, verdict):
         if verdict["verdict"] == health_mod.INCONCLUSIVE and self._last_check is not None:

@@ -331,6 +331,9 @@ class AgentRuntime:
         health = st["system_health"]
         summary = {k: health.get(k) for k in STATUS_HEALTH_KEYS}
         summary["violations"] = len(health.get("violations") or ())
+        last = st.get("last_auto_rollback")
+        if last is not None:  # which source crossed which threshold, after the window reset
+            summary["last_rollback"] = last
         q = st["quarantine"]
         return P.encode_status(
             self.device_id, c.stage, c.flags.values(), health=summary, plan_hash=c.plan.hash,

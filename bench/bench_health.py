@@ -6,11 +6,15 @@ Memory: tracemalloc's count of the bytes a HealthWindow holds after five
 minutes (its whole window) of outcomes at 10, 100 and 1,000 calls a second,
 for one source and for the most sources it keeps (MAX_SOURCES), each as a
 ratio to the same window at 10 calls/s (flat = 1.0). Target: <= 8 KB a device.
+The same on the MicroPython unix port (gc.mem_alloc, one process per rate).
 Cost: ns per record_outcome() in the steady state (reservoirs full, so every
 sample takes the random draw), as a ratio to a bare counter increment
 (`n += 1`) timed the same way in the same run; and the same for the control's
 record_outcome() (argument checks + the window), and for a snapshot.
 """
+import os
+import subprocess
+import sys
 import tempfile
 import timeit
 import tracemalloc
@@ -45,6 +49,37 @@ def _window_bytes(rate, sources):
     return held
 
 
+MICRO_SCRIPT = """
+import gc, sys
+sys.path.insert(0, ".")
+from agent.health import HealthWindow, MAX_SOURCES
+rate = int(sys.argv[1])
+names = ["app"] + ["source-%d" % i for i in range(1, MAX_SOURCES)]
+gc.collect()
+before = gc.mem_alloc()
+w = HealthWindow(window_ms=300000)
+step = 1000 // rate
+for t in range(0, 300000, step):
+    for n in names:
+        w.record_outcome(t % 50 != 0, 5 + t % 17, t, n)
+for _ in range(80):
+    w.record_restart(299999, "unit")
+gc.collect()
+print(gc.mem_alloc() - before)
+"""
+
+
+def _micropython_bytes(rate):
+    """The MicroPython heap a 5-source window holds (unix port, one process per rate)."""
+    exe = os.path.join(os.path.dirname(sys.executable), "micropython")
+    if not os.path.exists(exe):
+        return None
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([exe, "-c", MICRO_SCRIPT, str(rate)], cwd=root, capture_output=True,
+                         text=True, timeout=600)
+    return int(out.stdout.strip()) if out.returncode == 0 else None
+
+
 def _ns(stmt, env, number, setup="pass"):
     best = min(timeit.Timer(stmt, setup=setup, globals=env).repeat(number=number, repeat=5))
     return best * 1e9 / number
@@ -61,6 +96,15 @@ def run(quick=False):
                 sources, "s" if sources > 1 else "", rate), held, "B",
                 "same window at 10 calls/s", base, target="<= %d B" % TARGET_BYTES,
                 met=held <= TARGET_BYTES))
+    base = None
+    for rate in (10, 100) if quick else RATES:
+        held = _micropython_bytes(rate)
+        if held is None:
+            continue
+        base = base or held
+        rows.append(figure("MicroPython heap, %d sources, %d calls/s" % (MAX_SOURCES, rate),
+                           held, "B", "same at 10 calls/s", base,
+                           target="<= %d B" % TARGET_BYTES, met=held <= TARGET_BYTES))
     number = 20000 if quick else 200000
     w = HealthWindow(window_ms=WINDOW_MS)
     for _ in range(5000):

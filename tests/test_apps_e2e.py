@@ -64,6 +64,10 @@ def _rolled_back_to_2(g, reports, metric, source):
     assert v["limit"] is not None and ("source " + source) in v["message"]
     assert reports.wait(lambda: "migration.rollback" in reports.names()
                         and "health.violation" in reports.names(), 30), reports.events
+    last = st["last_auto_rollback"]
+    assert any(x["source"] == source and x["metric"] == metric for x in last["violations"])
+    text = g.cli("local", "status", "--config", g.agent.config_path).stdout
+    assert "last automatic rollback 3->2: " + source + " " + metric in text, text
     rollback = [p for n, p in reports.events if n == "migration.rollback"][-1]
     assert rollback["automatic"] and rollback["to"] == 2
     assert any(x["source"] == source for x in rollback["violations"])

@@ -242,6 +242,19 @@ def run_local(cfg, request, timeout=10.0):
 def _print_status(status, via):
     print("device stage {}  state {}  (via {})".format(status.get("current_stage"),
                                                   status.get("state"), via))
+    health = status.get("system_health") or {}
+    if health.get("verdict"):
+        line = "health {}".format(health["verdict"])
+        if health.get("verdict_reason"):
+            line += ": " + health["verdict_reason"]
+        print(line)
+    for v in health.get("violations") or ():
+        print("  violation: " + v["message"])
+    last = status.get("last_auto_rollback")
+    if last:
+        for v in last["violations"]:
+            print("last automatic rollback {}->{}: {} {} {:.4g} > limit {:.4g}".format(
+                last["from"], last["to"], v["source"], v["metric"], v["value"], v["limit"]))
     flags = status.get("flags") or {}
     for name in sorted(flags):
         print("  {:<32} {}".format(name, "on" if flags[name] else "off"))
