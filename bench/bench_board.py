@@ -20,6 +20,11 @@ Targets (issue 11): <= 96 KB after boot, <= 128 KB at the peak of a stage
 change. The baseline column is the bare interpreter's heap in the same run
 (`micropython -c` with nothing imported).
 
+The ROMFS rows load the same modules from a ROMFS image of the bundle
+(mpremote's builder; MicroPython 1.25+ runs bytecode in place from a board's
+ROMFS partition), with the image's own bytes subtracted: the heap a board
+would need if it kept the code in flash.
+
 On the Pi side it measures the resident set (VmRSS) of `fleetstage agent`
 idling connected to the broker, beside bare python and python with paho and
 msgpack imported, all in the same run (target: the agent <= 25 MB).
@@ -49,7 +54,15 @@ FLEET = "benchfleet"
 
 DRIVER = r'''
 import gc, json, sys
-BOUND = sys.argv[-1] == "bound"  # the collector off during each stage change
+BOUND = "bound" in sys.argv  # the collector off during each stage change
+image = 0
+if "rom" in sys.argv:  # the modules from a ROMFS image: bytecode runs in place
+    import vfs
+    with open("code.romfs", "rb") as f:
+        data = f.read()
+    image = len(data)  # a board keeps this in flash: subtracted from every figure
+    vfs.mount(vfs.VfsRom(data), "/rom")
+    sys.path.insert(0, "/rom")
 gc.collect()
 bare = gc.mem_alloc()
 shares = []
@@ -97,7 +110,9 @@ for n in range(1, 5):
         runtime.tick()
 del payload
 gc.collect()
+import agent as _a
 print(json.dumps({"bare": bare, "imports": imports, "boot": boot, "bounds": bounds,
+                  "image": image, "from": _a.__file__,
                   "stage": control.stage, "shares": shares, "after": gc.mem_alloc()}))
 '''
 
@@ -192,6 +207,7 @@ def build_board(work: str, broker_url: str) -> str:
     out = os.path.join(work, "bundle")
     bundle(out, compile_mpy=True, config=config, key=key)
     _signed_commands(out, fleet_key)
+    _romfs_image(out)
     driver = DRIVER.replace("ORDER", repr(boot_modules())).replace(
         "FLEET", repr(FLEET)).replace("DEVICE", repr(DEVICE))
     with open(os.path.join(out, "bench_heap.py"), "w") as f:
@@ -199,12 +215,31 @@ def build_board(work: str, broker_url: str) -> str:
     return out
 
 
-def _run_driver(out: str, heap: int | None = None, bound: bool = False) -> dict | None:
+def _romfs_image(out: str) -> None:
+    """code.romfs: the bundle's agent/ and firmware_shim/ as a ROMFS image (mpremote's
+    builder, what `mpremote romfs deploy` writes to a board's ROMFS partition)."""
+    from mpremote.romfs import make_romfs
+
+    src = os.path.join(os.path.dirname(out), "romfs-src")
+    for pkg in ("agent", "firmware_shim"):
+        shutil.copytree(os.path.join(out, pkg), os.path.join(src, pkg))
+    with open(os.devnull, "w") as quiet:
+        saved, sys.stdout = sys.stdout, quiet  # make_romfs prints the tree
+        try:
+            image = make_romfs(src, mpy_cross=False)
+        finally:
+            sys.stdout = saved
+    with open(os.path.join(out, "code.romfs"), "wb") as f:
+        f.write(image)
+
+
+def _run_driver(out: str, heap: int | None = None, bound: bool = False,
+                rom: bool = False) -> dict | None:
     """One boot + four stage changes; None when it ran out of heap."""
     state = os.path.join(out, "state")
     shutil.rmtree(state, ignore_errors=True)
     argv = [micropython_binary()] + (["-X", "heapsize=%d" % heap] if heap else [])
-    argv += ["bench_heap.py"] + (["bound"] if bound else [])
+    argv += ["bench_heap.py"] + (["bound"] if bound else []) + (["rom"] if rom else [])
     proc = subprocess.run(argv, cwd=out, capture_output=True, text=True, timeout=120)
     if proc.returncode:
         if "MemoryError" in proc.stderr + proc.stdout:
@@ -244,6 +279,10 @@ def measure(work: str) -> dict:
         got["min_heap"] = smallest_heap(out, max(got["bounds"]) + 64 * KB)
         got["bare_process"] = bare_heap()
         got["pi"] = pi_footprint(work, broker.url)
+        rom = _run_driver(out, rom=True)
+        if rom is None or not rom["from"].startswith("/rom"):
+            raise RuntimeError("the ROMFS run did not load from the image: %r" % rom)
+        got["rom"] = rom
         return got
     finally:
         broker.stop()
@@ -316,6 +355,14 @@ def run(quick: bool = False) -> list[dict]:
                "KB", base, bare / KB, target="<= 128 KB", met=got["min_heap"] <= TARGET_PEAK),
         figure("peak of a stage change, no GC (upper bound)", max(got["bounds"]) / KB, "KB",
                base, bare / KB),
+    ]
+    rom = got["rom"]
+    rows += [
+        figure("ROMFS image: heap after imports", (rom["imports"] - rom["image"]) / KB, "KB",
+               "loaded from .mpy files", got["imports"] / KB),
+        figure("ROMFS image: heap after boot", (rom["boot"] - rom["image"]) / KB, "KB",
+               "loaded from .mpy files", got["boot"] / KB, target="<= 96 KB",
+               met=rom["boot"] - rom["image"] <= TARGET_BOOT),
     ]
     pi, mb = got["pi"], 1024.0 * KB
     rows += [

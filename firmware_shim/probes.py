@@ -20,13 +20,12 @@ what is due and hands finished results to the sink, on the loop's thread:
 from __future__ import annotations
 
 import http.client
-import subprocess
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any, Callable
 
-from prometheus_client.parser import text_string_to_metric_families
+if TYPE_CHECKING:
+    from concurrent.futures import Future
+from urllib.parse import urlsplit
 
 ACTIVE_STATES = ("active", "reloading", "inactive", "failed", "activating", "deactivating",
                  "maintenance", "refreshing")
@@ -58,6 +57,8 @@ def http_check(url: str, timeout: float) -> tuple[bool, float | None]:
 
 
 def exec_check(command: list[str], timeout: float) -> tuple[bool, float | None]:
+    import subprocess  # here: an agent with no exec probe never loads it (idle RSS)
+
     start = time.monotonic()
     try:
         done = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -90,6 +91,8 @@ def parse_systemctl_values(text: str) -> dict[str, Any]:
 
 
 def systemd_read(unit: str, timeout: float) -> dict[str, Any]:
+    import subprocess  # here: an agent with no systemd probe never loads it (idle RSS)
+
     done = subprocess.run(["systemctl", "show", "-p", "NRestarts,ActiveState,Result", "--value",
                            unit], stdin=subprocess.DEVNULL, capture_output=True, text=True,
                           timeout=timeout, check=False)
@@ -141,6 +144,10 @@ def prometheus_scrape(probe: dict, timeout: float) -> dict[str, float | None]:
             raise ProbeError("scrape %s: HTTP %d" % (probe["url"], reply.status))
     finally:
         conn.close()
+    # here, not at the top: prometheus_client loads ~3 MB resident (wsgiref, http.server),
+    # which an agent with no prometheus probe never needs (idle RSS target: 25 MB)
+    from prometheus_client.parser import text_string_to_metric_families
+
     samples = [s for fam in text_string_to_metric_families(body) for s in fam.samples]
     latency = probe.get("latency")
     scale = 1.0 if latency and (latency.endswith("_ms") or latency.endswith("_milliseconds")) \
@@ -184,8 +191,11 @@ class ProbeRunner:
         self.log = log or (lambda msg: None)
         now = clock()
         self.probes = [_Probe(spec, now) for spec in probes]
-        self._pool = ThreadPoolExecutor(max_workers=max(1, len(probes)),
-                                        thread_name_prefix="probe") if probes else None
+        self._pool = None
+        if probes:  # here: an agent with no probes never loads concurrent.futures
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=len(probes), thread_name_prefix="probe")
 
     def poll(self) -> None:
         now = self.clock()
