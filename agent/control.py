@@ -332,6 +332,8 @@ class MigrationControl:
             raise ControlError(f"outcome ok must be True or False, not {ok!r}")
         if latency_ms is not None and type(latency_ms) is not int and type(latency_ms) is not float:
             raise ControlError(f"latency_ms must be a number or None, not {latency_ms!r}")
+        if latency_ms is not None and not 0 <= latency_ms <= 1e12:  # also refuses NaN
+            raise ControlError(f"latency_ms must be a finite number >= 0, not {latency_ms!r}")
         name = source if source is not None else service
         if name is not None and not isinstance(name, str):
             raise ControlError(f"outcome source must be a string, not {name!r}")

@@ -46,8 +46,9 @@ def parse_outcome(obj: Any) -> tuple[bool, float | None, str | None]:
         raise OutcomeError("\"ok\" must be true or false")
     latency = obj.get("latency_ms")
     if latency is not None and (isinstance(latency, bool)
-                                or not isinstance(latency, (int, float)) or latency < 0):
-        raise OutcomeError("\"latency_ms\" must be a number >= 0")
+                                or not isinstance(latency, (int, float))
+                                or not 0 <= latency < float("inf")):
+        raise OutcomeError("\"latency_ms\" must be a finite number >= 0")
     source = obj.get("source")
     if source is not None and (not isinstance(source, str) or not 0 < len(source) <= 48):
         raise OutcomeError("\"source\" must be a name of 1..48 characters")

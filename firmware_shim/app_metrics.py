@@ -51,13 +51,16 @@ class StatsdBatch:
         except (ValueError, IndexError):
             self.ignored += 1
             return
+        if value != value or value in (float("inf"), float("-inf")):
+            self.ignored += 1  # nan / inf
+            return
         if rate <= 0 or rate > 1:
             rate = 1.0
         if kind == "c" and name == self.requests:
             self.calls += value / rate
         elif kind == "c" and name == self.errors:
             self.failed += value / rate
-        elif kind in ("ms", "h", "d") and name == self.latency:
+        elif kind in ("ms", "h", "d") and name == self.latency and value >= 0:
             self.latencies.append(value)
         else:
             self.ignored += 1

@@ -327,3 +327,48 @@ def test_any_bytes_into_the_http_parser_get_an_answer_or_wait(chunks):
     conn.eof()
     if conn.out:
         assert conn.out.startswith(b"HTTP/1.1 ") and conn.done
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(
+    st.binary(max_size=200),
+    st.text(max_size=80).map(str.encode),
+    st.sampled_from([b"gw.req:1|c", b"gw.err:x|c", b"gw.lat:|ms", b'{"ok": true}', b"{",
+                     b'{"ok": false, "latency_ms": -1}', b'{"ok": true, "source": 7}',
+                     b"gw.req:1|c|@0", b":|", b"\xff\xfe", b"gw.lat:-5|ms", b"gw.lat:nan|ms",
+                     b"gw.req:inf|c", b'{"ok": true, "latency_ms": 1e400}'])), max_size=10))
+def test_any_datagram_is_an_outcome_or_counted_as_bad(datagrams):
+    from firmware_shim.app_metrics import MetricsListener
+
+    got = []
+    listener = MetricsListener.__new__(MetricsListener)  # no sockets: the parsing only
+    listener.record = lambda ok, lat, src: got.append((ok, lat, src))
+    listener.batch = StatsdBatch({"requests": "gw.req", "errors": "gw.err", "latency": "gw.lat"})
+    listener.bad = listener.received = 0
+    for d in datagrams:
+        listener._datagram(d)
+    listener.batch.flush(listener.record)
+    for ok, lat, src in got:
+        assert ok in (True, False) and (lat is None or 0 <= lat < float("inf"))
+        assert src is None or isinstance(src, str)
+
+
+def test_a_run_dir_that_cannot_be_made_stops_the_agent_with_one_line(tmp_path):
+    import subprocess
+
+    from agent import protocol as P
+    from tests.agentkit import REPO, AgentProcess
+
+    class NoBroker:
+        url = "mqtt://127.0.0.1:9"
+
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    agent = AgentProcess(str(tmp_path), NoBroker(), "plant", P.new_fleet_key(), "gw1",
+                         config={"run_dir": str(blocker / "run")})
+    r = subprocess.run([sys.executable, "-m", "tools.cli", "agent", "--config",
+                        agent.config_path], cwd=REPO, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = [ln for ln in r.stderr.splitlines() if "cannot start" in ln]
+    assert len(lines) == 1 and "run_dir" in lines[0] and "Traceback" not in r.stderr

@@ -798,6 +798,8 @@ def test_violation_in_history_names_source_and_threshold():
     v = c.status()["migration_history"][0]["violations"][0]
     assert v["source"] == "http:gateway" and v["metric"] == "error_rate" and v["limit"] == 0.05
     corekit.raises(ControlError, c.record_outcome, True, 1, source=5)
+    corekit.raises(ControlError, c.record_outcome, True, -1.0)
+    corekit.raises(ControlError, c.record_outcome, True, float("nan"))
     c.close()
 
 
