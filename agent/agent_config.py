@@ -9,7 +9,7 @@ Required: device_id, fleet, broker (mqtt://host[:port] or mqtts://...),
 key_file, state_dir, environment. Optional: groups (list), hw (the hardware
 revision, a name shown in status and used by rollout cohorts), insecure (false),
 tls {ca, cert, key, insecure_skip_hostname_check}, credentials {username,
-password}, control (overrides for agent.config.Config: thresholds,
+password or password_file}, control (overrides for agent.config.Config: thresholds,
 cooldown_ms, ...), run_dir (/run/fleetstage: flags.json, flags.flagd.json,
 api.sock and metrics.sock for the gateway's applications), health {probes,
 statsd} (agent.health_config), and tuning knobs (keepalive_s, backoff_min_s,
@@ -163,10 +163,14 @@ class AgentConfig:
         if ("cert" in tls) != ("key" in tls):
             raise ConfigError("tls", "a client certificate needs both 'cert' and 'key'")
         self.tls_ca, self.tls_cert, self.tls_key = tls.get("ca"), tls.get("cert"), tls.get("key")
-        creds = _subdict(d, "credentials", ("username", "password"))
+        creds = _subdict(d, "credentials", ("username", "password", "password_file"))
         if creds and "username" not in creds:
             raise ConfigError("credentials.username", "is required when credentials are given")
+        if "password" in creds and "password_file" in creds:
+            raise ConfigError("credentials", "give 'password' or 'password_file', not both")
         self.username, self.password = creds.get("username"), creds.get("password")
+        # Read by the Pi's agent at start (tools/agent_cmd.py), never by the core.
+        self.password_file = creds.get("password_file")
         for name in _TUNING:
             self._number(d, name)
         if self.backoff_min_s > self.backoff_max_s:

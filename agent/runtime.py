@@ -131,6 +131,19 @@ class AgentRuntime:
 
     def on_disconnect(self, why=None):
         self.log(f"broker link lost ({why}); running on local flags")
+        self.refresh_will()
+
+    def refresh_will(self):
+        """Give the link a will with the guard's seq as it is NOW; the broker takes it at
+        the next CONNECT (a link without set_will keeps the one it started with)."""
+        set_will = getattr(self.link, "set_will", None)
+        if set_will is None:
+            return
+        try:
+            topic, payload = self.will()
+            set_will(topic, payload, 1, True)
+        except Exception as exc:  # a will is a courtesy: never stop the loop for it
+            self._count_error("will", exc)
 
     def on_message(self, topic, payload, retain=False):
         """Never raises: every failure becomes an ack with a reason code or a counted error."""
@@ -156,7 +169,7 @@ class AgentRuntime:
     def _decode(self, payload, decoder):
         return decoder(payload, self.key, self.device_id, self.groups,
                        plan_hash=self.control.plan.hash, max_stage=self.control.plan.max_stage,
-                       insecure=self.insecure)
+                       insecure=self.insecure, fleet=self.fleet)
 
     def _handle_command(self, payload, bucket=False):
         try:
@@ -322,7 +335,7 @@ class AgentRuntime:
             self.log(f"rejected {command_id}: {reason} {detail}")
         payload = P.encode_ack(command_id, result, reason, detail, state=self.control.state,
                                device_id=self.device_id, seq=seq, key=self.key,
-                               now=self._now())
+                               now=self._now(), fleet=self.fleet)
         self._send(self._topics["ack"], payload, 1, False)
 
     def status_payload(self, online=True):
@@ -345,7 +358,7 @@ class AgentRuntime:
                    "console_hold": self._local_hold is not None,
                    "desired_held": self.counters["desired_held"],
                    "memory": self.memory_report()},
-            key=self.key, now=self._now())
+            key=self.key, now=self._now(), fleet=self.fleet)
 
     def memory_report(self):
         """heap_free/heap_alloc on a board, rss on a Pi (bytes); {} when not wired."""
@@ -369,7 +382,8 @@ class AgentRuntime:
             metrics["runtime"]["queue_dropped"] = self.queue.dropped
             metrics["runtime"]["queue_dropped_by_kind"] = dict(self.queue.dropped_by_kind)
             metrics["memory"] = self.memory_report()
-            payload = P.encode_health(self.device_id, metrics, key=self.key, now=self._now())
+            payload = P.encode_health(self.device_id, metrics, key=self.key, now=self._now(),
+                                      fleet=self.fleet)
         except Exception as exc:
             self._count_error("health report", exc)
             return
@@ -385,7 +399,8 @@ class AgentRuntime:
         events, self._events = self._events, []
         for name, payload, at in events:
             try:
-                data = P.encode_event(self.device_id, name, payload, key=self.key, now=at)
+                data = P.encode_event(self.device_id, name, payload, key=self.key, now=at,
+                                      fleet=self.fleet)
             except Exception as exc:  # an event payload the codec cannot carry
                 self._count_error("event", exc)
                 continue
@@ -480,7 +495,8 @@ def will_message(fleet, device_id, groups, key, guard_seq=None, hw=None):
     topic = P.device_topic(fleet, device_id, "status")
     extra = None if guard_seq is None else {"guard_seq": guard_seq}
     return topic, P.encode_status(device_id, None, None, online=False,
-                                  groups=sorted(groups), extra=extra, key=key, hw=hw)
+                                  groups=sorted(groups), extra=extra, key=key, hw=hw,
+                                  fleet=fleet)
 
 
 def refusal_of(exc):

@@ -23,10 +23,29 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 30.0
+# Devices speak 3.1.1 (any broker, the boards' client); operator tools speak 5, whose
+# PUBACK carries a reason code: a publish the broker's ACL dropped is then visible.
+MQTT_311 = "3.1.1"
+MQTT_5 = "5"
+
+# CONNACK codes (3.1.1: 4, 5; MQTT 5: 134, 135) that mean the login is wrong.
+NOT_AUTHORISED = (4, 5, 134, 135)
+
+
+def connect_refusal_text(rc):
+    """One line for a refused CONNECT: "not authorised" for a bad login, else paho's words."""
+    if int(rc) in NOT_AUTHORISED:
+        return "not authorised (check the user name and password file)"
+    try:
+        return _paho.connack_string(int(rc))
+    except Exception:
+        return f"refused (code {int(rc)})"
 
 
 class MqttError(Exception):
     """Anything that went wrong talking MQTT."""
+
+    refusal = False  # True: the broker answered the CONNECT with a refusal
 
 
 class MqttConfigError(MqttError):
@@ -47,6 +66,14 @@ class MqttCodeError(MqttError):
 
 class MqttConnectError(MqttCodeError):
     """The broker could not be reached or refused the connection."""
+
+    @classmethod
+    def refused(cls, rc):
+        """A CONNACK refusal, in words ("not authorised" for a bad login)."""
+        exc = cls(rc)
+        exc.args = ("broker refused the connection: " + connect_refusal_text(rc),)
+        exc.refusal = True
+        return exc
 
 
 class MqttNotConnected(MqttError):
@@ -91,13 +118,13 @@ class MqttConfig:
     _FIELDS = (
         "host", "port", "client_id", "username", "password", "tls", "ca", "cert",
         "key", "insecure", "keepalive", "will", "clean_session", "backoff_min",
-        "backoff_max", "connect_timeout",
+        "backoff_max", "connect_timeout", "protocol",
     )
 
     def __init__(self, host, port=1883, client_id="", username=None, password=None,
                  tls=False, ca=None, cert=None, key=None, insecure=False, keepalive=30,
                  will=None, clean_session=True, backoff_min=BACKOFF_MIN_S,
-                 backoff_max=BACKOFF_MAX_S, connect_timeout=5.0):
+                 backoff_max=BACKOFF_MAX_S, connect_timeout=5.0, protocol=MQTT_311):
         values = dict(locals())
         del values["self"]
         if not 0 < backoff_min <= backoff_max:
@@ -106,6 +133,8 @@ class MqttConfig:
             raise MqttConfigError("keepalive must be >= 1 s")
         if (cert is None) != (key is None):
             raise MqttConfigError("a client certificate needs both cert and key")
+        if protocol not in (MQTT_311, MQTT_5):
+            raise MqttConfigError("protocol must be MQTT_311 or MQTT_5")
         for name in self._FIELDS:
             object.__setattr__(self, name, values[name])
 
@@ -168,17 +197,24 @@ class PahoLink:
         self._closed = False
         self._loop: MqttLoop | None = None  # the loop driving this link, once added
         self._log = log or _ignore
+        # mid -> None (sent, not yet acknowledged) or the broker's verdict: "" for
+        # accepted, else its reason (MQTT 5 only; 3.1.1 PUBACKs carry none).
+        self.publish_results = {}
         self._client = self._build_client()
 
     # -- setup -------------------------------------------------------------
     def _build_client(self):
         c = self.config
-        client = _paho.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=c.client_id,
-            clean_session=c.clean_session,
-            protocol=_paho.MQTTv311,
-        )
+        if c.protocol == MQTT_5:
+            client = _paho.Client(callback_api_version=CallbackAPIVersion.VERSION2,
+                                  client_id=c.client_id, protocol=_paho.MQTTv5)
+        else:
+            client = _paho.Client(
+                callback_api_version=CallbackAPIVersion.VERSION2,
+                client_id=c.client_id,
+                clean_session=c.clean_session,
+                protocol=_paho.MQTTv311,
+            )
         client.connect_timeout = c.connect_timeout
         if c.username is not None:
             client.username_pw_set(c.username, c.password)
@@ -196,6 +232,7 @@ class PahoLink:
         client.on_connect = self._paho_connect
         client.on_disconnect = self._paho_disconnect
         client.on_message = self._paho_message
+        client.on_publish = self._paho_published
         client.on_socket_open = self._paho_socket_open
         client.on_socket_close = self._paho_socket_close
         client.on_socket_register_write = self._paho_want_write
@@ -215,13 +252,19 @@ class PahoLink:
         self._on_disconnect = on_disconnect or _ignore
 
     # -- paho callbacks (translated, never leaked) -------------------------
+    def _paho_published(self, client, userdata, mid, reason_code, properties):
+        if mid in self.publish_results:
+            failed = getattr(reason_code, "is_failure", False)
+            self.publish_results[mid] = str(reason_code) if failed else ""
+
     def _paho_connect(self, client, userdata, flags, reason_code, properties):
         if reason_code.is_failure:
-            self.last_error = MqttConnectError(reason_code.value, "broker refused connection")
+            self.last_error = MqttConnectError.refused(reason_code.value)
             self._log(f"mqtt: {self.last_error}")
             self._schedule_retry()
             return
         self.connected = True
+        self.last_error = None
         self.sessions += 1
         self._backoff.reset()
         for topic in sorted(self._subs):
@@ -270,7 +313,11 @@ class PahoLink:
         try:
             if not self._tried:
                 self._tried = True
-                rc = self._client.connect(c.host, c.port, keepalive=c.keepalive)
+                if c.protocol == MQTT_5:
+                    rc = self._client.connect(c.host, c.port, keepalive=c.keepalive,
+                                              clean_start=c.clean_session)
+                else:
+                    rc = self._client.connect(c.host, c.port, keepalive=c.keepalive)
             else:
                 rc = self._client.reconnect()
         except (OSError, ssl.SSLError, ValueError) as exc:
@@ -320,12 +367,18 @@ class PahoLink:
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 raise MqttCodeError(rc, f"subscribe {topic}")
 
-    def publish(self, topic, payload, qos=0, retain=False):
+    def publish(self, topic, payload, qos=0, retain=False, track=False):
+        """Queue one message; with track=True returns its mid, whose verdict lands in
+        publish_results[mid] when the broker acknowledges it (QoS 1)."""
         if not self.connected:
             raise MqttNotConnected(f"link down: cannot publish to {topic}")
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise MqttCodeError(info.rc, f"publish {topic}")
+        if track:
+            self.publish_results[info.mid] = None
+            return info.mid
+        return None
 
     def pending_out(self):
         """Bytes or QoS>0 messages still queued inside paho (a drain check)."""
@@ -342,9 +395,13 @@ class PahoLink:
 
     def _read(self):
         rc = self._client.loop_read()
+        if rc in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_AGAIN):
+            return
+        if getattr(self.last_error, "refusal", False):
+            return  # on_connect said why (paho then reports the closed socket too)
         if rc == MQTTErrorCode.MQTT_ERR_CONN_REFUSED:
             self.last_error = MqttConnectError(rc, "broker refused connection")
-        elif rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_AGAIN):
+        else:
             self.last_error = MqttCodeError(rc, "read")
 
     def _write(self):

@@ -61,6 +61,34 @@ def acl_broker():
     b.stop()
 
 
+@pytest.fixture(scope="session")
+def field_pki(tmp_path_factory):
+    """The field lab's CA and server certificate, made once per session (tests/fieldlab.py)."""
+    from tests.fieldlab import LabPKI
+
+    return LabPKI(str(tmp_path_factory.mktemp("field-pki")))
+
+
+@pytest.fixture
+def field_lab(tmp_path, field_pki):
+    """A factory: field_lab(devices=[...], groups={...}) -> tests.fieldlab.FieldLab.
+
+    Every lab it made is closed (agents, tools, broker) when the test ends."""
+    _need_mosquitto()
+    from tests.fieldlab import FieldLab
+
+    labs = []
+
+    def make(**kw):
+        lab = FieldLab(tmp_path / ("lab%d" % len(labs)), pki=field_pki, **kw)
+        labs.append(lab)
+        return lab
+
+    yield make
+    for lab in labs:
+        lab.close()
+
+
 @pytest.fixture
 def fleet_name():
     return unique("fleet")

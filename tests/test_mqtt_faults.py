@@ -92,7 +92,10 @@ def test_sigkill_during_stage_change_restarts_consistent(world_factory):
 
 def test_offline_device_converges_from_retained_desired(world_factory):
     world = world_factory()
-    agent = world.agent()
+    agent = world.agent().start()  # known to the fleet (its retained status), then offline
+    world.observer.wait_stage(0)
+    agent.stop()
+    world.observer.wait_for(lambda: world.observer.last_status()["online"] is False)
     r = agent.cli("publish-stage", "2", "--target", "group:pilot", "--devices", "gw1",
                   "--broker", world.broker.url, "--key", world.fleet_key_file,
                   "--fleet", world.fleet, "--timeout", "1", "--json")

@@ -73,7 +73,7 @@ def _body(payload):
 def _check_command(cmd):
     """Every field of an accepted command is of the type and range the runtime relies on."""
     assert isinstance(cmd.id, str) and len(cmd.id) == 16
-    assert type(cmd.seq) is int and 1 <= cmd.seq < 2**63
+    assert type(cmd.seq) is int and 1 <= cmd.seq <= p.MAX_SEQ
     assert cmd.plan == PLAN
     assert p.target_matches(cmd.target, DEVICE, GROUPS)
     assert isinstance(cmd.issued_at, (int, float)) and not isinstance(cmd.issued_at, bool)
@@ -159,7 +159,7 @@ def _mutate(data, how):
 
 @FUZZ
 @given(st.integers(0, len(OPS_ARGS) - 1), st.integers(0, len(TARGETS) - 1),
-       st.integers(1, 2**63 - 1), st.lists(mutation, min_size=1, max_size=4))
+       st.integers(1, p.MAX_SEQ), st.lists(mutation, min_size=1, max_size=4))
 def test_mutated_valid_commands(op_index, target_index, seq, mutations):
     original = _valid(op_index, target_index, seq)
     assert _decode_contract(original) is not None  # the unmutated one is accepted

@@ -2,7 +2,6 @@
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -41,6 +40,8 @@ def test_status_shows_each_device_and_refuses_forged_reports(world):
     assert summary["devices"] == 2 and summary["stages"] == {"0": 1, "1": 1}
     assert summary["bad_reports"] >= 1 and "gw3" not in report["devices"]
     assert report["devices"]["gw1"]["stage"] == 1 and summary["offline"] == []
+    # a report that cannot be read keeps the exit code non-zero until it is gone
+    world.operator.link.publish(P.device_topic(world.fleet, "gw3", "status"), b"", 1, True)
     # bring gw2 along: one stage, all online -> exit 0; then gw2 dies -> offline, exit 1
     assert op.publish_stage(1, "device:gw2", ["gw2"], timeout=15).acks["gw2"]["result"] == "applied"
     obs.wait_for(lambda: any(r["device"] == "gw2" and r.get("stage") == 1
@@ -63,10 +64,15 @@ def test_watch_follows_events(world):
          world.fleet_key_file, "--fleet", world.fleet, "--for", "6"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(1.5)  # let watch subscribe before the change
+        head = []
+        while not any(" devices; " in line for line in head):  # watch has subscribed
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read()
+            head.append(line)
         out = world.operator.publish_stage(1, "device:gw1", ["gw1"], timeout=15)
         assert out.acks["gw1"]["result"] == "applied"
         stdout, stderr = proc.communicate(timeout=30)
+        stdout = "".join(head) + stdout
     finally:
         if proc.poll() is None:
             proc.kill()

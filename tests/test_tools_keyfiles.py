@@ -66,11 +66,11 @@ def test_install_writes_the_key_0600_from_the_start(tmp_path, open_umask, modes_
     root = tmp_path / "root"
     args = argparse.Namespace(
         device_id="gw7", fleet="plant1", broker="mqtt://broker.local:1883", key=str(key),
-        group=None, environment="prod", username=None, password=None, ca=None, user="root",
-        exe="/opt/fs/bin/fleetstage", root=str(root), enable=False)
+        group=None, environment="prod", username=None, password=None, password_file=None,
+        ca=None, user="root", exe="/opt/fs/bin/fleetstage", root=str(root), enable=False)
     assert install_cmd._run(args) == 0
-    # config 0640, key 0600, unit 0644: each mode held while the bytes were written
-    assert modes_at_fsync == [0o640, 0o600, 0o644]
+    # config 0600, key 0600, unit 0644: each mode held while the bytes were written
+    assert modes_at_fsync == [0o600, 0o600, 0o644]
     key_path = root / "etc/fleetstage/device.key"
     assert stat.S_IMODE(os.stat(key_path).st_mode) == 0o600
     assert key_path.read_bytes() == data

@@ -8,6 +8,7 @@ metrics.sock, statsd, probes) and signal handling.
 Must never: start when the config, the key or the lock is wrong: it says which
 and exits non-zero, so systemd shows the reason.
 """
+import os
 import signal
 import sys
 import time
@@ -16,12 +17,14 @@ from agent import boot
 from agent import protocol as P
 from agent.agent_config import ConfigError, load_config
 from agent.runtime import will_message
+from agent.store import StoreError
 from firmware_shim.clock import SystemClock
 from firmware_shim.files import FileSystem
 from firmware_shim.machine import memory
 from firmware_shim.mqtt_paho import MqttConfig, MqttError, PahoLink, Will
 from tools.app_side import AppSide
 from tools.local_cmd import ConsoleServer, StateDirLock, StateDirLocked
+from tools.sd_notify import SdNotifier
 
 
 class AgentStartError(Exception):
@@ -55,12 +58,25 @@ def open_control(cfg, clock=None):
                              log)
 
 
+def broker_password(cfg):
+    """credentials.password, or the first line of credentials.password_file."""
+    if cfg.password_file is None:
+        return cfg.password
+    try:
+        with open(cfg.password_file) as f:
+            return f.readline().strip()
+    except OSError as exc:
+        raise AgentStartError(f"config field 'credentials.password_file': cannot read "
+                              f"{cfg.password_file}: {exc.strerror}") from None
+
+
 def link_config(cfg, key, guard_seq=None):
     topic, payload = will_message(cfg.fleet, cfg.device_id, cfg.groups, key, guard_seq)
     will = Will(topic, payload, qos=1, retain=True)
     return MqttConfig(
         cfg.host, cfg.port, client_id=cfg.device_id, username=cfg.username,
-        password=cfg.password, tls=cfg.tls, ca=cfg.tls_ca, cert=cfg.tls_cert, key=cfg.tls_key,
+        password=broker_password(cfg), tls=cfg.tls, ca=cfg.tls_ca, cert=cfg.tls_cert,
+        key=cfg.tls_key,
         # TLS's own switch, never the agent's `insecure` (that one is about
         # unsigned commands): a dev fleet still verifies its broker.
         insecure=cfg.tls_skip_hostname_check, keepalive=int(cfg.keepalive_s), will=will,
@@ -68,16 +84,37 @@ def link_config(cfg, key, guard_seq=None):
         backoff_max=cfg.backoff_max_s)
 
 
+def prepare_state_dir(path):
+    """The state dir, 0700 (created so, or narrowed if it is ours); files in it 0600."""
+    os.umask(0o077)
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        st = os.stat(path)
+        if st.st_uid == os.geteuid() and st.st_mode & 0o077:
+            os.chmod(path, 0o700)
+    except OSError as exc:
+        raise AgentStartError(f"state dir {path}: {exc.strerror}") from None
+
+
 def run_agent(cfg):
     if cfg.insecure:
         log("WARNING: insecure development mode: unsigned commands are ACCEPTED")
+    prepare_state_dir(cfg.state_dir)
     lock = StateDirLock(cfg.state_dir)
     try:
         lock.acquire()
     except StateDirLocked as exc:
         raise AgentStartError(str(exc)) from None
+    except OSError as exc:  # e.g. a full disk: the lock file cannot be written
+        raise AgentStartError(f"state dir {cfg.state_dir}: cannot write the lock file: "
+                              f"{exc.strerror}") from None
     try:
         agent = boot.boot(cfg, PiPlatform())
+    except StoreError as exc:
+        lock.release()
+        raise AgentStartError(f"the store in {cfg.state_dir} cannot be opened: {exc} (it is "
+                              "left untouched; an agent of the matching version reads it)"
+                              ) from None
     except BaseException:
         lock.release()
         raise
@@ -91,21 +128,27 @@ def run_agent(cfg):
         lock.release()
         raise AgentStartError(f"config field 'run_dir': {cfg.run_dir}: {exc}") from None
 
+    notifier = SdNotifier(log=log)
+
     def extra_poll():
         console.poll()
         apps.poll()
+        notifier.tick()  # the watchdog sees the loop turning, not just the process alive
 
     def stop(signum, frame):
         runtime.stopping = True
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+
     agent.start()  # after runtime.start(): a crash-loop rollback is reported too
     link.start()
     log(f"device {cfg.device_id} fleet {cfg.fleet} at stage {control.stage}; broker {cfg.broker}")
+    notifier.ready(f"stage {control.stage}")
     try:
         runtime.run(poll_ms=100, extra_poll=extra_poll)
     finally:
+        notifier.stopping()
         if link.connected:  # a clean DISCONNECT suppresses the will: say offline ourselves
             try:
                 link.publish(P.device_topic(cfg.fleet, cfg.device_id, "status"),
@@ -117,6 +160,7 @@ def run_agent(cfg):
         agent.close()
         console.close()
         lock.release()
+        notifier.close()
         log("stopped")
     return 0
 
@@ -127,6 +171,9 @@ def _run(args):
         return run_agent(cfg)
     except (ConfigError, AgentStartError, MqttError) as exc:
         log(f"cannot start: {exc}")
+        return 2
+    except OSError as exc:  # anything else the disk refuses at start: one line, no traceback
+        log(f"cannot start: {exc.filename or ''}: {exc.strerror or exc}")
         return 2
 
 

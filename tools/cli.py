@@ -8,6 +8,8 @@ import argparse
 import importlib
 import sys
 
+from agent import VERSION
+
 COMMAND_MODULES = [
     "tools.agent_cmd",
     "tools.keygen",
@@ -20,6 +22,8 @@ COMMAND_MODULES = [
     "tools.install_cmd",
     "tools.status_cmd",
     "tools.rollout_cmd",
+    "tools.broker_setup",
+    "tools.profile",
 ]
 
 
@@ -28,13 +32,23 @@ COMMAND_MODULES = [
 RESIDENT_COMMANDS = {"agent": "tools.agent_cmd"}
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A usage mistake is ONE line that says what to do (and exit code 2), not argparse's
+    usage block: `fleetstage publish-stage: argument stage: stage must be 1..4 (see
+    fleetstage publish-stage --help)`."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(only=None):
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="fleetstage",
         description="Staged feature-flag migrations on fleets of edge gateways,"
         " with automatic rollback.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument("--version", action="version", version="fleetstage " + VERSION)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     for name in COMMAND_MODULES if only is None else [only]:
         importlib.import_module(name).register(sub)
     return parser

@@ -13,6 +13,7 @@ waves grow from OperatorClient. Must never: report success for a device whose
 ack is missing, forged or rejected. Exit codes: 0 all applied, 1 a rejection,
 2 usage/connection error, 3 timeout.
 """
+import argparse
 import json
 import os
 import sys
@@ -21,7 +22,18 @@ import time
 from agent import protocol as P
 from agent.plan import Plan
 from firmware_shim.files import FileSystem
-from firmware_shim.mqtt_paho import MqttConfig, MqttError, MqttLoop, PahoLink
+from firmware_shim.mqtt_paho import (
+    MQTT_5,
+    NOT_AUTHORISED,
+    MqttConfig,
+    MqttConnectError,
+    MqttError,
+    MqttLoop,
+    MqttNotConnected,
+    PahoLink,
+)
+from tools import profile
+from tools.operator_seq import MemorySeq, SeqError, SeqStore, default_state_dir
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
 
@@ -31,25 +43,31 @@ class OperatorError(Exception):
 
 
 class Outcome:
-    """What came back for one command: {device: ack dict} plus the devices still silent."""
+    """What came back for one command: {device: ack dict} plus the devices still silent.
+
+    unverified: devices whose ack named this command but did not verify under our
+    fleet key (a wrong --key, or a command for another fleet): never "silent".
+    """
 
     def __init__(self, command_id, desired_id, seq, op, args, target, devices):
         self.command_id, self.desired_id, self.seq = command_id, desired_id, seq
         self.op, self.args, self.target = op, args, target
         self.devices = list(devices)
         self.acks = {}
+        self.unverified = {}
         self.desired_devices = []
+        self.desired_note = None
 
     @property
     def missing(self):
-        return [d for d in self.devices if d not in self.acks]
+        return [d for d in self.devices if d not in self.acks and d not in self.unverified]
 
     @property
     def rejected(self):
         return sorted(d for d, a in self.acks.items() if a.get("result") == P.REJECTED)
 
     def exit_code(self):
-        if self.rejected:
+        if self.rejected or self.unverified:
             return EXIT_REJECTED
         if self.missing:
             return EXIT_TIMEOUT
@@ -60,42 +78,57 @@ class Outcome:
                 "op": self.op, "args": self.args, "target": self.target,
                 "devices": {d: self.acks.get(d) for d in self.devices},
                 "missing": self.missing, "rejected": self.rejected,
-                "desired_signed_for": self.desired_devices,
+                "unverified": sorted(self.unverified),
+                "desired_signed_for": self.desired_devices, "desired_note": self.desired_note,
                 "ok": self.exit_code() == EXIT_OK}
 
 
 class OperatorClient:
+    """One operator MQTT session (MQTT 5, its own client id).
+
+    seq: where sequence numbers come from (tools.operator_seq.SeqStore, durable;
+    default MemorySeq). They never come from a device's report. inventory:
+    {device: [groups]} from the fleet inventory; when given it is authoritative
+    (targets are resolved against it, not against the groups devices report).
+    """
+
     def __init__(self, broker_url, fleet, fleet_key, plan=None, username=None, password=None,
                  ca=None, cert=None, client_key=None, tls_insecure=False, client_id=None,
-                 loop=None):
+                 loop=None, seq=None, inventory=None):
         self.fleet = P.validate_id(fleet, "fleet")
         self.fleet_key = fleet_key
         self.plan = plan or Plan.default()
         config = MqttConfig.from_url(
             broker_url, client_id=client_id or "operator-" + P.new_command_id(),
             username=username, password=password, ca=ca, cert=cert, key=client_key,
-            insecure=tls_insecure, backoff_min=0.2, backoff_max=2.0)
+            insecure=tls_insecure, backoff_min=0.2, backoff_max=2.0, protocol=MQTT_5)
         self.loop = loop or MqttLoop()
         self.link = PahoLink(config)
         self.link.set_callbacks(on_message=self._on_message)
         self.loop.add(self.link)
-        self.inventory = {}  # device -> groups, from retained status
+        self.authoritative = inventory is not None
+        self.inventory = {d: sorted(g) for d, g in (inventory or {}).items()}
+        self.reported_groups = {}  # device -> groups its verified status claims
         self.online = {}
         self._waiting = {}  # message id -> Outcome
         self.bad_reports = 0
-        # Highest sequence number any device's guard holds (its verified status
-        # says so), and the last one we issued: the next command goes above both.
+        # Each device's guard as its own report claims it: SHOWN (status), never followed.
         self.guard_seqs = {}
-        self._last_seq = 0
+        self.seq = seq or MemorySeq()
 
     # -- connection --------------------------------------------------------
     def connect(self, timeout=10.0):
         self.link.subscribe(P.device_wildcard(self.fleet, "ack"))
         self.link.subscribe(P.device_wildcard(self.fleet, "status"))
         self.link.start()
-        if not self.loop.run_until(lambda: self.link.connected, timeout):
-            raise OperatorError(f"cannot connect to the broker: {self.link.last_error}")
+        if not self.loop.run_until(lambda: self.link.connected or self._refused(), timeout) \
+                or not self.link.connected:
+            raise OperatorError(connect_failure(self.link))
         return self
+
+    def _refused(self):
+        return isinstance(self.link.last_error, MqttConnectError) and \
+            self.link.last_error.refusal and self.link.last_error.rc in NOT_AUTHORISED
 
     def close(self):
         self.loop.run_until(lambda: not self.link.pending_out(), 2.0)
@@ -107,9 +140,9 @@ class OperatorClient:
         last_count, last_change = -1, time.monotonic()
         while time.monotonic() < deadline:
             self.loop.run_once(0.05)
-            if len(self.inventory) != last_count:
-                last_count, last_change = len(self.inventory), time.monotonic()
-            if expect is not None and len(self.inventory) >= expect:
+            if len(self.online) != last_count:
+                last_count, last_change = len(self.online), time.monotonic()
+            if expect is not None and len(self.online) >= expect:
                 break
             if expect is None and time.monotonic() - last_change >= quiet_s:
                 break
@@ -131,13 +164,18 @@ class OperatorClient:
             report = P.decode_report(payload, P.derive_device_key(self.fleet_key, device), leaf)
         except P.ProtocolError:
             self.bad_reports += 1  # forged or garbled: never counted as an answer
+            if leaf == "ack":
+                self._note_unverified_ack(device, payload)
             return
         if report.get("device") != device:
             self.bad_reports += 1
             return
         if leaf == "status":
-            if report.get("groups") is not None or device not in self.inventory:
-                self.inventory[device] = list(report.get("groups") or [])
+            groups = report.get("groups")
+            if groups is not None:
+                self.reported_groups[device] = list(groups)
+            if not self.authoritative and (groups is not None or device not in self.inventory):
+                self.inventory[device] = list(groups or [])
             self.online[device] = bool(report.get("online"))
             self._note_guard_seq(device, report.get("extra"))
         elif leaf == "ack":
@@ -145,41 +183,77 @@ class OperatorClient:
             if outcome is not None and device in outcome.devices:
                 self._take_ack(outcome, device, report)
 
+    def _note_unverified_ack(self, device, payload):
+        """An ack naming one of our commands that our fleet key cannot verify: the
+        device holds a key of another fleet key (ours is wrong), or someone forged it."""
+        try:
+            claimed = P.decode_report(payload, None, "ack", device)
+        except P.ProtocolError:
+            return
+        outcome = self._waiting.get(claimed.get("id"))
+        if outcome is not None and device in outcome.devices and device not in outcome.acks:
+            outcome.unverified[device] = claimed.get("reason") or claimed.get("result")
+
     def _note_guard_seq(self, device, extra):
         seq = extra.get("guard_seq") if isinstance(extra, dict) else None
-        if isinstance(seq, int) and not isinstance(seq, bool) and 0 <= seq < P.MAX_SEQ:
-            self.guard_seqs[device] = max(seq, self.guard_seqs.get(device, 0))
+        if isinstance(seq, int) and not isinstance(seq, bool) and 0 <= seq <= P.MAX_SEQ:
+            self.guard_seqs[device] = seq
 
     def next_seq(self, devices=None):
-        """Above our wall clock in ms, above every guard we have seen, above our last one.
+        """Two fresh numbers from our own sequence (the command, then its desired state).
 
-        A command once sent from a machine whose clock ran fast left the
-        devices' guards far ahead; with the wall clock alone every later
-        command (emergency rollback too) would be stale_sequence. `devices`
-        narrows the guards considered to the targeted ones (None: all seen).
+        `devices` is accepted for old callers and ignored: what a device reports
+        never moves the operator's sequence (see tools/operator_seq.py).
         """
-        seen = self.guard_seqs.values() if devices is None else [
-            self.guard_seqs.get(d, 0) for d in devices]
-        seq = P.next_seq(max([self._last_seq, *seen]), time.time())
-        if seq + 1 > P.MAX_SEQ:  # +1: the desired state goes out as seq + 1
-            raise OperatorError(f"a device's guard holds sequence {seq - 1}: no higher "
-                                "sequence number is left")
-        self._last_seq = seq
-        return seq
-
-    def _await_guards(self, devices, timeout=1.0):
-        """Give the targeted devices' retained statuses a moment to arrive (carry guard_seq).
-
-        Only a device with no status at all is waited for: an offline one's
-        retained status is its last will, which carries no guard_seq.
-        """
-        self.loop.run_until(lambda: all(d in self.inventory for d in devices), timeout)
+        try:
+            return self.seq.reserve(2)
+        except SeqError as exc:
+            raise OperatorError(str(exc)) from None
 
     def _take_ack(self, outcome, device, ack):
         if ack.get("id") == outcome.command_id and device not in outcome.acks:
             outcome.acks[device] = ack  # the first ack counts; QoS 1 may repeat it
+            outcome.unverified.pop(device, None)
+
+    # -- publishing --------------------------------------------------------
+    def publish(self, topic, payload, retain=False, timeout=10.0):
+        """Publish at QoS 1 and wait for the broker's PUBACK; retried across a reconnect.
+
+        Raises OperatorError when the broker refuses it (MQTT 5 reason code, e.g.
+        the ACL: "Not authorized") or when no PUBACK comes within `timeout`.
+        """
+        if len(payload) > P.MAX_PAYLOAD:
+            raise OperatorError(f"message of {len(payload)} bytes exceeds the "
+                                f"{P.MAX_PAYLOAD}-byte limit: target groups, not all")
+        deadline = time.monotonic() + timeout
+        mid = None
+        while mid is None:
+            if not self.loop.run_until(lambda: self.link.connected,
+                                       max(0.0, deadline - time.monotonic())):
+                raise OperatorError(f"broker link down, cannot publish to {topic}: "
+                                    f"{self.link.last_error}")
+            try:
+                mid = self.link.publish(topic, payload, qos=1, retain=retain, track=True)
+            except MqttNotConnected:
+                continue  # dropped between the check and the call: wait for the reconnect
+        results = self.link.publish_results
+        # paho re-sends an unacknowledged QoS 1 message after a reconnect itself.
+        if not self.loop.run_until(lambda: results.get(mid) is not None,
+                                   max(0.0, deadline - time.monotonic())):
+            results.pop(mid, None)
+            raise OperatorError(f"the broker did not acknowledge the publish to {topic}")
+        verdict = results.pop(mid)
+        if verdict:
+            raise OperatorError(f"the broker refused the publish to {topic} ({verdict}): this "
+                                f"login may not publish for fleet {self.fleet}; use the "
+                                "operator login")
 
     # -- commands ----------------------------------------------------------
+    def known(self, device):
+        """Seen in this fleet: a verified status (the inventory alone says nothing about
+        the fleet name being right)."""
+        return device in self.online
+
     def devices_for(self, target, devices=None, expect=None):
         if devices:
             for d in devices:
@@ -191,23 +265,21 @@ class OperatorClient:
         self.discover(expect=expect)
         found = P.select_devices(target, self.inventory)
         if not found:
-            raise OperatorError(f"no devices known for target {target}: pass --devices or "
-                                "--expect (devices announce themselves with retained status)")
+            raise OperatorError(f"no devices known for target {target} in fleet {self.fleet}: "
+                                "check the fleet name (--fleet), or pass --devices / --expect "
+                                "(devices announce themselves with a retained status)")
         return found
 
     def send(self, op, args, target, devices):
         """Publish the signed command (QoS 1); returns the Outcome that collects its acks."""
-        self._await_guards(devices)
-        # desired state goes out as seq + 1: keep both above every guard
         seq = self.next_seq(devices)
-        self._last_seq = seq + 1
         command_id = P.new_command_id()
         cmd = P.encode_command(op, args, target, seq, self.plan.hash, self.fleet_key,
                                devices=devices, command_id=command_id, issued_at=int(time.time()),
-                               max_stage=self.plan.max_stage)
+                               max_stage=self.plan.max_stage, fleet=self.fleet)
         outcome = Outcome(command_id, None, seq, op, args, target, devices)
         self._waiting[command_id] = outcome
-        self.link.publish(P.cmd_topic(self.fleet, target), cmd, qos=1)
+        self.publish(P.cmd_topic(self.fleet, target), cmd)
         return outcome
 
     def publish_desired(self, outcome, stage, emergency=False, reason=None):
@@ -215,9 +287,21 @@ class OperatorClient:
 
         Published after the acks: a device that refused (not_ready, quarantined)
         finds no signature for itself and stays where it is, as its ack said;
-        a silent (offline) device converges from it when it comes back.
+        a silent (offline) device converges from it when it comes back. Nothing
+        is retained when an ack did not verify (our key is not the fleet's) or
+        when no targeted device is known at all (a typo in a target or a fleet
+        name must not leave a retained message behind).
         """
+        if outcome.unverified:
+            outcome.desired_note = ("nothing retained: acks from {} do not verify with this "
+                                    "fleet key (check --key and --fleet)".format(
+                                        ", ".join(sorted(outcome.unverified))))
+            return None
         devices = [d for d in outcome.devices if d not in outcome.rejected]
+        if not any(self.known(d) or d in outcome.acks for d in devices):
+            outcome.desired_note = ("nothing retained: no targeted device is known in fleet "
+                                    f"{self.fleet} (check the fleet name and the target)")
+            return None
         outcome.desired_devices = devices
         if not devices:
             return None
@@ -225,10 +309,17 @@ class OperatorClient:
         payload = P.encode_desired(outcome.target, stage, outcome.seq + 1, self.plan.hash,
                                    self.fleet_key, devices=devices, emergency=emergency,
                                    reason=reason, command_id=outcome.desired_id,
-                                   issued_at=int(time.time()), max_stage=self.plan.max_stage)
-        self.link.publish(P.desired_topic(self.fleet, outcome.target), payload, qos=1,
-                          retain=True)
-        self.loop.run_until(lambda: not self.link.pending_out(), 5.0)
+                                   issued_at=int(time.time()), max_stage=self.plan.max_stage,
+                                   fleet=self.fleet)
+        topic = P.desired_topic(self.fleet, outcome.target)
+        self.publish(topic, payload, retain=True)
+        try:
+            self.seq.ledger.record(topic, outcome.desired_id, outcome.seq + 1, payload)
+        except (SeqError, OSError) as exc:  # retained already; only the replay check is lost
+            print(f"fleetstage: cannot record the desired state: {exc}", file=sys.stderr)
+        if outcome.missing:
+            outcome.desired_note = (f"desired state {outcome.desired_id} retained: silent "
+                                    "devices converge when they reconnect")
         return outcome.desired_id
 
     def wait(self, outcome, timeout):
@@ -252,6 +343,20 @@ class OperatorClient:
         return outcome
 
 
+def connect_failure(link):
+    """One line for a link that did not connect."""
+    err = link.last_error
+    host = f"{link.config.host}:{link.config.port}"
+    if err is None:
+        return f"cannot connect to the broker at {host}: no answer"
+    text = str(err)
+    if isinstance(err, MqttConnectError) and err.refusal and err.rc in NOT_AUTHORISED:
+        return f"broker at {host}: not authorised (check --username and --password-file)"
+    if "Errno" in text or "refused" in text.lower() or "timed out" in text:
+        return f"cannot connect to the broker at {host} (is it running, is the port right?)"
+    return f"cannot connect to the broker at {host}: {text}"
+
+
 # ---------------------------------------------------------------- the CLI
 
 def _print_table(outcome):
@@ -260,48 +365,120 @@ def _print_table(outcome):
     print("  {:<28} {:<10} {:<16} {}".format("DEVICE", "RESULT", "REASON", "DETAIL"))
     for d in outcome.devices:
         ack = outcome.acks.get(d)
+        if ack is None and d in outcome.unverified:
+            print("  {:<28} {:<10} {:<16} {}".format(d, "?", "unverified",
+                                                    "its ack does not verify with this key"))
+            continue
         if ack is None:
             print("  {:<28} {:<10} {:<16} {}".format(d, "-", "timeout", "no ack"))
             continue
         detail = ack.get("detail")
         if isinstance(detail, list):
-            detail = "; ".join(detail)
-        print("  {:<28} {:<10} {:<16} {}".format(d, ack.get("result"), ack.get("reason") or "",
-                                                detail or ""))
+            detail = "; ".join(str(x) for x in detail)
+        print("  {:<28} {:<10} {:<16} {}".format(d, str(ack.get("result")),
+                                                str(ack.get("reason") or ""), detail or ""))
     n = len(outcome.devices)
-    print(f"{n - len(outcome.missing) - len(outcome.rejected)}/{n} applied, "
-          f"{len(outcome.rejected)} rejected, {len(outcome.missing)} silent")
-    if outcome.missing and outcome.desired_id:
-        print(f"desired state {outcome.desired_id} retained: silent devices converge when "
-              "they reconnect")
+    print(f"{n - len(outcome.missing) - len(outcome.rejected) - len(outcome.unverified)}/{n} "
+          f"applied, {len(outcome.rejected)} rejected, {len(outcome.unverified)} unverified, "
+          f"{len(outcome.missing)} silent")
+    if outcome.desired_note:
+        print(outcome.desired_note)
 
 
-def _read_secret(path):
+def read_secret(path, what="--password-file"):
     if not path:
         return None
-    with open(path) as f:
-        return f.read().strip()
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError as exc:
+        raise OperatorError(f"cannot read {what} {path}: {exc.strerror}") from None
+
+
+def read_fleet_key(path):
+    """The fleet key from a key file; OperatorError (one line) for anything else."""
+    if not path:
+        raise OperatorError("no fleet key: pass --key FILE or set it in a profile "
+                            "(fleetstage profile add ...)")
+    try:
+        with open(path, "rb") as f:
+            info = P.parse_key_file(f.read())
+    except OSError as exc:
+        raise OperatorError(f"cannot read the key file {path}: {exc.strerror}") from None
+    except P.ProtocolError as exc:
+        raise OperatorError(f"{path} is not a fleetstage key file: {exc}") from None
+    if info.kind == "device":
+        raise OperatorError(f"{path} is a device key; the operator signs with the fleet key")
+    return info.key
+
+
+def read_inventory(path):
+    """{device: [groups]} from the fleet inventory (the devices.json of broker-setup)."""
+    if not path:
+        return None
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except OSError as exc:
+        raise OperatorError(f"cannot read the inventory {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise OperatorError(f"the inventory {path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise OperatorError(f"the inventory {path} must map device ids to {{groups: [...]}}")
+    out = {}
+    for device, spec in data.items():
+        groups = spec.get("groups", []) if isinstance(spec, dict) else None
+        if not isinstance(groups, list):
+            raise OperatorError(f"the inventory {path}: {device}.groups must be a list")
+        out[device] = sorted(str(g) for g in groups)
+    return out
+
+
+def resolve_args(args):
+    """Apply the profile, then check what every operator command needs; returns args."""
+    try:
+        profile.apply(args)
+    except profile.ProfileError as exc:
+        raise OperatorError(str(exc)) from None
+    args.fleet = args.fleet or os.environ.get("FLEETSTAGE_FLEET")
+    if not args.broker:
+        raise OperatorError("no broker: pass --broker URL or use a profile "
+                            "(fleetstage profile add NAME --broker ... --fleet ... --key ...)")
+    if not args.fleet:
+        raise OperatorError("--fleet is required (or a profile, or FLEETSTAGE_FLEET)")
+    try:
+        P.validate_id(args.fleet, "fleet")
+    except P.ProtocolError as exc:
+        raise OperatorError(str(exc)) from None
+    return args
+
+
+def seq_store(args):
+    return SeqStore(args.state_dir or default_state_dir(), args.fleet)
 
 
 def client_from_args(args):
-    with open(args.key, "rb") as f:
-        info = P.parse_key_file(f.read())
-    if info.kind == "device":
-        raise OperatorError(f"{args.key} is a device key; the operator signs with the fleet key")
-    fleet = args.fleet or os.environ.get("FLEETSTAGE_FLEET")
-    if not fleet:
-        raise OperatorError("--fleet is required (or set FLEETSTAGE_FLEET)")
-    plan = Plan.load(args.plan, FileSystem()) if args.plan else None
-    return OperatorClient(args.broker, fleet, info.key, plan=plan, username=args.username,
-                          password=_read_secret(args.password_file), ca=args.ca, cert=args.cert,
-                          client_key=args.client_key, tls_insecure=args.tls_insecure)
+    resolve_args(args)
+    key = read_fleet_key(args.key)
+    try:
+        plan = Plan.load(args.plan, FileSystem()) if args.plan else None
+    except (OSError, ValueError) as exc:
+        raise OperatorError(f"cannot load the plan {args.plan}: {exc}") from None
+    try:
+        return OperatorClient(args.broker, args.fleet, key, plan=plan, username=args.username,
+                              password=read_secret(args.password_file), ca=args.ca,
+                              cert=args.cert, client_key=args.client_key,
+                              tls_insecure=args.tls_insecure, seq=seq_store(args),
+                              inventory=read_inventory(args.inventory))
+    except MqttError as exc:
+        raise OperatorError(str(exc)) from None
 
 
 def _run(args):
     try:
         client = client_from_args(args)
         client.connect(min(args.timeout, 10.0))
-    except (OperatorError, OSError, MqttError, P.ProtocolError, ValueError) as exc:
+    except (OperatorError, MqttError, P.ProtocolError) as exc:
         print(f"fleetstage {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
@@ -315,6 +492,9 @@ def _run(args):
             outcome = client.rollback(args.stage, args.target, devices, args.timeout)
         else:
             outcome = client.emergency_rollback(args.reason, args.target, devices, args.timeout)
+    except P.CommandRejected as exc:
+        print(f"fleetstage {args.command}: {exc.detail}", file=sys.stderr)
+        return EXIT_USAGE
     except (OperatorError, MqttError, P.ProtocolError) as exc:
         print(f"fleetstage {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -328,18 +508,23 @@ def _run(args):
 
 
 def add_connection_options(p):
-    """The options client_from_args reads: broker, fleet key, fleet, plan, credentials, TLS.
-    Every operator-side command (publish-stage, rollback, rollout...) takes these."""
-    p.add_argument("--broker", required=True, help="mqtt://host:port or mqtts://host:port")
-    p.add_argument("--key", required=True, help="the fleet key file")
-    p.add_argument("--fleet", help="fleet name (default: $FLEETSTAGE_FLEET)")
+    """The options client_from_args reads: profile, broker, fleet key, fleet, plan,
+    credentials, TLS, inventory, state dir. Every operator-side command takes these;
+    any left out comes from the profile (tools/profile.py)."""
+    profile.add_profile_option(p)
+    p.add_argument("--broker", help="mqtt://host:port or mqtts://host:port (operator listener)")
+    p.add_argument("--key", help="the fleet key file")
+    p.add_argument("--fleet", help="fleet name (default: the profile's, or $FLEETSTAGE_FLEET)")
     p.add_argument("--plan", help="plan file (default: the built-in runbook plan)")
-    p.add_argument("--username")
-    p.add_argument("--password-file")
-    p.add_argument("--ca")
-    p.add_argument("--cert")
+    p.add_argument("--username", help="broker login (the operator's)")
+    p.add_argument("--password-file", help="file holding the broker password")
+    p.add_argument("--ca", help="CA certificate for mqtts://")
+    p.add_argument("--cert", help="client certificate (with --client-key)")
     p.add_argument("--client-key")
     p.add_argument("--tls-insecure", action="store_true", help="skip the TLS host-name check")
+    p.add_argument("--inventory", help="fleet inventory JSON (authoritative groups)")
+    p.add_argument("--state-dir", help="where this operator keeps its sequence numbers "
+                   "(default ~/.local/state/fleetstage)")
 
 
 def _common(p):
@@ -353,12 +538,47 @@ def _common(p):
     p.set_defaults(handler=_run)
 
 
+def _stage(max_stage=P.MAX_STAGE, low=0):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a stage number") from None
+        if not low <= value <= max_stage:
+            raise argparse.ArgumentTypeError(f"stage must be {low}..{max_stage}")
+        return value
+    return parse
+
+
+def _seq(args):
+    """fleetstage seq: show this operator's last sequence number, or move it past N."""
+    try:
+        profile.apply(args)
+        args.fleet = args.fleet or os.environ.get("FLEETSTAGE_FLEET")
+        if not args.fleet:
+            raise OperatorError("--fleet is required (or a profile, or FLEETSTAGE_FLEET)")
+        store = seq_store(args)
+        last = store.raise_to(args.after) if args.after is not None else store.last()
+    except (OperatorError, SeqError, profile.ProfileError) as exc:
+        print(f"fleetstage seq: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"fleet {args.fleet}: last sequence number {last} ({store.path})")
+    return EXIT_OK
+
+
 def register(sub):
+    p = sub.add_parser("seq", help="this operator's sequence number (show, or --after N)")
+    profile.add_profile_option(p)
+    p.add_argument("--fleet")
+    p.add_argument("--state-dir")
+    p.add_argument("--after", type=int, help="move past N (a guard another operator's "
+                   "fast clock left ahead); refused beyond 30 days past this clock")
+    p.set_defaults(handler=_seq)
     p = sub.add_parser("publish-stage", help="move devices to stage N (signed, waits for acks)")
-    p.add_argument("stage", type=int)
+    p.add_argument("stage", type=_stage(low=1))
     _common(p)
     p = sub.add_parser("rollback", help="roll devices back to stage N")
-    p.add_argument("stage", type=int)
+    p.add_argument("stage", type=_stage(P.MAX_STAGE - 1))
     _common(p)
     p = sub.add_parser("emergency-rollback", help="every targeted device straight to stage 0")
     p.add_argument("--reason", required=True)

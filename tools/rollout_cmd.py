@@ -195,12 +195,13 @@ class Wire:
             if isinstance(decision, Send):
                 payload = P.encode_command(decision.op, decision.args, target, seq, plan.hash,
                                            c.fleet_key, devices=devices, command_id=cid,
-                                           issued_at=issued, max_stage=plan.max_stage)
+                                           issued_at=issued, max_stage=plan.max_stage,
+                                           fleet=c.fleet)
                 c.link.publish(P.cmd_topic(c.fleet, target), payload, qos=1)
             else:
                 payload = P.encode_desired(target, decision.stage, seq, plan.hash, c.fleet_key,
                                            devices=devices, command_id=cid, issued_at=issued,
-                                           max_stage=plan.max_stage)
+                                           max_stage=plan.max_stage, fleet=c.fleet)
                 c.link.publish(P.desired_topic(c.fleet, target), payload, qos=1, retain=True)
             c.loop.run_once(0)
         c.loop.run_until(lambda: not c.link.pending_out(), 10.0)

@@ -24,6 +24,7 @@ from agent.protocol._wire import (
     MALFORMED,
     MAX_BODY,
     MAX_FLAG_NAME_LEN,
+    MAX_ID_LEN,
     MAX_ISSUED_AT,
     MAX_PAYLOAD,
     MAX_REASON_LEN,
@@ -39,6 +40,7 @@ from agent.protocol._wire import (
     UNKNOWN_OP,
     VERSION,
     WRONG_PLAN,
+    BadId,
     BadTarget,
     CommandInvalid,
     CommandRejected,
@@ -133,6 +135,9 @@ def next_seq(last_seq, now_wall):
 _CMD_FIELDS = ("v", "kind", "id", "seq", "plan", "target", "op", "args", "issued_at")
 _DESIRED_FIELDS = ("v", "kind", "id", "seq", "plan", "target", "stage", "emergency", "reason",
                    "issued_at")
+# Optional in the body (an older operator omits it); a decoder given `fleet` refuses
+# any other fleet.
+_OPTIONAL_FIELDS = ("fleet",)
 
 
 def _malformed(detail, command_id=None):
@@ -191,7 +196,7 @@ def _check_args(op, args, max_stage, command_id):
 def _check_common(env, kind, fields, command_id):
     """Fields every signed envelope has; raises malformed."""
     for k in env:
-        if k not in fields:
+        if k not in fields and k not in _OPTIONAL_FIELDS:
             _malformed(f"unknown field {str(k)[:40]!r}", command_id)
     for k in fields:
         if k not in env:
@@ -202,7 +207,7 @@ def _check_common(env, kind, fields, command_id):
         _malformed(f"expected a {kind} message", command_id)
     seq = env["seq"]
     if not _is_int(seq) or not 1 <= seq <= MAX_SEQ:
-        _malformed("seq must be an integer 1..2**63-1", command_id)
+        _malformed("seq must be an integer 1..2**53", command_id)
     _check_text(env["plan"], "plan hash", 128, command_id)
     try:
         parse_target(env["target"])
@@ -211,6 +216,11 @@ def _check_common(env, kind, fields, command_id):
     at = env["issued_at"]
     if not (_is_int(at) or isinstance(at, float)) or not 0 <= at <= MAX_ISSUED_AT:
         _malformed("issued_at must be a number 0..2**53", command_id)
+    if "fleet" in env:
+        try:
+            validate_id(env["fleet"], "fleet")
+        except BadId as exc:
+            _malformed(str(exc), command_id)
 
 
 def _check_command_id(value):
@@ -293,7 +303,7 @@ def _encode(env, kind, fleet_key, devices, max_stage, keys=None):
 
 
 def encode_command(op, args, target, seq, plan_hash, fleet_key, devices=None, command_id=None,
-                   issued_at=0, max_stage=MAX_STAGE, keys=None):
+                   issued_at=0, max_stage=MAX_STAGE, keys=None, fleet=None):
     """Signed command bytes. fleet_key None makes an unsigned one (insecure mode only).
 
     devices: the ids to sign for (select_devices(target, inventory)); optional for
@@ -302,15 +312,20 @@ def encode_command(op, args, target, seq, plan_hash, fleet_key, devices=None, co
     env = {"v": VERSION, "kind": KIND_CMD, "id": command_id or new_command_id(), "seq": seq,
            "plan": plan_hash, "target": target, "op": op, "args": args,
            "issued_at": issued_at}
+    if fleet is not None:
+        env["fleet"] = fleet
     return _encode(env, KIND_CMD, fleet_key, devices, max_stage, keys)
 
 
 def encode_desired(target, stage, seq, plan_hash, fleet_key, devices=None, emergency=False,
-                   reason=None, command_id=None, issued_at=0, max_stage=MAX_STAGE, keys=None):
+                   reason=None, command_id=None, issued_at=0, max_stage=MAX_STAGE, keys=None,
+                   fleet=None):
     """Signed desired-state bytes (publish retained on desired_topic(fleet, target))."""
     env = {"v": VERSION, "kind": KIND_DESIRED, "id": command_id or new_command_id(),
            "seq": seq, "plan": plan_hash, "target": target, "stage": stage,
            "emergency": emergency, "reason": reason, "issued_at": issued_at}
+    if fleet is not None:
+        env["fleet"] = fleet
     return _encode(env, KIND_DESIRED, fleet_key, devices, max_stage, keys)
 
 
@@ -394,7 +409,7 @@ def _verify(body, sigs, kind, key, device_id, insecure):
 
 
 def _decode(payload, kind, key, device_id, groups, plan_hash, max_stage, insecure,
-            max_payload):
+            max_payload, fleet=None):
     body, sigs = _unwrap(payload, max_payload)
     _verify(body, sigs, kind, key, device_id, insecure)
     try:
@@ -404,6 +419,12 @@ def _decode(payload, kind, key, device_id, groups, plan_hash, max_stage, insecur
     if not isinstance(env, dict):
         _malformed("body is not a map")
     command_id = _validate(env, kind, max_stage)
+    if fleet is not None and env.get("fleet", fleet) != fleet:
+        # Same key, other fleet: a replay from one fleet's topics onto another's must
+        # not apply. (A body without the field comes from an operator older than the
+        # binding; every fleetstage operator now signs it.)
+        raise CommandRejected(BAD_SIGNATURE, "signed for fleet {!r}, not this one".format(
+            str(env.get("fleet"))[:MAX_ID_LEN]), command_id)
     if not target_matches(env["target"], device_id, groups):
         _malformed("target {} does not include this device".format(env["target"]), command_id)
     if plan_hash is not None and env["plan"] != plan_hash:
@@ -412,7 +433,7 @@ def _decode(payload, kind, key, device_id, groups, plan_hash, max_stage, insecur
 
 
 def decode_command(payload, key, device_id, groups=(), plan_hash=None, max_stage=MAX_STAGE,
-                   insecure=False, max_payload=MAX_PAYLOAD):
+                   insecure=False, max_payload=MAX_PAYLOAD, fleet=None):
     """Bytes from a cmd topic -> Command, or raises CommandRejected.
 
     Order of checks (the first failing one names the reason): size and outer
@@ -423,18 +444,18 @@ def decode_command(payload, key, device_id, groups=(), plan_hash=None, max_stage
     ReplayGuard's job; not_ready / quarantined are the runtime's.
     """
     env, command_id, digest = _decode(payload, KIND_CMD, key, device_id, groups, plan_hash,
-                                      max_stage, insecure, max_payload)
+                                      max_stage, insecure, max_payload, fleet)
     return Command(command_id, env["seq"], env["plan"], env["target"], env["op"],
                    env["args"], env["issued_at"], digest)
 
 
 def decode_desired(payload, key, device_id, groups=(), plan_hash=None, max_stage=MAX_STAGE,
-                   insecure=False, max_payload=MAX_PAYLOAD):
+                   insecure=False, max_payload=MAX_PAYLOAD, fleet=None):
     """Bytes from a desired topic -> DesiredState (same checks as decode_command).
 
     An empty retained payload means "cleared": the runtime skips it before calling.
     """
     env, command_id, digest = _decode(payload, KIND_DESIRED, key, device_id, groups, plan_hash,
-                                      max_stage, insecure, max_payload)
+                                      max_stage, insecure, max_payload, fleet)
     return DesiredState(command_id, env["seq"], env["plan"], env["target"], env["stage"],
                         env["emergency"], env["reason"], env["issued_at"], digest)

@@ -55,8 +55,12 @@ class ReplayGuard:
         last_seq = state.get(cls.KEY_SEQ, 0)
         if last_seq is None:
             last_seq = 0
-        if not _is_int(last_seq) or not 0 <= last_seq <= MAX_SEQ:
+        if not _is_int(last_seq) or last_seq < 0:
             raise GuardStateError(f"stored {cls.KEY_SEQ} is not a sequence number")
+        if last_seq > MAX_SEQ:
+            # Pushed past the end (the old operator followed a device's reported guard):
+            # no operator could ever pass it again, so it counts as a fresh device.
+            last_seq = 0
         recent = state.get(cls.KEY_RECENT) or []
         if not isinstance(recent, list):
             raise GuardStateError(f"stored {cls.KEY_RECENT} is not a list")

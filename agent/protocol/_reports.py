@@ -26,10 +26,12 @@ from firmware_shim.crypto import compare_digest, hmac_sha256
 
 # --------------------------------------------------------------------- reports
 
-def _encode_report(kind, device_id, body, key, now):
+def _encode_report(kind, device_id, body, key, now, fleet=None):
     body["v"] = VERSION
     body["kind"] = kind
     body["device"] = validate_id(device_id)
+    if fleet is not None:
+        body["fleet"] = fleet  # signed: a report cannot be replayed onto another fleet
     if now is not None:
         body["at"] = now
     if key is not None:
@@ -46,7 +48,7 @@ def _short(detail):
 
 
 def encode_ack(command_id, result, reason=None, detail=None, state=None, device_id="unknown",
-               seq=None, key=None, now=None):
+               seq=None, key=None, now=None, fleet=None):
     """The ack for one command: result applied|duplicate|rejected (+ reason code)."""
     if result not in RESULTS:
         raise LocalProtocolError("ack result must be one of " + ", ".join(RESULTS))
@@ -59,34 +61,36 @@ def encode_ack(command_id, result, reason=None, detail=None, state=None, device_
                         ("seq", seq)):
         if value is not None:
             body[name] = value
-    return _encode_report("ack", device_id, body, key, now)
+    return _encode_report("ack", device_id, body, key, now, fleet)
 
 
 def encode_status(device_id, stage, flags, health=None, plan_hash=None, agent_version=None,
                   uptime_s=None, online=True, groups=None, quarantined=None, extra=None,
-                  key=None, now=None, hw=None):
-    """The retained status. flags: {name: bool}; health: a small summary dict."""
+                  key=None, now=None, hw=None, fleet=None):
+    """The retained status. flags: {name: bool}; health: a small summary dict.
+    `now` (the device's wall clock, ms) becomes "at": the operator shows its age."""
     body = {"online": bool(online), "stage": stage, "flags": flags}
     for name, value in (("health", health), ("plan", plan_hash), ("agent_version", agent_version),
                         ("uptime_s", uptime_s), ("groups", groups),
                         ("quarantined", quarantined), ("extra", extra), ("hw", hw)):
         if value is not None:
             body[name] = value
-    return _encode_report("status", device_id, body, key, now)
+    return _encode_report("status", device_id, body, key, now, fleet)
 
 
-def encode_offline_status(device_id, key=None):
+def encode_offline_status(device_id, key=None, fleet=None):
     """The last will (registered at connect, so it carries no live state)."""
-    return _encode_report("status", device_id, {"online": False}, key, None)
+    return _encode_report("status", device_id, {"online": False}, key, None, fleet)
 
 
-def encode_health(device_id, metrics, key=None, now=None):
-    return _encode_report("health", device_id, {"metrics": metrics}, key, now)
+def encode_health(device_id, metrics, key=None, now=None, fleet=None):
+    return _encode_report("health", device_id, {"metrics": metrics}, key, now, fleet)
 
 
-def encode_event(device_id, name, payload=None, key=None, now=None):
+def encode_event(device_id, name, payload=None, key=None, now=None, fleet=None):
     _check_report_text(name)
-    return _encode_report("event", device_id, {"name": name, "payload": payload or {}}, key, now)
+    return _encode_report("event", device_id, {"name": name, "payload": payload or {}}, key, now,
+                          fleet)
 
 
 def _check_report_text(name):
@@ -95,12 +99,14 @@ def _check_report_text(name):
 
 
 def decode_report(payload, key=None, kind=None, device_id=None, fleet_key=None,
-                  max_payload=MAX_PAYLOAD):
+                  max_payload=MAX_PAYLOAD, fleet=None):
     """Operator side: report bytes -> dict (without "sig"), or raises ReportError.
 
     kind / device_id: what the topic says it must be. key: the sender's K_d;
     fleet_key instead derives K_d from the report's device. With either, an
-    absent or wrong MAC is refused.
+    absent or wrong MAC is refused. fleet: the fleet the topic names; a report
+    that names another fleet is refused (one that names none is let through:
+    agents older than the fleet binding).
     """
     if (not isinstance(payload, (bytes, bytearray, memoryview)) or not len(payload)
             or len(payload) > max_payload):
@@ -130,4 +136,6 @@ def decode_report(payload, key=None, kind=None, device_id=None, fleet_key=None,
             raise ReportError(str(exc)[:120]) from None
         if not isinstance(sig, bytes) or not compare_digest(sig, want):
             raise ReportError("report MAC does not verify")
+    if fleet is not None and body.get("fleet", fleet) != fleet:
+        raise ReportError("report of another fleet")
     return body

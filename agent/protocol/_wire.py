@@ -19,7 +19,12 @@ MAX_ID_LEN = 64
 MAX_REASON_LEN = 200
 MAX_FLAG_NAME_LEN = 64
 RECENT_WINDOW = 64  # applied command ids remembered for duplicate detection
-MAX_SEQ = 2**63 - 1
+# Sequence numbers are the operator's clock in ms (tools/operator_seq.py). 2**53 ms is
+# year ~287,000: no clock reaches it, JSON and doubles carry it exactly, and a seq above
+# it is malformed, so nothing can push a guard to where no number is left above it.
+MAX_SEQ = 2**53
+# How far past its own clock the operator may be moved by hand (fleetstage seq --after).
+MAX_AHEAD_MS = 30 * 86_400_000
 MAX_ISSUED_AT = 2**53
 
 # Reason codes in a rejected ack. NOT_READY and IN_QUARANTINE come from the
