@@ -57,6 +57,9 @@ class VirtualLink:
     def set_callbacks(self, on_message, on_connect, on_disconnect) -> None:
         self.on_message, self.on_connect, self.on_disconnect = on_message, on_connect, on_disconnect
 
+    def set_will(self, topic: str, payload: bytes, qos: int = 1, retain: bool = True) -> None:
+        self.will = (topic, payload)  # the virtual broker keeps every will retained
+
     def subscribe(self, topic: str, qos: int = 1) -> None:
         if (topic, qos) not in self.subscriptions:
             self.subscriptions.append((topic, qos))
