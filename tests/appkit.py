@@ -1,7 +1,8 @@
 """Helpers for the gateway-application end-to-end tests (tests/test_apps_e2e.py).
 
-A mosquitto with the project's generated ACL and password file (every client
-logs in: the operator CLI as `operator`, each agent as its own device), the
+A mosquitto with TLS (a throw-away CA; every client verifies the broker) and
+the project's generated ACL and password file (every client logs in: the
+operator CLI as `operator`, each agent as its own device), the
 agent as a `fleetstage agent` process, the example application
 (tools/examples/gateway_app.py) as its own process, operator commands through
 the `fleetstage` CLI, and the device's reports read with the operator login.
@@ -20,6 +21,25 @@ from tests.mqttkit import Broker, unique
 from tools.mosquitto_acl import render_acl, render_passwords
 
 DEVICES = ("gw-err", "gw-statsd", "gw-lat", "gw-crash", "gw-quiet", "gw-flagd", "gw-slow")
+
+
+def _openssl(d, *args):
+    subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+
+def _pki(d):
+    """A throw-away CA and a broker certificate for 127.0.0.1 -> (ca, cert, key) paths."""
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    _openssl(d, "req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+             "-subj", "/CN=apps-test-ca")
+    _openssl(d, "req", *ec, "-keyout", "broker.key", "-out", "broker.csr", "-subj",
+             "/CN=127.0.0.1")
+    with open(os.path.join(d, "broker.ext"), "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")
+    _openssl(d, "x509", "-req", "-in", "broker.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+             "-CAcreateserial", "-out", "broker.crt", "-days", "2", "-extfile", "broker.ext")
+    return (os.path.join(d, "ca.crt"), os.path.join(d, "broker.crt"),
+            os.path.join(d, "broker.key"))
 
 
 class Lab:
@@ -41,8 +61,11 @@ class Lab:
             f.write(render_acl(self.fleet, {d: ["apps"] for d in DEVICES}))
         # (no use_username_as_clientid: the observer and each CLI run log in as the
         # operator at the same time, each with its own client id)
-        extra = f"allow_anonymous false\npassword_file {pw_path}\nacl_file {acl_path}\n"
+        self.ca, cert, key = _pki(self.workdir)
+        extra = (f"allow_anonymous false\npassword_file {pw_path}\nacl_file {acl_path}\n"
+                 f"certfile {cert}\nkeyfile {key}\n")
         self.broker = Broker(self.workdir, extra=extra).start()
+        self.broker.url = "mqtts://127.0.0.1:%d" % self.broker.port
         self.key_file = os.path.join(self.workdir, "fleet.key")
         with open(self.key_file, "wb") as f:
             f.write(P.format_key_file(self.fleet_key, "fleet"))
@@ -63,7 +86,8 @@ class Reports:
         self.events = []
         key = P.derive_device_key(lab.fleet_key, device)
         cfg = MqttConfig(lab.broker.host, lab.broker.port, client_id=unique("operator-obs"),
-                         username="operator", password=lab.passwords["operator"])
+                         username="operator", password=lab.passwords["operator"], tls=True,
+                         ca=lab.ca)
         self.link = PahoLink(cfg)
 
         def on(topic, payload, retain):
@@ -124,6 +148,7 @@ class Gateway:
         self.lab, self.device = lab, device
         self.env = dict(os.environ, **(env or {}))
         config = {"credentials": {"username": device, "password": lab.passwords[device]},
+                  "tls": {"ca": lab.ca},
                   "groups": ["apps"],
                   "control": dict({"window_ms": 10000, "cooldown_ms": 600000}, **(control or {}))}
         if health is not None:
@@ -171,8 +196,8 @@ class Gateway:
     def publish_stage(self, stage):
         lab = self.lab
         r = self.cli("publish-stage", "--broker", lab.broker.url, "--key", lab.key_file,
-                     "--fleet", lab.fleet, "--username", "operator", "--password-file",
-                     lab.op_password_file, "--devices", self.device, "--target",
+                     "--fleet", lab.fleet, "--ca", lab.ca, "--username", "operator",
+                     "--password-file", lab.op_password_file, "--devices", self.device, "--target",
                      "device:" + self.device, "--json", "--timeout", "30", str(stage))
         assert r.returncode == 0, (r.stdout, r.stderr, self.agent.log()[-3000:])
         out = json.loads(r.stdout)

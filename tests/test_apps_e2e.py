@@ -1,8 +1,8 @@
 """Issue 8 end to end: the gateway's own application, its flags and its health.
 
-Real processes only: mosquitto with the generated ACL and password file, the
-agent (`fleetstage agent`, its own login), the example gateway application
-(tools/examples/gateway_app.py) as its own process, and the operator's
+Real processes only: mosquitto with TLS and the generated ACL and password
+file (tests/appkit.py), the agent (`fleetstage agent`, its own login), the
+example gateway application (tools/examples/gateway_app.py) as its own process, and the operator's
 `fleetstage publish-stage` CLI. Stage 3 turns use_genserver_telemetry on, and
 the application's new path is broken in one way per test; the agent must
 see it through its probe or the pushed outcomes and roll itself back to 2.
