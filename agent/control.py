@@ -249,7 +249,20 @@ class MigrationControl:
     def metrics(self):
         now = self.clock.monotonic_ms()
         snapshot = self.health.snapshot(now)
+        verdict = self._verdict(now, snapshot)
+        sources = {}
+        for name in snapshot.get("sources") or {}:
+            f = snapshot["sources"][name]
+            sources[name] = {"samples": f["samples"], "errors": f["errors"],
+                             "error_rate_lower": f["error_rate_lower"],
+                             "latency_p50": f["latency_p50"], "in_grace": f["in_grace"]}
         return {
+            "verdict": verdict["verdict"],
+            "verdict_reason": verdict["reason"],
+            "violations": [{"source": v["source"], "metric": v["metric"], "value": v["value"],
+                            "limit": v["limit"]} for v in verdict["violations"]],
+            "sources": sources,
+            "last_auto_rollback": self._last_auto_rollback(),
             "performance_impact": health_mod.performance_impact(snapshot, self._baseline),
             "error_rate": snapshot["error_rate"],
             "restart_frequency": snapshot["restarts_per_min"],

@@ -372,3 +372,24 @@ def test_a_run_dir_that_cannot_be_made_stops_the_agent_with_one_line(tmp_path):
     assert r.returncode == 2, (r.stdout, r.stderr)
     lines = [ln for ln in r.stderr.splitlines() if "cannot start" in ln]
     assert len(lines) == 1 and "run_dir" in lines[0] and "Traceback" not in r.stderr
+
+
+def test_a_probe_waits_its_initial_delay_then_runs_every_interval():
+    now = [100.0]
+    sink = _ProbeSink()
+    runner = ProbeRunner([{"type": "exec", "name": "late", "interval_s": 5, "timeout_s": 5,
+                           "initial_delay_s": 30, "command": [sys.executable, "-c", "pass"]}],
+                         sink, clock=lambda: now[0])
+    for _ in range(20):
+        runner.poll()
+    assert runner.probes[0].runs == 0  # still in its grace period
+    now[0] = 130.0
+    runner.poll()
+    assert runner.probes[0].runs == 1
+    assert wait_until(lambda: (runner.poll(), sink.single)[1], 15)
+    runner.poll()
+    assert runner.probes[0].runs == 1  # next one due at 135
+    now[0] = 135.0
+    runner.poll()
+    assert runner.probes[0].runs == 2
+    runner.close()

@@ -797,6 +797,15 @@ def test_violation_in_history_names_source_and_threshold():
     assert r["rolled_back_to"] == 0
     v = c.status()["migration_history"][0]["violations"][0]
     assert v["source"] == "http:gateway" and v["metric"] == "error_rate" and v["limit"] == 0.05
+    m = c.metrics()  # what the periodic health report carries
+    assert m["last_auto_rollback"]["violations"][0]["source"] == "http:gateway"
+    assert m["verdict"] == "inconclusive" and m["violations"] == []
+    for i in range(40):
+        c.record_outcome(i % 2 == 0, 5, source="http:gateway")
+    m = c.metrics()
+    assert m["verdict"] == "unhealthy" and m["sources"]["http:gateway"]["errors"] == 20
+    assert m["violations"][0] == dict(m["violations"][0], source="http:gateway",
+                                      metric="error_rate", limit=0.05)
     corekit.raises(ControlError, c.record_outcome, True, 1, source=5)
     corekit.raises(ControlError, c.record_outcome, True, -1.0)
     corekit.raises(ControlError, c.record_outcome, True, float("nan"))
