@@ -113,8 +113,8 @@ class SimOperator:
             name = str(body.get("name"))
             self.events[name] = self.events.get(name, 0) + 1
             if orch is not None:
-                payload_ = body.get("payload") if isinstance(body.get("payload"), dict) else {}
-                orch.on_event(device, name, payload_, now)
+                raw = body.get("payload")
+                orch.on_event(device, name, raw if isinstance(raw, dict) else {}, now)
 
     # -- outbound ------------------------------------------------------------
     def publish(self, decision: Send | Retain) -> None:

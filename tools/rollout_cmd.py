@@ -106,7 +106,9 @@ class Wire:
         if not payload:
             return
         if channel == "device":
-            self._report(P.parse_target(target)[1], leaf, payload)
+            device = P.parse_target(target)[1]
+            if device is not None and leaf is not None:  # always, for a device topic
+                self._report(device, leaf, payload)
         else:
             self._command(channel, payload)
 
@@ -129,8 +131,9 @@ class Wire:
         elif leaf == "ack":
             self.orch.on_ack(device, rep, now)
         elif leaf == "event":
-            payload_ = rep.get("payload") if isinstance(rep.get("payload"), dict) else {}
-            self.orch.on_event(device, str(rep.get("name")), payload_, now)
+            raw = rep.get("payload")
+            self.orch.on_event(device, str(rep.get("name")), raw if isinstance(raw, dict) else {},
+                               now)
 
     def _command(self, channel: str, payload: bytes) -> None:
         """An operator command or desired state on the wire: whose, and for whom?"""

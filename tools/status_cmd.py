@@ -117,6 +117,9 @@ class FleetView:
             return
         if not payload:
             return
+        if device is None or leaf is None:  # not a device's report topic
+            self.bad_reports += 1
+            return
         try:
             report = P.decode_report(payload, P.derive_device_key(self.fleet_key, device), leaf,
                                      fleet=self.fleet)

@@ -1,0 +1,70 @@
+"""The core's .pyi stubs say what the code says: the same public names, the same parameters.
+
+A stub that drifts from its module would let mypy pass callers the module refuses
+(or the reverse), so each stub beside a module in agent/ is held to it here.
+"""
+import ast
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TYPE_ONLY = {"Json", "KeyCache", "Log", "Platform"}  # aliases and protocols of the stubs
+
+
+def _stubbed():
+    for dirpath, _dirs, files in os.walk(os.path.join(ROOT, "agent")):
+        for name in files:
+            if name.endswith(".pyi"):
+                yield os.path.join(dirpath, name[:-1]), os.path.join(dirpath, name)
+
+
+def _public(path, follow_imports=False):
+    """{name: parameter names or None} for the top level and classes of a module."""
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    out = {}
+
+    def args(fn):
+        a = fn.args
+        return [p.arg for p in a.posonlyargs + a.args + a.kwonlyargs]
+
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and not node.name.startswith("_"):
+            out[node.name] = args(node)
+        elif isinstance(node, ast.ClassDef):
+            out[node.name] = None
+            for sub in node.body:
+                if isinstance(sub, ast.FunctionDef) and (sub.name == "__init__"
+                                                         or not sub.name.startswith("_")):
+                    out[node.name + "." + sub.name] = args(sub)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for t in targets:
+                if isinstance(t, ast.Name) and not t.id.startswith("_") and t.id != "__all__":
+                    out[t.id] = None
+        elif follow_imports and isinstance(node, ast.ImportFrom) and node.module:
+            sub = os.path.join(ROOT, *node.module.split(".")) + ".py"
+            if os.path.exists(sub):
+                theirs = _public(sub)
+                for alias in node.names:
+                    for key, value in theirs.items():
+                        if key == alias.name or key.startswith(alias.name + "."):
+                            out[key] = value
+    return out
+
+
+def test_every_stub_matches_its_module():
+    pairs = list(_stubbed())
+    assert len(pairs) >= 4, pairs
+    for source, stub in pairs:
+        code = _public(source, follow_imports=source.endswith("__init__.py"))
+        if source.endswith("__init__.py"):  # a package door: what __all__ lets out
+            with open(source, encoding="utf-8") as f:
+                tree = ast.parse(f.read())
+            exported = next(n for n in tree.body if isinstance(n, ast.Assign)
+                            and getattr(n.targets[0], "id", "") == "__all__")
+            names = {e.value for e in exported.value.elts}
+            code = {k: v for k, v in code.items() if k.split(".")[0] in names}
+        typed = {k: v for k, v in _public(stub).items() if k.split(".")[0] not in TYPE_ONLY}
+        assert sorted(typed) == sorted(code), (stub, sorted(set(typed) ^ set(code)))
+        for name, params in code.items():
+            assert typed[name] == params, (stub, name, typed[name], params)
