@@ -171,8 +171,10 @@ class Gateway:
 
     def start_app(self, *args, port=None, wrapper=None):
         self.port = port or free_port()
+        # 50 ms a request: the jitter of a loaded CI machine stays well inside stage 3's
+        # 10% performance budget, so the errors cases are judged on their errors
         cmd = [sys.executable, "-m", "tools.examples.gateway_app", "--port", str(self.port),
-               "--run-dir", self.run_dir, "--latency-ms", "20", "--seed", "1", *args]
+               "--run-dir", self.run_dir, "--latency-ms", "50", "--seed", "1", *args]
         if wrapper is not None:
             cmd = wrapper + cmd
         log = open(self.app_log, "ab")
