@@ -84,7 +84,7 @@ class Board:
         """The raw flash partition for the state (config "state_partition")."""
         from firmware_shim.flash import board_partition
 
-        return board_partition(name)
+        return board_partition(name, getattr(self.fs, "path", None))
 
     def poll(self):
         """Called once the agent is built, then every loop turn: arm, then feed the watchdog."""

@@ -88,15 +88,81 @@ class RamFlash:
         return 0  # 1 init, 2 deinit, 3 sync: nothing to do in RAM
 
 
-def board_partition(name):
+class FileFlash:
+    """A NOR chip kept in a file: the unix port's stand-in for a board's partition.
+
+    Same semantics as RamFlash (program ANDs, erase writes 0xFF), each
+    operation written through to the file at once, so a killed process
+    leaves the chip as a power cut would leave the board's flash.
+    """
+
+    def __init__(self, path, size, block_size=4096):
+        if size % block_size or size < block_size:
+            raise OSError(22, "a file partition is a whole number of %d-byte blocks" %
+                          block_size)
+        self.block_size = block_size
+        self.blocks = size // block_size
+        try:
+            self.f = open(path, "r+b")
+        except OSError:
+            self.f = open(path, "w+b")
+        self.f.seek(0, 2)
+        have = self.f.tell()
+        if have < size:  # a new chip: erased
+            self.f.write(b"\xff" * (size - have))
+            self.f.flush()
+
+    def readblocks(self, block, buf, offset=0):
+        self.f.seek(block * self.block_size + offset)
+        data = self.f.read(len(buf))
+        buf[:len(data)] = data
+
+    def writeblocks(self, block, buf, offset=None):
+        if offset is None:
+            self.ioctl(BLOCK_ERASE, block)
+            offset = 0
+        old = bytearray(len(buf))
+        self.readblocks(block, old, offset)
+        for i in range(len(buf)):
+            old[i] &= buf[i]
+        self.f.seek(block * self.block_size + offset)
+        self.f.write(old)
+        self.f.flush()
+
+    def ioctl(self, op, arg):
+        if op == BLOCK_COUNT:
+            return self.blocks
+        if op == BLOCK_SIZE:
+            return self.block_size
+        if op == BLOCK_ERASE:
+            self.f.seek(arg * self.block_size)
+            self.f.write(b"\xff" * self.block_size)
+            self.f.flush()
+            return 0
+        return 0
+
+
+def board_partition(name, path_of=None):
     """The board's raw flash partition `name` as a block device.
 
     ESP32: a data partition of that label in the partition table
     (esp32.Partition.find). RP2 (Pico W): rp2.Flash() is the file system's own
     region, so `name` must be "rp2:START:LEN" (bytes, 4 KiB aligned) carved
     out of it by the board's firmware build; see README ("a raw flash
-    partition for the state"). Raises OSError when the board has no such part.
+    partition for the state"). The unix port: "file:PATH:BYTES", a FileFlash
+    (path_of maps PATH onto the board's flash folder). Raises OSError when
+    the board has no such part.
     """
+    if name.startswith("file:"):
+        rest = name[len("file:"):]
+        cut = rest.rfind(":")
+        try:
+            path, size = rest[:cut], int(rest[cut + 1:])
+        except ValueError:
+            path = ""
+        if cut <= 0 or not path:
+            raise OSError(22, "state_partition %r is not file:PATH:BYTES" % name)
+        return FileFlash(path_of(path) if path_of else path, size)
     try:
         import esp32  # ESP32 ports only
     except ImportError:

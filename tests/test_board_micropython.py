@@ -18,8 +18,10 @@ import pytest
 
 from agent import protocol as P
 from agent.control import MigrationControl
+from agent.flash_store import FlashStore
 from firmware_shim.clock import SystemClock
 from firmware_shim.files import FileSystem
+from firmware_shim.flash import FileFlash
 from firmware_shim.mqtt_micro import MicroMqttError, parse_packets
 from tests.agentkit import PLAN, REPO, AgentProcess, World
 
@@ -181,9 +183,20 @@ def _assert_consistent(status, stage):
     assert all(status["flags"][n] is False for n in later), status
 
 
-def test_bundle_killed_during_stage_changes_boots_consistent(world):
-    """SIGKILL while a migrate is on the wire or being committed; each boot is consistent."""
-    agent = _micro_agent(world).start()
+PARTITION = "file:/state.part:32768"  # the unix port's stand-in for a board's raw partition
+
+
+@pytest.mark.parametrize("flash", ["littlefs-style files", "raw partition"])
+def test_bundle_killed_during_stage_changes_boots_consistent(world, flash):
+    """SIGKILL while a migrate is on the wire or being committed; each boot is consistent.
+
+    Both stores a board uses: the file store in /state, and (config
+    state_partition) agent.flash_store on a raw partition, here a file the
+    unix port serves as the chip (firmware_shim.flash.FileFlash).
+    """
+    partition = flash == "raw partition"
+    config = {"state_partition": PARTITION} if partition else None
+    agent = _micro_agent(world, config=config).start()
     obs, op = world.observer, world.operator
     obs.wait_stage(0, timeout=30)
     for stage, delay in ((1, 0.0), (2, 0.01), (3, 0.03), (4, 0.06)):
@@ -205,8 +218,12 @@ def test_bundle_killed_during_stage_changes_boots_consistent(world):
     obs.wait_for(lambda: any(a.get("reason") == "bad_signature" for a in obs.of("ack")))
     assert agent.alive() and obs.last_status()["stage"] == 4
     agent.stop()
-    # the flash (the bundle's /state) holds what the device reported
-    control = MigrationControl.open(agent.state_dir, FileSystem(), SystemClock())
+    # the flash holds what the device reported
+    store = None
+    if partition:
+        assert not os.path.exists(agent.state_dir)  # nothing went to files
+        store = FlashStore(FileFlash(os.path.join(agent.bundle_dir, "state.part"), 32768))
+    control = MigrationControl.open(agent.state_dir, FileSystem(), SystemClock(), store=store)
     try:
         assert control.stage == 4
     finally:

@@ -180,3 +180,24 @@ def test_a_board_whose_config_names_a_partition_keeps_its_state_there():
                 "use_ets_agent_registry")
         agent.close()
     assert flash.programmed > 0 and not FileSystem().exists(join(d, "state"))
+
+
+def test_a_file_partition_keeps_the_state_across_reopen():
+    """FileFlash: the unix port's stand-in for a board's partition (file:PATH:BYTES)."""
+    from corekit import tmpdir
+
+    from firmware_shim.files import join
+    from firmware_shim.flash import board_partition
+
+    path = join(tmpdir("filepart"), "state.part")
+    store = FlashStore(board_partition("file:%s:%d" % (path, 4 * 4096)))
+    for i in range(300):  # fills and reclaims its pages
+        store.commit({FLAGS[i % 7]: i % 3 == 0, "n": i})
+    again = FlashStore(board_partition("file:%s:%d" % (path, 4 * 4096)))
+    assert _state(again) == _state(store) and again.get("n") == 299
+    for bad in ("file:%s" % path, "file::4096", "file:%s:many" % path):
+        try:
+            board_partition(bad)
+        except OSError:
+            continue
+        raise AssertionError("accepted " + bad)
