@@ -7,7 +7,7 @@ flight), written the way ESP-IDF's NVS and Zephyr's ZMS write: fixed-size
 entries programmed into erased pages, and a page erased only when the pages
 run out. On littlefs a one-flag commit programs ~2 KB and erases a block
 (littlefs copies a file's last block on every flush); here it programs one
-48-byte record and erases one block per ~80 commits.
+48-byte record and erases one block per ~95 commits (bench store).
 
 It never does I/O of its own: the block device is handed in
 (firmware_shim.flash: esp32.Partition, rp2.Flash, or RamFlash in tests):
