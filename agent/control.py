@@ -25,7 +25,7 @@ from agent.events import EventBus
 from agent.flags import FLAG_NAMES, FeatureFlags, check_flag_value
 from agent.history import History
 from agent.plan import Plan
-from agent.restore import restore
+from agent.restore import flags_to_commit, read_state
 from agent.services import Services
 from agent.store import Store, StoreError
 from agent.transitions import (  # noqa: F401 - re-exported: callers catch these from here
@@ -109,7 +109,7 @@ class MigrationControl:
             store = Store(join(state_dir, STORE_FILE), fs=fs, logger=log)
         control = cls(store, plan, config, clock, events, flags)
         try:
-            restore(control)
+            control._restore()
             flags.attach_events(events)
             control.services = Services(flags, events=events, clock=clock)
             control.services.set_restart_listener(control._on_service_restart)
@@ -522,8 +522,39 @@ class MigrationControl:
             self.store.reopen()
         except StoreError:
             return  # still NEEDS_REOPEN: every commit is refused; tried again next time
-        restore(self)
+        self._restore()
         self._apply_services()
+
+    def _restore(self):
+        """Adopt what the store holds (agent.restore reads and validates it)."""
+        s = read_state(self.store, self.plan, self.config.restart_window_ms, self._wall_ms(),
+                       self.recovered_notes)
+        self.seq, self.stage, self.state = s.seq, s.stage, s.state
+        self._overrides = s.overrides
+        self._cooldown_until = s.cooldown_until
+        self._quarantine = s.quarantine
+        self._auto_rollbacks = s.auto_rollbacks
+        self._baseline = s.baseline
+        self._stage_entered = s.stage_entered
+        self.history.restore(self.store.items())
+        self._cap_cooldown()
+        self._restart_log = s.restarts
+        now, wall = self.clock.monotonic_ms(), self._wall_ms()  # wall times onto this boot's
+        self.health.load_restarts([(now - (wall - t), n) for t, n in s.restarts])  # clock
+        self.flags.apply(stage_flags=self.plan.flags_for_stage(self.stage),
+                         overrides=self._overrides)
+        changes, reason = flags_to_commit(self.store, s.plan_hash, self.plan.hash,
+                                          self.flags.values())
+        if changes is None:
+            return
+        entry = None if reason is None else self._entry("plan_changed", self.stage,
+                                                        self.state, reason)
+        try:
+            self._commit(changes, entry, None, self.state)
+        except StoreError as exc:
+            # Boot anyway with the right flags in memory; every stage or flag change
+            # writes all flags again, so the store catches up at the next commit.
+            self.recovered_notes.append(f"could not commit the flags in force: {exc}")
 
     def _check_extra(self, extra):
         if not isinstance(extra, dict):
