@@ -45,6 +45,25 @@ _RESERVED = ("ctl.", FLAG_PREFIX, "health.")
 _MAX_PERSISTED_RESTARTS = 64
 
 
+class StageChange:
+    """One stage change, as _change_stage commits it: where to, the state after, what
+    the history entry says (op, reason, violations, details), the extra store keys
+    of the operation (`more`), the caller's `extra_changes`, and the overrides that
+    hold afterwards (None: keep the current ones)."""
+
+    def __init__(self, to_stage, new_state, op, reason, more=None, extra_changes=None,
+                 overrides=None, violations=None, details=None):
+        self.to_stage = to_stage
+        self.new_state = new_state
+        self.op = op
+        self.reason = reason
+        self.more = more or {}
+        self.extra_changes = extra_changes
+        self.overrides = overrides
+        self.violations = violations
+        self.details = details
+
+
 class MigrationControl:
     def __init__(self, store, plan, config, clock, events, flags):
         self.store = store
@@ -184,7 +203,8 @@ class MigrationControl:
         # measure one, None (latency checks skipped) is right; keeping an older
         # stage's figure would judge stage n against a stage two steps back.
         more = {"ctl.baseline": baseline}
-        entry = self._change_stage(n, new_state, "migrate", "operator", more, extra_changes)
+        entry = self._change_stage(StageChange(n, new_state, "migrate", "operator", more,
+                                               extra_changes))
         self._baseline = baseline
         stage = self.plan.stage(n)
         self.events.emit("migration.stage_enabled", {
@@ -201,7 +221,8 @@ class MigrationControl:
             raise TransitionRefused(self.state, event, problem)
         if not isinstance(reason, str):
             raise ControlError("rollback reason must be a string")
-        entry = self._change_stage(n, new_state, "rollback", reason, {}, extra_changes)
+        entry = self._change_stage(StageChange(n, new_state, "rollback", reason,
+                                               extra_changes=extra_changes))
         self.events.emit("migration.rollback", {
             "from": entry["from"], "to": n, "reason": reason, "automatic": False,
             "seq": self.seq})
@@ -215,9 +236,9 @@ class MigrationControl:
         event = tr.EmergencyRollback
         new_state = tr.next_state(self.state, event)
         dropped = sorted(self._overrides)
-        entry = self._change_stage(0, new_state, "emergency_rollback", reason, {},
-                                   extra_changes, overrides={},
-                                   details={"overrides_dropped": dropped} if dropped else None)
+        entry = self._change_stage(StageChange(
+            0, new_state, "emergency_rollback", reason, extra_changes=extra_changes,
+            overrides={}, details={"overrides_dropped": dropped} if dropped else None))
         self.events.emit("migration.emergency_rollback", {
             "from": entry["from"], "to": 0, "reason": reason, "overrides_dropped": dropped,
             "seq": self.seq})
@@ -409,8 +430,8 @@ class MigrationControl:
                           "reason": "; ".join(v["message"] for v in violations)}
         more = {"ctl.auto_rollbacks": counts, "ctl.cooldown_until": cooldown_until,
                 "ctl.quarantine": quarantine}
-        self._change_stage(to_stage, new_state, "auto_rollback", "health",
-                                   more, None, violations=violations)
+        self._change_stage(StageChange(to_stage, new_state, "auto_rollback", "health", more,
+                                       violations=violations))
         self._auto_rollbacks = counts
         self._cooldown_until = cooldown_until
         self._quarantine = quarantine
@@ -438,11 +459,10 @@ class MigrationControl:
             return  # still counted; the next healthy check tries again
         self._auto_rollbacks = counts
 
-    def _change_stage(self, n, new_state, op, reason, more, extra_changes,
-                      overrides=None, violations=None, details=None):
-        """Commit a stage change in one store commit, then update memory."""
-        if overrides is None:
-            overrides = self._overrides
+    def _change_stage(self, change):
+        """Commit a StageChange in one store commit, then update memory."""
+        n, new_state = change.to_stage, change.new_state
+        overrides = self._overrides if change.overrides is None else change.overrides
         stage_flags = self.plan.flags_for_stage(n)
         values = self.flags.preview(stage_flags, overrides)
         wall = self._wall_ms()
@@ -454,13 +474,13 @@ class MigrationControl:
         }
         for name in FLAG_NAMES:
             changes[FLAG_PREFIX + name] = values[name]
-        changes.update(more)
-        entry = self._entry(op, n, new_state, reason)
-        if violations:
-            entry["violations"] = violations
-        if details:
-            entry.update(details)
-        self._commit(changes, entry, extra_changes, new_state)
+        changes.update(change.more)
+        entry = self._entry(change.op, n, new_state, change.reason)
+        if change.violations:
+            entry["violations"] = change.violations
+        if change.details:
+            entry.update(change.details)
+        self._commit(changes, entry, change.extra_changes, new_state)
         self.stage = n
         self._overrides = dict(overrides)
         self._stage_entered = wall
