@@ -123,3 +123,22 @@ def test_item10_version_and_every_listed_error_is_one_line(tmp_path):
         assert done.returncode != 0 and words in err, (args, err)
         assert len(err.splitlines()) == 1 and "Traceback" not in err, (args, err)
         assert "Errno" not in err and "('" not in err, (args, err)
+
+
+def test_item10_mosquitto_acl_writes_the_files_the_shipped_config_names(tmp_path):
+    inv = tmp_path / "devices.json"
+    inv.write_text(json.dumps({"gw-1": {"groups": [], "password": "pw1"}}))
+    op = tmp_path / "op.pw"
+    op.write_text("op\n")
+    done = _cli("mosquitto-acl", "--fleet", "plant1", "--devices", str(inv),
+                "--operator-password-file", str(op), "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    conf = open(os.path.join(REPO, "tools", "mosquitto", "mosquitto.conf")).read()
+    for name in ("fleetstage.acl", "devices.passwd", "operators.passwd"):
+        assert (tmp_path / "out" / name).exists() and "/" + name in conf
+    assert (tmp_path / "out" / "devices.passwd").read_text().startswith("gw-1:")
+    assert (tmp_path / "out" / "operators.passwd").read_text().startswith("operator:")
+    done = _cli("mosquitto-acl", "--fleet", "plant1", "--devices", "nope.json",
+                "--operator-password-file", str(op), "--out", str(tmp_path / "out"))
+    assert done.returncode == 2 and done.stderr.strip() == \
+        "fleetstage mosquitto-acl: nope.json: No such file or directory"

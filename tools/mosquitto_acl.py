@@ -10,7 +10,9 @@ writes). Must never print or log a password.
 
 devices.json: {"device-id": {"groups": ["g1"], "password": "..."}, ...} plus
 an "operator" password given by --operator-password-file. Files are written
-mode 0600.
+mode 0600 as fleetstage.acl, devices.passwd and operators.passwd (the names the
+shipped mosquitto.conf uses); `fleetstage broker-setup` writes the same files
+with the ownership mosquitto needs, plus TLS and the config.
 """
 import base64
 import hashlib
@@ -90,18 +92,21 @@ def _write_private(path, text):
 
 def write_fleet_auth(out_dir, fleet, devices, operator_password, iterations=101,
                      operator=OPERATOR):
-    """devices: {id: {"groups": [...], "password": str}} -> (acl_path, passwd_path)."""
+    """devices: {id: {"groups": [...], "password": str}} -> (acl, devices.passwd,
+    operators.passwd): the files the shipped mosquitto.conf names (device listeners
+    read devices.passwd, operator listeners operators.passwd)."""
     os.makedirs(out_dir, exist_ok=True)
     groups = {d: spec.get("groups", []) for d, spec in devices.items()}
     passwords = {d: spec["password"] for d, spec in devices.items()}
     if operator in passwords:
         raise ValueError(f"a device may not be called {operator!r}")
-    passwords[operator] = operator_password
     acl_path = os.path.join(out_dir, "fleetstage.acl")
-    pw_path = os.path.join(out_dir, "fleetstage.passwd")
+    dev_path = os.path.join(out_dir, "devices.passwd")
+    op_path = os.path.join(out_dir, "operators.passwd")
     _write_private(acl_path, render_acl(fleet, groups, operator))
-    _write_private(pw_path, render_passwords(passwords, iterations))
-    return acl_path, pw_path
+    _write_private(dev_path, render_passwords(passwords, iterations))
+    _write_private(op_path, render_passwords({operator: operator_password}, iterations))
+    return acl_path, dev_path, op_path
 
 
 def _run(args):
@@ -110,12 +115,15 @@ def _run(args):
             devices = json.load(f)
         with open(args.operator_password_file) as f:
             operator_password = f.read().strip()
-        acl, pw = write_fleet_auth(args.out, args.fleet, devices, operator_password,
+        written = write_fleet_auth(args.out, args.fleet, devices, operator_password,
                                    operator=args.operator_user)
-    except (OSError, ValueError, KeyError, ConfigError) as exc:
-        print(f"mosquitto-acl: {exc}", file=sys.stderr)
+    except OSError as exc:
+        print(f"fleetstage mosquitto-acl: {exc.filename}: {exc.strerror}", file=sys.stderr)
         return 2
-    print(f"wrote {acl} and {pw}")
+    except (ValueError, KeyError, ConfigError) as exc:
+        print(f"fleetstage mosquitto-acl: {exc}", file=sys.stderr)
+        return 2
+    print("wrote " + ", ".join(written) + " (fleetstage broker-setup also sets their owner)")
     return 0
 
 
