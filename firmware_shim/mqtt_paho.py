@@ -359,6 +359,29 @@ class PahoLink:
         except Exception:
             pass
 
+    def abort(self):
+        """Drop the connection WITHOUT a DISCONNECT, as a power cut does: the broker
+        publishes the will, and the link stays closed. Safe inside a callback: a message
+        being handled is never acknowledged (paho would PUBACK it once on_message
+        returns), so the broker keeps it for the session; the socket itself closes
+        when the loop's current round ends (paho holds a lock during callbacks)."""
+        self._closed = True
+        self.connected = False
+        self._client._manual_ack = True
+        if self._loop is not None:
+            self._loop._aborted.append(self)
+        else:
+            self._drop_socket()
+
+    def _drop_socket(self):
+        sock = self._client.socket()
+        if sock is not None and self._loop is not None:
+            self._loop._unregister(self, sock)
+        try:
+            self._client._sock_close()  # paho has no public "drop socket" call
+        except Exception:
+            pass
+
     # -- traffic -----------------------------------------------------------
     def subscribe(self, topic, qos=1):
         self._subs[topic] = qos
@@ -416,6 +439,7 @@ class MqttLoop:
     def __init__(self, misc_interval=0.25):
         self._sel = selectors.DefaultSelector()
         self._links = []
+        self._aborted = []  # links abort()ed during this round: closed after it
         self._misc_interval = misc_interval
         self._next_misc = 0.0
 
@@ -477,6 +501,11 @@ class MqttLoop:
                 link._read()
             if mask & selectors.EVENT_WRITE and link._client.socket() is not None:
                 link._write()
+        while self._aborted:
+            link = self._aborted.pop()
+            link._drop_socket()
+            if link in self._links:
+                self.remove(link)
         return len(ready)
 
     def run_until(self, predicate, timeout):

@@ -32,16 +32,38 @@ class BrokerDown(OSError):
     pass
 
 
+class LinkFaults:
+    """The delay (and loss) of one device's messages in one direction, drawn from its
+    own seeded source, one draw sequence per message: the virtual broker and the mqtt
+    transport both ask it, so the same messages are late on both."""
+
+    def __init__(self, rng: random.Random, latency_ms: tuple[int, int], loss: float) -> None:
+        self.rng = rng
+        self.latency_ms = latency_ms
+        self.loss = loss
+
+    def delay(self, qos: int) -> int | None:
+        """Milliseconds on the way, or None: lost (QoS 0 only; QoS 1 is resent)."""
+        d = self.rng.randint(*self.latency_ms)
+        if self.loss and self.rng.random() < self.loss:
+            if qos == 0:
+                return None
+            d += self.rng.randint(1000, 5000)  # the sender's retry after no PUBACK
+        return d
+
+
 class VirtualLink:
     """The link contract agent.runtime expects, served by a VirtualBroker."""
 
     def __init__(self, broker: VirtualBroker, client_id: str,
-                 fault_rng: random.Random | None = None) -> None:
+                 faults_in: LinkFaults | None = None,
+                 faults_out: LinkFaults | None = None) -> None:
         self.broker = broker
         self.client_id = client_id
-        # draws the loss and delay of every message to or from this client (a device's
-        # own seeded source), so the same messages fail whatever else the fleet does
-        self.fault_rng = fault_rng
+        # a device's own delays for what reaches it and what it sends, so the same
+        # messages are late whatever else the fleet does (None: the broker's source)
+        self.faults_in = faults_in
+        self.faults_out = faults_out
         self.powered: Callable[[], bool] | None = None  # False: the device just lost power
         # clean_session=False (the agent's default): while away, the broker keeps this
         # client's subscriptions and its QoS 1 messages, and sends them on reconnect
@@ -90,6 +112,7 @@ class VirtualBroker:
         self.rng = rng
         self.latency_ms = latency_ms
         self.loss = loss
+        self.faults = LinkFaults(rng, latency_ms, loss)
         self.now = 0
         self.up = True
         self.links: set[VirtualLink] = set()
@@ -166,14 +189,15 @@ class VirtualBroker:
 
     def _schedule(self, link: VirtualLink, topic: str, payload: bytes, retain: bool,
                   qos: int, sender: VirtualLink | None = None) -> None:
-        rng = link.fault_rng or (sender.fault_rng if sender is not None else None) or self.rng
-        delay = rng.randint(*self.latency_ms)
-        if self.loss and rng.random() < self.loss:
-            if qos == 0:
-                self.counters["lost_qos0"] += 1
-                return
+        faults = link.faults_in or (sender.faults_out if sender is not None else None)
+        if faults is None:
+            faults = self.faults
+        delay = faults.delay(qos)
+        if delay is None:
+            self.counters["lost_qos0"] += 1
+            return
+        if delay >= 1000:
             self.counters["redelivered_qos1"] += 1
-            delay += rng.randint(1000, 5000)  # the sender's retry after no PUBACK
         when = self.now + delay
         # MQTT keeps one client's messages in order on the way to another client
         pair = (id(sender), id(link))

@@ -2,8 +2,9 @@
 
 Owns: the I/O that tools/rollout_cmd.py does over MQTT, done on a simulated
 link: signing each decision (Send, Retain) for its devices and publishing it,
-one message per device on the device's own topics (the rollout's addressing,
-so a device receives one small message whatever the wave's size), and feeding
+one message per hash bucket of its devices (the rollout's addressing,
+tools.bucketing: a device receives one message of at most 256 MACs whatever
+the wave's or the fleet's size), and feeding
 the verified acks, statuses and events back in. The decisions themselves are
 the core's (tools.orchestrator): the simulator rehearses exactly what the
 operator will run. Must never: judge a wave itself, or read a device's memory.
@@ -20,9 +21,11 @@ from typing import Any, Protocol
 
 from agent import protocol as P
 from tools import waves as W
+from tools.bucketing import Buckets, plan_addressing
 from tools.orchestrator import Finished, Notice, Orchestrator, Retain, RolloutSpec, Send, Wait
 
 POLL_MS = 5_000          # the driver looks at the core again at least this often
+POLL_PHASE_MS = 2_500    # ... halfway between two of the agents' health checks
 BROKER_WAIT_MS = 10_000  # how often it looks whether a lost broker is back
 BROKER_GIVE_UP_MS = 3_600_000
 
@@ -75,6 +78,9 @@ class SimOperator:
         self.rng = random.Random("%d:operator" % seed)  # command ids: reproducible runs
         self.seq = 0
         self.orch: Orchestrator | None = None
+        self.buckets: Buckets | None = None
+        self.published = 0             # messages the operator published
+        self.published_bytes = 0
         self.status: dict[str, dict] = {}        # device -> latest status body
         self.events: dict[str, int] = {}         # event name -> count
         self.acks = 0
@@ -130,20 +136,22 @@ class SimOperator:
                 decision.issued_at or 0)
         orch.sent(decision.key, cid, seq, issued, self.world.now_ms() / 1000)
         plan, fleet, cache = self.plan, self.fleet, self.keys.cache
-        for d in decision.devices:
-            target = "device:" + d
+        assert self.buckets is not None
+        for target, devices in plan_addressing(decision.devices, self.buckets):
             if isinstance(decision, Send):
                 payload = P.encode_command(decision.op, decision.args, target, seq, plan.hash,
-                                           self.keys.fleet_key, devices=[d], command_id=cid,
-                                           issued_at=issued, max_stage=plan.max_stage,
-                                           keys=cache)
+                                           self.keys.fleet_key, devices=devices,
+                                           command_id=cid, issued_at=issued,
+                                           max_stage=plan.max_stage, keys=cache)
                 self.link.publish(P.cmd_topic(fleet, target), payload, 1, False)
             else:
                 payload = P.encode_desired(target, decision.stage, seq, plan.hash,
-                                           self.keys.fleet_key, devices=[d], command_id=cid,
-                                           issued_at=issued, max_stage=plan.max_stage,
-                                           keys=cache)
+                                           self.keys.fleet_key, devices=devices,
+                                           command_id=cid, issued_at=issued,
+                                           max_stage=plan.max_stage, keys=cache)
                 self.link.publish(P.desired_topic(fleet, target), payload, 1, True)
+            self.published += 1
+            self.published_bytes += len(payload)
 
     def wait_for_broker(self) -> None:
         """An orchestrator does not publish into a dead broker: it waits, bounded."""
@@ -161,6 +169,7 @@ class SimOperator:
     def run(self, spec: RolloutSpec, devices: dict[str, W.DeviceInfo]) -> Finished:
         """Drive the core until it finishes; time moves only inside world.run_for."""
         orch = self.orch = Orchestrator(spec, devices)
+        self.buckets = Buckets(devices)
         while True:
             now = self.world.now_ms() / 1000
             until = None
@@ -179,8 +188,15 @@ class SimOperator:
                     until = d.until
             if until is None:
                 continue  # it handed out a decision: ask again at once
-            wait_ms = int(round(until * 1000)) - self.world.now_ms()
-            self.world.run_for(max(1, min(POLL_MS, wait_ms)))
+            self.world.run_for(self._next_look() - self.world.now_ms())
+
+    def _next_look(self) -> int:
+        """The driver looks at the core on a fixed grid of virtual time (POLL_PHASE_MS
+        into every POLL_MS), never just as a health check fires: the agents check on
+        the 30 s grid, so what a check sends has arrived by the next look, on either
+        transport, and both make the same decisions from the same reports."""
+        now = self.world.now_ms()
+        return now + POLL_MS - (now - POLL_PHASE_MS) % POLL_MS
 
 
 def _small(data: dict) -> dict:

@@ -13,6 +13,7 @@ import heapq
 import random
 import time
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from agent.control import MigrationControl
 from agent.desired import WAITING
@@ -20,7 +21,7 @@ from agent.plan import Plan
 from agent.runtime import DESIRED_RETRY_MS, AgentRuntime
 from firmware_shim.clock import ManualClock
 from sim import report
-from sim.broker import VirtualBroker, VirtualLink
+from sim.broker import LinkFaults, VirtualBroker, VirtualLink
 from sim.driver import OperatorKeys, SimOperator
 from sim.faults import PROFILES, BadCohort, FaultProfile
 from sim.memfs import MemFS
@@ -40,6 +41,7 @@ REBOOT_MS = (5_000, 30_000)
 DEVICE_CONFIG: dict = {}
 SETTLE_MS = 120_000        # after the last wave: time for reboots and desired-state retries
 NEVER = 1 << 62
+WALL_START = 1_800_000_000.0  # the fleet's wall clock when a run begins
 HEALTHY_HW = "rev-a"
 
 
@@ -98,13 +100,17 @@ class SimDevice:
         self.fs = MemFS()
         self.clock = SkewedClock(sim.clock, skew_s)
         seed = sim.settings.seed
-        # faults (power cuts, and the broker's loss and delay on this device's messages)
-        # and the apps' traffic draw from their own sources, so neither shifts the other
-        self.rng = random.Random("%d:%s:faults" % (seed, device_id))
+        # power cuts, the virtual broker's loss and delay on this device's messages, and
+        # the apps' traffic each draw from their own source, so none shifts another (and
+        # the same power cuts hit the same devices on both transports)
+        self.rng = random.Random("%d:%s:faults" % (seed, device_id))  # power cuts, reboots
+        prof = sim.settings.profile
+        self.faults_in = LinkFaults(random.Random("%d:%s:in" % (seed, device_id)),
+                                    prof.latency_ms, prof.loss)
+        self.faults_out = LinkFaults(random.Random("%d:%s:out" % (seed, device_id)),
+                                     prof.latency_ms, prof.loss)
         self.traffic_rng = random.Random("%d:%s:traffic" % (seed, device_id))
-        self.link = VirtualLink(sim.broker, device_id, self.rng)
-        self.link.powered = lambda: not self.fs.dead
-        self.link.persistent = True  # the agent's default: clean_session false
+        self.link: Any = None  # the world's: a VirtualLink, or a session on a real broker
         self.key = sim.operator_keys.key(device_id)
         self.power_cuts = 0
         self.down_until: int | None = None
@@ -119,16 +125,15 @@ class SimDevice:
         now = self.sim.clock.now_ms
         self.control = MigrationControl.open("/state", config=DEVICE_CONFIG, clock=self.clock,
                                              fs=self.fs, log=self.sim.store_log)
+        self.link = self.sim.link_for(self)
         self.runtime = AgentRuntime(
             self.control, self.link, self.sim.settings.fleet, self.device_id, self.groups,
             key=self.key, clock=self.clock, health_interval_ms=HEALTH_REPORT_MS,
             status_interval_ms=STATUS_MS, monitor_interval_ms=MONITOR_MS)
-        self.link.will = self.runtime.will()
         self.runtime.start()
         self.next_check = now + MONITOR_MS
-        self.sampled_to = now
-        on_message = self.link.on_message
-        assert on_message is not None  # runtime.start() installed it
+        self.sampled_to = now - now % self.sim.call_gap_ms  # the apps' calls: a fixed grid
+        on_message = self.sim.delivery_of(self.link)  # what runtime.start() installed
 
         def deliver(topic: str, payload: bytes, retain: bool = False) -> None:
             if self.control is not None:  # what the apps did up to this moment
@@ -138,20 +143,19 @@ class SimDevice:
                 self.fs.arm_cut(self.rng.randint(0, 48))
             on_message(topic, payload, retain)
             if self.fs.dead:
-                self.sim.broker.unacked(self.link, topic, payload, retain)
+                self.sim.unacked(self, topic, payload, retain)
                 self.lose_power()
             else:
                 self.sim.wake(self, self.sim.clock.now_ms)
 
-        self.link.on_message = deliver
-        if self.sim.broker.up:
-            self.link.connect()
+        self.sim.set_delivery(self.link, deliver)
+        self.sim.go_online(self, self.runtime.will())
         self.sim.wake(self, self.next_check)
 
     def lose_power(self) -> None:
         self.power_cuts += 1
         self.sim.counters["power_cuts"] += 1
-        self.link.drop()
+        self.sim.go_offline(self)
         self.runtime = None
         self.control = None
         self.fs.power_cut()
@@ -173,9 +177,10 @@ class SimDevice:
             err, lat = c.error_rate, lat * c.latency_factor
         spread = traffic.latency_jitter * lat
         rnd = self.traffic_rng.random
-        latencies = [lat + spread * (2 * rnd() - 1) for _ in range(n)]
+        latencies = []
         errors = 0
-        for _ in range(n):
+        for _ in range(n):  # two draws per call, in call order: any batching, same calls
+            latencies.append(lat + spread * (2 * rnd() - 1))
             if rnd() < err:
                 errors += 1
         control.health.record_calls(n, errors, latencies, now)
@@ -217,9 +222,10 @@ class Simulation:
     def __init__(self, settings: SimSettings) -> None:
         self.settings = settings
         self.rng = random.Random(settings.seed)
-        self.clock = ManualClock(start_ms=0, wall_start=1_800_000_000.0)
         prof = settings.profile
+        self.clock: Any = ManualClock(start_ms=0, wall_start=WALL_START)
         self.broker = VirtualBroker(self.rng, prof.latency_ms, prof.loss)
+        self.setup_transport()
         self.fleet_key = bytes(self.rng.getrandbits(8) for _ in range(32))
         self.operator_keys = OperatorKeys(self.fleet_key)
         self.wakeups: list[tuple[int, int, SimDevice]] = []  # (when, index, device), a heap
@@ -242,10 +248,10 @@ class Simulation:
                     cohort = c
             skew = pick.uniform(-prof.clock_skew_s, prof.clock_skew_s)
             self.devices.append(SimDevice(self, i, device_id, cohort, skew))
-        self.operator_link = VirtualLink(self.broker, "operator")
+        self.operator_link = self.make_operator_link()
         self.operator = SimOperator(self, self.operator_link, settings.fleet,
                                     self.operator_keys, self.plan, settings.seed)
-        self.operator_link.connect()
+        self.connect_operator()
         self.by_id = {dev.device_id: dev for dev in self.devices}
         self.device_thresholds = dict(self.devices[0].control.config.thresholds) if (
             self.devices and self.devices[0].control) else {}
@@ -284,6 +290,44 @@ class Simulation:
             "stage": result["stage"], "wave": result["wave"], "t_ms": now,
             "samples": samples, "error_rate": errors / samples if samples else None,
             "latency_p95": p95s[int(0.95 * (len(p95s) - 1))] if p95s else None})
+
+    # the transport: a virtual broker here (sim.mqtt_transport: a real one) ------
+    mode = "virtual"
+
+    def setup_transport(self) -> None:
+        pass
+
+    def make_operator_link(self) -> Any:
+        return VirtualLink(self.broker, "operator")
+
+    def connect_operator(self) -> None:
+        self.operator_link.connect()
+
+    # a device's link, as the world provides it ---------------------------------
+    def link_for(self, dev: SimDevice) -> Any:
+        if dev.link is None:
+            dev.link = VirtualLink(self.broker, dev.device_id, dev.faults_in, dev.faults_out)
+            dev.link.powered = lambda: not dev.fs.dead
+            dev.link.persistent = True  # the agent's default: clean_session false
+        return dev.link
+
+    def delivery_of(self, link: Any) -> Callable:
+        assert link.on_message is not None
+        return link.on_message
+
+    def set_delivery(self, link: Any, deliver: Callable) -> None:
+        link.on_message = deliver
+
+    def go_online(self, dev: SimDevice, will: tuple[str, bytes]) -> None:
+        dev.link.will = will
+        if self.broker.up:
+            dev.link.connect()
+
+    def go_offline(self, dev: SimDevice) -> None:
+        dev.link.drop()
+
+    def unacked(self, dev: SimDevice, topic: str, payload: bytes, retain: bool) -> None:
+        self.broker.unacked(dev.link, topic, payload, retain)
 
     # the world, as the operator's driver sees it ----------------------------
     def now_ms(self) -> int:
@@ -404,14 +448,16 @@ class Simulation:
         return problems
 
 
-def run(settings: SimSettings) -> dict:
+def run(settings: SimSettings, world: Callable[[SimSettings], Simulation] | None = None
+        ) -> dict:
     """One rollout on a simulated fleet; the report (sim.report's contract) as a dict."""
     started = time.perf_counter()
-    sim = Simulation(settings)
+    sim = (world or Simulation)(settings)
     spec = settings.spec(sim.plan)
     sim.run_for(ACK_TIMEOUT_MS // 2)  # the fleet reports in; the operator reads the statuses
     sim.baseline_p95 = sim.fleet_latency_p95()
     finished = sim.operator.run(spec, sim.inventory())
     sim.run_for(SETTLE_MS)  # devices still rebooting converge from their desired state
     problems = sim.check_consistency()
-    return report.build(sim, finished, problems, wall_s=time.perf_counter() - started)
+    return report.build(sim, finished, problems, wall_s=time.perf_counter() - started,
+                        mode=sim.mode)
