@@ -2,6 +2,7 @@
 
     python -m bench rollout            10^3, 10^4 and 10^5 devices
     python -m bench rollout --quick    10^2 and 10^3 devices
+    ROLLOUT_MQTT=10000 python -m bench rollout   also the rollout through mosquitto
 
 CPU per device: the process CPU time (user + system) of one `fleetstage sim`
 run of the default scenario (default fault profile, seed 7, waves 2/10/50/100%,
@@ -10,10 +11,23 @@ fleet size. Every size runs in its own child process, so each starts cold and
 its peak memory is its own. The baseline is the smallest size in the same run:
 a ratio near 1.0 at every size is linear growth. The same is measured for the
 clean profile (no faults), whose rollout goes through all 4 stages.
+
+Bytes per device per command: the most bytes any one device receives for a
+migrate command to every device of a fleet of 10^3 and 10^6 (the rollout's
+hash-bucket addressing, tools.bucketing), against one broadcast signed for
+the whole fleet (what a device had to download before; above ~10,900 devices
+it no longer fits in one MQTT payload the agent accepts).
+
+With ROLLOUT_MQTT=N: an N-device default-scenario rollout over mosquitto
+(`fleetstage sim --transport mqtt`), its wall time and peak memory, against
+the durable round-trip floor of bench fanout for N devices (N paho
+subscribers that append 40 bytes, fsync and ack) times the number of waves
+the rollout ran, and its peak RSS against the virtual run's.
 """
 from __future__ import annotations
 
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -60,12 +74,75 @@ def cpu_rows(sizes: list[int], profile: str) -> list[dict]:
     return rows
 
 
+def bytes_rows(sizes: list[int]) -> list[dict]:
+    from agent import protocol as P
+    from agent.plan import Plan
+    from tools.bucketing import Buckets, bytes_per_device, plan_addressing
+
+    plan = Plan.default()
+    body = len(P.encode_command("migrate", {"stage": 1}, "all", 1, plan.hash, None))
+    rows = []
+    for n in sizes:
+        ids = ["gw-%07d" % i for i in range(n)]
+        buckets = Buckets(ids)
+        per_device = bytes_per_device(plan_addressing(ids, buckets), buckets, body)
+        whole = body + len(ids) * (P.TAG_BYTES + P.MAC_BYTES)
+        rows.append(figure("bytes a device receives per command, fleet of %d" % n,
+                           per_device, "B", "one broadcast signed for all %d" % n, whole,
+                           target="bounded (<= 256 MACs)", met=per_device <= body + 256 * (
+                               P.TAG_BYTES + P.MAC_BYTES) + 16))
+    return rows
+
+
+def _mqtt_one(devices: int) -> dict:
+    """In a child: one default-scenario rollout over a fresh mosquitto."""
+    import tempfile
+
+    from sim.fleet import SimSettings
+    from sim.mqtt_transport import run_mqtt
+    from tests.mqttkit import Broker
+
+    broker = Broker(tempfile.mkdtemp(prefix="fleetstage-rollout-"), persist=False).start()
+    t0 = time.perf_counter()
+    try:
+        result = run_mqtt(SimSettings(devices=devices), broker.url)
+    finally:
+        broker.stop()
+    return {"wall_s": time.perf_counter() - t0, "waves": len(result["waves"]),
+            "outcome": result["outcome"], "virtual_time_s": result["virtual_time_s"],
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def mqtt_rows(devices: int) -> list[dict]:
+    from bench.bench_fanout import measure_floor
+
+    out = subprocess.run([sys.executable, "-m", "bench.bench_rollout", "mqtt", str(devices)],
+                         check=True, capture_output=True, text=True).stdout
+    m = json.loads(out.strip().splitlines()[-1])
+    floor_s = measure_floor(devices)
+    virtual = measure(devices, "default")
+    # the rollout's virtual time, scaled to real time, is what any transport must wait
+    waiting = m["virtual_time_s"] / 30.0
+    return [figure("rollout over mosquitto, %d devices (%s, %d waves)" % (
+                       devices, m["outcome"], m["waves"]), m["wall_s"], "s",
+                   "floor round trip x waves + the soaks it waits", floor_s * m["waves"] +
+                   waiting),
+            figure("  peak memory of that run", m["peak_rss_mb"], "MB",
+                   "the same rollout in virtual mode", virtual["peak_rss_mb"])]
+
+
 def run(quick: bool = False) -> list[dict]:
     sizes = [100, 1000] if quick else [1000, 10_000, 100_000]
     rows = cpu_rows(sizes, "default")
     rows += cpu_rows(sizes[:2] if not quick else sizes, "clean")
+    rows += bytes_rows([1000, 1_000_000] if not quick else [1000, 100_000])
+    if os.environ.get("ROLLOUT_MQTT"):
+        rows += mqtt_rows(int(os.environ["ROLLOUT_MQTT"]))
     return rows
 
 
 if __name__ == "__main__":
-    print(json.dumps(_one(int(sys.argv[1]), sys.argv[2])))
+    if sys.argv[1] == "mqtt":
+        print(json.dumps(_mqtt_one(int(sys.argv[2]))))
+    else:
+        print(json.dumps(_one(int(sys.argv[1]), sys.argv[2])))
