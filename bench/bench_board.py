@@ -9,7 +9,8 @@ feeds it four signed stage changes as the link would, and reports:
 
 - heap after imports: gc.mem_alloc() after gc.collect(), every module the
   board imports at boot loaded; each module's share is what importing it
-  added (modules imported leaves first, so a share is the module's own);
+  added (modules imported leaves first, so a share is the module's own, plus
+  any qstr pool chunk MicroPython happened to open during that import);
 - heap after boot: connected, subscribed, status published, collected;
 - peak of a stage change, two ways: the smallest `-X heapsize` in which the
   boot and all four stage changes complete (bisected: what a board's heap
