@@ -142,6 +142,37 @@ class FileFlash:
         return 0
 
 
+class AlignedPrograms:
+    """A block device whose programs must cover whole pages (rp2: 256-byte flash pages).
+
+    A program of a few bytes becomes a program of the pages around them: the
+    bytes already there are programmed again as they are (on NOR flash that
+    changes no bit), so only the record's own bits change; erases are untouched.
+    """
+
+    def __init__(self, dev, page=256):
+        self.dev = dev
+        self.page = page
+
+    def readblocks(self, block, buf, offset=0):
+        self.dev.readblocks(block, buf, offset)
+
+    def writeblocks(self, block, buf, offset=None):
+        if offset is None:
+            return self.dev.writeblocks(block, buf)
+        start = offset - offset % self.page
+        end = offset + len(buf)
+        end += -end % self.page
+        window = bytearray(end - start)
+        self.dev.readblocks(block, window, start)
+        for i in range(len(buf)):
+            window[offset - start + i] &= buf[i]
+        self.dev.writeblocks(block, window, start)
+
+    def ioctl(self, op, arg):
+        return self.dev.ioctl(op, arg)
+
+
 def board_partition(name, path_of=None):
     """The board's raw flash partition `name` as a block device.
 
@@ -178,5 +209,7 @@ def board_partition(name, path_of=None):
         rp2 = None
     if rp2 is not None and name.startswith("rp2:"):
         _, start, length = name.split(":")
-        return rp2.Flash(start=int(start), len=int(length))
+        # rp2.Flash.writeblocks hands the pico SDK's flash_range_program any
+        # offset, which wants whole 256-byte pages: programs are widened to them
+        return AlignedPrograms(rp2.Flash(start=int(start), len=int(length)), 256)
     raise OSError(19, "this port has no raw flash partition %r" % name)

@@ -201,3 +201,44 @@ def test_a_file_partition_keeps_the_state_across_reopen():
         except OSError:
             continue
         raise AssertionError("accepted " + bad)
+
+
+def test_the_store_on_a_chip_that_programs_whole_pages():
+    """rp2's flash programs 256-byte pages: AlignedPrograms widens each program to them."""
+    from firmware_shim.flash import AlignedPrograms
+
+    class PageChip(RamFlash):
+        def writeblocks(self, block, buf, offset=None):
+            if offset is not None and (offset % 256 or len(buf) % 256):
+                raise AssertionError("unaligned program at %d (%d bytes)" % (offset, len(buf)))
+            RamFlash.writeblocks(self, block, buf, offset)
+
+    chip = PageChip(blocks=4, block_size=4096)
+    store = FlashStore(AlignedPrograms(chip, 256))
+    for i in range(400):  # fills and reclaims pages
+        store.commit({FLAGS[i % 7]: i % 3 == 0, "n": i})
+    assert _state(FlashStore(AlignedPrograms(chip, 256))) == _state(store)
+    commits = scenario()
+    for cut in range(1, 120, 7):  # a cut page program still leaves a consistent store
+        chip = PageChip(blocks=4, block_size=512)
+        acked, inflight, _ = _run(AlignedChip(chip), commits, cut)
+        got = _state(FlashStore(AlignedPrograms(chip, 256)))
+        assert got == acked or got == inflight, cut
+
+
+class AlignedChip:
+    """AlignedPrograms over a RamFlash that still answers cut_at/uncut (for _run)."""
+
+    def __init__(self, chip):
+        from firmware_shim.flash import AlignedPrograms
+
+        self.chip = chip
+        self.dev = AlignedPrograms(chip, 256)
+        self.readblocks, self.writeblocks, self.ioctl = (
+            self.dev.readblocks, self.dev.writeblocks, self.dev.ioctl)
+
+    def cut_at(self, n, last=False):
+        self.chip.cut_at(n, last)
+
+    def uncut(self):
+        self.chip.uncut()
