@@ -1,175 +1,63 @@
 """Helpers for the gateway-application end-to-end tests (tests/test_apps_e2e.py).
 
-A mosquitto with TLS (a throw-away CA; every client verifies the broker) and
-the project's generated ACL and password file (every client logs in: the
-operator CLI as `operator`, each agent as its own device), the
-agent as a `fleetstage agent` process, the example application
-(tools/examples/gateway_app.py) as its own process, operator commands through
-the `fleetstage` CLI, and the device's reports read with the operator login.
+A Gateway lives on a field lab (tests/fieldlab.py: mosquitto from the shipped
+config with the generated ACL, passwords and TLS; the agent a `fleetstage agent`
+process with its own login; operator tools as processes with the lab's
+profile). On top of the lab it adds the example application
+(tools/examples/gateway_app.py) as its own process, `publish-stage` to this one
+device, `fleetstage local status` and waits that keep the lab's MQTT loop (its
+observer of the device's reports) running.
 """
+from __future__ import annotations
+
 import json
 import os
 import subprocess
 import sys
-import tempfile
-import threading
+from typing import Any, Callable
 
-from agent import protocol as P
-from firmware_shim.mqtt_paho import MqttConfig, MqttLoop, PahoLink, free_port
-from tests.agentkit import REPO, AgentProcess, wait_until
-from tests.mqttkit import Broker, unique
-from tools.mosquitto_acl import render_acl, render_passwords
+from firmware_shim.mqtt_paho import free_port
+from tests.agentkit import REPO, AgentProcess
+from tests.fieldlab import FieldLab
 
-DEVICES = ("gw-err", "gw-statsd", "gw-lat", "gw-crash", "gw-quiet", "gw-flagd", "gw-slow")
+CONTROL = {"window_ms": 10000, "cooldown_ms": 600000}
 
 
-def _openssl(d, *args):
-    subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
-
-
-def _pki(d):
-    """A throw-away CA and a broker certificate for 127.0.0.1 -> (ca, cert, key) paths."""
-    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
-    _openssl(d, "req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
-             "-subj", "/CN=apps-test-ca")
-    _openssl(d, "req", *ec, "-keyout", "broker.key", "-out", "broker.csr", "-subj",
-             "/CN=127.0.0.1")
-    with open(os.path.join(d, "broker.ext"), "w") as f:
-        f.write("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")
-    _openssl(d, "x509", "-req", "-in", "broker.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-             "-CAcreateserial", "-out", "broker.crt", "-days", "2", "-extfile", "broker.ext")
-    return (os.path.join(d, "ca.crt"), os.path.join(d, "broker.crt"),
-            os.path.join(d, "broker.key"))
-
-
-class Lab:
-    """One fleet on one ACL'd broker, shared by a test module."""
-
-    def __init__(self):
-        self.workdir = tempfile.mkdtemp(prefix="fleetstage-apps-")
-        self.fleet = unique("apps")
-        self.fleet_key = P.new_fleet_key()
-        self.passwords = {"operator": "op-" + unique("pw")}
-        for d in DEVICES:
-            self.passwords[d] = "pw-" + unique(d)
-        pw_path = os.path.join(self.workdir, "passwd")
-        with open(pw_path, "w") as f:
-            f.write(render_passwords(self.passwords))
-        os.chmod(pw_path, 0o600)
-        acl_path = os.path.join(self.workdir, "acl")
-        with open(acl_path, "w") as f:
-            f.write(render_acl(self.fleet, {d: ["apps"] for d in DEVICES}))
-        # (no use_username_as_clientid: the observer and each CLI run log in as the
-        # operator at the same time, each with its own client id)
-        self.ca, cert, key = _pki(self.workdir)
-        extra = (f"allow_anonymous false\npassword_file {pw_path}\nacl_file {acl_path}\n"
-                 f"certfile {cert}\nkeyfile {key}\n")
-        self.broker = Broker(self.workdir, extra=extra).start()
-        self.broker.url = "mqtts://127.0.0.1:%d" % self.broker.port
-        self.key_file = os.path.join(self.workdir, "fleet.key")
-        with open(self.key_file, "wb") as f:
-            f.write(P.format_key_file(self.fleet_key, "fleet"))
-        self.op_password_file = os.path.join(self.workdir, "operator.pw")
-        with open(self.op_password_file, "w") as f:
-            f.write(self.passwords["operator"] + "\n")
-        os.chmod(self.op_password_file, 0o600)
-
-    def close(self):
-        self.broker.stop()
-
-
-class Reports:
-    """A device's events and statuses, read with the operator's login."""
-
-    def __init__(self, lab, device):
-        self.loop = MqttLoop()
-        self.events = []
-        key = P.derive_device_key(lab.fleet_key, device)
-        cfg = MqttConfig(lab.broker.host, lab.broker.port, client_id=unique("operator-obs"),
-                         username="operator", password=lab.passwords["operator"], tls=True,
-                         ca=lab.ca)
-        self.link = PahoLink(cfg)
-
-        def on(topic, payload, retain):
-            leaf = topic.split("/")[-1]
-            try:
-                rep = P.decode_report(payload, key, leaf)
-            except P.ProtocolError:
-                return
-            if leaf == "event":
-                self.events.append((rep["name"], rep["payload"]))
-
-        ready = []
-
-        def on_any(topic, payload, retain):
-            if topic.endswith("/obs-ready"):
-                ready.append(1)
-            else:
-                on(topic, payload, retain)
-
-        self.link.set_callbacks(on_message=on_any)
-        self.link.subscribe(f"fleetstage/{lab.fleet}/device/{device}/event", qos=1)
-        ready_topic = f"fleetstage/{lab.fleet}/device/{device}/obs-ready"
-        self.link.subscribe(ready_topic, qos=1)
-        self.loop.add(self.link)
-        self.link.start()
-        assert self.loop.run_until(lambda: self.link.connected, 10)
-        for _ in range(50):  # a round trip: the subscriptions are in place
-            self.link.publish(ready_topic, b"1", qos=1)
-            if self.loop.run_until(lambda: ready, 0.2):
-                break
-        assert ready
-        # the loop runs in its own thread from here: no report is missed while a
-        # test waits on the agent, and keepalives go out
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.loop.run_once(0.05)
-
-    def wait(self, predicate, timeout=30):
-        return wait_until(predicate, timeout)
-
-    def names(self):
-        return [n for n, _ in list(self.events)]
-
-    def close(self):
-        self._stop.set()
-        self._thread.join(5)
-        self.loop.close()
+def gateway_lab(field_lab: Callable[..., FieldLab], device: str) -> FieldLab:
+    """A field lab whose fleet is this one gateway, in group `apps`."""
+    return field_lab(devices=[device], groups={device: ["apps"]})
 
 
 class Gateway:
-    """One gateway: its agent process and (optionally) the example app process."""
+    """One gateway of a field lab: its agent process and (optionally) the example app."""
 
-    def __init__(self, lab, tmp, device, health=None, control=None, env=None):
+    def __init__(self, lab: FieldLab, device: str, health: dict | None = None,
+                 control: dict | None = None) -> None:
         self.lab, self.device = lab, device
-        self.env = dict(os.environ, **(env or {}))
-        config = {"credentials": {"username": device, "password": lab.passwords[device]},
-                  "tls": {"ca": lab.ca},
-                  "groups": ["apps"],
-                  "control": dict({"window_ms": 10000, "cooldown_ms": 600000}, **(control or {}))}
+        self.config: dict[str, Any] = {"control": dict(CONTROL, **(control or {}))}
         if health is not None:
-            config["health"] = health
-        self.agent = AgentProcess(str(tmp), lab.broker, lab.fleet, lab.fleet_key, device,
-                                  groups=("apps",), config=config)
-        self.run_dir = self.agent.run_dir
-        self.app = None
-        self.app_log = os.path.join(str(tmp), device + "-app.log")
+            self.config["health"] = health
+        self.agent: AgentProcess | None = None
+        self.run_dir = ""
+        self.app: subprocess.Popen | None = None
+        self.app_log = os.path.join(lab.tmp, device + "-app.log")
+        self.port = 0
 
-    def start_agent(self):
-        log = open(self.agent.log_path, "ab")
-        self.agent.proc = subprocess.Popen(
-            [sys.executable, "-m", "tools.cli", "agent", "--config", self.agent.config_path],
-            cwd=REPO, stdout=log, stderr=log, env=self.env)
-        log.close()
-        assert wait_until(lambda: os.path.exists(os.path.join(self.run_dir, "flags.json")),
-                          20), self.agent.log()
+    def wait(self, predicate: Callable[[], Any], timeout: float = 30) -> bool:
+        """Poll `predicate` while the lab's loop runs (its observer keeps every report)."""
+        return self.lab.loop.run_until(lambda: bool(predicate()), timeout)
+
+    def start_agent(self) -> Gateway:
+        """The lab's agent process (the device's own login and key), up once it wrote
+        flags.json. The process inherits this process's environment (PATH included)."""
+        self.agent = self.lab.start_agent(self.device, **self.config)
+        self.run_dir = self.agent.run_dir
+        flags = os.path.join(self.run_dir, "flags.json")
+        assert self.wait(lambda: os.path.exists(flags), 20), self.agent.log()
         return self
 
-    def start_app(self, *args, port=None, wrapper=None):
+    def start_app(self, *args: str, port: int | None = None,
+                  wrapper: list[str] | None = None) -> Gateway:
         self.port = port or free_port()
         # 50 ms a request: the jitter of a loaded CI machine stays well inside stage 3's
         # 10% performance budget, so the errors cases are judged on their errors
@@ -178,49 +66,58 @@ class Gateway:
         if wrapper is not None:
             cmd = wrapper + cmd
         log = open(self.app_log, "ab")
-        self.app = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                    env=self.env)
+        self.app = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         log.close()
-        assert wait_until(lambda: "gateway app on" in self.app_output(), 20), self.app_output()
+        assert self.wait(lambda: "gateway app on" in self.app_output(), 20), self.app_output()
         return self
 
-    def app_output(self):
+    def app_output(self) -> str:
         try:
             with open(self.app_log, errors="replace") as f:
                 return f.read()
         except FileNotFoundError:
             return ""
 
-    def cli(self, *args, timeout=60):
-        return subprocess.run([sys.executable, "-m", "tools.cli", *args], cwd=REPO,
-                              capture_output=True, text=True, timeout=timeout, env=self.env)
+    def agent_log(self) -> str:
+        return self.agent.log() if self.agent is not None else ""
 
-    def publish_stage(self, stage):
-        lab = self.lab
-        r = self.cli("publish-stage", "--broker", lab.broker.url, "--key", lab.key_file,
-                     "--fleet", lab.fleet, "--ca", lab.ca, "--username", "operator",
-                     "--password-file", lab.op_password_file, "--devices", self.device, "--target",
-                     "device:" + self.device, "--json", "--timeout", "30", str(stage))
-        assert r.returncode == 0, (r.stdout, r.stderr, self.agent.log()[-3000:])
+    def publish_stage(self, stage: int) -> dict:
+        """`fleetstage publish-stage` (the lab's operator profile) to this device only."""
+        r = self.lab.cli("publish-stage", "--target", "device:" + self.device, "--json",
+                         "--timeout", "30", str(stage))
+        assert r.returncode == 0, (r.stdout, r.stderr, self.agent_log()[-3000:])
         out = json.loads(r.stdout)
         assert out["devices"][self.device]["result"] == "applied", out
         return out
 
-    def status(self):
-        r = self.cli("local", "status", "--config", self.agent.config_path, "--json")
+    def local(self, *args: str) -> subprocess.CompletedProcess:
+        assert self.agent is not None
+        return self.lab.cli("local", *args, "--config", self.agent.config_path)
+
+    def status(self) -> dict:
+        r = self.local("status", "--json")
         assert r.returncode == 0, (r.stdout, r.stderr)
         return json.loads(r.stdout)["status"]
 
-    def snapshot(self):
+    def snapshot(self) -> dict:
         with open(os.path.join(self.run_dir, "flags.json")) as f:
             return json.load(f)
 
-    def source_samples(self, name):
+    def source_samples(self, name: str) -> int:
         src = self.status()["system_health"]["sources"].get(name) or {}
-        return src.get("samples", 0)
+        return int(src.get("samples", 0))
 
-    def stop(self):
+    def events(self) -> list[tuple[str, dict]]:
+        """The device's events (name, payload), as the lab's observer verified them."""
+        return [(e["name"], e["payload"]) for e in self.lab.observer.of("event")
+                if e.get("device") == self.device]
+
+    def event_names(self) -> list[str]:
+        return [n for n, _ in self.events()]
+
+    def stop(self) -> None:
         if self.app is not None and self.app.poll() is None:
             self.app.terminate()
             self.app.wait(10)
-        self.agent.stop()
+        if self.agent is not None:
+            self.agent.stop()
