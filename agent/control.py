@@ -18,9 +18,11 @@ Persisted times (cooldown deadline, restarts, history) are wall-clock ms, since
 the monotonic clock restarts at every boot; the health window itself runs on
 the monotonic clock.
 """
+from agent import control_checks as checks
 from agent import health as health_mod
 from agent import transitions as tr
 from agent.config import Config
+from agent.control_checks import FLAG_PREFIX
 from agent.events import EventBus
 from agent.flags import FLAG_NAMES, FeatureFlags, check_flag_value
 from agent.history import History
@@ -40,28 +42,7 @@ from agent.transitions import (  # noqa: F401 - re-exported: callers catch these
 from firmware_shim.files import join
 
 STORE_FILE = "agent.store"
-FLAG_PREFIX = "flag."
-_RESERVED = ("ctl.", FLAG_PREFIX, "health.")
 _MAX_PERSISTED_RESTARTS = 64
-
-
-class StageChange:
-    """One stage change, as _change_stage commits it: where to, the state after, what
-    the history entry says (op, reason, violations, details), the extra store keys
-    of the operation (`more`), the caller's `extra_changes`, and the overrides that
-    hold afterwards (None: keep the current ones)."""
-
-    def __init__(self, to_stage, new_state, op, reason, more=None, extra_changes=None,
-                 overrides=None, violations=None, details=None):
-        self.to_stage = to_stage
-        self.new_state = new_state
-        self.op = op
-        self.reason = reason
-        self.more = more or {}
-        self.extra_changes = extra_changes
-        self.overrides = overrides
-        self.violations = violations
-        self.details = details
 
 
 class MigrationControl:
@@ -171,20 +152,10 @@ class MigrationControl:
         return self._readiness(n, self.health.snapshot(self.clock.monotonic_ms()))
 
     def _readiness(self, n, snapshot):
-        reasons = []
         problem = tr.migrate_target_problem(n, self.stage, self.plan.max_stage, self.plan.name)
-        if problem is not None:
-            reasons.append(problem)
-        if self.state == QUARANTINED:
-            q = self._quarantine or {}
-            reasons.append("quarantined at stage {} after {} automatic rollbacks".format(
-                q.get("stage"), q.get("rollbacks")))
-        elif self.state == COOLDOWN:
-            reasons.append("cooling down after an automatic rollback for {} ms more".format(
-                self._cooldown_info()["remaining_ms"]))
-        verdict = self._verdict(None, snapshot)
-        for v in verdict["violations"]:
-            reasons.append("unhealthy: " + v["message"])
+        reasons = checks.readiness_reasons(problem, self.state, self._quarantine,
+                                          self._cooldown_info(),
+                                          self._verdict(None, snapshot)["violations"])
         return {"ready": not reasons, "reasons": reasons, "stage": n,
                 "current_stage": self.stage, "state": self.state}
 
@@ -203,8 +174,8 @@ class MigrationControl:
         # measure one, None (latency checks skipped) is right; keeping an older
         # stage's figure would judge stage n against a stage two steps back.
         more = {"ctl.baseline": baseline}
-        entry = self._change_stage(StageChange(n, new_state, "migrate", "operator", more,
-                                               extra_changes))
+        entry = self._change_stage(checks.StageChange(n, new_state, "migrate", "operator",
+                                                      more, extra_changes))
         self._baseline = baseline
         stage = self.plan.stage(n)
         self.events.emit("migration.stage_enabled", {
@@ -221,8 +192,8 @@ class MigrationControl:
             raise TransitionRefused(self.state, event, problem)
         if not isinstance(reason, str):
             raise ControlError("rollback reason must be a string")
-        entry = self._change_stage(StageChange(n, new_state, "rollback", reason,
-                                               extra_changes=extra_changes))
+        entry = self._change_stage(checks.StageChange(n, new_state, "rollback", reason,
+                                                      extra_changes=extra_changes))
         self.events.emit("migration.rollback", {
             "from": entry["from"], "to": n, "reason": reason, "automatic": False,
             "seq": self.seq})
@@ -236,7 +207,7 @@ class MigrationControl:
         event = tr.EmergencyRollback
         new_state = tr.next_state(self.state, event)
         dropped = sorted(self._overrides)
-        entry = self._change_stage(StageChange(
+        entry = self._change_stage(checks.StageChange(
             0, new_state, "emergency_rollback", reason, extra_changes=extra_changes,
             overrides={}, details={"overrides_dropped": dropped} if dropped else None))
         self.events.emit("migration.emergency_rollback", {
@@ -270,28 +241,9 @@ class MigrationControl:
     def metrics(self):
         now = self.clock.monotonic_ms()
         snapshot = self.health.snapshot(now)
-        verdict = self._verdict(now, snapshot)
-        sources = {}
-        for name in snapshot.get("sources") or {}:
-            f = snapshot["sources"][name]
-            sources[name] = {"samples": f["samples"], "errors": f["errors"],
-                             "error_rate_lower": f["error_rate_lower"],
-                             "latency_p50": f["latency_p50"], "in_grace": f["in_grace"]}
-        return {
-            "verdict": verdict["verdict"],
-            "verdict_reason": verdict["reason"],
-            "violations": [{"source": v["source"], "metric": v["metric"], "value": v["value"],
-                            "limit": v["limit"]} for v in verdict["violations"]],
-            "sources": sources,
-            "last_auto_rollback": self._last_auto_rollback(),
-            "performance_impact": health_mod.performance_impact(snapshot, self._baseline),
-            "error_rate": snapshot["error_rate"],
-            "restart_frequency": snapshot["restarts_per_min"],
-            "latency_p50": snapshot["latency_p50"],
-            "latency_p95": snapshot["latency_p95"],
-            "samples": snapshot["samples"],
-            "baseline": None if self._baseline is None else dict(self._baseline),
-            "latency_baseline_note": self._baseline_note(),
+        out = checks.health_metrics(snapshot, self._verdict(now, snapshot), self._baseline,
+                                    self._baseline_note(), self._last_auto_rollback())
+        out.update({
             "stage": self.stage,
             "state": self.state,
             "seq": self.seq,
@@ -302,7 +254,8 @@ class MigrationControl:
             "service_errors": self.service_errors,
             "restart_persist_errors": self.restart_persist_errors,
             "store": self.store.stats(),
-        }
+        })
+        return out
 
     def start_health_monitoring(self, interval_ms=None):
         """Check health every interval_ms (default: the config's, 30 s) when poll() is called."""
@@ -362,32 +315,19 @@ class MigrationControl:
         """One call's outcome (ok: True/False; latency_ms: a number or None).
 
         source (or service): who saw it, e.g. a probe's name; default "app"."""
-        if ok is not True and ok is not False:
-            raise ControlError(f"outcome ok must be True or False, not {ok!r}")
-        if latency_ms is not None and type(latency_ms) is not int and type(latency_ms) is not float:
-            raise ControlError(f"latency_ms must be a number or None, not {latency_ms!r}")
-        if latency_ms is not None and not 0 <= latency_ms <= 1e12:  # also refuses NaN
-            raise ControlError(f"latency_ms must be a finite number >= 0, not {latency_ms!r}")
         name = source if source is not None else service
-        if name is not None and not isinstance(name, str):
-            raise ControlError(f"outcome source must be a string, not {name!r}")
+        checks.check_outcome(ok, latency_ms, name)
         self.health.record_outcome(ok, latency_ms, self.clock.monotonic_ms(), name)
 
     def record_outcomes(self, calls, errors, latency_ms, source):
         """calls outcomes at once, errors of them failed (a scrape's deltas)."""
-        if type(calls) is not int or type(errors) is not int or calls < 0 or errors < 0:
-            raise ControlError("calls and errors must be integers >= 0")
-        if not isinstance(source, str):
-            raise ControlError(f"outcome source must be a string, not {source!r}")
-        if latency_ms is not None and type(latency_ms) is not int and type(latency_ms) is not float:
-            raise ControlError(f"latency_ms must be a number or None, not {latency_ms!r}")
+        checks.check_outcomes(calls, errors, latency_ms, source)
         self.health.record_outcomes(calls, errors, latency_ms, self.clock.monotonic_ms(), source)
 
     def set_source_grace(self, source, grace_ms):
         """A source's startup grace (a probe's initial_delay_s): its outcomes are
         ignored for grace_ms from now and again after every stage change."""
-        if type(grace_ms) is not int or grace_ms < 0:
-            raise ControlError(f"grace_ms must be an integer >= 0, not {grace_ms!r}")
+        checks.check_grace(grace_ms)
         self.health.set_grace(source, grace_ms, self.clock.monotonic_ms())
 
     def record_restart(self, name=None):
@@ -430,8 +370,8 @@ class MigrationControl:
                           "reason": "; ".join(v["message"] for v in violations)}
         more = {"ctl.auto_rollbacks": counts, "ctl.cooldown_until": cooldown_until,
                 "ctl.quarantine": quarantine}
-        self._change_stage(StageChange(to_stage, new_state, "auto_rollback", "health", more,
-                                       violations=violations))
+        self._change_stage(checks.StageChange(to_stage, new_state, "auto_rollback", "health",
+                                              more, violations=violations))
         self._auto_rollbacks = counts
         self._cooldown_until = cooldown_until
         self._quarantine = quarantine
@@ -513,7 +453,7 @@ class MigrationControl:
         """One atomic store commit: changes + state + sequence number + history + extras."""
         batch = {}
         if extra_changes:
-            batch.update(self._check_extra(extra_changes))
+            batch.update(checks.check_extra(extra_changes))
         batch.update(changes)
         seq = self.seq + 1
         batch["ctl.seq"] = seq
@@ -576,18 +516,6 @@ class MigrationControl:
             # writes all flags again, so the store catches up at the next commit.
             self.recovered_notes.append(f"could not commit the flags in force: {exc}")
 
-    def _check_extra(self, extra):
-        if not isinstance(extra, dict):
-            raise ControlError("extra_changes must be a mapping of store keys")
-        for key in sorted(extra):
-            if not isinstance(key, str):
-                raise ControlError(f"extra_changes keys must be strings, not {key!r}")
-            for prefix in _RESERVED:
-                if key.startswith(prefix):
-                    raise ControlError(f"extra_changes may not write {key!r}: {prefix}* belongs to "
-                                       "MigrationControl")
-        return extra
-
     def _apply_flags(self, stage_flags, overrides):
         changes = self.flags.apply(stage_flags=stage_flags, overrides=overrides)
         # Services only move when a flag moved (or an earlier move failed and is retried).
@@ -647,49 +575,10 @@ class MigrationControl:
         return health_mod.evaluate(snapshot, self.config.thresholds, self._baseline, criteria)
 
     def _health_report(self, snapshot, verdict):
-        return {
-            "error_rate": snapshot["error_rate"],
-            "restart_frequency": snapshot["restarts_per_min"],
-            "restarts": snapshot["restarts"],
-            "samples": snapshot["samples"],
-            "latency_p50": snapshot["latency_p50"],
-            "latency_p95": snapshot["latency_p95"],
-            "baseline_latency_p50": None if self._baseline is None
-            else self._baseline["latency_p50"],
-            "latency_vs_baseline": health_mod.latency_ratio(snapshot, self._baseline),
-            "performance_impact": health_mod.performance_impact(snapshot, self._baseline),
-            "latency_check": self._baseline_note() or "against the baseline",
-            "healthy": verdict["healthy"],
-            "verdict": verdict["verdict"],
-            "verdict_reason": verdict["reason"],
-            "enough_samples": verdict["enough_samples"],
-            "violations": verdict["violations"],
-            "sources": self._source_report(snapshot),
-        }
-
-    def _source_report(self, snapshot):
-        out = {}
-        sources = snapshot.get("sources") or {}
-        for name in sources:
-            s = dict(sources[name])
-            base = None
-            if self._baseline is not None:
-                entry = (self._baseline.get("sources") or {}).get(name)
-                base = None if entry is None else entry.get("latency_p50")
-            s["baseline_latency_p50"] = base
-            out[name] = s
-        return out
+        return checks.health_report(snapshot, verdict, self._baseline, self._baseline_note())
 
     def _last_auto_rollback(self):
-        """{"from", "to", "at", "violations": [{"source", "metric", "value", "limit"}]} of
-        the latest automatic rollback in the history, or None."""
-        for entry in self.history.entries():
-            if entry.get("op") == "auto_rollback":
-                return {"from": entry["from"], "to": entry["to"], "at": entry["at"],
-                        "violations": [{"source": v.get("source"), "metric": v["metric"],
-                                        "value": v["value"], "limit": v["limit"]}
-                                       for v in entry.get("violations") or ()]}
-        return None
+        return checks.last_auto_rollback(self.history.entries())
 
     def _note_verdict(self, now, verdict):
         if verdict["verdict"] == health_mod.INCONCLUSIVE and self._last_check is not None:
@@ -698,24 +587,17 @@ class MigrationControl:
         self._last_verdict = {"verdict": verdict["verdict"], "reason": verdict["reason"]}
 
     def _monitoring_info(self):
-        info = {"interval_ms": self._monitor_interval, "next_check_ms": self._next_check,
-                "verdict": None, "reason": None, "extended_ms": self._extended_ms,
-                "stage_monitor_ms": self.plan.stage(self.stage).monitor_ms if self.stage
-                else None}
-        if self._last_verdict is not None:
-            info.update(self._last_verdict)
-        return info
+        monitor_ms = self.plan.stage(self.stage).monitor_ms if self.stage else None
+        return checks.monitoring_info(self._monitor_interval, self._next_check,
+                                      self._extended_ms, monitor_ms, self._last_verdict)
 
     def _system_health(self, now):
         snapshot = self.health.snapshot(now)
         return self._health_report(snapshot, self._verdict(now, snapshot))
 
     def _baseline_note(self):
-        if self._baseline is not None or self.stage == 0:
-            return None
-        return ("no latency baseline: the stage before had fewer than {} samples when the "
-                "device migrated; latency checks skipped").format(
-                    self.config.thresholds["min_samples"])
+        return checks.baseline_note(self._baseline, self.stage,
+                                    self.config.thresholds["min_samples"])
 
     def _cooldown_info(self):
         if self.state != COOLDOWN or self._cooldown_until is None:
@@ -725,6 +607,5 @@ class MigrationControl:
         return {"until": self._cooldown_until, "remaining_ms": remaining}
 
     def _result(self, entry):
-        # A copy: the history keeps `entry` itself, and callers may change what they get.
-        return {"result": "ok", "stage": self.stage, "from": entry["from"], "state": self.state,
-                "seq": self.seq, "flags": self.flags.values(), "entry": dict(entry)}
+        return checks.operation_result(entry, self.stage, self.state, self.seq,
+                                       self.flags.values())
