@@ -444,7 +444,8 @@ class Simulation:
             if reopened.stage != control.stage or reopened.flags.values() != st["flags"]:
                 problems.append("%s: flash holds stage %d, memory %d" % (
                     dev.device_id, reopened.stage, control.stage))
-            reopened.services.close()
+            if reopened.services is not None:  # always set by open()
+                reopened.services.close()
         return problems
 
 
