@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "core"))
 
+import corekit  # noqa: E402
 from faultfs import EIO, PADS, FaultFS, PowerCut  # noqa: E402
 
 from agent.store import (  # noqa: E402
@@ -117,13 +118,12 @@ IN_FLIGHT = {"use_genserver_telemetry": True, "use_genserver_span_management": T
 
 
 def _build(path, fs, history=HISTORY, **kw):
-    s = _open(path, fs, **kw)
-    states = [_state(s)]
-    seqs = []
-    for changes in history:
-        seqs.append(s.commit(changes))
-        states.append(_state(s))
-    s.close()
+    with corekit.closing(_open(path, fs, **kw)) as s:
+        states = [_state(s)]
+        seqs = []
+        for changes in history:
+            seqs.append(s.commit(changes))
+            states.append(_state(s))
     return states, seqs
 
 
@@ -145,10 +145,9 @@ def _record_size(tmp_path, clean, changes):
     probe = tmp_path / "probe.db"
     _write(probe, clean)
     fs = FaultFS(NoSyncFS())
-    s = _open(probe, fs)
-    before = fs.bytes_written
-    s.commit(changes)
-    s.close()
+    with corekit.closing(_open(probe, fs)) as s:
+        before = fs.bytes_written
+        s.commit(changes)
     return fs.bytes_written - before
 
 
@@ -177,17 +176,16 @@ def test_cut_at_every_byte_of_a_commit(tmp_path, pad, lose_unsynced):
         in_flight_seq = s.seq
         fs.reboot(pad=pad)
         landed = len(_read(path)) > len(clean)
-        s = _open(path, fs)
-        got = _state(s)
-        if lose_unsynced:
-            assert got == (new if acked else old), n  # nothing unsynced survives
-        else:
-            assert got == (new if n >= record else old), n  # whole record: the in-flight state
-        next_seq = s.commit({"probe": n})
-        assert next_seq > seqs[-1]
-        if landed:
-            assert next_seq > in_flight_seq, (n, next_seq, in_flight_seq)
-        s.close()
+        with corekit.closing(_open(path, fs)) as s:
+            got = _state(s)
+            if lose_unsynced:
+                assert got == (new if acked else old), n  # nothing unsynced survives
+            else:
+                assert got == (new if n >= record else old), n  # whole record: the in-flight state
+            next_seq = s.commit({"probe": n})
+            assert next_seq > seqs[-1]
+            if landed:
+                assert next_seq > in_flight_seq, (n, next_seq, in_flight_seq)
         _assert_clean_on_disk(path, _apply(got, {"probe": n}))
     assert record > 100
 
@@ -214,11 +212,10 @@ def test_cut_at_every_byte_of_a_compaction(tmp_path, pad, lose_unsynced):
             finished = False
         written = fs.bytes_written - before
         fs.reboot(pad=pad)
-        s = _open(path, fs)
-        assert _state(s) == states[-1], n
-        assert s.stats()["corruption_detected"] == 0
-        assert s.commit({"probe": n}) == seqs[-1] + 1  # compaction burns no number
-        s.close()
+        with corekit.closing(_open(path, fs)) as s:
+            assert _state(s) == states[-1], n
+            assert s.stats()["corruption_detected"] == 0
+            assert s.commit({"probe": n}) == seqs[-1] + 1  # compaction burns no number
         _assert_clean_on_disk(path, _apply(states[-1], {"probe": n}))
         if finished:
             break
@@ -230,13 +227,12 @@ def test_cut_at_every_byte_of_a_compaction(tmp_path, pad, lose_unsynced):
 def test_cut_at_every_byte_of_a_commit_that_triggers_compaction(tmp_path, pad):
     fs = FaultFS(NoSyncFS(), seed=5)
     base = tmp_path / "base.db"
-    s = _open(base, fs, compact_min_bytes=400, compact_factor=1)
-    i = 0
-    while s.stats()["file_bytes"] < 330:
-        s.commit({"k": i})
-        i += 1
-    old, last_seq = _state(s), s.seq
-    s.close()
+    with corekit.closing(_open(base, fs, compact_min_bytes=400, compact_factor=1)) as s:
+        i = 0
+        while s.stats()["file_bytes"] < 330:
+            s.commit({"k": i})
+            i += 1
+        old, last_seq = _state(s), s.seq
     clean = _read(base)
     change = {"k": -1, "flag": True}
     record = _record_size(tmp_path, clean, change)
@@ -251,11 +247,10 @@ def test_cut_at_every_byte_of_a_commit_that_triggers_compaction(tmp_path, pad):
         except PowerCut:
             acked = False
         fs.reboot(pad=pad)
-        s = _open(path, fs)
-        # once the record is whole the commit survives, even if its compaction was cut
-        assert _state(s) == (_apply(old, change) if n >= record else old), n
-        assert s.commit({"probe": n}) > last_seq + (1 if n > 0 else 0)
-        s.close()
+        with corekit.closing(_open(path, fs)) as s:
+            # once the record is whole the commit survives, even if its compaction was cut
+            assert _state(s) == (_apply(old, change) if n >= record else old), n
+            assert s.commit({"probe": n}) > last_seq + (1 if n > 0 else 0)
         if acked:
             break
     assert acked and n > record
@@ -290,10 +285,9 @@ def test_crash_between_each_step_of_a_compaction(tmp_path, base_fs, lose_unsynce
             finished = False
             step_names.append(fs.trace[-1][0] if fs.trace else "start")
         fs.reboot()
-        s = _open(path, fs)
-        assert _state(s) == states[-1], (k, step_names[-1:])
-        assert s.commit({"probe": k}) == seqs[-1] + 1
-        s.close()
+        with corekit.closing(_open(path, fs)) as s:
+            assert _state(s) == states[-1], (k, step_names[-1:])
+            assert s.commit({"probe": k}) == seqs[-1] + 1
         _assert_clean_on_disk(path, _apply(states[-1], {"probe": k}))
         if finished:
             break
@@ -333,10 +327,9 @@ def test_crash_between_each_step_of_recovery(tmp_path, base_fs):
             except PowerCut:
                 finished = False
             fs.reboot()
-            s = _open(path, fs)
-            assert _state(s) == want, (kind, k)
-            assert s.commit({"probe": k}) >= lowest_seq
-            s.close()
+            with corekit.closing(_open(path, fs)) as s:
+                assert _state(s) == want, (kind, k)
+                assert s.commit({"probe": k}) >= lowest_seq
             _assert_clean_on_disk(path, _apply(want, {"probe": k}))
             aside = [n for n in os.listdir(tmp_path) if n.startswith(kind + ".db.corrupt-")]
             if kind == "corrupt":
@@ -421,17 +414,15 @@ def test_second_corruption_gets_its_own_aside_file(tmp_path):
     path = tmp_path / "flags.db"
     fs = NoSyncFS()
     for round_ in (1, 2):
-        s = _open(path, fs)
-        for i in range(3):
-            s.commit({"k": i, "round": round_})
-        s.close()
+        with corekit.closing(_open(path, fs)) as s:
+            for i in range(3):
+                s.commit({"k": i, "round": round_})
         data = _read(path)
         spans = _record_spans(data)
         bad = _flip(data, spans[-2][0] + RECORD_HEADER_SIZE, 0)
         _write(path, bad)
-        s = _open(path, fs)
-        assert s.stats()["corruption_detected"] == 1
-        s.close()
+        with corekit.closing(_open(path, fs)) as s:
+            assert s.stats()["corruption_detected"] == 1
         assert _read(str(path) + ".corrupt-" + str(round_)) == bad
     assert sorted(os.listdir(tmp_path)) == ["flags.db", "flags.db.corrupt-1", "flags.db.corrupt-2"]
 
@@ -456,51 +447,48 @@ def test_error_at_each_step_acknowledges_nothing(tmp_path, code, op):
                 path = tmp_path / "flags.db"
                 _write(path, clean)
                 fs = FaultFS(NoSyncFS())
-                s = _open(path, fs)
-                fs.fail(op, code, nth=nth, times=times, partial=7)
-                try:
-                    if action == "commit":
-                        s.commit(IN_FLIGHT)
-                    else:
-                        s.compact()
-                    raised = None
-                except StoreError as exc:
-                    raised = exc
-                if raised is not None:
-                    assert isinstance(raised, error), (action, raised)
-                    assert _state(s) == old
-                want = new if action == "commit" and raised is None else old
-                assert _state(s) == want
-                # still usable once the fault has passed
-                fs.clear_faults()
-                if s.needs_reopen:  # an fsync failed and its rollback too
-                    s.reopen()
-                probe_seq = s.commit({"probe": nth})
-                assert probe_seq > seqs[-1] + (1 if action == "commit" else 0)
-                s.close()
-                s = _open(path, fs)
-                assert _state(s) == _apply(want, {"probe": nth}), (action, nth, times)
-                assert s.stats()["recovered"] == 0
-                s.close()
+                with corekit.closing(_open(path, fs)) as s:
+                    fs.fail(op, code, nth=nth, times=times, partial=7)
+                    try:
+                        if action == "commit":
+                            s.commit(IN_FLIGHT)
+                        else:
+                            s.compact()
+                        raised = None
+                    except StoreError as exc:
+                        raised = exc
+                    if raised is not None:
+                        assert isinstance(raised, error), (action, raised)
+                        assert _state(s) == old
+                    want = new if action == "commit" and raised is None else old
+                    assert _state(s) == want
+                    # still usable once the fault has passed
+                    fs.clear_faults()
+                    if s.needs_reopen:  # an fsync failed and its rollback too
+                        s.reopen()
+                    probe_seq = s.commit({"probe": nth})
+                    assert probe_seq > seqs[-1] + (1 if action == "commit" else 0)
+                with corekit.closing(_open(path, fs)) as s:
+                    assert _state(s) == _apply(want, {"probe": nth}), (action, nth, times)
+                    assert s.stats()["recovered"] == 0
 
 
 def test_failed_compaction_after_a_durable_commit_still_acknowledges_it(tmp_path):
     path = tmp_path / "flags.db"
     fs = FaultFS(NoSyncFS())
     lines = []
-    s = _open(path, fs, compact_min_bytes=200, compact_factor=1, logger=lines.append)
-    fs.fail("open_write", ENOSPC, times=1000)
-    for i in range(20):
-        assert s.commit({"k": i}) == i + 1  # every commit is acknowledged
-    assert s.stats()["compaction_failures"] > 0
-    assert any("compaction failed" in line for line in lines)
-    fs.clear_faults()
-    s.commit({"k": 99})
-    assert s.stats()["compactions"] >= 2
-    s.close()
-    s = _open(path, fs)
-    assert _state(s) == {"k": 99}
-    s.close()
+    with corekit.closing(_open(path, fs, compact_min_bytes=200, compact_factor=1,
+                               logger=lines.append)) as s:
+        fs.fail("open_write", ENOSPC, times=1000)
+        for i in range(20):
+            assert s.commit({"k": i}) == i + 1  # every commit is acknowledged
+        assert s.stats()["compaction_failures"] > 0
+        assert any("compaction failed" in line for line in lines)
+        fs.clear_faults()
+        s.commit({"k": 99})
+        assert s.stats()["compactions"] >= 2
+    with corekit.closing(_open(path, fs)) as s:
+        assert _state(s) == {"k": 99}
 
 
 # ------------------------------------------------------------ random operations, a fault at every N
@@ -640,11 +628,10 @@ def test_swapped_records_are_corruption_not_a_mix(tmp_path):
     swapped = clean[:a0] + clean[b0:b1] + clean[a0:a1]
     path = tmp_path / "flags.db"
     _write(path, swapped)
-    s = _open(path, NoSyncFS())
-    assert _state(s) == states[-3]  # each record is intact, but not in its place
-    assert s.stats()["corruption_detected"] == 1
-    assert s.commit({"probe": 1}) > seqs[-1]
-    s.close()
+    with corekit.closing(_open(path, NoSyncFS())) as s:
+        assert _state(s) == states[-3]  # each record is intact, but not in its place
+        assert s.stats()["corruption_detected"] == 1
+        assert s.commit({"probe": 1}) > seqs[-1]
 
 
 def test_duplicated_last_record_is_dropped(tmp_path):
@@ -653,11 +640,10 @@ def test_duplicated_last_record_is_dropped(tmp_path):
     start, end = _record_spans(clean)[-1]
     path = tmp_path / "flags.db"
     _write(path, clean + clean[start:end])
-    s = _open(path, NoSyncFS())
-    assert _state(s) == states[-1]
-    assert s.stats()["recovered"] == 1 and s.stats()["corruption_detected"] == 0
-    assert s.commit({"probe": 1}) > seqs[-1]
-    s.close()
+    with corekit.closing(_open(path, NoSyncFS())) as s:
+        assert _state(s) == states[-1]
+        assert s.stats()["recovered"] == 1 and s.stats()["corruption_detected"] == 0
+        assert s.commit({"probe": 1}) > seqs[-1]
 
 
 def test_failed_fat_rename_then_power_cut_during_repair_loses_nothing(tmp_path):
@@ -681,11 +667,10 @@ def test_failed_fat_rename_then_power_cut_during_repair_loses_nothing(tmp_path):
         except PowerCut:
             acked = False
         fs.reboot(pad="ff")
-        s = _open(path, fs)
-        new = _apply(old, {"c": 3})
-        # unacknowledged: old, or new if the whole record landed before the cut
-        assert _state(s) == new if acked else _state(s) in (old, new), n
-        s.close()
+        with corekit.closing(_open(path, fs)) as s:
+            new = _apply(old, {"c": 3})
+            # unacknowledged: old, or new if the whole record landed before the cut
+            assert _state(s) == new if acked else _state(s) in (old, new), n
         if acked:
             break
         n += 1
