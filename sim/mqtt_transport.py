@@ -38,6 +38,9 @@ from firmware_shim.mqtt_paho import (
 from sim.fleet import SAMPLE_MS, WALL_START, SimDevice, SimSettings, Simulation, run
 
 BROKER_ANSWER_S = 5.0
+# amqtt matches every message against every subscription (18 a device, with the hash
+# buckets) and keeps no session for an anonymous client: fine for a few dozen devices
+EMBEDDED_MAX_DEVICES = 50
 SCALE = 30.0   # virtual milliseconds per real millisecond (a 5-minute soak: 10 s)
 CONNECT_TIMEOUT_S = 30.0  # every session connected, or the run is refused
 

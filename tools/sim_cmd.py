@@ -77,7 +77,12 @@ def main(args: argparse.Namespace) -> int:
         print("fleetstage sim: %d devices, faults %s, waves %s, seed %d, %s transport" % (
             args.devices, args.faults, args.waves, args.seed, args.transport))
     if args.transport == "mqtt":
-        from sim.mqtt_transport import MqttSetupError, run_mqtt
+        from sim.mqtt_transport import EMBEDDED_MAX_DEVICES, MqttSetupError, run_mqtt
+        if args.broker is None and args.devices > EMBEDDED_MAX_DEVICES:
+            print("fleetstage sim: note: the embedded broker (amqtt) routes each message past "
+                  "every subscription and keeps no sessions for anonymous clients; above %d "
+                  "devices give --broker mqtt://HOST:PORT (mosquitto)" % EMBEDDED_MAX_DEVICES,
+                  file=sys.stderr)
         try:
             result = run_mqtt(settings, args.broker)
         except MqttSetupError as exc:
