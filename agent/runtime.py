@@ -357,6 +357,7 @@ class AgentRuntime:
                    "queue_dropped_by_kind": dict(self.queue.dropped_by_kind),
                    "console_hold": self._local_hold is not None,
                    "desired_held": self.counters["desired_held"],
+                   "flag_sources": {n: f["source"] for n, f in c.flags.list_all().items()},
                    "memory": self.memory_report()},
             key=self.key, now=self._now(), fleet=self.fleet)
 

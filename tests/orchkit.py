@@ -46,8 +46,8 @@ class InProcessGateways:
         self.gateways = {}
         for device_id, spec in specs.items():
             config = dict(FAST)
-            config["control"] = {"window_ms": 1000,
-                                 "thresholds": {"min_samples": 10}}
+            config["control"] = {"window_ms": 1000, "thresholds": {"min_samples": 10}}
+            config["control"].update(spec.get("control", {}))
             if spec.get("hw"):
                 config["hw"] = spec["hw"]
             files = AgentProcess(os.path.join(world.tmp, "inproc"), world.broker, world.fleet,

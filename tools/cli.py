@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "tools.rollout_cmd",
     "tools.broker_setup",
     "tools.profile",
+    "tools.flags_cmd",
 ]
 
 
