@@ -113,13 +113,15 @@ def flag_table(view: FleetView, devices: list[str]) -> dict:
     """device -> {flag: {"value", "source"}} from verified statuses (None: no status)."""
     out: dict = {}
     for d in devices:
-        st = view.status.get(d)
-        flags = st.get("flags") if st else None
+        st = view.status.get(d) or {}
+        flags = st.get("flags")
         if not isinstance(flags, dict):
             out[d] = None
             continue
-        extra = st.get("extra") if isinstance(st.get("extra"), dict) else {}
-        sources = extra.get("flag_sources") if isinstance(extra.get("flag_sources"), dict) else {}
+        extra = st.get("extra")
+        extra = extra if isinstance(extra, dict) else {}
+        sources = extra.get("flag_sources")
+        sources = sources if isinstance(sources, dict) else {}
         out[d] = {name: {"value": flags.get(name), "source": sources.get(name, "?")}
                   for name in sorted(flags)}
     return out
