@@ -64,6 +64,7 @@ from tools.orchestrator import (
     soak_from_plan,
 )
 from tools.rollout_lease import Lease, LeaseHeld, StateLock
+from tools.rollout_view import PlainView, RichView, make_view
 
 EXIT = {"completed": 0, "halted": 1, "failed": 2, "paused": 3, "aborted": 4, "preempted": 5}
 TERMINAL = ("completed", "halted", "preempted")
@@ -221,12 +222,13 @@ def address(devices: list[str], buckets: Buckets) -> list[tuple[str, list[str]]]
 
 class Driver:
     def __init__(self, args: argparse.Namespace, client: OperatorClient, wire: Wire,
-                 store: Store, say: Callable[[str], None]) -> None:
+                 store: Store, view: PlainView | RichView) -> None:
         self.args = args
         self.client = client
         self.wire = wire
         self.store = store
-        self.say = say
+        self.view = view
+        self.say = view.say
         wire.on_sent = self.save  # the state is on flash before anything goes out
 
     def save(self) -> None:
@@ -254,6 +256,7 @@ class Driver:
                     self.wire.publish(d)
                 elif isinstance(d, Wait):
                     until = d.until
+            self.view.update(orch.progress(time.time()))
             # inputs can change the picture at any time: look again within 0.2 s
             loop.run_once(0 if until is None else min(0.2, max(0.0, until - time.time())))
 
@@ -344,10 +347,8 @@ def _abort(args, client: OperatorClient | None, store: Store, say) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    out = sys.stderr if args.json else sys.stdout
-
-    def say(msg: str) -> None:
-        print(msg, file=out, flush=True)
+    plain = PlainView(sys.stderr if args.json else sys.stdout)
+    say = plain.say
 
     def fail(msg: str) -> int:
         print("fleetstage rollout: %s" % msg, file=sys.stderr)
@@ -387,13 +388,17 @@ def _run(args: argparse.Namespace) -> int:
         if store.get("rollout_id") != lease.rollout or store.get("status") == "aborted":
             store.commit({"rollout_id": lease.rollout, "status": "running",
                           "orch": orch.state()})
-        driver = Driver(args, client, wire, store, say)
-        try:
-            done = driver.run(orch)
-        except KeyboardInterrupt:
-            say("interrupted: the state is kept in %s; run again to resume" % args.state)
-            return EXIT["aborted"]
-        return report(args, orch, done, say)
+        with make_view(args.json) as view:
+            driver = Driver(args, client, wire, store, view)
+            try:
+                done = driver.run(orch)
+            except KeyboardInterrupt:
+                view.say("interrupted: the state is kept in %s; run again to resume" %
+                         args.state)
+                return EXIT["aborted"]
+        if not args.json:
+            view.summary(orch.results)
+        return report(args, orch, done, view.say)
     except (LeaseHeld, RolloutError) as exc:
         return fail(str(exc))
     except StoreError as exc:
