@@ -44,7 +44,7 @@ from agent import protocol as P
 from agent.store import Store, StoreError
 from firmware_shim import codec
 from firmware_shim.files import FileSystem
-from firmware_shim.mqtt_paho import MqttError
+from firmware_shim.mqtt_paho import MqttError, MqttNotConnected
 from tools import waves as W
 from tools.bucketing import Buckets, plan_addressing
 from tools.operator_cmd import (
@@ -87,6 +87,7 @@ class Wire:
         self.status: dict[str, dict] = {}
         self._tags: dict[bytes, str] | None = None
         self.buckets: Buckets | None = None
+        self._keys: dict = {}  # device -> (tag, K_d), so each device key is derived once
         self.bad = 0
         self._chain = client._on_message
         client.link.set_callbacks(on_message=self.on_message)
@@ -116,7 +117,7 @@ class Wire:
     def _report(self, device: str, leaf: str, payload: bytes) -> None:
         try:
             rep = P.decode_report(payload, P.derive_device_key(self.client.fleet_key, device),
-                                  leaf, device_id=device)
+                                  leaf, device_id=device, fleet=self.client.fleet)
         except P.ProtocolError:
             self.bad += 1
             return
@@ -160,7 +161,8 @@ class Wire:
         decode = P.decode_command if channel == "cmd" else P.decode_desired
         groups = self.orch.devices[d].groups
         try:
-            msg = decode(payload, P.derive_device_key(self.client.fleet_key, d), d, groups)
+            msg = decode(payload, P.derive_device_key(self.client.fleet_key, d), d, groups,
+                         fleet=self.client.fleet)
         except P.ProtocolError:
             self.bad += 1  # not signed with our fleet key: it cannot move a device
             return
@@ -195,21 +197,50 @@ class Wire:
         self.on_sent()
         if self.buckets is None:
             self.buckets = Buckets(orch.devices)
+        sent = []
         for target, devices in address(decision.devices, self.buckets):
             if isinstance(decision, Send):
+                topic = P.cmd_topic(c.fleet, target)
                 payload = P.encode_command(decision.op, decision.args, target, seq, plan.hash,
                                            c.fleet_key, devices=devices, command_id=cid,
                                            issued_at=issued, max_stage=plan.max_stage,
-                                           fleet=c.fleet)
-                c.link.publish(P.cmd_topic(c.fleet, target), payload, qos=1)
+                                           keys=self._keys, fleet=c.fleet)
             else:
+                topic = P.desired_topic(c.fleet, target)
                 payload = P.encode_desired(target, decision.stage, seq, plan.hash, c.fleet_key,
                                            devices=devices, command_id=cid, issued_at=issued,
-                                           max_stage=plan.max_stage, fleet=c.fleet)
-                c.link.publish(P.desired_topic(c.fleet, target), payload, qos=1, retain=True)
+                                           max_stage=plan.max_stage, keys=self._keys,
+                                           fleet=c.fleet)
+            sent.append((topic, self._publish(topic, payload, isinstance(decision, Retain))))
             c.loop.run_once(0)
-        c.loop.run_until(lambda: not c.link.pending_out(), 10.0)
+        self._confirm(sent)
         return True
+
+    def _publish(self, topic: str, payload: bytes, retain: bool) -> int:
+        """QoS 1 with the broker's verdict tracked; waits out a dropped link once."""
+        link = self.client.link
+        for _attempt in range(2):
+            try:
+                return link.publish(topic, payload, qos=1, retain=retain, track=True)
+            except MqttNotConnected:
+                self.client.loop.run_until(lambda: link.connected, 10.0)
+        raise RolloutError("broker link down, cannot publish to %s: %s" % (
+            topic, link.last_error))
+
+    def _confirm(self, sent: list[tuple[str, int]]) -> None:
+        """Every PUBACK in, none refused (an ACL drop is an MQTT 5 reason code)."""
+        results = self.client.link.publish_results
+        done = self.client.loop.run_until(
+            lambda: all(results.get(mid) is not None for _t, mid in sent), 30.0)
+        verdicts = [(topic, results.pop(mid, None)) for topic, mid in sent]
+        if not done:
+            raise RolloutError("the broker did not acknowledge %d publishes (first: %s)" % (
+                sum(1 for _t, v in verdicts if v is None), verdicts[0][0]))
+        refused = [(t, v) for t, v in verdicts if v]
+        if refused:
+            raise RolloutError("the broker refused the publish to %s (%s): this login may not "
+                               "publish for fleet %s; use the operator login" % (
+                                   refused[0][0], refused[0][1], self.client.fleet))
 
 
 def address(devices: list[str], buckets: Buckets) -> list[tuple[str, list[str]]]:
