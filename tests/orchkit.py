@@ -1,5 +1,6 @@
 """Helpers for the rollout end-to-end tests: `fleetstage rollout` as a process against
-agents on a real mosquitto.
+agents on a real mosquitto: the field lab's (tests/fieldlab.py: the shipped config, ACL,
+passwords, TLS, each agent with its own login), through LabWorld.
 
 InProcessGateways: real agents (agent.boot with the Pi platform, a paho link each,
 their own client id and last will) driven in the test's own loop, with a gateway
@@ -50,6 +51,7 @@ class InProcessGateways:
             config["control"].update(spec.get("control", {}))
             if spec.get("hw"):
                 config["hw"] = spec["hw"]
+            config.update(world.device_config(device_id))
             files = AgentProcess(os.path.join(world.tmp, "inproc"), world.broker, world.fleet,
                                  world.fleet_key, device_id, groups=spec.get("groups", ()),
                                  config=config)
@@ -86,6 +88,60 @@ class InProcessGateways:
         self.loop.close()
 
 
+class LabAgent:
+    """An agent process of the lab, started on demand, with the lab's operator CLI."""
+
+    def __init__(self, lab, device_id, config=None):
+        self.lab, self.device_id, self.config = lab, device_id, dict(config or {})
+        self.proc = None
+
+    def start(self):
+        self.proc = self.lab.start_agent(self.device_id, **self.config)
+        return self
+
+    def cli(self, *args, timeout=60):
+        return self.lab.cli(*args, timeout=timeout)
+
+
+class LabWorld:
+    """The field lab with the few names the rollout tests use (fleet, keys, observer,
+    loop, agents, the operator's URL and profile)."""
+
+    def __init__(self, lab):
+        self.lab = lab
+        self.fleet, self.fleet_key = lab.fleet, lab.fleet_key
+        self.fleet_key_file = lab.fleet_key_file
+        self.observer, self.loop, self.tmp = lab.observer, lab.loop, lab.tmp
+        self.broker = _Url(lab.operator_url)
+
+    def env(self):
+        return self.lab.env()
+
+    def agent(self, device_id, config=None):
+        assert device_id in self.lab.devices, "give the lab every device up front"
+        return LabAgent(self.lab, device_id, config)
+
+    def device_config(self, device_id):
+        """Agent config keys for a device's own login on the device TLS listener."""
+        login = self.lab.device_login(device_id)
+        return {"broker": self.lab.device_url, "tls": {"ca": login.ca},
+                "credentials": {"username": login.username, "password": login.password}}
+
+    def publish_as(self, device_id, topic, payload, retain=False):
+        """Publish with a device's own broker login (as that device, or an attacker with it)."""
+        link = self.lab.device_link(device_id)
+        link.publish(topic, payload, qos=1, retain=retain)
+        self.loop.run_until(lambda: not link.pending_out(), 5.0)
+
+
+class _Url:
+    def __init__(self, url):
+        self.url = url
+        rest = url.split("://", 1)[1]
+        self.host, port = rest.rsplit(":", 1)
+        self.port = int(port)
+
+
 def rollout_args(world, state, *extra):
     return [sys.executable, "-m", "tools.cli", "rollout", "--broker", world.broker.url,
             "--key", world.fleet_key_file, "--fleet", world.fleet, "--state", state,
@@ -93,10 +149,10 @@ def rollout_args(world, state, *extra):
 
 
 def start_rollout(world, state, *extra):
-    return subprocess.Popen(rollout_args(world, state, *extra), cwd=REPO,
+    return subprocess.Popen(rollout_args(world, state, *extra), cwd=REPO, env=world.env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def run_rollout(world, state, *extra, timeout=120):
-    return subprocess.run(rollout_args(world, state, *extra), cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(rollout_args(world, state, *extra), cwd=REPO, env=world.env(),
+                          capture_output=True, text=True, timeout=timeout)

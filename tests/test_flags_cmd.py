@@ -1,22 +1,20 @@
-"""`fleetstage flags list|set|clear` and `clear-quarantine` as processes, on agent
-processes and a real mosquitto."""
+"""`fleetstage flags list|set|clear` and `clear-quarantine` as processes with the operator
+profile, on agent processes (and one in-process gateway) in the field lab: the shipped
+broker config, ACL, passwords and TLS."""
 import json
 
 import pytest
 
-from tests.agentkit import World
+from tests.orchkit import LabWorld
 
 
 @pytest.fixture
-def world(broker, tmp_path):
-    w = World(broker, tmp_path)
-    yield w
-    w.close()
+def world(field_lab):
+    return LabWorld(field_lab(devices=["gw1", "gw2", "gw-q"]))
 
 
 def _cli(world, agent, *args):
-    return agent.cli(*args, "--broker", world.broker.url, "--key", world.fleet_key_file,
-                     "--fleet", world.fleet, "--expect", "2", "--timeout", "15", timeout=60)
+    return agent.cli(*args, "--devices", "gw1,gw2", "--timeout", "15", timeout=60)
 
 
 def _flags(world, agent):
@@ -29,20 +27,20 @@ def test_flags_list_set_and_clear_show_values_and_sources(world):
     a = world.agent("gw1").start()
     world.agent("gw2").start()
     world.observer.wait_for(lambda: len({r["device"] for r in world.observer.of("status")}) == 2)
-    assert _cli(world, a, "publish-stage", "1").returncode == 0
+    r = _cli(world, a, "publish-stage", "1")
+    assert r.returncode == 0, r.stdout + r.stderr
     world.observer.wait_for(lambda: all(
         r.get("stage") == 1 for r in world.observer.of("status")[-2:]), 20)
     table = _flags(world, a)
     assert table["gw1"]["use_ets_agent_registry"] == {"value": True, "source": "stage"}
     assert table["gw1"]["use_logger_error_context"] == {"value": False, "source": "default"}
-    r = _cli(world, a, "flags", "set", "use_logger_error_context", "true", "--target",
-             "device:gw2")
+    r = a.cli("flags", "set", "use_logger_error_context", "true", "--target", "device:gw2")
     assert r.returncode == 0 and "1/1 applied" in r.stdout, r.stdout + r.stderr
     world.loop.run_until(lambda: False, 0.5)
     table = _flags(world, a)
     assert table["gw2"]["use_logger_error_context"] == {"value": True, "source": "override"}
     assert table["gw1"]["use_logger_error_context"]["value"] is False
-    r = _cli(world, a, "flags", "clear", "use_logger_error_context", "--target", "device:gw2")
+    r = a.cli("flags", "clear", "use_logger_error_context", "--target", "device:gw2")
     assert r.returncode == 0, r.stdout + r.stderr
     world.loop.run_until(lambda: False, 0.5)
     assert _flags(world, a)["gw2"]["use_logger_error_context"]["source"] == "default"
@@ -77,12 +75,12 @@ def test_clear_quarantine_lets_a_quarantined_gateway_advance_again(world, tmp_pa
 
     fleet = InProcessGateways(world, {"gw-q": {"bad_from_stage": 1, "control": {
         "quarantine_after": 1, "cooldown_ms": 0}}})
-    base = ["--broker", world.broker.url, "--key", world.fleet_key_file, "--fleet",
-            world.fleet, "--target", "device:gw-q", "--timeout", "15"]
+    base = ["--target", "device:gw-q", "--timeout", "15"]
 
     def cli(*args):
         proc = subprocess.Popen([sys.executable, "-m", "tools.cli", *args, *base], cwd=REPO,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                env=world.env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
         out, err = fleet.run_while(proc, 60)
         return proc.returncode, out + err
 

@@ -1,17 +1,16 @@
-"""`fleetstage rollout` on real agent processes and a real mosquitto."""
+"""`fleetstage rollout` on agent processes in the field lab (shipped broker config, ACL, TLS)."""
 import json
 
 import pytest
 
 from agent.plan import Plan
-from tests.agentkit import World
+from tests.orchkit import LabWorld
 
 
 @pytest.fixture
-def world(broker, tmp_path):
-    w = World(broker, tmp_path)
-    yield w
-    w.close()
+def world(field_lab):
+    """The field lab: shipped broker config, ACL, passwords, TLS, agents with own logins."""
+    return LabWorld(field_lab(devices=["gw1", "gw2", "gw3"]))
 
 
 def _rollout(world, agent, state, *extra):

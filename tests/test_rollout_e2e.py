@@ -1,7 +1,9 @@
-"""`fleetstage rollout` end to end: a real mosquitto, agents as processes (or in process
-with a gateway's traffic, for the cohort that breaks at stage 3), the rollout and the
-other operator tools as processes running at the same time. Soak times are scaled
-to fractions of a second; nothing here asserts on the wall clock.
+"""`fleetstage rollout` end to end in the field lab (tests/fieldlab.py): mosquitto on the
+shipped config with the generated ACL, password file and TLS; agents as processes with
+their own logins (or in process with a gateway's traffic and their own logins, for the
+cohort that breaks at stage 3); the rollout and the other operator tools as processes
+with the operator profile, running at the same time. Soak times are scaled to
+fractions of a second; nothing here asserts on the wall clock.
 
 Issue 7 items 3, 4, 5 and issue 10's proof list.
 """
@@ -13,15 +15,15 @@ import pytest
 
 from agent import protocol as P
 from agent.plan import Plan
-from tests.agentkit import World
-from tests.orchkit import InProcessGateways, run_rollout, start_rollout
+from tests.orchkit import InProcessGateways, LabWorld, run_rollout, start_rollout
 
 
 @pytest.fixture
-def world(broker, tmp_path):
-    w = World(broker, tmp_path)
-    yield w
-    w.close()
+def make_world(field_lab):
+    def make(devices, groups=None):
+        return LabWorld(field_lab(devices=devices, groups={
+            d: list((groups or {}).get(d, ["pilot"])) for d in devices}))
+    return make
 
 
 def _stages(world):
@@ -32,8 +34,8 @@ def _stages(world):
     return latest
 
 
-def _fleet(world, ids, groups=None):
-    agents = [world.agent(d, groups=(groups or {}).get(d, ("pilot",))).start() for d in ids]
+def _fleet(world, ids):
+    agents = [world.agent(d).start() for d in ids]
     world.observer.wait_for(lambda: len(_stages(world)) == len(ids), 30)
     return agents
 
@@ -47,9 +49,10 @@ def _stage_enabled(world):
     return out
 
 
-def test_rollout_completes_every_wave_of_every_stage(world, tmp_path):
+def test_rollout_completes_every_wave_of_every_stage(make_world, tmp_path):
+    world = make_world(["gw1", "gw2", "gw3", "gw4"], {"gw1": ["canary"]})
     ids = ["gw1", "gw2", "gw3", "gw4"]
-    _fleet(world, ids, {"gw1": ("canary",)})
+    _fleet(world, ids)
     r = run_rollout(world, str(tmp_path / "r.store"), "--expect", "4", "--soak", "0.3",
                     "--waves", "group:canary,50%,100%", "--json")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -64,12 +67,13 @@ def test_rollout_completes_every_wave_of_every_stage(world, tmp_path):
 
 
 def test_a_group_failing_at_stage_3_halts_at_its_wave_names_the_group_and_rolls_back(
-        world, tmp_path):
+        make_world, tmp_path):
     specs = {"gw-c": {"groups": ["canary"], "hw": "rev-a"}}
     for i in range(5):
         specs["gw-a%d" % i] = {"groups": ["line-1"], "hw": "rev-a"}
     for i in range(3):
         specs["gw-b%d" % i] = {"groups": ["line-2"], "hw": "rev-b", "bad_from_stage": 3}
+    world = make_world(list(specs), {d: spec["groups"] for d, spec in specs.items()})
     fleet = InProcessGateways(world, specs)
     try:
         fleet.loop.run_until(lambda: False, 0.5)
@@ -100,13 +104,16 @@ def test_a_group_failing_at_stage_3_halts_at_its_wave_names_the_group_and_rolls_
         fleet.close()
 
 
-def test_silent_devices_count_against_the_error_threshold_after_the_timeout(world, tmp_path):
-    _fleet(world, ["gw1", "gw2", "gw3"])
-    # A device that says it is online (a retained, validly signed status) but answers nothing.
+def test_silent_devices_count_against_the_error_threshold_after_the_timeout(
+        make_world, tmp_path):
     ghost = "gw-ghost"
-    status = P.encode_status(ghost, 0, {}, groups=["pilot"],
+    world = make_world(["gw1", "gw2", "gw3", ghost])
+    _fleet(world, ["gw1", "gw2", "gw3"])
+    # A device that says it is online (a retained status it signed, sent with its own
+    # login) but answers nothing.
+    status = P.encode_status(ghost, 0, {}, groups=["pilot"], fleet=world.fleet,
                              key=P.derive_device_key(world.fleet_key, ghost))
-    world.operator.link.publish(P.device_topic(world.fleet, ghost, "status"), status, 1, True)
+    world.publish_as(ghost, P.device_topic(world.fleet, ghost, "status"), status, retain=True)
     world.observer.wait_for(lambda: ghost in _stages(world), 10)
     r = run_rollout(world, str(tmp_path / "r.store"), "--expect", "4", "--soak", "0.3",
                     "--waves", "100%", "--timeout", "2", "--error-threshold", "0", "--json")
@@ -117,8 +124,9 @@ def test_silent_devices_count_against_the_error_threshold_after_the_timeout(worl
     world.observer.wait_for(lambda: all(_stages(world)[d] == 0 for d in ("gw1", "gw2", "gw3")))
 
 
-def test_item3_emergency_rollback_beats_running_rollout(world, tmp_path):
+def test_item3_emergency_rollback_beats_running_rollout(make_world, tmp_path):
     ids = ["gw1", "gw2", "gw3"]
+    world = make_world(ids)
     agents = _fleet(world, ids)
     proc = start_rollout(world, str(tmp_path / "r.store"), "--expect", "3", "--soak", "2",
                          "--waves", "100%", "--to-stage", "4")
@@ -144,7 +152,8 @@ def test_item3_emergency_rollback_beats_running_rollout(world, tmp_path):
     assert again.returncode == 5 and "--abort" in again.stdout, again.stdout + again.stderr
 
 
-def test_item4_two_orchestrators_cannot_run_one_rollout(world, tmp_path):
+def test_item4_two_orchestrators_cannot_run_one_rollout(make_world, tmp_path):
+    world = make_world(["gw1", "gw2"])
     _fleet(world, ["gw1", "gw2"])
     first = start_rollout(world, str(tmp_path / "a.store"), "--expect", "2", "--soak", "1",
                           "--waves", "100%", "--to-stage", "3")
@@ -172,7 +181,8 @@ def test_item4_two_orchestrators_cannot_run_one_rollout(world, tmp_path):
 
 
 def test_item5_finished_state_file_that_no_longer_matches_the_fleet_is_refused(
-        world, tmp_path):
+        make_world, tmp_path):
+    world = make_world(["gw1", "gw2"])
     agents = _fleet(world, ["gw1", "gw2"])
     state = str(tmp_path / "r.store")
     args = ("--expect", "2", "--soak", "0.2", "--waves", "100%", "--to-stage", "2")
@@ -196,8 +206,9 @@ def test_item5_finished_state_file_that_no_longer_matches_the_fleet_is_refused(
 
 
 def test_an_orchestrator_killed_mid_rollout_resumes_without_sending_any_wave_twice(
-        world, tmp_path):
+        make_world, tmp_path):
     ids = ["gw1", "gw2", "gw3", "gw4"]
+    world = make_world(ids)
     _fleet(world, ids)
     state = str(tmp_path / "r.store")
     args = ("--expect", "4", "--soak", "1.5", "--waves", "50%,100%", "--to-stage", "2")
@@ -215,12 +226,13 @@ def test_an_orchestrator_killed_mid_rollout_resumes_without_sending_any_wave_twi
     assert _stage_enabled(world) == {d: [1, 2] for d in ids}
 
 
-def test_on_failure_pause_then_resume(world, tmp_path):
+def test_on_failure_pause_then_resume(make_world, tmp_path):
+    world = make_world(["gw1", "gw2", "gw3"], {"gw1": ["canary"]})
     other = Plan.default().to_dict()
     other["description"] = "another plan: gw3 refuses our commands (wrong_plan)"
     plan_file = tmp_path / "other-plan.json"
     plan_file.write_text(json.dumps(other))
-    world.agent("gw1", groups=("canary",)).start()
+    world.agent("gw1").start()
     world.agent("gw2").start()
     world.agent("gw3", config={"plan_file": str(plan_file)}).start()
     world.observer.wait_for(lambda: len(_stages(world)) == 3, 30)

@@ -8,8 +8,8 @@ import subprocess
 import pytest
 from rich.console import Console
 
-from tests.agentkit import REPO, World
-from tests.orchkit import rollout_args
+from tests.agentkit import REPO
+from tests.orchkit import LabWorld, rollout_args
 from tools.rollout_view import PlainView, RichView, health_line
 from tools.waves import WaveResult
 
@@ -55,10 +55,9 @@ def test_plain_view_prints_notices_progress_and_a_summary():
 
 
 @pytest.fixture
-def world(broker, tmp_path):
-    w = World(broker, tmp_path)
-    yield w
-    w.close()
+def world(field_lab):
+    """The field lab: shipped broker config, ACL, passwords, TLS, agents with own logins."""
+    return LabWorld(field_lab(devices=["gw1", "gw2"]))
 
 
 def test_on_a_terminal_the_rollout_draws_the_live_panel_and_the_summary_table(world, tmp_path):
@@ -66,7 +65,7 @@ def test_on_a_terminal_the_rollout_draws_the_live_panel_and_the_summary_table(wo
         world.agent(d).start()
     world.observer.wait_for(lambda: len({r["device"] for r in world.observer.of("status")}) == 2)
     master, slave = pty.openpty()
-    env = dict(os.environ, COLUMNS="120", LINES="40", TERM="xterm")
+    env = dict(world.env(), COLUMNS="120", LINES="40", TERM="xterm")
     proc = subprocess.Popen(rollout_args(world, str(tmp_path / "r.store"), "--expect", "2",
                                          "--soak", "1", "--waves", "50%,100%", "--to-stage", "1"),
                             cwd=REPO, stdout=slave, stderr=slave, stdin=subprocess.DEVNULL,
