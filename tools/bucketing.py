@@ -97,3 +97,29 @@ def messages_heard(plan: list[tuple[str, list[str]]], fleet: Buckets) -> Counter
             if b[:n] in prefixes:
                 heard[d] += 1
     return heard
+
+
+def main() -> None:
+    """`python -m tools.bucketing`: what one device receives per command, by fleet size,
+    against one broadcast signed for the whole wave (what MAX_PAYLOAD used to bound)."""
+    key = bytes(32)
+    print("%-10s %-6s %-9s %-7s %-9s %-16s %s" % (
+        "devices", "wave", "messages", "prefix", "max MACs", "max bytes/device",
+        "one broadcast"))
+    for n in (1000, 1_000_000):
+        fleet = ["gw-%07d" % i for i in range(n)]
+        buckets = Buckets(fleet)
+        for share in (0.02, 1.0):
+            members = fleet[:max(1, int(n * share))]
+            plan = plan_addressing(members, buckets)
+            target, devices = max(plan, key=lambda x: len(x[1]))
+            payload = P.encode_command("migrate", {"stage": 1}, target, 1796000000000, "h" * 16,
+                                       key, devices=devices, command_id="0123456789abcdef",
+                                       issued_at=1796000000, fleet="plant1")
+            print("%-10d %-6s %-9d %-7d %-9d %-16d %d" % (
+                n, "%g%%" % (100 * share), len(plan), len(target) - len("bucket:"),
+                len(devices), len(payload), len(members) * ENTRY_BYTES))
+
+
+if __name__ == "__main__":
+    main()
