@@ -9,34 +9,6 @@ from sim.fleet import SimSettings, run
 from sim.memfs import MemFS
 from sim.report import to_json
 from tools.cli import main as cli_main
-from tools.strategy import WavePolicy, WaveResult, judge_wave
-
-
-def test_wave_split_covers_every_device_once_and_is_stable():
-    ids = ["gw-%03d" % i for i in range(137)]
-    policy = WavePolicy()
-    waves = policy.split(ids)
-    flat = [d for w in waves for d in w]
-    assert sorted(flat) == ids
-    assert len(flat) == len(set(flat))
-    assert [len(w) for w in waves] == [3, 11, 54, 69]  # cumulative 2%, 10%, 50%, 100% of 137
-    assert policy.split(list(reversed(ids))) == waves  # order of input does not matter
-
-
-def test_wave_policy_rejects_bad_waves():
-    for waves in ((0.5, 0.4, 1.0), (0.1, 0.9), (0.0, 1.0)):
-        with pytest.raises(ValueError):
-            WavePolicy(waves=waves)
-
-
-def test_judge_wave_halts_on_failures_and_missing_acks():
-    policy = WavePolicy(max_failure_ratio=0.05, min_ack_ratio=0.9)
-    ok = judge_wave(policy, WaveResult(stage=1, wave=1, devices=100, applied=96, rolled_back=4))
-    assert not ok.halted
-    bad = judge_wave(policy, WaveResult(stage=1, wave=1, devices=100, applied=94, rolled_back=6))
-    assert bad.halted and "failed" in bad.why
-    silent = judge_wave(policy, WaveResult(stage=1, wave=1, devices=10, applied=8, unanswered=2))
-    assert silent.halted and "acknowledged" in silent.why
 
 
 def test_topic_filters():
