@@ -226,3 +226,18 @@ def test_bad_wave_lists_and_thresholds_say_what_is_wrong():
     assert W.parse_threshold("5%") == W.Threshold(0.05)
     with pytest.raises(W.WaveError):
         W.parse_threshold("150%")
+
+
+def test_the_help_of_rollout_flags_and_clear_quarantine_documents_exit_codes(capsys):
+    import pytest
+
+    from tools.cli import main
+    for argv, words in ((["rollout", "--help"], "5  preempted"),
+                        (["flags", "set", "--help"], "exit codes"),
+                        (["flags", "list", "--help"], "--target"),
+                        (["clear-quarantine", "--help"], "exit codes")):
+        with pytest.raises(SystemExit) as done:
+            main(argv)
+        assert done.value.code == 0
+        out = capsys.readouterr().out
+        assert words in out, (argv, out[-400:])

@@ -166,15 +166,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                            description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     fsub = flags.add_subparsers(dest="flags_command", metavar="list|set|clear")
-    p = fsub.add_parser("list", help="each flag's value and source on each device")
+    p = fsub.add_parser("list", description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        help="each flag's value and source on each device")
     _common(p)
     p.set_defaults(handler=_run_list, command="flags list")
-    p = fsub.add_parser("set", help="override a flag on the targeted devices (signed)")
+    p = fsub.add_parser("set", description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        help="override a flag on the targeted devices (signed)")
     p.add_argument("name")
     p.add_argument("value", help="true or false")
     _common(p)
     p.set_defaults(handler=_run_set, command="flags set")
-    p = fsub.add_parser("clear", help="drop a flag's override: back to its stage's value")
+    p = fsub.add_parser("clear", description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        help="drop a flag's override: back to its stage's value")
     p.add_argument("name")
     _common(p)
     p.set_defaults(handler=_run_clear, command="flags clear")

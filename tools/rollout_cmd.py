@@ -473,7 +473,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_connection_options(p)
     p.add_argument("--waves", default=W.DEFAULT_WAVES,
                    help="waves: group:NAME and cumulative percentages, mixed, ending at 100%% "
-                        "(default %s)" % W.DEFAULT_WAVES)
+                        "(default %(default)s)")
     p.add_argument("--soak", type=float, help="seconds each wave is watched (default: the "
                                               "plan's monitoring time for the stage)")
     p.add_argument("--soak-scale", type=float,
