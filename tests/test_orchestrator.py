@@ -235,7 +235,8 @@ def test_the_help_of_rollout_flags_and_clear_quarantine_documents_exit_codes(cap
     for argv, words in ((["rollout", "--help"], "5  preempted"),
                         (["flags", "set", "--help"], "exit codes"),
                         (["flags", "list", "--help"], "--target"),
-                        (["clear-quarantine", "--help"], "exit codes")):
+                        (["clear-quarantine", "--help"], "exit codes"),
+                        (["sim", "--help"], "--waves")):
         with pytest.raises(SystemExit) as done:
             main(argv)
         assert done.value.code == 0

@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="fault profile (default: default; none: no faults at all)")
     p.add_argument("--seed", type=int, default=7, help="random seed; a run is reproducible")
     p.add_argument("--waves", default=W.DEFAULT_WAVES,
-                   help="waves as for `fleetstage rollout` (default %s)" % W.DEFAULT_WAVES)
+                   help="waves as for `fleetstage rollout` (default %(default)s)")
     p.add_argument("--error-threshold", default="5%",
                    help="a wave fails when more than this share (5%%) or count (3) of its "
                         "devices fail (default 5%%)")
