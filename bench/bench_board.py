@@ -28,7 +28,10 @@ would need if it kept the code in flash.
 
 On the Pi side it measures the resident set (VmRSS) of `fleetstage agent`
 idling connected to the broker, beside bare python and python with paho and
-msgpack imported, all in the same run (target: the agent <= 25 MB).
+msgpack imported, all in the same run (target: the agent <= 25 MB). The target
+row runs the agent's modules from bytecode compiled beforehand, as `pip install`
+of the wheel leaves them on a Pi; the row below it is the same agent from the
+source tree with bytecode writes off (the compiler's memory counted too).
 """
 from __future__ import annotations
 
@@ -297,10 +300,11 @@ def _rss_of(proc: subprocess.Popen) -> int:
     raise RuntimeError("no VmRSS for %d" % proc.pid)
 
 
-def _idle_rss(argv: list[str], ready: str | None, log_path: str, settle_s: float = 2.0) -> int:
+def _idle_rss(argv: list[str], ready: str | None, log_path: str, settle_s: float = 2.0,
+              cwd: str = ROOT, env: dict[str, str] | None = None) -> int:
     """The resident set of a process once `ready` shows in its output and it has idled."""
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         deadline = time.monotonic() + 30
         while ready is not None:
@@ -317,6 +321,22 @@ def _idle_rss(argv: list[str], ready: str | None, log_path: str, settle_s: float
         proc.wait(10)
 
 
+def _installed_tree(work: str) -> tuple[str, dict[str, str]]:
+    """The agent's packages as a Pi runs them: `pip install` of the wheel (README, Pi setup)
+    compiles every module to bytecode at install, so the agent loads .pyc files and never
+    runs the compiler (~1 MB of resident set that a run from source, with bytecode writes
+    off, pays at start). A copy in `work` is compiled the same way (the tree is untouched)."""
+    tree = os.path.join(work, "installed")
+    for pkg in ("agent", "firmware_shim", "tools"):
+        shutil.copytree(os.path.join(ROOT, pkg), os.path.join(tree, pkg),
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "compileall", "-q", "agent", "firmware_shim",
+                    "tools"], cwd=tree, check=True)
+    env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # nothing left to write: all compiled above
+    return tree, env
+
+
 def pi_footprint(work: str, broker_url: str) -> dict:
     """Idle RSS of `fleetstage agent` beside bare python and python with paho imported."""
     fleet_key = P.new_fleet_key()
@@ -331,12 +351,15 @@ def pi_footprint(work: str, broker_url: str) -> dict:
                    "environment": "dev"}, f)
     py = sys.executable
     wait = "import sys, time; print('ready', flush=True); time.sleep(60)"
+    agent = [py, "-m", "tools.cli", "agent", "--config", config]
+    tree, env = _installed_tree(work)
     return {
+        "installed": _idle_rss(agent, "connected to broker", os.path.join(work, "inst.log"),
+                               cwd=tree, env=env),
         "bare": _idle_rss([py, "-c", wait], "ready", os.path.join(work, "bare.log")),
         "paho": _idle_rss([py, "-c", "import paho.mqtt.client, msgpack; " + wait], "ready",
                           os.path.join(work, "paho.log")),
-        "agent": _idle_rss([py, "-m", "tools.cli", "agent", "--config", config],
-                           "connected to broker", os.path.join(work, "agent.log")),
+        "agent": _idle_rss(agent, "connected to broker", os.path.join(work, "agent.log")),
     }
 
 
@@ -367,8 +390,11 @@ def run(quick: bool = False) -> list[dict]:
     ]
     pi, mb = got["pi"], 1024.0 * KB
     rows += [
-        figure("Pi agent idle RSS (fleetstage agent)", pi["agent"] / mb, "MB", "bare python",
-               pi["bare"] / mb, target="<= 25 MB", met=pi["agent"] <= 25 * mb),
+        figure("Pi agent idle RSS (fleetstage agent, bytecode compiled as pip installs it)",
+               pi["installed"] / mb, "MB", "bare python", pi["bare"] / mb, target="<= 25 MB",
+               met=pi["installed"] <= 25 * mb),
+        figure("  the same from the source tree, compiled at start", pi["agent"] / mb, "MB",
+               "bare python", pi["bare"] / mb),
         figure("  python with paho + msgpack imported", pi["paho"] / mb, "MB", "bare python",
                pi["bare"] / mb),
     ]
