@@ -158,392 +158,393 @@ def test_every_transition_and_refusal_through_the_control():
             c.close()
             # What the table decided is what is on flash.
             c, d, clock = _open(d, clock, config=TABLE_CONFIG)
-            assert c.state == expected, (state, event, "after reopen", c.state)
-            c.close()
+            with corekit.closing(c):
+                assert c.state == expected, (state, event, "after reopen", c.state)
 
 
 # -- readiness and migration ------------------------------------------------
 
 def test_readiness_reasons():
     c, d, clock = _open()
-    assert c.validate_readiness_for_stage(1)["ready"]
-    r = c.validate_readiness_for_stage(2)
-    assert not r["ready"] and "stage 1 first" in r["reasons"][0]
-    assert not c.validate_readiness_for_stage(5)["ready"]
-    assert not c.validate_readiness_for_stage(0)["ready"]
-    assert not c.validate_readiness_for_stage("1")["ready"]
-    for _ in range(11):
-        c.record_restart("spans")
-    r = c.validate_readiness_for_stage(1)
-    assert not r["ready"] and r["reasons"][0].startswith("unhealthy: restart frequency")
-    exc = corekit.raises(NotReady, c.migrate_to_stage, 1)
-    assert exc.reasons == r["reasons"] and exc.state == AT_STAGE
-    assert exc.event == "MigrateRequested"
-    assert c.stage == 0
-    c.close()
+    with corekit.closing(c):
+        assert c.validate_readiness_for_stage(1)["ready"]
+        r = c.validate_readiness_for_stage(2)
+        assert not r["ready"] and "stage 1 first" in r["reasons"][0]
+        assert not c.validate_readiness_for_stage(5)["ready"]
+        assert not c.validate_readiness_for_stage(0)["ready"]
+        assert not c.validate_readiness_for_stage("1")["ready"]
+        for _ in range(11):
+            c.record_restart("spans")
+        r = c.validate_readiness_for_stage(1)
+        assert not r["ready"] and r["reasons"][0].startswith("unhealthy: restart frequency")
+        exc = corekit.raises(NotReady, c.migrate_to_stage, 1)
+        assert exc.reasons == r["reasons"] and exc.state == AT_STAGE
+        assert exc.event == "MigrateRequested"
+        assert c.stage == 0
 
 
 def test_migrate_commits_stage_flags_history_and_seq_together():
     c, d, clock = _open()
-    seen = _events(c)
-    seq0 = c.seq
-    _traffic(c, latency=7)
-    result = c.migrate_to_stage(1, extra_changes={"proto.last_seq": 41})
-    assert result["result"] == "ok" and result["stage"] == 1 and result["seq"] == seq0 + 1
-    assert c.flags.values() == _stage_flags(1)
-    assert c.store.get("ctl.stage") == 1 and c.store.get("ctl.seq") == seq0 + 1
-    assert c.store.get("proto.last_seq") == 41
-    for name in FLAG_NAMES:
-        assert c.store.get("flag." + name) == _stage_flags(1)[name]
-    entry = c.status()["migration_history"][0]
-    assert entry["op"] == "migrate" and entry["from"] == 0 and entry["to"] == 1
-    assert entry["seq"] == seq0 + 1
-    names = [n for n, _ in seen]
-    assert names == ["feature_flag.changed", "feature_flag.changed", "migration.stage_enabled"]
-    payload = seen[-1][1]
-    assert payload["stage"] == 1 and payload["name"] == "registry" and payload["from"] == 0
-    assert c.metrics()["baseline"]["latency_p50"] == 7
-    assert c.services.supervisor.impl_of("registry") == "new"
-    assert c.services.supervisor.impl_of("spans") == "legacy"
-    c.close()
+    with corekit.closing(c):
+        seen = _events(c)
+        seq0 = c.seq
+        _traffic(c, latency=7)
+        result = c.migrate_to_stage(1, extra_changes={"proto.last_seq": 41})
+        assert result["result"] == "ok" and result["stage"] == 1 and result["seq"] == seq0 + 1
+        assert c.flags.values() == _stage_flags(1)
+        assert c.store.get("ctl.stage") == 1 and c.store.get("ctl.seq") == seq0 + 1
+        assert c.store.get("proto.last_seq") == 41
+        for name in FLAG_NAMES:
+            assert c.store.get("flag." + name) == _stage_flags(1)[name]
+        entry = c.status()["migration_history"][0]
+        assert entry["op"] == "migrate" and entry["from"] == 0 and entry["to"] == 1
+        assert entry["seq"] == seq0 + 1
+        names = [n for n, _ in seen]
+        assert names == ["feature_flag.changed", "feature_flag.changed", "migration.stage_enabled"]
+        payload = seen[-1][1]
+        assert payload["stage"] == 1 and payload["name"] == "registry" and payload["from"] == 0
+        assert c.metrics()["baseline"]["latency_p50"] == 7
+        assert c.services.supervisor.impl_of("registry") == "new"
+        assert c.services.supervisor.impl_of("spans") == "legacy"
 
 
 def test_extra_changes_may_not_touch_control_keys():
     c, d, clock = _open()
-    for key in ("ctl.stage", "flag.use_ets_agent_registry", "health.restarts"):
-        corekit.raises(ControlError, c.migrate_to_stage, 1, {key: 3})
-    corekit.raises(ControlError, c.migrate_to_stage, 1, ["x"])
-    assert c.stage == 0
-    c.set_flag_override("use_ets_sampled_events", True, extra_changes={"proto.cmd": "a"})
-    assert c.store.get("proto.cmd") == "a"
-    c.close()
+    with corekit.closing(c):
+        for key in ("ctl.stage", "flag.use_ets_agent_registry", "health.restarts"):
+            corekit.raises(ControlError, c.migrate_to_stage, 1, {key: 3})
+        corekit.raises(ControlError, c.migrate_to_stage, 1, ["x"])
+        assert c.stage == 0
+        c.set_flag_override("use_ets_sampled_events", True, extra_changes={"proto.cmd": "a"})
+        assert c.store.get("proto.cmd") == "a"
 
 
 # -- rollback paths ---------------------------------------------------------
 
 def test_manual_rollback_to_any_lower_stage_and_refusals():
     c, d, clock = _open()
-    _advance_to(c, 4)
-    seen = _events(c)
-    for bad in (4, 5, -1, "2", None):
-        exc = corekit.raises(TransitionRefused, c.rollback_to_stage, bad)
-        assert exc.state == AT_STAGE and exc.event == "RollbackRequested"
-    r = c.rollback_to_stage(1, extra_changes={"proto.last_seq": 9})
-    assert r["stage"] == 1 and c.flags.values() == _stage_flags(1)
-    assert c.store.get("proto.last_seq") == 9
-    rb = [p for n, p in seen if n == "migration.rollback"]
-    assert rb == [{"from": 4, "to": 1, "reason": "operator", "automatic": False, "seq": c.seq}]
-    flag_events = [p["name"] for n, p in seen if n == "feature_flag.changed"]
-    assert sorted(flag_events) == sorted(["use_logger_error_context", "use_genserver_telemetry",
-                                          "use_genserver_span_management",
-                                          "use_ets_sampled_events", "enforce_no_process_dict"])
-    assert c.state == AT_STAGE
-    c.rollback_to_stage(0)
-    assert c.flags.values() == _stage_flags(0)
-    corekit.raises(TransitionRefused, c.rollback_to_stage, 0)
-    c.close()
+    with corekit.closing(c):
+        _advance_to(c, 4)
+        seen = _events(c)
+        for bad in (4, 5, -1, "2", None):
+            exc = corekit.raises(TransitionRefused, c.rollback_to_stage, bad)
+            assert exc.state == AT_STAGE and exc.event == "RollbackRequested"
+        r = c.rollback_to_stage(1, extra_changes={"proto.last_seq": 9})
+        assert r["stage"] == 1 and c.flags.values() == _stage_flags(1)
+        assert c.store.get("proto.last_seq") == 9
+        rb = [p for n, p in seen if n == "migration.rollback"]
+        assert rb == [{"from": 4, "to": 1, "reason": "operator", "automatic": False, "seq": c.seq}]
+        flag_events = [p["name"] for n, p in seen if n == "feature_flag.changed"]
+        assert sorted(flag_events) == sorted(["use_logger_error_context", "use_genserver_telemetry",
+                                              "use_genserver_span_management",
+                                              "use_ets_sampled_events", "enforce_no_process_dict"])
+        assert c.state == AT_STAGE
+        c.rollback_to_stage(0)
+        assert c.flags.values() == _stage_flags(0)
+        corekit.raises(TransitionRefused, c.rollback_to_stage, 0)
 
 
 def test_emergency_rollback_goes_to_zero_and_drops_overrides():
     c, d, clock = _open()
-    _advance_to(c, 3)
-    c.set_flag_override("enforce_no_process_dict", True)
-    seen = _events(c)
-    corekit.raises(ControlError, c.emergency_rollback, "")
-    corekit.raises(ControlError, c.emergency_rollback, None)
-    r = c.emergency_rollback("System unresponsive")
-    assert r["stage"] == 0 and c.flags.values() == _stage_flags(0)
-    assert c.flags.overrides() == {}
-    payload = [p for n, p in seen if n == "migration.emergency_rollback"][0]
-    assert payload["from"] == 3 and payload["reason"] == "System unresponsive"
-    assert payload["overrides_dropped"] == ["enforce_no_process_dict"]
-    entry = c.status()["migration_history"][0]
-    assert entry["op"] == "emergency_rollback" and entry["reason"] == "System unresponsive"
-    c.emergency_rollback("again, at stage 0")  # accepted even with nothing to undo
-    assert c.stage == 0
-    c.close()
+    with corekit.closing(c):
+        _advance_to(c, 3)
+        c.set_flag_override("enforce_no_process_dict", True)
+        seen = _events(c)
+        corekit.raises(ControlError, c.emergency_rollback, "")
+        corekit.raises(ControlError, c.emergency_rollback, None)
+        r = c.emergency_rollback("System unresponsive")
+        assert r["stage"] == 0 and c.flags.values() == _stage_flags(0)
+        assert c.flags.overrides() == {}
+        payload = [p for n, p in seen if n == "migration.emergency_rollback"][0]
+        assert payload["from"] == 3 and payload["reason"] == "System unresponsive"
+        assert payload["overrides_dropped"] == ["enforce_no_process_dict"]
+        entry = c.status()["migration_history"][0]
+        assert entry["op"] == "emergency_rollback" and entry["reason"] == "System unresponsive"
+        c.emergency_rollback("again, at stage 0")  # accepted even with nothing to undo
+        assert c.stage == 0
 
 
 def test_automatic_rollback_is_one_stage_with_violations_recorded():
     c, d, clock = _open()
-    _advance_to(c, 3)
-    seen = _events(c)
-    # 6 of 30 (20%): the Wilson lower bound (9.5%) is above 5%. (3 of 30 was the
-    # old rule's example; its lower bound, 3.5%, is noise under issue 8's rule.)
-    _traffic(c, 30, errors=6)
-    r = c.check_health_and_rollback()
-    assert r["result"] == "rollback_triggered" and r["rolled_back_to"] == 2
-    assert [v["metric"] for v in r["violations"]] == ["error_rate"]
-    assert c.stage == 2 and c.state == COOLDOWN
-    assert c.flags.values() == _stage_flags(2)
-    entry = c.status()["migration_history"][0]
-    assert entry["op"] == "auto_rollback" and entry["violations"] == r["violations"]
-    names = [n for n, _ in seen]
-    assert names[0] == "health.violation" and names[-1] == "migration.rollback"
-    payload = seen[-1][1]
-    assert payload["automatic"] and payload["from"] == 3 and payload["to"] == 2
-    # The new stage starts with a clean window: no second rollback from old data
-    # (and, with no outcomes yet, the verdict is inconclusive; it was "ok").
-    assert c.check_health_and_rollback()["result"] == "inconclusive"
-    c.close()
+    with corekit.closing(c):
+        _advance_to(c, 3)
+        seen = _events(c)
+        # 6 of 30 (20%): the Wilson lower bound (9.5%) is above 5%. (3 of 30 was the
+        # old rule's example; its lower bound, 3.5%, is noise under issue 8's rule.)
+        _traffic(c, 30, errors=6)
+        r = c.check_health_and_rollback()
+        assert r["result"] == "rollback_triggered" and r["rolled_back_to"] == 2
+        assert [v["metric"] for v in r["violations"]] == ["error_rate"]
+        assert c.stage == 2 and c.state == COOLDOWN
+        assert c.flags.values() == _stage_flags(2)
+        entry = c.status()["migration_history"][0]
+        assert entry["op"] == "auto_rollback" and entry["violations"] == r["violations"]
+        names = [n for n, _ in seen]
+        assert names[0] == "health.violation" and names[-1] == "migration.rollback"
+        payload = seen[-1][1]
+        assert payload["automatic"] and payload["from"] == 3 and payload["to"] == 2
+        # The new stage starts with a clean window: no second rollback from old data
+        # (and, with no outcomes yet, the verdict is inconclusive; it was "ok").
+        assert c.check_health_and_rollback()["result"] == "inconclusive"
 
 
 def test_unhealthy_at_stage_zero_reports_without_rolling_back():
     c, d, clock = _open()
-    seq = c.seq
-    r = _violate(c)
-    assert r["result"] == "unhealthy" and r["rolled_back_to"] is None and r["violations"]
-    assert c.stage == 0 and c.state == AT_STAGE and c.seq == seq
-    c.close()
+    with corekit.closing(c):
+        seq = c.seq
+        r = _violate(c)
+        assert r["result"] == "unhealthy" and r["rolled_back_to"] is None and r["violations"]
+        assert c.stage == 0 and c.state == AT_STAGE and c.seq == seq
 
 
 def test_healthy_check_returns_figures():
     c, d, clock = _open()
-    _advance_to(c, 1)
-    _traffic(c, 40, errors=1, latency=12)
-    r = c.check_health_and_rollback()
-    assert r["result"] == "ok"
-    h = r["health"]
-    assert h["error_rate"] == 1 / 40 and h["samples"] == 40 and h["restart_frequency"] == 0
-    assert h["latency_vs_baseline"] == 1.2 and h["baseline_latency_p50"] == 10
-    m = c.metrics()
-    assert abs(m["performance_impact"] - 0.2) < 1e-9
-    assert m["error_rate"] == 1 / 40
-    c.close()
+    with corekit.closing(c):
+        _advance_to(c, 1)
+        _traffic(c, 40, errors=1, latency=12)
+        r = c.check_health_and_rollback()
+        assert r["result"] == "ok"
+        h = r["health"]
+        assert h["error_rate"] == 1 / 40 and h["samples"] == 40 and h["restart_frequency"] == 0
+        assert h["latency_vs_baseline"] == 1.2 and h["baseline_latency_p50"] == 10
+        m = c.metrics()
+        assert abs(m["performance_impact"] - 0.2) < 1e-9
+        assert m["error_rate"] == 1 / 40
 
 
 # -- cooldown and quarantine ------------------------------------------------
 
 def test_cooldown_blocks_advancing_until_it_expires_even_across_reboot():
     c, d, clock = _open(config={"cooldown_ms": 5 * MINUTE})
-    _advance_to(c, 2)
-    _violate(c)
-    assert c.state == COOLDOWN and c.stage == 1
-    exc = corekit.raises(TransitionRefused, c.migrate_to_stage, 2)
-    assert exc.state == COOLDOWN and "cooling down" in exc.reason
-    assert "cooling down" in c.validate_readiness_for_stage(2)["reasons"][0]
-    assert c.status()["cooldown"]["remaining_ms"] == 5 * MINUTE
-    c.close()
+    with corekit.closing(c):
+        _advance_to(c, 2)
+        _violate(c)
+        assert c.state == COOLDOWN and c.stage == 1
+        exc = corekit.raises(TransitionRefused, c.migrate_to_stage, 2)
+        assert exc.state == COOLDOWN and "cooling down" in exc.reason
+        assert "cooling down" in c.validate_readiness_for_stage(2)["reasons"][0]
+        assert c.status()["cooldown"]["remaining_ms"] == 5 * MINUTE
     clock2 = ManualClock(start_ms=0, wall_start=clock.wall_time() + 60)  # reboot a minute later
     c, d, _ = _open(d, clock2, config={"cooldown_ms": 5 * MINUTE})
-    assert c.state == COOLDOWN and c.status()["cooldown"]["remaining_ms"] == 4 * MINUTE
-    clock2.advance(4 * MINUTE)
-    assert c.status()["state"] == AT_STAGE and c.status()["cooldown"] is None
-    _traffic(c)
-    assert c.migrate_to_stage(2)["stage"] == 2
-    c.close()
+    with corekit.closing(c):
+        assert c.state == COOLDOWN and c.status()["cooldown"]["remaining_ms"] == 4 * MINUTE
+        clock2.advance(4 * MINUTE)
+        assert c.status()["state"] == AT_STAGE and c.status()["cooldown"] is None
+        _traffic(c)
+        assert c.migrate_to_stage(2)["stage"] == 2
 
 
 def test_repeated_rollbacks_at_one_stage_quarantine_the_device():
     c, d, clock = _open(config={"quarantine_after": 3, "cooldown_ms": MINUTE})
-    for _ in range(3):
-        _advance_to(c, 2)
-        r = _violate(c)
-        assert r["rolled_back_to"] == 1
-        clock.advance(MINUTE)
-    assert c.state == QUARANTINED and c.stage == 1
-    q = c.status()["quarantine"]
-    assert q["stage"] == 1 and q["from_stage"] == 2 and q["rollbacks"] == 3
-    exc = corekit.raises(Quarantined, c.migrate_to_stage, 2)
-    assert exc.state == QUARANTINED and "clear_quarantine" in exc.reason
-    assert any("quarantined" in why for why in c.validate_readiness_for_stage(2)["reasons"])
-    clock.advance(60 * MINUTE)  # time alone does not lift a quarantine
-    c.close()
+    with corekit.closing(c):
+        for _ in range(3):
+            _advance_to(c, 2)
+            r = _violate(c)
+            assert r["rolled_back_to"] == 1
+            clock.advance(MINUTE)
+        assert c.state == QUARANTINED and c.stage == 1
+        q = c.status()["quarantine"]
+        assert q["stage"] == 1 and q["from_stage"] == 2 and q["rollbacks"] == 3
+        exc = corekit.raises(Quarantined, c.migrate_to_stage, 2)
+        assert exc.state == QUARANTINED and "clear_quarantine" in exc.reason
+        assert any("quarantined" in why for why in c.validate_readiness_for_stage(2)["reasons"])
+        clock.advance(60 * MINUTE)  # time alone does not lift a quarantine
     c, d, clock = _open(d, clock, config={"quarantine_after": 3, "cooldown_ms": MINUTE})
-    assert c.state == QUARANTINED
-    corekit.raises(Quarantined, c.migrate_to_stage, 2)
-    c.emergency_rollback("still bad")
-    assert c.state == QUARANTINED and c.stage == 0
-    c.clear_quarantine()
-    assert c.state == AT_STAGE and c.status()["quarantine"] is None
-    assert c.status()["auto_rollbacks"] == {}
-    assert c.status()["migration_history"][0]["op"] == "quarantine_cleared"
-    _advance_to(c, 2)
-    assert c.stage == 2
-    c.close()
+    with corekit.closing(c):
+        assert c.state == QUARANTINED
+        corekit.raises(Quarantined, c.migrate_to_stage, 2)
+        c.emergency_rollback("still bad")
+        assert c.state == QUARANTINED and c.stage == 0
+        c.clear_quarantine()
+        assert c.state == AT_STAGE and c.status()["quarantine"] is None
+        assert c.status()["auto_rollbacks"] == {}
+        assert c.status()["migration_history"][0]["op"] == "quarantine_cleared"
+        _advance_to(c, 2)
+        assert c.stage == 2
 
 
 def test_rollbacks_at_different_stages_do_not_add_up():
     c, d, clock = _open(config={"quarantine_after": 2, "cooldown_ms": MINUTE})
-    _advance_to(c, 3)
-    _violate(c)  # from 3
-    clock.advance(MINUTE)
-    c.rollback_to_stage(1)
-    _advance_to(c, 2)
-    _violate(c)  # from 2
-    assert c.state == COOLDOWN and c.status()["auto_rollbacks"] == {"3": 1, "2": 1}
-    c.close()
+    with corekit.closing(c):
+        _advance_to(c, 3)
+        _violate(c)  # from 3
+        clock.advance(MINUTE)
+        c.rollback_to_stage(1)
+        _advance_to(c, 2)
+        _violate(c)  # from 2
+        assert c.state == COOLDOWN and c.status()["auto_rollbacks"] == {"3": 1, "2": 1}
 
 
 def test_a_stage_that_held_for_its_monitoring_time_is_forgiven():
     c, d, clock = _open(config={"quarantine_after": 2, "cooldown_ms": MINUTE})
-    _advance_to(c, 2)
-    _violate(c)
-    assert c.status()["auto_rollbacks"] == {"2": 1}
-    clock.advance(MINUTE)
-    _advance_to(c, 2)
-    clock.advance(119 * MINUTE)  # stage 2 is monitored for 2 hours
-    _traffic(c)  # a check with no traffic is inconclusive, never "ok" (issue 8)
-    assert c.check_health_and_rollback()["result"] == "ok"
-    assert c.status()["auto_rollbacks"] == {"2": 1}
-    clock.advance(MINUTE)
-    _traffic(c)
-    assert c.check_health_and_rollback()["result"] == "ok"
-    assert c.status()["auto_rollbacks"] == {}
-    _violate(c)
-    assert c.state == COOLDOWN  # a fresh first rollback, not a repeat
-    c.close()
+    with corekit.closing(c):
+        _advance_to(c, 2)
+        _violate(c)
+        assert c.status()["auto_rollbacks"] == {"2": 1}
+        clock.advance(MINUTE)
+        _advance_to(c, 2)
+        clock.advance(119 * MINUTE)  # stage 2 is monitored for 2 hours
+        _traffic(c)  # a check with no traffic is inconclusive, never "ok" (issue 8)
+        assert c.check_health_and_rollback()["result"] == "ok"
+        assert c.status()["auto_rollbacks"] == {"2": 1}
+        clock.advance(MINUTE)
+        _traffic(c)
+        assert c.check_health_and_rollback()["result"] == "ok"
+        assert c.status()["auto_rollbacks"] == {}
+        _violate(c)
+        assert c.state == COOLDOWN  # a fresh first rollback, not a repeat
 
 
 def test_cooldown_expiry_that_cannot_be_committed_stays_in_cooldown():
     fs = faultfs.FaultFS()
     c, d, clock = _open(fs=fs, config={"cooldown_ms": MINUTE})
-    _advance_to(c, 1)
-    _violate(c)
-    clock.advance(MINUTE)
-    fs.fail("write", times=1)
-    assert c.status()["state"] == COOLDOWN
-    assert c.status()["state"] == AT_STAGE  # the next call commits it
-    c.close()
+    with corekit.closing(c):
+        _advance_to(c, 1)
+        _violate(c)
+        clock.advance(MINUTE)
+        fs.fail("write", times=1)
+        assert c.status()["state"] == COOLDOWN
+        assert c.status()["state"] == AT_STAGE  # the next call commits it
 
 
 def test_bad_outcomes_are_refused_by_name():
     c, d, clock = _open()
-    corekit.raises(ControlError, c.record_outcome, "yes", 5)
-    corekit.raises(ControlError, c.record_outcome, True, "5ms")
-    c.record_outcome(True, None)
-    c.record_outcome(False, 2.5)
-    assert c.metrics()["samples"] == 2
-    c.close()
+    with corekit.closing(c):
+        corekit.raises(ControlError, c.record_outcome, "yes", 5)
+        corekit.raises(ControlError, c.record_outcome, True, "5ms")
+        c.record_outcome(True, None)
+        c.record_outcome(False, 2.5)
+        assert c.metrics()["samples"] == 2
 
 
 # -- restarts survive reboots ---------------------------------------------------
 
 def test_restart_counts_persist_so_a_crash_loop_is_caught_after_reboot():
     c, d, clock = _open()
-    _advance_to(c, 1)
-    for _ in range(6):
-        c.record_restart("registry")
-    c.close()
+    with corekit.closing(c):
+        _advance_to(c, 1)
+        for _ in range(6):
+            c.record_restart("registry")
     clock2 = ManualClock(start_ms=0, wall_start=clock.wall_time() + 5)
     c, d, _ = _open(d, clock2)
-    # 6 in the last minute: no violation; with no outcomes at all the verdict is
-    # inconclusive (issue 8; it was "ok"), and nothing is rolled back.
-    assert c.check_health_and_rollback()["result"] == "inconclusive"
-    for _ in range(5):
-        c.services.supervisor.restart_child("registry")  # the supervisor feeds the window
-    r = c.check_health_and_rollback()
-    assert r["result"] == "rollback_triggered"
-    assert r["violations"][0]["metric"] == "restart_frequency"
-    assert r["violations"][0]["value"] == 11
-    c.close()
+    with corekit.closing(c):
+        # 6 in the last minute: no violation; with no outcomes at all the verdict is
+        # inconclusive (issue 8; it was "ok"), and nothing is rolled back.
+        assert c.check_health_and_rollback()["result"] == "inconclusive"
+        for _ in range(5):
+            c.services.supervisor.restart_child("registry")  # the supervisor feeds the window
+        r = c.check_health_and_rollback()
+        assert r["result"] == "rollback_triggered"
+        assert r["violations"][0]["metric"] == "restart_frequency"
+        assert r["violations"][0]["value"] == 11
 
 
 def test_persisted_restarts_expire_with_the_window():
     c, d, clock = _open()
-    for _ in range(11):
-        c.record_restart("spans")
-    c.close()
+    with corekit.closing(c):
+        for _ in range(11):
+            c.record_restart("spans")
     clock2 = ManualClock(start_ms=0, wall_start=clock.wall_time() + 61)
     c, d, _ = _open(d, clock2)
-    assert c.status()["system_health"]["restarts"] == 0
-    c.close()
+    with corekit.closing(c):
+        assert c.status()["system_health"]["restarts"] == 0
 
 
 def test_restart_commit_failure_is_counted_not_raised():
     fs = faultfs.FaultFS()
     c, d, clock = _open(fs=fs)
-    fs.fail("write", times=1)
-    c.record_restart("spans")
-    assert c.restart_persist_errors == 1
-    assert c.status()["system_health"]["restarts"] == 1
-    c.close()
+    with corekit.closing(c):
+        fs.fail("write", times=1)
+        c.record_restart("spans")
+        assert c.restart_persist_errors == 1
+        assert c.status()["system_health"]["restarts"] == 1
 
 
 # -- flags, overrides, history, events, monitoring --------------------------
 
 def test_overrides_persist_and_show_their_source():
     c, d, clock = _open(config={"environment": "staging"})
-    listed = c.flags.list_all()
-    assert listed["use_logger_error_context"] == {
-        "value": True, "source": "config", "default": False,
-        "description": listed["use_logger_error_context"]["description"]}
-    c.set_flag_override("use_genserver_telemetry", True)
-    corekit.raises(UnknownFlag, c.set_flag_override, "use_magic", True)
-    corekit.raises(UnknownFlag, c.clear_flag_override, "use_magic")
-    c.close()
+    with corekit.closing(c):
+        listed = c.flags.list_all()
+        assert listed["use_logger_error_context"] == {
+            "value": True, "source": "config", "default": False,
+            "description": listed["use_logger_error_context"]["description"]}
+        c.set_flag_override("use_genserver_telemetry", True)
+        corekit.raises(UnknownFlag, c.set_flag_override, "use_magic", True)
+        corekit.raises(UnknownFlag, c.clear_flag_override, "use_magic")
     c, d, clock = _open(d, clock, config={"environment": "staging"})
-    assert c.flags.enabled("use_genserver_telemetry")
-    assert c.flags.source("use_genserver_telemetry") == "override"
-    assert c.services.supervisor.impl_of("telemetry") == "new"
-    c.clear_flag_override("use_genserver_telemetry")
-    assert not c.flags.enabled("use_genserver_telemetry")
-    assert c.store.get("flag.use_genserver_telemetry") is False
-    assert c.status()["migration_history"][0]["op"] == "flag_override_cleared"
-    c.close()
+    with corekit.closing(c):
+        assert c.flags.enabled("use_genserver_telemetry")
+        assert c.flags.source("use_genserver_telemetry") == "override"
+        assert c.services.supervisor.impl_of("telemetry") == "new"
+        c.clear_flag_override("use_genserver_telemetry")
+        assert not c.flags.enabled("use_genserver_telemetry")
+        assert c.store.get("flag.use_genserver_telemetry") is False
+        assert c.status()["migration_history"][0]["op"] == "flag_override_cleared"
 
 
 def test_history_is_newest_first_bounded_and_persisted():
     c, d, clock = _open(config={"history_length": 3})
-    _advance_to(c, 4)
-    ops = [(e["from"], e["to"]) for e in c.status()["migration_history"]]
-    assert ops == [(3, 4), (2, 3), (1, 2)]
-    keys = [k for k, _ in c.store.items() if k.startswith("ctl.hist.")]
-    assert len(keys) == 3
-    c.close()
+    with corekit.closing(c):
+        _advance_to(c, 4)
+        ops = [(e["from"], e["to"]) for e in c.status()["migration_history"]]
+        assert ops == [(3, 4), (2, 3), (1, 2)]
+        keys = [k for k, _ in c.store.items() if k.startswith("ctl.hist.")]
+        assert len(keys) == 3
     c, d, clock = _open(d, clock, config={"history_length": 2})
-    assert [e["to"] for e in c.status()["migration_history"]] == [4, 3]
-    c.rollback_to_stage(3)
-    assert [e["to"] for e in c.status()["migration_history"]] == [3, 4]
-    assert len([k for k, _ in c.store.items() if k.startswith("ctl.hist.")]) == 2
-    c.close()
+    with corekit.closing(c):
+        assert [e["to"] for e in c.status()["migration_history"]] == [4, 3]
+        c.rollback_to_stage(3)
+        assert [e["to"] for e in c.status()["migration_history"]] == [3, 4]
+        assert len([k for k, _ in c.store.items() if k.startswith("ctl.hist.")]) == 2
 
 
 def test_a_raising_handler_does_not_break_a_migration():
     c, d, clock = _open()
+    with corekit.closing(c):
 
-    def broken(name, payload):
-        raise ValueError("boom")
+        def broken(name, payload):
+            raise ValueError("boom")
 
-    for name in ("migration.stage_enabled", "feature_flag.changed", "migration.rollback"):
-        c.events.subscribe(name, broken)
-    _advance_to(c, 1)
-    c.rollback_to_stage(0)
-    assert c.stage == 0 and c.store.get("ctl.stage") == 0
-    assert c.metrics()["event_handler_errors"] == 6  # 2 flags + stage_enabled, 2 + rollback
-    c.close()
+        for name in ("migration.stage_enabled", "feature_flag.changed", "migration.rollback"):
+            c.events.subscribe(name, broken)
+        _advance_to(c, 1)
+        c.rollback_to_stage(0)
+        assert c.stage == 0 and c.store.get("ctl.stage") == 0
+        assert c.metrics()["event_handler_errors"] == 6  # 2 flags + stage_enabled, 2 + rollback
 
 
 def test_monitoring_polls_when_due():
     c, d, clock = _open(config={"monitoring_interval_ms": 5000})
-    _advance_to(c, 2)
-    assert c.poll() is None  # not started
-    corekit.raises(ControlError, c.start_health_monitoring, 0)
-    assert c.start_health_monitoring()["interval_ms"] == 5000
-    _traffic(c, 30, errors=10)
-    clock.advance(4999)
-    assert c.poll() is None
-    clock.advance(1)
-    assert c.poll()["rolled_back_to"] == 1
-    assert c.poll() is None
-    clock.advance(5000)
-    assert c.poll()["result"] == "inconclusive"  # a fresh window, no traffic (was "ok")
-    c.start_health_monitoring(30000)
-    clock.advance(29999)
-    assert c.poll() is None
-    c.close()
+    with corekit.closing(c):
+        _advance_to(c, 2)
+        assert c.poll() is None  # not started
+        corekit.raises(ControlError, c.start_health_monitoring, 0)
+        assert c.start_health_monitoring()["interval_ms"] == 5000
+        _traffic(c, 30, errors=10)
+        clock.advance(4999)
+        assert c.poll() is None
+        clock.advance(1)
+        assert c.poll()["rolled_back_to"] == 1
+        assert c.poll() is None
+        clock.advance(5000)
+        assert c.poll()["result"] == "inconclusive"  # a fresh window, no traffic (was "ok")
+        c.start_health_monitoring(30000)
+        clock.advance(29999)
+        assert c.poll() is None
 
 
 def test_unknown_flag_reads_and_store_stats_in_metrics():
     c, d, clock = _open()
-    assert c.flags.enabled("use_quantum_registry") is False
-    m = c.metrics()
-    assert m["flag_unknown_reads"] == 1 and m["flag_unknown_names"] == {"use_quantum_registry": 1}
-    assert "bytes_written" in m["store"]
-    s = c.status()
-    assert s["plan"] == {"name": "otp-cleanup", "hash": Plan.default().hash, "stages": 4}
-    assert s["current_stage"] == 0 and s["state"] == AT_STAGE
-    c.close()
+    with corekit.closing(c):
+        assert c.flags.enabled("use_quantum_registry") is False
+        m = c.metrics()
+        assert m["flag_unknown_reads"] == 1
+        assert m["flag_unknown_names"] == {"use_quantum_registry": 1}
+        assert "bytes_written" in m["store"]
+        s = c.status()
+        assert s["plan"] == {"name": "otp-cleanup", "hash": Plan.default().hash, "stages": 4}
+        assert s["current_stage"] == 0 and s["state"] == AT_STAGE
 
 
 # -- reopening with damaged or changed state --------------------------------
@@ -555,10 +556,10 @@ def test_invalid_stored_values_fall_back_to_safe_ones():
                   "ctl.seq": 12})
     store.close()
     c, d, clock = _open(d)
-    assert c.stage == 0 and c.state == AT_STAGE and c.flags.overrides() == {}
-    assert len(c.recovered_notes) == 3
-    assert c.seq == 13  # the repaired flags were committed
-    c.close()
+    with corekit.closing(c):
+        assert c.stage == 0 and c.state == AT_STAGE and c.flags.overrides() == {}
+        assert len(c.recovered_notes) == 3
+        assert c.seq == 13  # the repaired flags were committed
 
 
 def test_plan_and_config_may_be_json_files():
@@ -571,9 +572,9 @@ def test_plan_and_config_may_be_json_files():
     with open(d + "/config.json", "w") as f:
         f.write(json.dumps({"environment": "prod", "cooldown_ms": 1234}))
     c, _, clock = _open(d + "/state", plan=d + "/plan.json", config=d + "/config.json")
-    assert c.plan.max_stage == 2 and c.config.cooldown_ms == 1234
-    assert c.flags.enabled("enable_migration_monitoring")
-    c.close()
+    with corekit.closing(c):
+        assert c.plan.max_stage == 2 and c.config.cooldown_ms == 1234
+        assert c.flags.enabled("enable_migration_monitoring")
 
 
 def test_boot_survives_a_store_that_cannot_take_the_flag_commit():
@@ -582,26 +583,26 @@ def test_boot_survives_a_store_that_cannot_take_the_flag_commit():
     c.close()
     fs.fail("write", times=1)
     c, d, clock = _open(d, clock, fs=fs, config={"environment": "staging"})
-    assert c.flags.enabled("use_logger_error_context")  # the config is in force anyway
-    assert c.store.get("flag.use_logger_error_context") is False
-    assert any("could not commit" in note for note in c.recovered_notes)
-    c.set_flag_override("use_genserver_telemetry", True)  # writes every flag again
-    assert c.store.get("flag.use_logger_error_context") is True
-    c.close()
+    with corekit.closing(c):
+        assert c.flags.enabled("use_logger_error_context")  # the config is in force anyway
+        assert c.store.get("flag.use_logger_error_context") is False
+        assert any("could not commit" in note for note in c.recovered_notes)
+        c.set_flag_override("use_genserver_telemetry", True)  # writes every flag again
+        assert c.store.get("flag.use_logger_error_context") is True
 
 
 def test_a_shorter_plan_clamps_the_stage_and_is_recorded():
     c, d, clock = _open()
-    _advance_to(c, 4)
-    c.close()
+    with corekit.closing(c):
+        _advance_to(c, 4)
     short = dict(DEFAULT_PLAN)
     short["stages"] = DEFAULT_PLAN["stages"][:3]
     plan = Plan.from_dict(short)
     c, d, clock = _open(d, clock, plan=plan)
-    assert c.stage == 3 and not c.flags.enabled("enforce_no_process_dict")
-    assert c.status()["migration_history"][0]["op"] == "plan_changed"
-    assert c.store.get("ctl.plan_hash") == plan.hash
-    c.close()
+    with corekit.closing(c):
+        assert c.stage == 3 and not c.flags.enabled("enforce_no_process_dict")
+        assert c.status()["migration_history"][0]["op"] == "plan_changed"
+        assert c.store.get("ctl.plan_hash") == plan.hash
 
 
 # -- a power cut during a stage change ------------------------------------------
@@ -640,22 +641,22 @@ def _power_cut_runs(arm, lose_unsynced=False):
             break  # the change finished before the fault point: all points tried
         fs.reboot(pad=faultfs.PADS[point % len(faultfs.PADS)])
         c2, d, _ = _open(d, ManualClock(wall_start=clock.wall_time() + 1), fs=FileSystem())
-        after = _snapshot(c2.store)
-        if c2.stage == 2:
-            outcomes["old"] += 1
-            assert c2.store.get("proto.last_seq") is None
-            assert c2.flags.values() == _stage_flags(2)
-            for k in before:
-                assert after.get(k) == before[k], (point, k)
-        else:
-            outcomes["new"] += 1
-            assert c2.stage == 3 and c2.store.get("proto.last_seq") == 77
-            assert c2.flags.values() == _stage_flags(3)
-            assert c2.seq == before["ctl.seq"] + 1
-            assert c2.status()["migration_history"][0]["to"] == 3
-        for name in FLAG_NAMES:
-            assert c2.store.get("flag." + name) == c2.flags.enabled(name), (point, name)
-        c2.close()
+        with corekit.closing(c2):
+            after = _snapshot(c2.store)
+            if c2.stage == 2:
+                outcomes["old"] += 1
+                assert c2.store.get("proto.last_seq") is None
+                assert c2.flags.values() == _stage_flags(2)
+                for k in before:
+                    assert after.get(k) == before[k], (point, k)
+            else:
+                outcomes["new"] += 1
+                assert c2.stage == 3 and c2.store.get("proto.last_seq") == 77
+                assert c2.flags.values() == _stage_flags(3)
+                assert c2.seq == before["ctl.seq"] + 1
+                assert c2.status()["migration_history"][0]["to"] == 3
+            for name in FLAG_NAMES:
+                assert c2.store.get("flag." + name) == c2.flags.enabled(name), (point, name)
     return point, outcomes
 
 
@@ -672,19 +673,19 @@ def test_power_cut_before_every_file_operation_of_a_stage_change():
 def test_failed_commit_leaves_memory_unchanged_and_control_usable():
     fs = faultfs.FaultFS()
     c, d, clock = _open(fs=fs)
-    _advance_to(c, 1)
-    seq = c.seq
-    fs.fail("write", times=1)
-    exc = corekit.raises(StoreError, c.migrate_to_stage, 2)
-    assert exc is not None
-    assert c.stage == 1 and c.seq == seq and c.flags.values() == _stage_flags(1)
-    assert c.status()["migration_history"][0]["to"] == 1
-    _traffic(c)
-    assert c.migrate_to_stage(2)["stage"] == 2
-    c.close()
+    with corekit.closing(c):
+        _advance_to(c, 1)
+        seq = c.seq
+        fs.fail("write", times=1)
+        exc = corekit.raises(StoreError, c.migrate_to_stage, 2)
+        assert exc is not None
+        assert c.stage == 1 and c.seq == seq and c.flags.values() == _stage_flags(1)
+        assert c.status()["migration_history"][0]["to"] == 1
+        _traffic(c)
+        assert c.migrate_to_stage(2)["stage"] == 2
     c, d, clock = _open(d, clock)
-    assert c.stage == 2 and c.seq == seq + 1
-    c.close()
+    with corekit.closing(c):
+        assert c.stage == 2 and c.seq == seq + 1
 
 
 # -- a long random walk against the invariants ------------------------------
@@ -772,44 +773,45 @@ def test_random_walk_keeps_memory_store_and_flags_consistent():
 
 def test_inconclusive_extends_monitoring_rolls_nothing_back_and_does_not_block():
     c, d, clock = _open(config={"monitoring_interval_ms": 5000})
-    _advance_to(c, 2)
-    c.start_health_monitoring()
-    c.record_outcome(False, 5, source="gateway-http")  # one error: no evidence yet
-    clock.advance(5000)
-    r = c.poll()
-    assert r["result"] == "inconclusive" and "gateway-http 1/20" in r["reason"]
-    clock.advance(5000)
-    assert c.poll()["result"] == "inconclusive" and c.stage == 2
-    mon = c.status()["monitoring"]
-    assert mon["verdict"] == "inconclusive" and mon["extended_ms"] == 5000
-    health = c.status()["system_health"]
-    assert health["verdict"] == "inconclusive" and health["sources"]["gateway-http"]["errors"] == 1
-    assert c.validate_readiness_for_stage(3)["ready"]  # no evidence against it
-    c.close()
+    with corekit.closing(c):
+        _advance_to(c, 2)
+        c.start_health_monitoring()
+        c.record_outcome(False, 5, source="gateway-http")  # one error: no evidence yet
+        clock.advance(5000)
+        r = c.poll()
+        assert r["result"] == "inconclusive" and "gateway-http 1/20" in r["reason"]
+        clock.advance(5000)
+        assert c.poll()["result"] == "inconclusive" and c.stage == 2
+        mon = c.status()["monitoring"]
+        assert mon["verdict"] == "inconclusive" and mon["extended_ms"] == 5000
+        health = c.status()["system_health"]
+        assert health["verdict"] == "inconclusive"
+        assert health["sources"]["gateway-http"]["errors"] == 1
+        assert c.validate_readiness_for_stage(3)["ready"]  # no evidence against it
 
 
 def test_violation_in_history_names_source_and_threshold():
     c, d, clock = _open()
-    _advance_to(c, 1)
-    for i in range(40):
-        c.record_outcome(i % 3 != 0, 5, source="http:gateway")
-    r = c.check_health_and_rollback()
-    assert r["rolled_back_to"] == 0
-    v = c.status()["migration_history"][0]["violations"][0]
-    assert v["source"] == "http:gateway" and v["metric"] == "error_rate" and v["limit"] == 0.05
-    m = c.metrics()  # what the periodic health report carries
-    assert m["last_auto_rollback"]["violations"][0]["source"] == "http:gateway"
-    assert m["verdict"] == "inconclusive" and m["violations"] == []
-    for i in range(40):
-        c.record_outcome(i % 2 == 0, 5, source="http:gateway")
-    m = c.metrics()
-    assert m["verdict"] == "unhealthy" and m["sources"]["http:gateway"]["errors"] == 20
-    assert m["violations"][0] == dict(m["violations"][0], source="http:gateway",
-                                      metric="error_rate", limit=0.05)
-    corekit.raises(ControlError, c.record_outcome, True, 1, source=5)
-    corekit.raises(ControlError, c.record_outcome, True, -1.0)
-    corekit.raises(ControlError, c.record_outcome, True, float("nan"))
-    c.close()
+    with corekit.closing(c):
+        _advance_to(c, 1)
+        for i in range(40):
+            c.record_outcome(i % 3 != 0, 5, source="http:gateway")
+        r = c.check_health_and_rollback()
+        assert r["rolled_back_to"] == 0
+        v = c.status()["migration_history"][0]["violations"][0]
+        assert v["source"] == "http:gateway" and v["metric"] == "error_rate" and v["limit"] == 0.05
+        m = c.metrics()  # what the periodic health report carries
+        assert m["last_auto_rollback"]["violations"][0]["source"] == "http:gateway"
+        assert m["verdict"] == "inconclusive" and m["violations"] == []
+        for i in range(40):
+            c.record_outcome(i % 2 == 0, 5, source="http:gateway")
+        m = c.metrics()
+        assert m["verdict"] == "unhealthy" and m["sources"]["http:gateway"]["errors"] == 20
+        assert m["violations"][0] == dict(m["violations"][0], source="http:gateway",
+                                          metric="error_rate", limit=0.05)
+        corekit.raises(ControlError, c.record_outcome, True, 1, source=5)
+        corekit.raises(ControlError, c.record_outcome, True, -1.0)
+        corekit.raises(ControlError, c.record_outcome, True, float("nan"))
 
 
 def test_the_rules_beside_the_table():

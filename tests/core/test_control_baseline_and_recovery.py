@@ -29,20 +29,20 @@ def _traffic(c, n=30, errors=0, latency=10):
 
 def test_unmeasurable_baseline_is_committed_as_none_not_kept_from_an_older_stage():
     c, d, clock = _open()
-    _traffic(c, latency=10)
-    c.migrate_to_stage(1)
-    assert c.metrics()["baseline"]["stage"] == 0
-    assert c.metrics()["latency_baseline_note"] is None
-    _traffic(c, n=2, latency=10)  # too few samples at stage 1 to measure anything
-    c.migrate_to_stage(2)
-    m = c.metrics()
-    assert m["baseline"] is None and m["performance_impact"] is None
-    assert "latency checks skipped" in m["latency_baseline_note"]
-    assert "latency checks skipped" in c.status()["system_health"]["latency_check"]
-    # Stage 2 three times slower than stage 0 was: no baseline, so no latency rollback.
-    _traffic(c, latency=30)
-    assert c.check_health_and_rollback()["result"] == "ok"
-    c.close()
+    with corekit.closing(c):
+        _traffic(c, latency=10)
+        c.migrate_to_stage(1)
+        assert c.metrics()["baseline"]["stage"] == 0
+        assert c.metrics()["latency_baseline_note"] is None
+        _traffic(c, n=2, latency=10)  # too few samples at stage 1 to measure anything
+        c.migrate_to_stage(2)
+        m = c.metrics()
+        assert m["baseline"] is None and m["performance_impact"] is None
+        assert "latency checks skipped" in m["latency_baseline_note"]
+        assert "latency checks skipped" in c.status()["system_health"]["latency_check"]
+        # Stage 2 three times slower than stage 0 was: no baseline, so no latency rollback.
+        _traffic(c, latency=30)
+        assert c.check_health_and_rollback()["result"] == "ok"
     c, d, clock = _open(d, clock)  # and the None is what is on flash
     assert c.metrics()["baseline"] is None and c.store.get("ctl.baseline") is None
     _traffic(c, latency=30)
@@ -52,12 +52,12 @@ def test_unmeasurable_baseline_is_committed_as_none_not_kept_from_an_older_stage
 
 def test_a_measurable_baseline_still_catches_a_slow_stage():
     c, d, clock = _open()
-    _traffic(c, latency=10)
-    c.migrate_to_stage(1)
-    _traffic(c, latency=30)
-    r = c.check_health_and_rollback()
-    assert r["result"] == "rollback_triggered" and r["rolled_back_to"] == 0
-    c.close()
+    with corekit.closing(c):
+        _traffic(c, latency=10)
+        c.migrate_to_stage(1)
+        _traffic(c, latency=30)
+        r = c.check_health_and_rollback()
+        assert r["result"] == "rollback_triggered" and r["rolled_back_to"] == 0
 
 
 # -- a cooldown ends even when the wall clock is wrong after a reboot ---
@@ -79,13 +79,13 @@ def test_cooldown_deadline_far_ahead_of_a_clock_that_went_back_is_capped_on_rest
     # Reboot on a board without RTC: the wall clock now reads 50 years earlier.
     clock2 = ManualClock(start_ms=0, wall_start=clock.wall_time() - 50 * YEAR_S)
     c, d, _ = _open(d, clock2, config)
-    assert c.state == COOLDOWN
-    assert c.status()["cooldown"]["remaining_ms"] == 5 * MINUTE  # capped, not 50 years
-    clock2.advance(5 * MINUTE)
-    assert c.status()["state"] == AT_STAGE
-    _traffic(c)
-    assert c.migrate_to_stage(2)["stage"] == 2
-    c.close()
+    with corekit.closing(c):
+        assert c.state == COOLDOWN
+        assert c.status()["cooldown"]["remaining_ms"] == 5 * MINUTE  # capped, not 50 years
+        clock2.advance(5 * MINUTE)
+        assert c.status()["state"] == AT_STAGE
+        _traffic(c)
+        assert c.migrate_to_stage(2)["stage"] == 2
 
 
 def test_cooldown_cap_holds_when_the_clock_jumps_back_while_running():
@@ -117,22 +117,20 @@ def test_control_rebuilds_from_flash_when_a_failed_commit_could_not_be_rolled_ba
     d = corekit.tmpdir("ctlrev")
     fs = faultfs.FaultFS()
     clock = ManualClock()
-    c = MigrationControl.open(d, clock=clock, fs=fs)
-    _traffic(c)
-    c.migrate_to_stage(1)
-    _traffic(c)
-    fs.fail("fsync", faultfs.EIO)  # the stage-2 record is written, its fsync fails
-    fs.fail("open_write", faultfs.ENOSPC)  # and the store cannot roll it back
-    corekit.raises(StoreError, c.migrate_to_stage, 2)
-    # The control reopened the store: it is usable and agrees with the file.
-    assert not c.store.stats()["needs_reopen"]
-    before = (c.stage, c.state, c.seq, c.flags.values())
-    c.close()
-    c = MigrationControl.open(d, clock=clock, fs=faultfs.FaultFS())
-    assert (c.stage, c.state, c.seq, c.flags.values()) == before
-    _traffic(c)
-    assert c.migrate_to_stage(c.stage + 1)["result"] == "ok"
-    c.close()
+    with corekit.closing(MigrationControl.open(d, clock=clock, fs=fs)) as c:
+        _traffic(c)
+        c.migrate_to_stage(1)
+        _traffic(c)
+        fs.fail("fsync", faultfs.EIO)  # the stage-2 record is written, its fsync fails
+        fs.fail("open_write", faultfs.ENOSPC)  # and the store cannot roll it back
+        corekit.raises(StoreError, c.migrate_to_stage, 2)
+        # The control reopened the store: it is usable and agrees with the file.
+        assert not c.store.stats()["needs_reopen"]
+        before = (c.stage, c.state, c.seq, c.flags.values())
+    with corekit.closing(MigrationControl.open(d, clock=clock, fs=faultfs.FaultFS())) as c:
+        assert (c.stage, c.state, c.seq, c.flags.values()) == before
+        _traffic(c)
+        assert c.migrate_to_stage(c.stage + 1)["result"] == "ok"
 
 
 # -- services move when a flag moves; a failed move is retried -------------------
