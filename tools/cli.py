@@ -16,7 +16,6 @@ COMMAND_MODULES = [
     "tools.operator_cmd",
     "tools.local_cmd",
     "tools.mosquitto_acl",
-    "tools.sim_cmd",
     "tools.check_legacy",
     "tools.bundle_cmd",
     "tools.install_cmd",
@@ -26,6 +25,18 @@ COMMAND_MODULES = [
     "tools.profile",
     "tools.flags_cmd",
 ]
+
+
+# Commands that live in a package above tools/ register through the distribution's
+# entry points (pyproject.toml: [project.entry-points."fleetstage.commands"]), so
+# tools/ never imports them: `fleetstage sim` is sim/cli.py, and the simulator
+# imports the orchestrator core from tools/, never the other way round.
+PLUGIN_GROUP = "fleetstage.commands"
+
+
+def plugin_command_modules():
+    from importlib.metadata import entry_points
+    return sorted(ep.value for ep in entry_points(group=PLUGIN_GROUP))
 
 
 # `fleetstage agent` is the long-running process on every gateway: it loads its own
@@ -50,7 +61,8 @@ def build_parser(only=None):
     )
     parser.add_argument("--version", action="version", version="fleetstage " + VERSION)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
-    for name in COMMAND_MODULES if only is None else [only]:
+    names = COMMAND_MODULES + plugin_command_modules() if only is None else [only]
+    for name in names:
         importlib.import_module(name).register(sub)
     return parser
 
