@@ -69,6 +69,11 @@ def build_parser(only=None):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "sim" and "sim.cli" not in plugin_command_modules():
+        print("fleetstage sim: the simulator is not registered with this installation;"
+              " reinstall fleetstage (sh tools/bootstrap.sh, or pip install -e .)",
+              file=sys.stderr)
+        return 2
     parser = build_parser(RESIDENT_COMMANDS.get(argv[0]) if argv else None)
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
