@@ -76,3 +76,31 @@ def test_a_small_wave_in_a_big_fleet_reaches_few_bystanders():
     plan = plan_addressing(members, buckets)
     heard = messages_heard(plan, buckets)
     assert sum(heard.values()) < 2 * len(members)  # deep prefixes: almost no bystanders
+
+
+def test_operator_commands_for_a_big_fleet_go_out_per_bucket_and_each_device_verifies_its_own():
+    """publish-stage / emergency-rollback --target all on 20,000 devices: one message on
+    all/ would carry 20,000 MACs (over MAX_PAYLOAD, which every device refuses); the
+    operator client splits it per bucket, each message within MAX_PAYLOAD, and every
+    device finds exactly one message that names it and verifies with its own key."""
+    from tools.operator_cmd import addressed
+
+    fleet_key = bytes(range(32))
+    devices = _fleet(20_000)
+    assert addressed("all", devices[:MAX_MACS]) == [("all", devices[:MAX_MACS])]
+    plan = addressed("all", devices)
+    assert len(plan) > 1
+    _check(plan, Buckets(devices), devices)
+    payloads = {}
+    for target, members in plan:
+        payload = P.encode_command(P.OP_EMERGENCY_ROLLBACK, {"reason": "drill"}, target, 7,
+                                   "h" * 64, fleet_key, devices=members, command_id="c" * 16,
+                                   fleet="plant1")
+        assert len(payload) <= P.MAX_PAYLOAD
+        payloads.update({d: (target, payload) for d in members})
+    for device in devices[::997]:  # a spread of devices: each verifies its own message
+        target, payload = payloads[device]
+        assert P.target_matches(target, device)
+        cmd = P.decode_command(payload, P.derive_device_key(fleet_key, device), device,
+                               plan_hash="h" * 64, fleet="plant1")
+        assert cmd.op == P.OP_EMERGENCY_ROLLBACK and cmd.seq == 7

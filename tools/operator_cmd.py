@@ -33,6 +33,7 @@ from firmware_shim.mqtt_paho import (
     PahoLink,
 )
 from tools import profile
+from tools.bucketing import MAX_MACS, Buckets, plan_addressing
 from tools.operator_seq import MemorySeq, SeqError, SeqStore, default_state_dir
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
@@ -111,6 +112,7 @@ class OperatorClient:
         self.reported_groups = {}  # device -> groups its verified status claims
         self.online = {}
         self._waiting = {}  # message id -> Outcome
+        self._keys = {}  # device id -> its derived key: each derived once per session
         self.bad_reports = 0
         # Each device's guard as its own report claims it: SHOWN (status), never followed.
         self.guard_seqs = {}
@@ -271,15 +273,23 @@ class OperatorClient:
         return found
 
     def send(self, op, args, target, devices):
-        """Publish the signed command (QoS 1); returns the Outcome that collects its acks."""
+        """Publish the signed command (QoS 1); returns the Outcome that collects its acks.
+
+        Up to MAX_MACS devices it is one message on the target's own topic; beyond
+        that, one message per hash bucket (tools/bucketing.py), each signed only for
+        its own devices, so an emergency rollback of a million devices still fits
+        what each device accepts. Every message carries the same id and sequence.
+        """
         seq = self.next_seq(devices)
         command_id = P.new_command_id()
-        cmd = P.encode_command(op, args, target, seq, self.plan.hash, self.fleet_key,
-                               devices=devices, command_id=command_id, issued_at=int(time.time()),
-                               max_stage=self.plan.max_stage, fleet=self.fleet)
         outcome = Outcome(command_id, None, seq, op, args, target, devices)
         self._waiting[command_id] = outcome
-        self.publish(P.cmd_topic(self.fleet, target), cmd)
+        for msg_target, members in addressed(target, devices):
+            cmd = P.encode_command(op, args, msg_target, seq, self.plan.hash, self.fleet_key,
+                                   devices=members, command_id=command_id,
+                                   issued_at=int(time.time()), max_stage=self.plan.max_stage,
+                                   fleet=self.fleet, keys=self._keys)
+            self.publish(P.cmd_topic(self.fleet, msg_target), cmd)
         return outcome
 
     def publish_desired(self, outcome, stage, emergency=False, reason=None):
@@ -306,17 +316,19 @@ class OperatorClient:
         if not devices:
             return None
         outcome.desired_id = P.new_command_id()
-        payload = P.encode_desired(outcome.target, stage, outcome.seq + 1, self.plan.hash,
-                                   self.fleet_key, devices=devices, emergency=emergency,
-                                   reason=reason, command_id=outcome.desired_id,
-                                   issued_at=int(time.time()), max_stage=self.plan.max_stage,
-                                   fleet=self.fleet)
-        topic = P.desired_topic(self.fleet, outcome.target)
-        self.publish(topic, payload, retain=True)
-        try:
-            self.seq.ledger.record(topic, outcome.desired_id, outcome.seq + 1, payload)
-        except (SeqError, OSError) as exc:  # retained already; only the replay check is lost
-            print(f"fleetstage: cannot record the desired state: {exc}", file=sys.stderr)
+        for msg_target, members in addressed(outcome.target, devices):
+            payload = P.encode_desired(msg_target, stage, outcome.seq + 1, self.plan.hash,
+                                       self.fleet_key, devices=members, emergency=emergency,
+                                       reason=reason, command_id=outcome.desired_id,
+                                       issued_at=int(time.time()),
+                                       max_stage=self.plan.max_stage, fleet=self.fleet,
+                                       keys=self._keys)
+            topic = P.desired_topic(self.fleet, msg_target)
+            self.publish(topic, payload, retain=True)
+            try:
+                self.seq.ledger.record(topic, outcome.desired_id, outcome.seq + 1, payload)
+            except (SeqError, OSError) as exc:  # retained already; only the replay check
+                print(f"fleetstage: cannot record the desired state: {exc}", file=sys.stderr)
         if outcome.missing:
             outcome.desired_note = (f"desired state {outcome.desired_id} retained: silent "
                                     "devices converge when they reconnect")
@@ -358,6 +370,15 @@ def connect_failure(link):
 
 
 # ---------------------------------------------------------------- the CLI
+
+def addressed(target, devices):
+    """(message target, devices signed for) for one command: the target itself while its
+    MAC table fits MAX_MACS entries, else one hash-bucket message per bucket prefix."""
+    devices = list(devices)
+    if len(devices) <= MAX_MACS:
+        return [(target, devices)]
+    return plan_addressing(devices, Buckets(devices))
+
 
 def _print_table(outcome):
     print(f"command {outcome.command_id} seq {outcome.seq}: {outcome.op} {outcome.args} "
