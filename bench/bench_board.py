@@ -48,7 +48,7 @@ from agent import protocol as P
 from agent.plan import Plan
 from bench.__main__ import figure
 from tests.mqttkit import Broker
-from tools.bundle_cmd import ROOT, bundle, sources
+from tools.bundle_cmd import ROOT, bundle, romfs_image, sources
 
 KB = 1024
 TARGET_BOOT = 96 * KB
@@ -220,19 +220,13 @@ def build_board(work: str, broker_url: str) -> str:
 
 
 def _romfs_image(out: str) -> None:
-    """code.romfs: the bundle's agent/ and firmware_shim/ as a ROMFS image (mpremote's
-    builder, what `mpremote romfs deploy` writes to a board's ROMFS partition)."""
-    from mpremote.romfs import make_romfs
-
+    """code.romfs: the bundle's agent/ and firmware_shim/ as a ROMFS image, built as
+    `fleetstage bundle --romfs` builds it (what `mpremote romfs deploy` writes to a
+    board's ROMFS partition)."""
     src = os.path.join(os.path.dirname(out), "romfs-src")
     for pkg in ("agent", "firmware_shim"):
         shutil.copytree(os.path.join(out, pkg), os.path.join(src, pkg))
-    with open(os.devnull, "w") as quiet:
-        saved, sys.stdout = sys.stdout, quiet  # make_romfs prints the tree
-        try:
-            image = make_romfs(src, mpy_cross=False)
-        finally:
-            sys.stdout = saved
+    image = romfs_image(src)
     with open(os.path.join(out, "code.romfs"), "wb") as f:
         f.write(image)
 

@@ -245,3 +245,19 @@ def test_a_bundle_for_an_older_release_boots_and_takes_commands(world):
     result = world.operator.publish_stage(1, "device:board1", ["board1"], timeout=20)
     assert result.acks["board1"]["result"] == "applied", (result.to_dict(), agent.log())
     _assert_consistent(world.observer.wait_stage(1), 1)
+
+
+def test_a_romfs_bundle_boots_from_its_image_and_takes_commands(world):
+    """--romfs: the modules only in code.romfs (no agent/ folder on the flash); main.py
+    mounts the image at /rom, as a board's firmware mounts its ROMFS partition."""
+    agent = _micro_agent(world, bundle_args=("--romfs",))
+    assert "mpremote connect PORT romfs deploy %s/code.romfs" % agent.bundle_dir \
+        in agent.bundle_out
+    assert "fs cp -r config.json device.key main.py :" in agent.bundle_out
+    assert sorted(os.listdir(agent.bundle_dir)) == ["code.romfs", "config.json",
+                                                    "device.key", "main.py"]
+    agent.start()
+    world.observer.wait_stage(0, timeout=30)
+    result = world.operator.publish_stage(1, "device:board1", ["board1"], timeout=20)
+    assert result.acks["board1"]["result"] == "applied", (result.to_dict(), agent.log())
+    _assert_consistent(world.observer.wait_stage(1), 1)

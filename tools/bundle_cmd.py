@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("agent", "firmware_shim")
@@ -32,6 +33,22 @@ MAIN_PY = (
     "from firmware_shim.board import Board\n"
     "Board(run).run_bundle(__file__)\n"
 )
+# --romfs: the code is in a ROMFS image (MicroPython 1.25+: a board runs its bytecode in
+# place from the ROMFS partition, mounted at /rom, so it is not copied into the heap). On
+# the unix port, which has no partition, main.py mounts the image file instead.
+MAIN_PY_ROMFS = (
+    "# fleetstage agent: the code is the ROMFS image; this folder is the flash\n"
+    "import sys, vfs\n"
+    "try:  # the unix port has no ROMFS partition: mount the image file\n"
+    "    vfs.mount(vfs.VfsRom(open(\"%s\", \"rb\").read()), \"/rom\")\n"
+    "    sys.path.insert(0, \"/rom\")\n"
+    "except OSError:  # a board: the firmware mounted its partition at /rom\n"
+    "    pass\n"
+    "from agent.boot import run\n"
+    "from firmware_shim.board import Board\n"
+    "Board(run).run_bundle(__file__)\n"
+)
+ROMFS_IMAGE = "code.romfs"
 # .mpy version -> the first MicroPython release that loads it
 # (docs.micropython.org/en/latest/reference/mpyfiles.html)
 MPY_VERSIONS = {"6.3": (1, 23), "6.2": (1, 22), "6.1": (1, 20), "6": (1, 19),
@@ -111,12 +128,38 @@ def sources() -> list[str]:
     return out
 
 
+def romfs_image(folder: str) -> bytes:
+    """`folder` as a ROMFS image (mpremote's builder: what `mpremote romfs deploy` writes)."""
+    try:
+        from mpremote.romfs import make_romfs
+    except ImportError:
+        raise BundleError("--romfs needs mpremote 1.25 or newer: pip install mpremote"
+                          ) from None
+    with open(os.devnull, "w") as quiet:
+        saved, sys.stdout = sys.stdout, quiet  # make_romfs prints the tree
+        try:
+            return make_romfs(folder, mpy_cross=False)
+        finally:
+            sys.stdout = saved
+
+
 def bundle(out_dir: str, compile_mpy: bool = True, config: str | None = None,
-           key: str | None = None, mpy_version: str | None = None) -> list[tuple[str, int]]:
-    """Write the bundle; returns [(path in bundle, bytes)]."""
+           key: str | None = None, mpy_version: str | None = None,
+           romfs: bool = False) -> list[tuple[str, int]]:
+    """Write the bundle; returns [(path in bundle, bytes)]. With `romfs` the modules go
+    into one ROMFS image, code.romfs, instead of the folders."""
     compiler = mpy_cross_command(mpy_version)[0] if compile_mpy else None
     written = []
-    for rel in sources():
+    if romfs:
+        with tempfile.TemporaryDirectory(prefix="fleetstage-romfs-") as code_dir:
+            bundle(code_dir, compile_mpy, mpy_version=mpy_version)
+            os.remove(os.path.join(code_dir, "main.py"))
+            image = romfs_image(code_dir)
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, ROMFS_IMAGE), "wb") as f:
+            f.write(image)
+        written.append((ROMFS_IMAGE, len(image)))
+    for rel in [] if romfs else sources():
         src = os.path.join(ROOT, rel)
         dst = os.path.join(out_dir, rel)
         os.makedirs(os.path.dirname(dst), exist_ok=True)
@@ -129,9 +172,10 @@ def bundle(out_dir: str, compile_mpy: bool = True, config: str | None = None,
         else:
             shutil.copyfile(src, dst)
         written.append((os.path.relpath(dst, out_dir), os.path.getsize(dst)))
+    main = MAIN_PY_ROMFS % ROMFS_IMAGE if romfs else MAIN_PY
     with open(os.path.join(out_dir, "main.py"), "w") as f:
-        f.write(MAIN_PY)
-    written.append(("main.py", len(MAIN_PY)))
+        f.write(main)
+    written.append(("main.py", len(main)))
     for given, name in ((config, "config.json"), (key, "device.key")):
         if given:
             shutil.copyfile(given, os.path.join(out_dir, name))
@@ -153,17 +197,23 @@ def _run(args: argparse.Namespace) -> int:
         if args.micropython:
             version = mpy_version_for(args.micropython)
         emits = mpy_cross_command(version)[1] if not args.source else None
-        written = bundle(args.out, not args.source, args.config, args.key, version)
+        written = bundle(args.out, not args.source, args.config, args.key, version,
+                         romfs=args.romfs)
     except (BundleError, OSError) as exc:
         print("fleetstage bundle: %s" % exc, file=sys.stderr)
         return 2
     total = sum(size for _, size in written)
     code = "Python sources" if emits is None else ".mpy v%s, for MicroPython %s or newer" % (
         emits, ".".join(map(str, MPY_VERSIONS.get(emits, ("?",)))))
+    if args.romfs:
+        code += "; the modules in a ROMFS image, which needs MicroPython 1.25 or newer"
     print("bundle in %s: %d files, %d bytes (%.1f KiB; %s)" % (
         args.out, len(written), total, total / 1024.0, code))
-    top = sorted({path.split("/")[0] for path, _ in written})
+    top = sorted({path.split("/")[0] for path, _ in written} - {ROMFS_IMAGE})
     print("copy it to the board (PORT: e.g. /dev/ttyACM0):")
+    if args.romfs:
+        print("  mpremote connect PORT romfs deploy %s/%s   (MicroPython 1.25+)" % (
+            args.out, ROMFS_IMAGE))
     print("  cd %s && mpremote connect PORT fs cp -r %s :" % (args.out, " ".join(top)))
     print("  mpremote connect PORT reset")
     print("or run it here on the unix port:  cd %s && micropython main.py" % args.out)
@@ -179,6 +229,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="the device's JSON config, copied as config.json")
     p.add_argument("--key", help="the device key file, copied as device.key")
     p.add_argument("--source", action="store_true", help="copy .py sources instead of compiling")
+    p.add_argument("--romfs", action="store_true",
+                   help="put the modules in a ROMFS image (code.romfs) a MicroPython 1.25+ "
+                        "board runs in place from flash, keeping the bytecode out of its heap")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--mpy-version", metavar="V",
                        help="the .mpy bytecode version to emit (6.3, 6.2, 6.1, 6; default: the "
