@@ -25,14 +25,20 @@ What it is:
 
 API (FieldLab)
   FieldLab(tmp_path, devices=("gw-1", "gw-2"), groups=None, fleet=None, pki=None,
-           agent_config=None)         groups: {device: [group]}; pki: a LabPKI
+           agent_config=None, client_certs=False)   groups: {device: [group]}; pki: a
+                                      LabPKI; client_certs: the device TLS listener takes
+                                      client certificates (tls.conf's documented option)
+  .client_cert(name) -> (cert, key)   a client certificate CN=name from the lab CA
   .fleet .fleet_key .fleet_key_file .inventory_file .profiles_file .state_dir
   .operator_url / .device_url         mqtts:// operator (8884-like) / device (8883-like)
   .operator_plain_url / .device_plain_url   the loopback plain listeners
   .ca                                 the CA certificate file
-  .start_agent(id, **config) -> tests.agentkit.AgentProcess   (config: agent JSON overrides)
+  .agent(id, **config) -> tests.agentkit.AgentProcess   configured, not started
+  .start_agent(id, **config) -> that agent, started (config: agent JSON overrides)
   .agents[id]                         .stop() .kill() .alive() .log() .state_dir
-  .cli(*args, timeout=60, profile=True) -> subprocess.CompletedProcess (text)
+  .cli(*args, timeout=60) -> subprocess.CompletedProcess (text), with the default
+                                      profile "lab"; `--profile lab-discovery` is the same
+                                      without the inventory (devices found from their reports)
   .cli_bg(*args) -> subprocess.Popen  (stdout/stderr pipes, text)
   .device_login(id) -> Login(username, password, key, key_file, ca)
   .device_link(id) -> connected PahoLink as that device on the device TLS listener
@@ -42,6 +48,9 @@ API (FieldLab)
                                       API: .of(leaf), .wait_for(pred), .last_status())
   .status_of(id) -> the last verified status dict of a device or None
   .wait_status(id, pred, timeout=20) -> that status once pred(status) holds
+  .wait_stage(id, stage, timeout=20) -> that device's status once online at `stage`
+  .publish_raw(target, payload, desired=False, retain=False)   with the operator login,
+                                      on cmd/desired topics (hostile or hand-made payloads)
   .topic(id, leaf)                    fleetstage/<fleet>/device/<id>/<leaf>
   .kill_broker() .restart_broker() .stop_broker() .broker_log() .close()
 """
@@ -113,7 +122,8 @@ def _rewrite(conf: str, ports: dict[int, int]) -> str:
 class FieldLab:
     def __init__(self, tmp_path: Any, devices: Any = ("gw-1", "gw-2"),
                  groups: dict[str, list[str]] | None = None, fleet: str | None = None,
-                 pki: LabPKI | None = None, agent_config: dict | None = None) -> None:
+                 pki: LabPKI | None = None, agent_config: dict | None = None,
+                 client_certs: bool = False) -> None:
         self.tmp = str(tmp_path)
         os.makedirs(self.tmp, exist_ok=True)
         self.fleet = fleet or unique("lab")
@@ -124,6 +134,7 @@ class FieldLab:
         self._links: list[PahoLink] = []
         self._procs: list[subprocess.Popen] = []
         self._clients: list[OperatorClient] = []
+        self._raw: PahoLink | None = None
         self.loop = MqttLoop()
         self.proc: subprocess.Popen | None = None
         # Keys and the inventory (what an operator keeps on their own machine).
@@ -158,16 +169,27 @@ class FieldLab:
         self.device_url = "mqtts://127.0.0.1:%d" % self.ports[8883]
         self.operator_url = "mqtts://127.0.0.1:%d" % self.ports[8884]
         self.conf_dir = conf_dir
+        if client_certs:  # the option tls.conf documents: uncomment its two lines
+            tls_conf = os.path.join(conf_dir, "fleetstage-tls.conf")
+            with open(tls_conf) as f:
+                text = f.read()
+            for line in ("require_certificate true", "use_identity_as_username true"):
+                assert "#" + line in text, "tls.conf no longer documents " + line
+                text = text.replace("#" + line, line)
+            with open(tls_conf, "w") as f:
+                f.write(text)
         self._start_broker(conf_dir)
         # The operator's profile and state (sequence numbers), as `profile add` writes them.
         self.state_dir = os.path.join(self.tmp, "operator-state")
         self.profiles_file = os.path.join(self.tmp, "profiles.json")
+        lab_profile = {
+            "broker": self.operator_url, "fleet": self.fleet, "key": self.fleet_key_file,
+            "username": "operator", "password_file": self.operator_password_file,
+            "ca": self.ca, "inventory": self.inventory_file, "state_dir": self.state_dir}
+        discovery = {k: v for k, v in lab_profile.items() if k != "inventory"}
         with open(self.profiles_file, "w") as f:
-            json.dump({"default": "lab", "profiles": {"lab": {
-                "broker": self.operator_url, "fleet": self.fleet, "key": self.fleet_key_file,
-                "username": "operator", "password_file": self.operator_password_file,
-                "ca": self.ca, "inventory": self.inventory_file,
-                "state_dir": self.state_dir}}}, f)
+            json.dump({"default": "lab", "profiles": {"lab": lab_profile,
+                                                      "lab-discovery": discovery}}, f)
         self.observer = _LabObserver(self)
 
     # -- the broker -----------------------------------------------------------
@@ -244,17 +266,42 @@ class FieldLab:
                 f.write(P.format_key_file(key, "device", device_id))
         return Login(device_id, self.passwords[device_id], key, key_file, self.ca)
 
-    def start_agent(self, device_id: str, **config: Any) -> AgentProcess:
+    def agent(self, device_id: str, /, **config: Any) -> AgentProcess:
+        """The agent process of a device, configured (its own login, key and state dir,
+        the device TLS listener; `config` overrides agent JSON fields) but not started."""
         cfg = {"broker": self.device_url, "tls": {"ca": self.ca},
                "credentials": {"username": device_id, "password": self.passwords[device_id]}}
         cfg.update(self.agent_config)
         cfg.update(config)
+        agent = AgentProcess(os.path.join(self.tmp, "agents"), _Address(cfg["broker"]),
+                             self.fleet, self.fleet_key, device_id,
+                             groups=self.groups.get(device_id, []), config=cfg)
+        self.agents[device_id] = agent
+        return agent
+
+    def client_cert(self, name: str) -> tuple[str, str]:
+        """(cert, key) files of a client certificate with CN=name, signed by the lab CA
+        (what an operator makes for a device when the broker takes client certificates)."""
+        d = os.path.join(self.tmp, "client-certs")
+        os.makedirs(d, exist_ok=True)
+        cert, key = os.path.join(d, name + ".crt"), os.path.join(d, name + ".key")
+        ext = os.path.join(d, name + ".ext")
+        with open(ext, "w") as f:
+            f.write("basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n")
+        for args in (["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                      "-nodes", "-keyout", key, "-out", key + ".csr", "-subj", "/CN=" + name],
+                     ["x509", "-req", "-in", key + ".csr", "-CA", os.path.join(self.out, "ca.crt"),
+                      "-CAkey", os.path.join(self.out, "ca.key"), "-CAcreateserial",
+                      "-out", cert, "-days", "2", "-extfile", ext]):
+            subprocess.run(["openssl", *args], check=True, capture_output=True)
+        return cert, key
+
+    def start_agent(self, device_id: str, /, **config: Any) -> AgentProcess:
+        """Start a device's agent: the one configured already (restart after stop/kill,
+        with the same state) unless it runs or `config` is given."""
         agent = self.agents.get(device_id)
-        if agent is None or agent.alive():
-            agent = AgentProcess(os.path.join(self.tmp, "agents"), _Address(cfg["broker"]),
-                                 self.fleet, self.fleet_key, device_id,
-                                 groups=self.groups.get(device_id, []), config=cfg)
-            self.agents[device_id] = agent
+        if agent is None or agent.alive() or config:
+            agent = self.agent(device_id, **config)
         agent.start()
         return agent
 
@@ -330,6 +377,22 @@ class FieldLab:
                 device_id, self.status_of(device_id),
                 agent.log()[-1500:] if agent is not None else "-"))
         return self.status_of(device_id)  # type: ignore[return-value]
+
+    def wait_stage(self, device_id: str, stage: int, timeout: float = 20.0) -> dict:
+        return self.wait_status(device_id, lambda st: bool(st.get("online"))
+                                and st.get("stage") == stage, timeout)
+
+    def publish_raw(self, target: str, payload: bytes, desired: bool = False,
+                    retain: bool = False) -> None:
+        """Publish bytes on a command or desired topic with the operator's login (MQTT 5),
+        and wait until the broker has them."""
+        if self._raw is None:
+            self._raw = self.operator_link()
+        topic = (P.desired_topic if desired else P.cmd_topic)(self.fleet, target)
+        self._raw.publish(topic, payload, qos=1, retain=retain)
+        raw = self._raw
+        if not self.loop.run_until(lambda: not raw.pending_out(), 10):
+            raise AssertionError("the broker did not take the publish on " + topic)
 
     def close(self) -> None:
         for proc in self._procs:

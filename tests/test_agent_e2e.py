@@ -1,4 +1,6 @@
-"""End to end: an agent PROCESS on a real mosquitto, driven by signed commands.
+"""End to end on the field lab (tests/fieldlab.py): an agent PROCESS with its own broker
+login and device key on the shipped mosquitto config (ACL, passwords, TLS), driven by
+the operator tools as processes.
 
 Stage 0 -> 4 -> back with acks, retained status and events; hostile payloads
 each answered with their reason code while the state stays put; the local
@@ -13,17 +15,29 @@ import pytest
 
 from agent import protocol as P
 from firmware_shim import codec
-from firmware_shim.mqtt_paho import MqttConfig, PahoLink
-from tests.agentkit import PLAN, World, wait_until
-from tests.mqttkit import unique
+from tests.agentkit import PLAN, wait_until
+from tests.fieldlab import FieldLab
 from tools.local_cmd import StateDirLock, StateDirLocked
 
 
 @pytest.fixture
-def world(broker, tmp_path):
-    w = World(broker, tmp_path)
-    yield w
-    w.close()
+def lab(field_lab):
+    return field_lab(devices=["gw1"], groups={"gw1": ["pilot"]})
+
+
+@pytest.fixture(scope="module")
+def config_lab(tmp_path_factory, field_pki):
+    """One lab for the tests whose agent must stop at start (no broker traffic)."""
+    lab = FieldLab(tmp_path_factory.mktemp("config-lab"), devices=["gw1"],
+                   groups={"gw1": ["pilot"]}, pki=field_pki)
+    yield lab
+    lab.close()
+
+
+def _cli_json(lab, *args):
+    done = lab.cli(*args, "--json", "--timeout", "15")
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads(done.stdout)
 
 
 def _resigned(payload, fleet_key, **changes):
@@ -42,24 +56,23 @@ def _subset(flags):
     return {k: flags[k] for k in _flags_at(0)}
 
 
-def test_stage_0_to_4_and_back(world):
-    agent = world.agent().start()
-    obs, op = world.observer, world.operator
-    st = obs.wait_stage(0)
+def test_stage_0_to_4_and_back(lab):
+    agent = lab.start_agent("gw1")
+    obs = lab.observer
+    st = lab.wait_stage("gw1", 0)
     assert st["plan"] == PLAN.hash and st["groups"] == ["pilot"] and st["agent_version"]
     assert st["extra"]["memory"]["rss"] > 5 * 1024 * 1024  # the Pi reports its resident set
     for stage in (1, 2, 3, 4):
-        out = op.publish_stage(stage, "device:gw1", ["gw1"], timeout=15)
-        assert out.exit_code() == 0, out.to_dict()
-        assert out.acks["gw1"]["result"] == "applied"
-        st = obs.wait_stage(stage)
+        out = _cli_json(lab, "publish-stage", str(stage), "--target", "device:gw1")
+        assert out["ok"] and out["devices"]["gw1"]["result"] == "applied", out
+        st = lab.wait_stage("gw1", stage)
         assert _subset(st["flags"]) == _flags_at(stage)
-    out = op.rollback(2, "group:pilot", ["gw1"], timeout=15)
-    assert out.acks["gw1"]["result"] == "applied"
-    obs.wait_stage(2)
-    out = op.emergency_rollback("e2e drill", "all", ["gw1"], timeout=15)
-    assert out.acks["gw1"]["result"] == "applied"
-    st = obs.wait_stage(0)
+    out = _cli_json(lab, "rollback", "2", "--target", "group:pilot")
+    assert out["devices"]["gw1"]["result"] == "applied", out
+    lab.wait_stage("gw1", 2)
+    out = _cli_json(lab, "emergency-rollback", "--reason", "e2e drill", "--target", "all")
+    assert out["devices"]["gw1"]["result"] == "applied", out
+    st = lab.wait_stage("gw1", 0)
     assert _subset(st["flags"]) == _flags_at(0)
     events = [(e["name"], e["payload"]) for e in obs.of("event")]
     enabled = [p["stage"] for n, p in events if n == "migration.stage_enabled"]
@@ -69,52 +82,52 @@ def test_stage_0_to_4_and_back(world):
         ["e2e drill"]
     assert any(n == "feature_flag.changed" for n, _ in events)
     assert obs.of("health"), "health metrics go out on an interval"
-    # The retained status a newcomer reads is the latest one.
+    # The retained status a newcomer (another operator session) reads is the latest one.
     fresh = []
-    link = PahoLink(MqttConfig(world.broker.host, world.broker.port, client_id=unique("late")))
-    link.set_callbacks(on_message=lambda t, p, r: fresh.append((t, p, r)))
-    link.subscribe(P.device_topic(world.fleet, "gw1", "status"))
-    world.loop.add(link)
-    link.start()
-    assert world.loop.run_until(lambda: fresh, 10)
-    retained = P.decode_report(fresh[0][1], P.derive_device_key(world.fleet_key, "gw1"))
+    late = lab.operator_link(on_message=lambda t, p, r: fresh.append((t, p, r)))
+    late.subscribe(lab.topic("gw1", "status"), qos=1)
+    assert lab.loop.run_until(lambda: fresh, 10)
+    retained = P.decode_report(fresh[0][1], P.derive_device_key(lab.fleet_key, "gw1"))
     assert fresh[0][2] is True and retained["stage"] == 0 and retained["online"] is True
     assert agent.alive()
 
 
-def test_hostile_input_gets_reason_codes_and_changes_nothing(world):
-    agent = world.agent().start()
-    obs, op = world.observer, world.operator
-    obs.wait_stage(0)
-    good = op.publish_stage(1, "device:gw1", ["gw1"], timeout=15)
-    assert good.acks["gw1"]["result"] == "applied"
-    obs.wait_stage(1)
+def test_hostile_input_gets_reason_codes_and_changes_nothing(lab):
+    agent = lab.start_agent("gw1")
+    obs = lab.observer
+    lab.wait_stage("gw1", 0)
+    good = _cli_json(lab, "publish-stage", "1", "--target", "device:gw1")
+    assert good["devices"]["gw1"]["result"] == "applied"
+    lab.wait_stage("gw1", 1)
     # The retained desired state that follows is acked too; let it land first.
-    obs.wait_for(lambda: any(a["id"] == good.desired_id for a in obs.of("ack")))
+    obs.wait_for(lambda: any(a["id"] == good["desired_id"] for a in obs.of("ack")))
 
-    target = "device:gw1"
-    seq = good.seq + 10
+    target, fleet = "device:gw1", lab.fleet
+    seq = good["seq"] + 10
     applied = P.encode_command("migrate", {"stage": 2}, target, seq, PLAN.hash,
-                               world.fleet_key, devices=["gw1"])
+                               lab.fleet_key, devices=["gw1"], fleet=fleet)
     cid = P.decode_command(applied, None, "gw1", insecure=True).id
     cases = [
         ("forged", P.encode_command("migrate", {"stage": 2}, target, seq + 1, PLAN.hash,
-                                    P.new_fleet_key(), devices=["gw1"]), "bad_signature"),
+                                    P.new_fleet_key(), devices=["gw1"], fleet=fleet),
+         "bad_signature"),
         ("other plan", P.encode_command("migrate", {"stage": 2}, target, seq + 2, "ab" * 32,
-                                        world.fleet_key, devices=["gw1"]), "wrong_plan"),
+                                        lab.fleet_key, devices=["gw1"], fleet=fleet),
+         "wrong_plan"),
         ("unsigned", P.encode_command("migrate", {"stage": 2}, target, seq + 3, PLAN.hash,
-                                      None, devices=["gw1"]), "bad_signature"),
+                                      None, devices=["gw1"], fleet=fleet), "bad_signature"),
         ("truncated", applied[: len(applied) // 2], "malformed"),
-        ("oversized", b"\xc6" + (300000).to_bytes(4, "big") + b"\x00" * 300000, "malformed"),
+        # under the broker's max_packet_size (270,000), over the agent's 256 KiB
+        ("oversized", b"\xc6" + (265000).to_bytes(4, "big") + b"\x00" * 265000, "malformed"),
         ("random", os.urandom(64), "malformed"),
         ("empty", b"", "malformed"),
-        ("unknown op", _resigned(applied, world.fleet_key, op="reboot", args={},
+        ("unknown op", _resigned(applied, lab.fleet_key, op="reboot", args={},
                                  seq=seq + 4, id=P.new_command_id()), "unknown_op"),
     ]
-    state_before = obs.last_status()
+    state_before = lab.status_of("gw1")
     for name, payload, reason in cases:
         n = len(obs.of("ack"))
-        world.publish_raw(target, payload)
+        lab.publish_raw(target, payload)
         obs.wait_for(lambda n=n: len(obs.of("ack")) > n)
         ack = obs.of("ack")[n]
         assert ack["result"] == "rejected" and ack["reason"] == reason, (name, ack)
@@ -123,36 +136,36 @@ def test_hostile_input_gets_reason_codes_and_changes_nothing(world):
     # other content, then an older sequence number (out of order).
     for expected in ("applied", "duplicate"):
         n = len(obs.of("ack"))
-        world.publish_raw(target, applied)
+        lab.publish_raw(target, applied)
         obs.wait_for(lambda n=n: len(obs.of("ack")) > n)
         assert obs.of("ack")[n]["result"] == expected
     replay = P.encode_command("rollback", {"stage": 0}, target, seq + 20, PLAN.hash,
-                              world.fleet_key, devices=["gw1"], command_id=cid)
+                              lab.fleet_key, devices=["gw1"], command_id=cid, fleet=fleet)
     older = P.encode_command("rollback", {"stage": 0}, target, seq - 5, PLAN.hash,
-                             world.fleet_key, devices=["gw1"])
+                             lab.fleet_key, devices=["gw1"], fleet=fleet)
     for payload, reason in ((replay, "replayed"), (older, "stale_sequence")):
         n = len(obs.of("ack"))
-        world.publish_raw(target, payload)
+        lab.publish_raw(target, payload)
         obs.wait_for(lambda n=n: len(obs.of("ack")) > n)
         assert obs.of("ack")[n]["reason"] == reason
-    st = obs.wait_stage(2)
+    st = lab.wait_stage("gw1", 2)
     assert st["stage"] == 2 and state_before["stage"] == 1
     history = [e for e in obs.of("event") if e["name"] == "migration.stage_enabled"]
     assert [e["payload"]["stage"] for e in history] == [1, 2]  # nothing hostile applied
     assert agent.alive()
 
 
-def test_local_console_with_and_without_agent(world):
-    agent = world.agent()
+def test_local_console_with_and_without_agent(lab):
+    agent = lab.agent("gw1")
     # No agent: act on the store directly (and hold the lock while doing so).
     r = agent.cli("local", "status", "--config", agent.config_path, "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["via"] == "store" and out["status"]["current_stage"] == 0
     agent.start()
-    world.observer.wait_stage(0)
-    world.operator.publish_stage(1, "device:gw1", ["gw1"], timeout=15)
-    world.observer.wait_stage(1)
+    lab.wait_stage("gw1", 0)
+    _cli_json(lab, "publish-stage", "1", "--target", "device:gw1")
+    lab.wait_stage("gw1", 1)
     # The running agent holds the lock: nobody else may open its store.
     with pytest.raises(StateDirLocked):
         StateDirLock(agent.state_dir).acquire()
@@ -161,25 +174,24 @@ def test_local_console_with_and_without_agent(world):
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["via"] == "agent" and out["status"]["current_stage"] == 0
-    world.observer.wait_stage(0)  # the agent told the broker too
+    lab.wait_stage("gw1", 0)  # the agent told the broker too
     agent.stop()
-    world.observer.wait_for(lambda: world.observer.last_status()["online"] is False)
+    lab.wait_status("gw1", lambda st: st["online"] is False)
     # While it is down the operator retains "stage 3"; then the console rolls it back.
     stale = P.encode_desired("device:gw1", 3, P.next_seq(0, time.time()), PLAN.hash,
-                             world.fleet_key, devices=["gw1"])
-    world.publish_raw("device:gw1", stale, desired=True, retain=True)
-    world.loop.run_until(lambda: not world.operator.link.pending_out(), 5)
+                             lab.fleet_key, devices=["gw1"], fleet=lab.fleet)
+    lab.publish_raw("device:gw1", stale, desired=True, retain=True)
     r = agent.cli("local", "emergency-rollback", "--reason", "again", "--config",
                   agent.config_path, "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["via"] == "store"
     # Back online, the older retained desired state does not undo the console rollback;
     # the next command from the operator is obeyed.
-    agent.start()
-    world.observer.wait_stage(0)
-    out = world.operator.publish_stage(1, "device:gw1", ["gw1"], timeout=15)
-    assert out.acks["gw1"]["result"] == "applied", out.to_dict()
-    world.observer.wait_stage(1)
-    enabled = [e["payload"]["stage"] for e in world.observer.of("event")
+    lab.start_agent("gw1")
+    lab.wait_stage("gw1", 0)
+    out = _cli_json(lab, "publish-stage", "1", "--target", "device:gw1")
+    assert out["devices"]["gw1"]["result"] == "applied", out
+    lab.wait_stage("gw1", 1)
+    enabled = [e["payload"]["stage"] for e in lab.observer.of("event")
                if e["name"] == "migration.stage_enabled"]
     assert enabled == [1, 1]  # never 2 or 3: the stale desired state was not applied
 
@@ -190,28 +202,27 @@ def test_local_console_with_and_without_agent(world):
     ("groups", "pilot", "'groups'"),
     ("insecure", "yes", "'insecure'"),
 ])
-def test_bad_config_stops_agent_at_start(world, field, value, needle):
-    agent = world.agent(config={field: value})
-    agent.start()
+def test_bad_config_stops_agent_at_start(config_lab, field, value, needle):
+    agent = config_lab.start_agent("gw1", **{field: value})
     assert agent.proc.wait(20) == 2
     assert needle in agent.log()
 
 
-def test_missing_key_file_stops_agent(world):
-    agent = world.agent(config={"key_file": "/nonexistent/gw1.key"})
-    agent.start()
+def test_missing_key_file_stops_agent(config_lab):
+    agent = config_lab.start_agent("gw1", key_file="/nonexistent/gw1.key")
     assert agent.proc.wait(20) == 2
     assert "'key_file'" in agent.log()
 
 
-def test_insecure_mode_warns_and_accepts_unsigned(world):
-    agent = world.agent(config={"insecure": True}).start()
-    world.observer.wait_stage(0)
+def test_insecure_mode_warns_and_accepts_unsigned(lab):
+    agent = lab.start_agent("gw1", insecure=True)
+    lab.wait_stage("gw1", 0)
     assert wait_until(lambda: "insecure" in agent.log())
     assert "WARNING" in agent.log()
-    unsigned = P.encode_command("migrate", {"stage": 1}, "device:gw1", 5, PLAN.hash, None)
-    world.publish_raw("device:gw1", unsigned)
-    world.observer.wait_stage(1)
+    unsigned = P.encode_command("migrate", {"stage": 1}, "device:gw1", 5, PLAN.hash, None,
+                                fleet=lab.fleet)
+    lab.publish_raw("device:gw1", unsigned)
+    lab.wait_stage("gw1", 1)
 
 
 def test_keygen_fleet_and_device_keys(tmp_path):

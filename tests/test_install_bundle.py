@@ -1,4 +1,6 @@
 """`fleetstage install` and `fleetstage bundle` as an operator runs them."""
+# No broker here: install/bundle only write files (an agent with the password_file login
+# install writes, on the field lab: tests/test_field_item9.py).
 import json
 import os
 import stat

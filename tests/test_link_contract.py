@@ -11,6 +11,7 @@ tests run it under the MicroPython unix port) on a real mosquitto; the
 simulator's virtual link on its virtual broker; and the core tests' in-memory
 link (tests/core/runtimekit.py), whose "broker" is the test itself.
 """
+# Stays on a plain broker: it tests the transport contract, not the field setup.
 import random
 import sys
 import time

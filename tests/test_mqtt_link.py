@@ -1,6 +1,7 @@
 """firmware_shim.mqtt_paho against a real mosquitto: URLs, config, backoff,
 one selector loop for many links, reconnect after the broker dies, and that no
 paho type reaches the caller."""
+# Stays on the plain `broker` fixture: it tests the MQTT transport, not the field setup.
 import random
 
 import pytest

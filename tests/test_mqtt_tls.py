@@ -1,17 +1,17 @@
 """TLS (mqtts://) against a real mosquitto with a throw-away CA made by openssl:
-server verification, client certificates as identity, and an agent process
-whose JSON config carries the tls block."""
+server verification and client certificates as identity (the transport: a plain
+test broker, anonymous behind TLS), and an agent process whose JSON config carries
+the tls block (the field lab: the shipped config's client-certificate option)."""
+import json
 import os
 import shutil
 import subprocess
 
 import pytest
 
-from agent import protocol as P
 from firmware_shim.mqtt_paho import MqttConfig, MqttLoop, PahoLink
-from tests.agentkit import AgentProcess
+from tests.agentkit import wait_until
 from tests.mqttkit import Broker, unique
-from tools.operator_cmd import OperatorClient
 
 
 def _openssl(*args, cwd):
@@ -90,21 +90,25 @@ def test_missing_or_foreign_credentials_are_refused(tls_broker, ca, cert):
     loop.close()
 
 
-def test_agent_over_mqtts_with_config_tls_block(tls_broker, tmp_path):
-    fleet, fleet_key = unique("f"), P.new_fleet_key()
-    cert, key = tls_broker.certs["dev-a"]
-    agent = AgentProcess(str(tmp_path), tls_broker, fleet, fleet_key, "dev-a", groups=(),
-                         config={"broker": tls_broker.url,
-                                 "tls": {"ca": tls_broker.ca, "cert": cert, "key": key}})
-    agent.start()
-    try:
-        op_cert, op_key = tls_broker.certs["operator"]
-        op = OperatorClient(tls_broker.url, fleet, fleet_key, ca=tls_broker.ca, cert=op_cert,
-                            client_key=op_key).connect()
-        op.discover(expect=1, timeout=15)  # the agent announced itself: it is subscribed
-        assert op.online.get("dev-a") is True
-        out = op.publish_stage(1, "device:dev-a", ["dev-a"], timeout=20)
-        assert out.acks["dev-a"]["result"] == "applied", (out.to_dict(), agent.log())
-        op.close()
-    finally:
-        agent.stop()
+def test_agent_over_mqtts_with_config_tls_block(field_lab):
+    """The shipped TLS listener with its documented client-certificate option: the agent's
+    JSON config carries tls {ca, cert, key} and no password; its certificate's CN is its
+    login (the ACL applies to it); the operator tools run as processes beside it."""
+    lab = field_lab(devices=["dev-a"], client_certs=True)
+    cert, key = lab.client_cert("dev-a")
+    agent = lab.start_agent("dev-a", tls={"ca": lab.ca, "cert": cert, "key": key},
+                            credentials=None)
+    lab.wait_stage("dev-a", 0)
+    done = lab.cli("publish-stage", "1", "--target", "device:dev-a", "--json", "--timeout", "20")
+    assert done.returncode == 0, done.stdout + done.stderr + agent.log()
+    assert json.loads(done.stdout)["devices"]["dev-a"]["result"] == "applied"
+    lab.wait_stage("dev-a", 1)
+    # Without a certificate the device listener refuses the device's password login.
+    agent.stop()
+    before = len(agent.log())
+    refused = lab.start_agent("dev-a", tls={"ca": lab.ca})  # password, no certificate
+    assert wait_until(lambda: "broker" in refused.log()[before:].split("at stage", 1)[-1], 20)
+    lab.loop.run_until(lambda: False, 2)
+    tail = refused.log()[before:]
+    assert "connected to broker" not in tail and refused.alive(), tail
+    refused.stop()

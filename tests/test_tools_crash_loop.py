@@ -16,14 +16,14 @@ from agent.agent_config import load_config
 from firmware_shim import board
 from firmware_shim.files import FileSystem
 from firmware_shim.mqtt_paho import free_port
-from tests.agentkit import AgentProcess, wait_until
+from tests.agentkit import wait_until
 from tools.agent_cmd import open_control
 
 CONTROL = {"thresholds": {"max_restarts_per_min": 2}}  # the 3rd start within a minute trips
 
 
-class _NoBroker:
-    url = "mqtt://127.0.0.1:%d" % free_port()  # nothing listens: the agent runs offline
+class _NoBroker:  # the board's start-up (in process, no agent process): no broker needed
+    url = "mqtt://127.0.0.1:%d" % free_port()  # nothing listens: the board runs offline
 
 
 def _stage(cfg):
@@ -42,9 +42,10 @@ def _put_at_stage_1(cfg):
         control.close()
 
 
-def test_agent_process_crash_loop_rolls_back_one_stage(tmp_path):
-    agent = AgentProcess(str(tmp_path), _NoBroker(), "plant", P.new_fleet_key(), "gw1",
-                         config={"control": CONTROL})
+def test_agent_process_crash_loop_rolls_back_one_stage(field_lab):
+    # The agent process on the field lab: its own broker login and key, the shipped config.
+    lab = field_lab(devices=["gw1"])
+    agent = lab.agent("gw1", control=CONTROL)
     cfg = load_config(agent.config_path, FileSystem())
     _put_at_stage_1(cfg)
     stages = []
@@ -57,6 +58,11 @@ def test_agent_process_crash_loop_rolls_back_one_stage(tmp_path):
     assert stages == [1, 1, 0], agent.log()
     assert "restarting too often: rolled back to stage 0" in agent.log()
     _assert_rolled_back_for_restarts(_stage(cfg)[1])
+    # Started once more, it tells the operator: online at stage 0, the rollback in history.
+    agent.start()
+    lab.wait_stage("gw1", 0)
+    done = lab.cli("status", "--json", "--timeout", "10")
+    assert json.loads(done.stdout)["devices"]["gw1"]["stage"] == 0, done.stdout + done.stderr
 
 
 def _assert_rolled_back_for_restarts(status):

@@ -8,6 +8,7 @@ and one for another host name. A rogue CA signs nothing we trust.
 - Board (real MicroPython): the broker is verified against tls.ca; a board
   whose port cannot verify, or that has no CA, refuses mqtts:// at start.
 """
+# Stays on its own TLS test brokers: it tests TLS verification of the link (wrong host, rogue CA).
 import json
 import os
 import shutil
