@@ -14,6 +14,7 @@ from agent import protocol as p
 from bench.__main__ import figure
 
 FLEET_KEY = bytes(range(32))
+FLEET = "bench"
 PLAN = "ab" * 32
 
 
@@ -33,7 +34,7 @@ def _decode_row(name, payload, device, n):
     key = p.derive_device_key(FLEET_KEY, device)
 
     def decode():
-        return p.decode_command(payload, key, device, (), plan_hash=PLAN)
+        return p.decode_command(payload, key, device, (), plan_hash=PLAN, fleet=FLEET)
 
     decode()  # must verify, or the figure would time a rejection
     ours = _per_call(decode, n)
@@ -45,15 +46,18 @@ def run(quick=False):
     n = 300 if quick else 3000
     fleet = 200 if quick else 1000
     devices = [f"gw-{i:05d}" for i in range(fleet)]
-    one = p.encode_command("migrate", {"stage": 2}, "device:gw-00000", 7, PLAN, FLEET_KEY)
-    wide = p.encode_command("migrate", {"stage": 2}, "all", 7, PLAN, FLEET_KEY, devices=devices)
+    one = p.encode_command("migrate", {"stage": 2}, "device:gw-00000", 7, PLAN, FLEET_KEY,
+                           fleet=FLEET)
+    wide = p.encode_command("migrate", {"stage": 2}, "all", 7, PLAN, FLEET_KEY, devices=devices,
+                            fleet=FLEET)
     body = msgpack.unpackb(one, raw=False)["body"]
 
     def plain_parse():  # what an unsigned protocol would still have to do
         return msgpack.unpackb(msgpack.unpackb(one, raw=False)["body"], raw=False)
 
     key = p.derive_device_key(FLEET_KEY, "gw-00000")
-    ours = _per_call(lambda: p.decode_command(one, key, "gw-00000", (), plan_hash=PLAN), n)
+    ours = _per_call(lambda: p.decode_command(one, key, "gw-00000", (), plan_hash=PLAN,
+                                              fleet=FLEET), n)
     rows = [
         _decode_row(f"decode+verify, device command ({len(one)} B)", one, "gw-00000", n),
         figure(f"decode+verify, device command ({len(body)} B body)", ours * 1e6, "us",
@@ -65,7 +69,7 @@ def run(quick=False):
 
     def sign():
         return p.encode_command("migrate", {"stage": 2}, "all", 7, PLAN, FLEET_KEY,
-                                devices=devices)
+                                devices=devices, fleet=FLEET)
 
     reps = 3 if quick else 10
     ours = _per_call(sign, reps)

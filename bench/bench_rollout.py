@@ -80,7 +80,8 @@ def bytes_rows(sizes: list[int]) -> list[dict]:
     from tools.bucketing import Buckets, bytes_per_device, plan_addressing
 
     plan = Plan.default()
-    body = len(P.encode_command("migrate", {"stage": 1}, "all", 1, plan.hash, None))
+    body = len(P.encode_command("migrate", {"stage": 1}, "all", 1, plan.hash, None,
+                                fleet="plant1"))
     rows = []
     for n in sizes:
         ids = ["gw-%07d" % i for i in range(n)]

@@ -56,7 +56,7 @@ def test_a_real_bucket_message_fits_and_verifies_for_each_member_only():
     same = [d for d in fleet if buckets.of[d].startswith(prefix)]
     target, members = "bucket:" + prefix, same[:MAX_MACS]
     payload = P.encode_command("migrate", {"stage": 1}, target, 7, "h" * 16, key,
-                               devices=members)
+                               devices=members, fleet="plant")
     assert len(payload) <= BODY + MAX_MACS * 24 + 64
     for d in members[:5]:
         assert P.decode_command(payload, P.derive_device_key(key, d), d).seq == 7

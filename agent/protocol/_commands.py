@@ -135,8 +135,8 @@ def next_seq(last_seq, now_wall):
 _CMD_FIELDS = ("v", "kind", "id", "seq", "plan", "target", "op", "args", "issued_at")
 _DESIRED_FIELDS = ("v", "kind", "id", "seq", "plan", "target", "stage", "emergency", "reason",
                    "issued_at")
-# Optional in the body (an older operator omits it); a decoder given `fleet` refuses
-# any other fleet.
+# Optional in the body's shape; a decoder given `fleet` (the agent always gives it)
+# refuses a body that names another fleet or none.
 _OPTIONAL_FIELDS = ("fleet",)
 
 
@@ -419,12 +419,14 @@ def _decode(payload, kind, key, device_id, groups, plan_hash, max_stage, insecur
     if not isinstance(env, dict):
         _malformed("body is not a map")
     command_id = _validate(env, kind, max_stage)
-    if fleet is not None and env.get("fleet", fleet) != fleet:
+    if fleet is not None and env.get("fleet") != fleet:
         # Same key, other fleet: a replay from one fleet's topics onto another's must
-        # not apply. (A body without the field comes from an operator older than the
-        # binding; every fleetstage operator now signs it.)
+        # not apply. A body that names no fleet is refused too (strict binding): it
+        # could be replayed onto any fleet that shares the key.
+        if "fleet" not in env:
+            raise CommandRejected(BAD_SIGNATURE, "signed for no fleet", command_id)
         raise CommandRejected(BAD_SIGNATURE, "signed for fleet {!r}, not this one".format(
-            str(env.get("fleet"))[:MAX_ID_LEN]), command_id)
+            str(env["fleet"])[:MAX_ID_LEN]), command_id)
     if not target_matches(env["target"], device_id, groups):
         _malformed("target {} does not include this device".format(env["target"]), command_id)
     if plan_hash is not None and env["plan"] != plan_hash:

@@ -66,7 +66,7 @@ class MemoryLink:
 
 def signed_command(control, op, args, seq, device_id, target=None, key=FLEET_KEY, cid=None):
     return P.encode_command(op, args, target or "device:" + device_id, seq, control.plan.hash,
-                            key, devices=[device_id], command_id=cid)
+                            key, devices=[device_id], command_id=cid, fleet=FLEET)
 
 
 class Device:
@@ -120,7 +120,7 @@ class Device:
         self.seq += 1
         cid = P.new_command_id()
         payload = P.encode_desired("device:" + self.device_id, stage, self.seq,
-                                   self.control.plan.hash, FLEET_KEY, command_id=cid)
+                                   self.control.plan.hash, FLEET_KEY, command_id=cid, fleet=FLEET)
         self.deliver("device:" + self.device_id, payload, "desired", retain=True)
         return cid
 

@@ -2,7 +2,7 @@
 
 Runs on CPython and MicroPython (no pytest imports)."""
 from corekit import tmpdir
-from runtimekit import FLEET_KEY, Device, MemoryLink, device_key, signed_command
+from runtimekit import FLEET, FLEET_KEY, Device, MemoryLink, device_key, signed_command
 
 from agent import protocol as P
 from agent.control import MigrationControl
@@ -59,7 +59,7 @@ def test_hostile_commands_are_rejected_and_state_untouched():
     deliver(rt, "device:" + DEV, cmd(control, "migrate", {"stage": 1}, 10))
     forged = cmd(control, "migrate", {"stage": 2}, 11, key=bytes(32))
     other_plan = P.encode_command("migrate", {"stage": 2}, "device:" + DEV, 12, "f" * 64,
-                                  FLEET_KEY, devices=[DEV])
+                                  FLEET_KEY, devices=[DEV], fleet=FLEET)
     stale = cmd(control, "rollback", {"stage": 0}, 5)
     skip = cmd(control, "migrate", {"stage": 3}, 13)
     for payload in (forged, other_plan, stale, b"", b"\xc1", b"\x93\x01\x02", skip):
@@ -102,7 +102,8 @@ def test_reports_queue_while_down_bounded_and_flush_on_reconnect():
 
 def test_desired_state_converges_step_by_step_and_once():
     rt, link, control, clock = make()
-    d = P.encode_desired("group:g1", 3, 50, control.plan.hash, FLEET_KEY, devices=[DEV])
+    d = P.encode_desired("group:g1", 3, 50, control.plan.hash, FLEET_KEY, devices=[DEV],
+                         fleet=FLEET)
     deliver(rt, "group:g1", d, "desired")
     assert control.stage == 3
     hist = [e["op"] for e in control.status()["migration_history"]]
@@ -118,8 +119,9 @@ def test_emergency_desired_outranks_older_states_in_one_burst():
     rt, link, control, clock = make()
     deliver(rt, "device:" + DEV, cmd(control, "migrate", {"stage": 1}, 10))
     em = P.encode_desired("all", 0, 40, control.plan.hash, FLEET_KEY, devices=[DEV],
-                          emergency=True, reason="bad release")
-    older = P.encode_desired("device:" + DEV, 2, 30, control.plan.hash, FLEET_KEY, devices=[DEV])
+                          emergency=True, reason="bad release", fleet=FLEET)
+    older = P.encode_desired("device:" + DEV, 2, 30, control.plan.hash, FLEET_KEY, devices=[DEV],
+                             fleet=FLEET)
     deliver(rt, "device:" + DEV, older, "desired")
     deliver(rt, "all", em, "desired")
     rt.tick()
@@ -180,7 +182,8 @@ def test_console_emergency_rollback_is_not_undone_by_an_older_desired_state():
     rt, link, control, clock = make()
     deliver(rt, "device:" + DEV, cmd(control, "migrate", {"stage": 1}, 10))
     old_seq = int(clock.wall_time() * 1000) - 5000  # issued before the console rollback
-    desired = P.encode_desired("all", 3, old_seq, control.plan.hash, FLEET_KEY, devices=[DEV])
+    desired = P.encode_desired("all", 3, old_seq, control.plan.hash, FLEET_KEY, devices=[DEV],
+                               fleet=FLEET)
     rt.local_emergency_rollback("gateway unreachable")
     assert control.stage == 0
     deliver(rt, "all", desired, "desired")  # the retained copy, seen on reconnect
@@ -203,7 +206,8 @@ def test_console_hold_ignores_desired_states_whatever_the_operator_clock():
     rt, link, control, clock = make()
     deliver(rt, "device:" + DEV, cmd(control, "migrate", {"stage": 1}, 10))
     ahead = _wall_ms(clock) + 5 * 60 * 1000
-    desired = P.encode_desired("all", 3, ahead, control.plan.hash, FLEET_KEY, devices=[DEV])
+    desired = P.encode_desired("all", 3, ahead, control.plan.hash, FLEET_KEY, devices=[DEV],
+                               fleet=FLEET)
     rt.local_emergency_rollback("gateway unreachable")
     clock.advance(1000)
     deliver(rt, "all", desired, "desired")  # the retained copy, seen on reconnect
@@ -214,7 +218,7 @@ def test_console_hold_ignores_desired_states_whatever_the_operator_clock():
     assert extra["console_hold"] is True and extra["desired_held"] == 1
     # A later desired state (even a newer one) is ignored too: only a command lifts it.
     newer = P.encode_desired("all", 2, ahead + 60000, control.plan.hash, FLEET_KEY,
-                             devices=[DEV])
+                             devices=[DEV], fleet=FLEET)
     deliver(rt, "all", newer, "desired")
     assert control.stage == 0 and rt.counters["desired_held"] == 2
     deliver(rt, "device:" + DEV, cmd(control, "migrate", {"stage": 1}, ahead + 70000))
@@ -232,7 +236,7 @@ def test_console_hold_on_a_board_without_rtc():
     rt.start()
     deliver(rt, "device:" + DEV, cmd(control, "migrate", {"stage": 1}, 10))
     desired = P.encode_desired("all", 2, 1700000000000, control.plan.hash, FLEET_KEY,
-                               devices=[DEV])
+                               devices=[DEV], fleet=FLEET)
     rt.local_emergency_rollback("console")
     deliver(rt, "all", desired, "desired")
     assert control.stage == 0
@@ -254,7 +258,7 @@ def test_console_hold_survives_a_reboot_and_only_an_applied_command_lifts_it():
     rt = AgentRuntime(control, link, "fl", DEV, key=key, clock=clock)
     rt.start()
     seq = _wall_ms(clock) + 600000
-    desired = P.encode_desired("device:" + DEV, 2, seq, control.plan.hash, FLEET_KEY)
+    desired = P.encode_desired("device:" + DEV, 2, seq, control.plan.hash, FLEET_KEY, fleet=FLEET)
     deliver(rt, "device:" + DEV, desired, "desired")
     assert control.stage == 0
     # A command the device refuses does not lift the hold either.
@@ -265,7 +269,8 @@ def test_console_hold_survives_a_reboot_and_only_an_applied_command_lifts_it():
     deliver(rt, "device:" + DEV, cmd(control, "rollback", {"stage": 0}, seq + 2))
     assert link.leaf("ack")[-1]["result"] == "applied"
     assert control.store.get("rt.local_hold") is None
-    desired = P.encode_desired("device:" + DEV, 2, seq + 3, control.plan.hash, FLEET_KEY)
+    desired = P.encode_desired("device:" + DEV, 2, seq + 3, control.plan.hash, FLEET_KEY,
+                               fleet=FLEET)
     deliver(rt, "device:" + DEV, desired, "desired")
     assert control.stage == 2  # the hold is gone: desired states apply again
     control.close()
@@ -287,7 +292,7 @@ def test_console_hold_set_through_the_store_while_the_agent_is_down():
                       clock=clock)
     rt.start()
     desired = P.encode_desired("all", 1, _wall_ms(clock) + 600000, control.plan.hash,
-                               FLEET_KEY, devices=[DEV])
+                               FLEET_KEY, devices=[DEV], fleet=FLEET)
     deliver(rt, "all", desired, "desired")
     assert control.stage == 0 and rt.counters["desired_held"] == 1
     control.close()
@@ -297,7 +302,8 @@ def test_migrate_command_after_desired_state_got_there_is_an_applied_noop():
     # The desired/command race: the retained desired state brings the device to
     # stage 2, then the operator's `migrate 2` (a retry, or a slow command) arrives.
     rt, link, control, clock = make()
-    d = P.encode_desired("group:g1", 2, 50, control.plan.hash, FLEET_KEY, devices=[DEV])
+    d = P.encode_desired("group:g1", 2, 50, control.plan.hash, FLEET_KEY, devices=[DEV],
+                         fleet=FLEET)
     deliver(rt, "group:g1", d, "desired")
     assert control.stage == 2
     seq_before = control.seq
@@ -349,11 +355,11 @@ def test_a_bucket_command_not_signed_for_this_device_gets_no_ack():
     mine = P.bucket_of(DEV)
     other = next(d for d in ("dev-%d" % i for i in range(2, 500)) if P.bucket_of(d)[:1] == mine[:1])
     payload = P.encode_command("migrate", {"stage": 1}, "bucket:" + mine[:1], 9,
-                               control.plan.hash, FLEET_KEY, devices=[other])
+                               control.plan.hash, FLEET_KEY, devices=[other], fleet=FLEET)
     deliver(rt, "bucket:" + mine[:1], payload)
     assert link.leaf("ack") == [] and control.stage == 0
     signed = P.encode_command("migrate", {"stage": 1}, "bucket:" + mine[:1], 10,
-                              control.plan.hash, FLEET_KEY, devices=[other, DEV])
+                              control.plan.hash, FLEET_KEY, devices=[other, DEV], fleet=FLEET)
     deliver(rt, "bucket:" + mine[:1], signed)
     assert link.leaf("ack")[-1]["result"] == "applied" and control.stage == 1
     control.close()
@@ -377,3 +383,32 @@ def test_the_harness_closes_its_store_even_when_a_test_fails():
     except ValueError:
         pass
     assert s.state == CLOSED
+
+
+def test_a_command_or_desired_state_not_bound_to_this_fleet_is_refused():
+    """Fleet binding is strict: the fleet key is shared by two fleets here (fl and fleet-b);
+    a body signed with it for gw's key that names another fleet, or none, is refused as
+    bad_signature and changes nothing; the same command bound to this fleet applies."""
+    rt, link, control, _ = make()
+    seq = 10
+    for fleet in ("fleet-b", None):
+        for channel in ("cmd", "desired"):
+            seq += 1
+            cid = P.new_command_id()
+            if channel == "cmd":
+                payload = P.encode_command("migrate", {"stage": 1}, "device:" + DEV, seq,
+                                           control.plan.hash, FLEET_KEY, command_id=cid,
+                                           fleet=fleet)
+            else:
+                payload = P.encode_desired("device:" + DEV, 2, seq, control.plan.hash,
+                                           FLEET_KEY, command_id=cid, fleet=fleet)
+            deliver(rt, "device:" + DEV, payload, channel)
+            acks = [a for a in link.leaf("ack") if a["id"] == cid]
+            assert len(acks) == 1 and acks[0]["result"] == "rejected", (fleet, channel, acks)
+            assert acks[0]["reason"] == "bad_signature", acks
+            assert ("no fleet" if fleet is None else "fleet-b") in acks[0]["detail"], acks
+            assert control.stage == 0 and rt.guard.last_seq == 0, (fleet, channel)
+    good = P.encode_command("migrate", {"stage": 1}, "device:" + DEV, seq + 1,
+                            control.plan.hash, FLEET_KEY, fleet=FLEET)
+    deliver(rt, "device:" + DEV, good)
+    assert control.stage == 1 and link.leaf("ack")[-1]["result"] == "applied"

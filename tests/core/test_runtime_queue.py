@@ -3,7 +3,7 @@
 Acks and events (the automatic rollback, health.violation) must outlive the
 periodic health reports and the status. Runs on CPython and MicroPython."""
 from corekit import tmpdir
-from runtimekit import FLEET_KEY, MemoryLink, device_key
+from runtimekit import FLEET, FLEET_KEY, MemoryLink, device_key
 
 from agent import protocol as P
 from agent.control import MigrationControl
@@ -56,7 +56,7 @@ def test_long_outage_keeps_acks_and_the_automatic_rollback_events():
     rt.start()
     for stage, seq in ((1, 10), (2, 11)):
         cmd = P.encode_command("migrate", {"stage": stage}, "device:" + DEV, seq,
-                               control.plan.hash, FLEET_KEY)
+                               control.plan.hash, FLEET_KEY, fleet=FLEET)
         rt.on_message(P.cmd_topic("fl", "device:" + DEV), cmd)
         rt.tick()
     for _ in range(50):
