@@ -223,7 +223,9 @@ class PahoLink:
                 client.tls_set(ca_certs=c.ca, certfile=c.cert, keyfile=c.key,
                                cert_reqs=ssl.CERT_REQUIRED)
             except (OSError, ssl.SSLError, ValueError) as exc:
-                raise MqttConfigError(f"TLS setup failed: {exc}") from None
+                files = ", ".join(f for f in (c.ca, c.cert, c.key) if f)
+                why = getattr(exc, "strerror", None) or exc
+                raise MqttConfigError(f"TLS setup failed ({files}): {why}") from None
             if c.insecure:
                 client.tls_insecure_set(True)  # dev only: skip the host-name check
         if c.will is not None:

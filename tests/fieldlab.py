@@ -170,7 +170,7 @@ class FieldLab:
         self.operator_url = "mqtts://127.0.0.1:%d" % self.ports[8884]
         self.conf_dir = conf_dir
         if client_certs:  # the option tls.conf documents: uncomment its two lines
-            tls_conf = os.path.join(conf_dir, "fleetstage-tls.conf")
+            tls_conf = os.path.join(conf_dir, broker_setup.TLS_CONF_NAME)
             with open(tls_conf) as f:
                 text = f.read()
             for line in ("require_certificate true", "use_identity_as_username true"):
@@ -196,12 +196,16 @@ class FieldLab:
     def _start_broker(self, conf_dir: str, fresh: bool = True) -> None:
         persist = os.path.join(self.broker_dir, "persist")
         os.makedirs(persist, exist_ok=not fresh)
-        conf = ""
-        for name in ("fleetstage.conf", "fleetstage-tls.conf"):
+        # conf.d as broker-setup wrote it, each file with only its ports rewritten, read
+        # through include_dir (in mosquitto's own order, as on Debian).
+        run_dir = os.path.join(self.broker_dir, "conf.d-run")
+        os.makedirs(run_dir, exist_ok=True)
+        for name in os.listdir(conf_dir):
             with open(os.path.join(conf_dir, name)) as f:
-                conf += f.read() + "\n"
-        conf = _rewrite(conf, self.ports)
-        # What Debian's /etc/mosquitto/mosquitto.conf adds before include_dir.
+                text = _rewrite(f.read(), self.ports)
+            with open(os.path.join(run_dir, name), "w") as f:
+                f.write(text)
+        # What Debian's /etc/mosquitto/mosquitto.conf adds around include_dir.
         head = "persistence_location %s/\n" % persist
         if os.geteuid() == 0:
             try:
@@ -211,7 +215,7 @@ class FieldLab:
                 head += "user root\n"
         self.conf_path = os.path.join(self.broker_dir, "mosquitto.conf")
         with open(self.conf_path, "w") as f:
-            f.write(head + conf)
+            f.write(head + "include_dir %s\n" % run_dir)
         self.log_path = os.path.join(self.broker_dir, "mosquitto.log")
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([mosquitto_binary(), "-c", self.conf_path], stdout=log,

@@ -142,3 +142,22 @@ def test_item10_mosquitto_acl_writes_the_files_the_shipped_config_names(tmp_path
                 "--operator-password-file", str(op), "--out", str(tmp_path / "out"))
     assert done.returncode == 2 and done.stderr.strip() == \
         "fleetstage mosquitto-acl: nope.json: No such file or directory"
+
+
+def test_item10_tls_conf_is_read_after_the_main_conf_through_include_dir(tmp_path):
+    """Debian's mosquitto reads conf.d in sorted order; the TLS listeners need
+    per_listener_settings from fleetstage.conf first (as fleetstage-tls.conf it sorted
+    first and mosquitto refused to start: "Duplicate password_file value"). The field lab
+    starts every broker through include_dir, so each lab test starts it that way."""
+    from tools import broker_setup
+
+    inv = {"gw-1": {"groups": ["a"], "password": "pw1"}}
+    out, conf_dir = str(tmp_path / "fleetstage"), str(tmp_path / "conf.d")
+    os.makedirs(conf_dir)
+    legacy = os.path.join(conf_dir, "fleetstage-tls.conf")  # left by an older setup
+    open(legacy, "w").write("listener 8883\n")
+    broker_setup.setup("plant1", inv, "op", out, conf_dir, tls=True, hostnames=["127.0.0.1"])
+    names = sorted(os.listdir(conf_dir))
+    assert names == ["fleetstage.conf", broker_setup.TLS_CONF_NAME], names
+    assert "per_listener_settings true" in open(os.path.join(conf_dir, names[0])).read()
+    assert "ca.srl" not in os.listdir(out)  # openssl's serial file stays in its temp folder

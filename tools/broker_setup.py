@@ -14,7 +14,9 @@ operators.passwd (the operator login only), and with --tls ca.crt, ca.key
 with openssl (EC P-256; the CA and the server certificate are kept when they
 exist already, so re-running only refreshes the ACL and passwords). Into
 CONF_DIR: fleetstage.conf (tools/mosquitto/mosquitto.conf with its paths
-pointing at OUT) and, with --tls, fleetstage-tls.conf (tools/mosquitto/tls.conf).
+pointing at OUT) and, with --tls, fleetstage_tls.conf (tools/mosquitto/tls.conf; the
+name sorts after fleetstage.conf, and mosquitto reads an include_dir in that order: the
+TLS listeners need per_listener_settings from fleetstage.conf first).
 Ownership: run as root, the files the broker reads belong to the `mosquitto`
 user, mode 0600 (mosquitto 2 drops to that user before it reads them; 2.0.16+
 warns about any other owner). Run as another user, everything is that user's.
@@ -41,6 +43,7 @@ SHIPPED_CONF = os.path.join(HERE, "mosquitto", "mosquitto.conf")
 SHIPPED_TLS_CONF = os.path.join(HERE, "mosquitto", "tls.conf")
 SHIPPED_DIR = "/etc/mosquitto/fleetstage"
 BROKER_USER = "mosquitto"
+TLS_CONF_NAME = "fleetstage_tls.conf"
 
 
 class SetupError(Exception):
@@ -115,8 +118,8 @@ def make_pki(out_dir: str, hostnames: list[str], owner: tuple[int, int] | None,
                      "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj",
                      "/CN=" + hostnames[0])
             _openssl(work, "x509", "-req", "-in", "server.csr", "-CA", ca_crt, "-CAkey", ca_key,
-                     "-CAcreateserial", "-out", "server.crt", "-days", str(days),
-                     "-extfile", ext)
+                     "-CAserial", os.path.join(work, "ca.srl"), "-CAcreateserial",
+                     "-out", "server.crt", "-days", str(days), "-extfile", ext)
             with open(os.path.join(work, "server.key"), "rb") as f:
                 _write(srv_key, f.read(), 0o600, owner)
             with open(os.path.join(work, "server.crt"), "rb") as f:
@@ -200,7 +203,10 @@ def setup(fleet: str, devices: dict[str, dict], operator_password: str, out_dir:
         conf = os.path.join(conf_dir, "fleetstage.conf")
         write_private_file(conf, render_conf(SHIPPED_CONF, out_dir).encode(), 0o644)
         written.append(conf)
-        tls_conf = os.path.join(conf_dir, "fleetstage-tls.conf")
+        tls_conf = os.path.join(conf_dir, TLS_CONF_NAME)
+        legacy = os.path.join(conf_dir, "fleetstage-tls.conf")  # read BEFORE fleetstage.conf
+        if os.path.exists(legacy):
+            os.unlink(legacy)
         if tls:
             write_private_file(tls_conf, render_conf(SHIPPED_TLS_CONF, out_dir).encode(), 0o644)
             written.append(tls_conf)

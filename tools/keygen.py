@@ -89,8 +89,14 @@ def _run(args):
         else:
             data = P.format_key_file(P.new_fleet_key(), "fleet")
         write_key_file(args.out, data, args.force)
-    except (KeygenError, OSError, P.ProtocolError) as exc:
+    except (KeygenError, P.ProtocolError) as exc:
         print(f"fleetstage keygen: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # the named file, not a temp file's name
+        name = args.fleet_key if args.device and not os.path.exists(args.fleet_key) \
+            else args.out
+        print(f"fleetstage keygen: {name}: {exc.strerror} (check the path and that its "
+              "folder exists)", file=sys.stderr)
         return 1
     what = f"device key for {args.device}" if args.device else "fleet key"
     print(f"wrote {what} to {args.out} (mode 0600)")

@@ -306,6 +306,9 @@ def _run(args: argparse.Namespace) -> int:
             if not summary["devices"]:
                 print("no device of fleet %s has reported: check the fleet name (--fleet)"
                       % args.fleet)
+            if summary["never_seen"]:
+                print("never seen (in the inventory, no status yet): %s"
+                      % ", ".join(summary["never_seen"]))
             for topic in summary["desired_replaced"]:
                 print("REPLACED retained desired state on %s: not the one this operator "
                       "retained last (seq %d); %s" % (
