@@ -142,13 +142,13 @@ class SimOperator:
                 payload = P.encode_command(decision.op, decision.args, target, seq, plan.hash,
                                            self.keys.fleet_key, devices=devices,
                                            command_id=cid, issued_at=issued,
-                                           max_stage=plan.max_stage, keys=cache)
+                                           max_stage=plan.max_stage, keys=cache, fleet=fleet)
                 self.link.publish(P.cmd_topic(fleet, target), payload, 1, False)
             else:
                 payload = P.encode_desired(target, decision.stage, seq, plan.hash,
                                            self.keys.fleet_key, devices=devices,
                                            command_id=cid, issued_at=issued,
-                                           max_stage=plan.max_stage, keys=cache)
+                                           max_stage=plan.max_stage, keys=cache, fleet=fleet)
                 self.link.publish(P.desired_topic(fleet, target), payload, 1, True)
             self.published += 1
             self.published_bytes += len(payload)
