@@ -108,6 +108,9 @@ class Config:
             minimum, integer = _THRESHOLD_LIMITS[key]
             self.thresholds[key] = _check_number("thresholds." + key, given[key], minimum,
                                                  integer)
+        if self.thresholds["max_error_rate"] > 1:  # 5 for 5% would never roll back
+            raise ConfigError("thresholds.max_error_rate", "is a fraction of calls, 0..1 "
+                              "(0.05 is 5%), not {!r}".format(given["max_error_rate"]))
         for key in _NUMBERS:
             default, minimum, integer = _NUMBERS[key]
             value = data.get(key, default)

@@ -314,7 +314,7 @@ class AgentRuntime:
             result = self.control.poll()
             quiet = ("ok", "unhealthy", "inconclusive")
             if result is not None and result.get("result") not in quiet:
-                self.log("health: {}".format(result.get("result")))
+                self.log(_health_line(result))
                 self._status_dirty = True
         except Exception as exc:  # a store error during an automatic rollback
             self._count_error("health", exc)
@@ -507,3 +507,15 @@ def refusal_of(exc):
 
 def _quiet(msg):
     return None
+
+
+def _health_line(result):
+    """The log line for what a health check did: the rollback's target and each
+    violation's message, so the journal says which source crossed which limit."""
+    line = "health: {}".format(result.get("result"))
+    if result.get("rolled_back_to") is not None:
+        line += " to stage {}".format(result["rolled_back_to"])
+    messages = [v.get("message") for v in result.get("violations") or () if v.get("message")]
+    if messages:
+        line += ": " + "; ".join(messages)
+    return line

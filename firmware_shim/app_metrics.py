@@ -27,6 +27,10 @@ MAX_DATAGRAMS_PER_POLL = 2000
 Record = Callable[[bool, "float | None", "str | None"], None]
 
 
+class StatsdListenError(OSError):
+    """health.statsd.listen cannot be bound (the port is taken, or the address is not here)."""
+
+
 class StatsdBatch:
     def __init__(self, names: dict | None) -> None:
         names = names or {}
@@ -96,6 +100,11 @@ class MetricsListener:
             try:
                 udp.bind((host, port))
                 udp.setblocking(False)
+            except OSError as exc:
+                udp.close()
+                self.close()
+                raise StatsdListenError(exc.errno, "cannot listen on UDP %s:%d: %s" % (
+                    host, port, exc.strerror or exc)) from None
             except BaseException:
                 udp.close()
                 self.close()

@@ -143,6 +143,21 @@ def test_helper_enabled_is_cached_by_revision_and_report_reaches_the_window(tmp_
     control.close()
 
 
+def test_helper_follows_a_replaced_snapshot_even_when_its_revision_is_lower(tmp_path):
+    """The agent's state dir was reset (a new store, revisions from 1 again) while the
+    application kept running: the helper must not keep the old agent's flags."""
+    from firmware_shim.app_files import write_atomically
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    path = str(run_dir / "flags.json")
+    write_atomically(path, json.dumps({"revision": 9, "flags": {FLAG: True}}).encode())
+    client = FlagsClient(str(run_dir))
+    assert client.enabled(FLAG) is True and client.revision == 9
+    write_atomically(path, json.dumps({"revision": 2, "flags": {FLAG: False}}).encode())
+    assert client.enabled(FLAG) is False and client.revision == 2
+
+
 def test_statsd_over_udp_and_json_lines_on_the_metrics_socket(tmp_path):
     port = free_port()
     side, control = _side(tmp_path, {"probes": [], "statsd": {
@@ -372,6 +387,105 @@ def test_a_run_dir_that_cannot_be_made_stops_the_agent_with_one_line(tmp_path):
     assert r.returncode == 2, (r.stdout, r.stderr)
     lines = [ln for ln in r.stderr.splitlines() if "cannot start" in ln]
     assert len(lines) == 1 and "run_dir" in lines[0] and "Traceback" not in r.stderr
+
+
+class _NoBroker:
+    url = "mqtt://127.0.0.1:9"
+
+
+def _agent_cmd(agent):
+    return [sys.executable, "-m", "tools.cli", "agent", "--config", agent.config_path]
+
+
+def test_a_second_agent_on_the_same_run_dir_is_refused_and_the_first_keeps_its_files(
+        tmp_path):
+    """Two configs that differ in state_dir only: the second agent says so in one line and
+    exits 2 before it touches the first one's flags.json or sockets."""
+    import subprocess
+
+    from agent import protocol as P
+    from tests.agentkit import REPO, AgentProcess
+
+    key = P.new_fleet_key()
+    run_dir = str(tmp_path / "run")
+    first = AgentProcess(str(tmp_path / "a"), _NoBroker(), "plant", key, "gw1",
+                         config={"run_dir": run_dir}).start()
+    try:
+        snapshot = os.path.join(run_dir, "flags.json")
+        assert wait_until(lambda: os.path.exists(snapshot) and os.path.exists(
+            os.path.join(run_dir, "metrics.sock")), 20), first.log()
+        client = FlagsClient(run_dir)
+        client.report(True, 5)  # the first agent is busy serving applications
+        before = os.stat(snapshot).st_ino
+        second = AgentProcess(str(tmp_path / "b"), _NoBroker(), "plant", key, "gw1",
+                              config={"run_dir": run_dir})
+        r = subprocess.run(_agent_cmd(second), cwd=REPO, capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 2, (r.stdout, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+        assert ("config field 'run_dir': %s is the run_dir of another running agent (PID %d)"
+                % (run_dir, first.proc.pid)) in lines[0], lines
+        assert "give each agent its own run_dir" in lines[0]
+        # the first agent's files and sockets are its own still
+        assert first.alive()
+        assert os.stat(snapshot).st_ino == before
+        assert client.get("/v1/flags")[0] == 200
+        assert client.get("/v1/health")[1]["system_health"]["sources"]["app"]["samples"] == 1
+    finally:
+        first.stop()
+    # once the first agent stopped, the same run_dir is free again
+    again = AgentProcess(str(tmp_path / "b"), _NoBroker(), "plant", key, "gw1",
+                         config={"run_dir": run_dir}).start()
+    try:
+        assert wait_until(lambda: os.stat(snapshot).st_ino != before, 20), again.log()
+        assert again.alive()
+    finally:
+        again.stop()
+
+
+def test_a_statsd_port_in_use_is_one_line_that_names_the_field(tmp_path):
+    import subprocess
+
+    from agent import protocol as P
+    from tests.agentkit import REPO, AgentProcess
+
+    taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    taken.bind(("127.0.0.1", 0))
+    try:
+        listen = "127.0.0.1:%d" % taken.getsockname()[1]
+        agent = AgentProcess(str(tmp_path), _NoBroker(), "plant", P.new_fleet_key(), "gw1",
+                             config={"health": {"statsd": {"listen": listen,
+                                                           "requests": "gw.requests"}}})
+        r = subprocess.run(_agent_cmd(agent), cwd=REPO, capture_output=True, text=True,
+                           timeout=60)
+    finally:
+        taken.close()
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "config field 'health.statsd.listen': cannot listen on UDP " + listen in lines[0]
+    assert "Address already in use" in lines[0] and "pick a free one" in lines[0]
+
+
+def test_local_status_into_a_closed_pipe_exits_without_a_traceback(tmp_path):
+    """`fleetstage local status | head -1`: the reader goes away before the output ends."""
+    import subprocess
+
+    from agent import protocol as P
+    from tests.agentkit import REPO, AgentProcess
+
+    agent = AgentProcess(str(tmp_path), _NoBroker(), "plant", P.new_fleet_key(), "gw1")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody reads: the first write fails with EPIPE
+    try:
+        r = subprocess.run([sys.executable, "-m", "tools.cli", "local", "status", "--config",
+                            agent.config_path], cwd=REPO, stdout=write_end,
+                           stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write_end)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr == "", r.stderr
 
 
 def test_a_probe_waits_its_initial_delay_then_runs_every_interval():

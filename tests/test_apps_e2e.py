@@ -179,6 +179,14 @@ def test_a_quiet_device_is_inconclusive_and_stays(gateway):
     assert st["system_health"]["verdict"] == "inconclusive"
     assert st["migration_history"][0]["op"] == "migrate"
     g.publish_stage(4)  # no evidence against it: the next stage is not refused
+    # a command the only targeted device refuses leaves no retained desired state, and
+    # the note says why (not "no device known")
+    r = g.lab.cli("publish-stage", "--target", "device:gw-quiet", "--json", "--timeout", "20",
+                  "1")
+    out = json.loads(r.stdout)
+    assert out["devices"]["gw-quiet"]["result"] == "rejected", out
+    assert out["desired_id"] is None, out
+    assert out["desired_note"] == "nothing retained: every targeted device refused the command"
 
 
 def test_flagd_provider_in_file_mode_reads_what_flags_json_says(gateway):

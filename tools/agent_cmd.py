@@ -18,11 +18,12 @@ from agent import protocol as P
 from agent.agent_config import ConfigError, load_config
 from agent.runtime import will_message
 from agent.store import StoreError
+from firmware_shim.app_metrics import StatsdListenError
 from firmware_shim.clock import SystemClock
 from firmware_shim.files import FileSystem
 from firmware_shim.machine import memory
 from firmware_shim.mqtt_paho import MqttConfig, MqttError, PahoLink, Will
-from tools.app_side import AppSide
+from tools.app_side import AppSide, RunDirInUse
 from tools.local_cmd import ConsoleServer, StateDirLock, StateDirLocked
 from tools.sd_notify import SdNotifier
 
@@ -122,11 +123,16 @@ def run_agent(cfg):
     console = ConsoleServer(cfg.state_dir, agent.console)
     try:
         apps = AppSide(cfg.run_dir, cfg.health, control, log)
-    except OSError as exc:
+    except (OSError, RunDirInUse) as exc:
         console.close()
         agent.close()
         lock.release()
-        raise AgentStartError(f"config field 'run_dir': {cfg.run_dir}: {exc}") from None
+        if isinstance(exc, StatsdListenError):
+            raise AgentStartError(f"config field 'health.statsd.listen': {exc.strerror} (is "
+                                  "another statsd listener on that port? pick a free one)"
+                                  ) from None
+        what = exc if isinstance(exc, RunDirInUse) else f"{cfg.run_dir}: {exc}"
+        raise AgentStartError(f"config field 'run_dir': {what}") from None
 
     notifier = SdNotifier(log=log)
 

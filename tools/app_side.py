@@ -4,8 +4,11 @@ Owns: wiring, for `fleetstage agent`, the run directory's files
 (firmware_shim.app_files), the HTTP API on api.sock (firmware_shim.app_api),
 the metrics datagram socket and statsd (firmware_shim.app_metrics) and the
 probes (firmware_shim.probes) to one MigrationControl, all polled from the
-agent's loop. Must never: block that loop (nothing here waits on a client, a
-probe or a socket) or let an application's mistake stop the agent.
+agent's loop, and the run directory's lock (<run_dir>/run.lock, held for the
+agent's life: a second agent given the same run_dir is refused before it can
+replace the first one's flags.json or sockets). Must never: block that loop
+(nothing here waits on a client, a probe or a socket) or let an application's
+mistake stop the agent.
 """
 from __future__ import annotations
 
@@ -16,12 +19,18 @@ from typing import Any, Callable
 from agent import app_flags
 from agent.control import ControlError
 from firmware_shim.app_api import API_SOCKET, HttpConn
-from firmware_shim.app_files import AppFiles
+from firmware_shim.app_files import AppFiles, ensure_run_dir
 from firmware_shim.app_metrics import MetricsListener
 from firmware_shim.probes import ProbeRunner
 from firmware_shim.unix_server import StreamServer
+from tools.local_cmd import StateDirLock, StateDirLocked, lock_holder_pid
 
 MAX_RESTARTS_PER_READING = 20
+RUN_LOCK = "run.lock"
+
+
+class RunDirInUse(Exception):
+    """Another running agent holds <run_dir>/run.lock."""
 
 
 class AppSide:
@@ -31,14 +40,27 @@ class AppSide:
         self.log = log or (lambda msg: None)
         self.rejected = 0
         self._snapshot: dict = {}
-        self.files = AppFiles(run_dir, self.current, app_flags.flagd_document, self.log)
-        self.files.sync()
-        self.api = StreamServer(os.path.join(run_dir, API_SOCKET), lambda: HttpConn(self),
-                                mode=0o660)
+        self.lock = StateDirLock(ensure_run_dir(run_dir), RUN_LOCK)
+        try:
+            self.lock.acquire()
+        except StateDirLocked:
+            pid = lock_holder_pid(run_dir, RUN_LOCK)
+            raise RunDirInUse("%s is the run_dir of another running agent%s: give each agent "
+                              "its own run_dir" % (run_dir, " (PID %d)" % pid if pid else "")
+                              ) from None
+        try:
+            self.files = AppFiles(run_dir, self.current, app_flags.flagd_document, self.log)
+            self.files.sync()
+            self.api = StreamServer(os.path.join(run_dir, API_SOCKET), lambda: HttpConn(self),
+                                    mode=0o660)
+        except BaseException:
+            self.lock.release()
+            raise
         try:
             self.metrics = MetricsListener(run_dir, health.get("statsd"), self.record, self.log)
         except BaseException:
             self.api.close()
+            self.lock.release()
             raise
         for probe in health.get("probes", []):
             if probe["initial_delay_s"] > 0:
@@ -86,3 +108,4 @@ class AppSide:
         self.probes.close()
         self.metrics.close()
         self.api.close()
+        self.lock.release()

@@ -63,8 +63,9 @@ class FlagsClient:
                     snap = json.loads(f.read())
             except (OSError, ValueError):
                 return self._snap  # replaced between stat and open: the next call reads it
-            if snap.get("revision", -1) >= self._snap.get("revision", -1):
-                self._snap = snap
+            # a replaced file is the agent's word, even with a lower revision: that is
+            # an agent whose state dir was reset, and ignoring it would keep old flags
+            self._snap = snap
             self._stamp = stamp
         return self._snap
 

@@ -6,6 +6,7 @@ process exit code.
 """
 import argparse
 import importlib
+import os
 import sys
 
 from agent import VERSION
@@ -79,7 +80,13 @@ def main(argv=None):
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
-    return args.handler(args) or 0
+    try:
+        return args.handler(args) or 0
+    except BrokenPipeError:
+        # the reader went away (`fleetstage local status | head`): no traceback, and
+        # nothing more is written to the closed pipe when Python flushes at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

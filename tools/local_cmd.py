@@ -41,10 +41,10 @@ STOP_HINT = "stop it (systemctl stop fleetstage-agent{kill}) and rerun: with no 
             "running this command acts on the store directly"
 
 
-def lock_holder_pid(state_dir):
+def lock_holder_pid(state_dir, name=LOCK_FILE):
     """The PID the lock holder wrote into agent.lock, if it is a live process; else None."""
     try:
-        with open(os.path.join(state_dir, LOCK_FILE), "rb") as f:
+        with open(os.path.join(state_dir, name), "rb") as f:
             pid = int(f.read(32).split()[0])
     except (OSError, ValueError, IndexError):
         return None
@@ -64,11 +64,13 @@ def stop_hint(state_dir):
 
 
 class StateDirLock:
-    """An exclusive, non-blocking flock on <state_dir>/agent.lock (released on close/exit)."""
+    """An exclusive, non-blocking flock on <state_dir>/agent.lock (released on close/exit).
 
-    def __init__(self, state_dir):
+    `name`: another lock file in that folder (the run_dir's is run.lock)."""
+
+    def __init__(self, state_dir, name=LOCK_FILE):
         os.makedirs(state_dir, exist_ok=True)
-        self.path = os.path.join(state_dir, LOCK_FILE)
+        self.path = os.path.join(state_dir, name)
         self._fd = None
 
     def acquire(self):

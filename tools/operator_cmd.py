@@ -308,6 +308,9 @@ class OperatorClient:
                                         ", ".join(sorted(outcome.unverified))))
             return None
         devices = [d for d in outcome.devices if d not in outcome.rejected]
+        if outcome.devices and not devices:
+            outcome.desired_note = "nothing retained: every targeted device refused the command"
+            return None
         if not any(self.known(d) or d in outcome.acks for d in devices):
             outcome.desired_note = ("nothing retained: no targeted device is known in fleet "
                                     f"{self.fleet} (check the fleet name and the target)")

@@ -69,3 +69,8 @@ def test_each_mistake_names_its_field():
         exc = raises(ConfigError, _cfg, health)
         assert exc.field == field, (health, exc.field, str(exc))
     assert raises(ConfigError, _cfg, None, run_dir="").field == "run_dir"
+    # 5 meant as 5% would switch the error-rate rule off: a fraction is asked for
+    exc = raises(ConfigError, _cfg, None, control={"thresholds": {"max_error_rate": 5}})
+    assert exc.field == "control.thresholds.max_error_rate" and "0.05 is 5%" in str(exc), exc
+    assert _cfg(None, control={"thresholds": {"max_error_rate": 1}}).control.thresholds[
+        "max_error_rate"] == 1

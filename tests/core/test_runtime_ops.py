@@ -128,3 +128,17 @@ def test_a_commit_whose_fate_on_flash_is_unknown_leaves_runtime_and_flash_agreei
     assert rt.guard.last_seq == reopened.last_seq
     ack = dev.command("migrate", {"stage": 1})
     assert ack["result"] == "applied" and control.stage == 1
+
+
+def test_an_automatic_rollback_is_logged_with_its_target_and_each_violation():
+    lines = []
+    with runtimekit.Device(DEV, monitor_interval_ms=1000, log=lines.append) as d:
+        d.command("migrate", {"stage": 1})
+        d.command("migrate", {"stage": 2})
+        d.fail_health()
+        assert d.control.stage == 1
+    health = [line for line in lines if line.startswith("health: ")]
+    assert len(health) == 1, lines
+    line = health[0]
+    assert line.startswith("health: rollback_triggered to stage 1: error rate 100.0%"), line
+    assert "(source app)" in line, line
