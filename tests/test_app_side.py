@@ -60,7 +60,7 @@ def test_files_are_written_atomically_with_mode_0640_and_follow_changes(tmp_path
     assert json.loads((run / "flags.flagd.json").read_text())["flags"][FLAG][
         "defaultVariant"] == "on"
     assert sorted(os.listdir(run)) == ["api.sock", "flags.flagd.json", "flags.json",
-                                       "metrics.sock"]  # no temp files left
+                                       "metrics.sock", "run.lock"]  # no temp files left
     side.close()
     control.close()
 
