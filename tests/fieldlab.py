@@ -61,6 +61,7 @@ import os
 import pwd
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -79,6 +80,10 @@ from tools.operator_seq import SeqStore
 HOSTNAMES = ["127.0.0.1", "localhost"]
 OPERATOR_PASSWORD = "operator-pw-" + "x" * 8
 
+
+
+def _terminal_signals() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 class Login(NamedTuple):
     username: str
@@ -359,9 +364,11 @@ class FieldLab:
                               env=self.env(), capture_output=True, text=True, timeout=timeout)
 
     def cli_bg(self, *args: str) -> subprocess.Popen:
+        # As from an operator's terminal: Ctrl-C (SIGINT) reaches the tool even when the
+        # test run itself was started in the background, where SIGINT is inherited ignored.
         proc = subprocess.Popen([sys.executable, "-m", "tools.cli", *args], cwd=REPO,
                                 env=self.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
+                                text=True, preexec_fn=_terminal_signals)
         self._procs.append(proc)
         return proc
 
