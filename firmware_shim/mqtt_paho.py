@@ -353,13 +353,7 @@ class PahoLink:
         except Exception:  # closing must not raise: the socket may be gone already
             pass
         self.connected = False
-        sock = self._client.socket()
-        if sock is not None and self._loop is not None:
-            self._loop._unregister(self, sock)
-        try:
-            self._client._sock_close()  # paho has no public "drop socket" call
-        except Exception:
-            pass
+        self._drop_socket()
 
     def abort(self):
         """Drop the connection WITHOUT a DISCONNECT, as a power cut does: the broker
