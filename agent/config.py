@@ -45,6 +45,9 @@ _NUMBERS = {
     "max_samples": (160, 10, True),   # latencies kept per source over the window (memory bound)
 }
 
+# name -> maximum allowed (memory: each latency kept is a float in every source's window)
+_MAXIMA = {"max_samples": 2000}
+
 _THRESHOLD_LIMITS = {
     "max_error_rate": (0, False),
     "max_restarts_per_min": (0, False),
@@ -114,7 +117,10 @@ class Config:
         for key in _NUMBERS:
             default, minimum, integer = _NUMBERS[key]
             value = data.get(key, default)
-            setattr(self, key, _check_number(key, value, minimum, integer))
+            value = _check_number(key, value, minimum, integer)
+            if key in _MAXIMA and value > _MAXIMA[key]:
+                raise ConfigError(key, f"must be <= {_MAXIMA[key]}, not {value!r}")
+            setattr(self, key, value)
 
     @classmethod
     def from_dict(cls, data):

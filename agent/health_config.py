@@ -77,6 +77,25 @@ def _url(where, value):
     return value
 
 
+def parse_selector(where, text):
+    """A prometheus selector, 'name' or 'name{label="v",other="w"}' -> (name, labels)."""
+    text = _text(where, text)
+    if "{" not in text:
+        return text.strip(), {}
+    name, rest = text.split("{", 1)
+    if not rest.endswith("}"):
+        raise HealthConfigError(where, "selector {!r} is missing its closing '}}'".format(text))
+    labels = {}
+    for item in rest[:-1].split(","):
+        if not item.strip():
+            continue
+        if "=" not in item:
+            raise HealthConfigError(where, "selector {!r}: labels are name=\"value\"".format(text))
+        k, v = item.split("=", 1)
+        labels[k.strip()] = v.strip().strip('"')
+    return name.strip(), labels
+
+
 def _probe(where, item):
     if not isinstance(item, dict):
         raise HealthConfigError(where, "must be an object with type, name, ...")
@@ -110,6 +129,9 @@ def _probe(where, item):
             for i, arg in enumerate(value):
                 _text("{}.command[{}]".format(where, i), arg)
             out[key] = list(value)
+        elif kind == "prometheus":
+            parse_selector(where + "." + key, value)  # a bad one fails at start, not per scrape
+            out[key] = value
         else:
             out[key] = _text(where + "." + key, value)
     return out

@@ -130,6 +130,9 @@ class AgentRuntime:
         self.publish_status()
 
     def on_disconnect(self, why=None):
+        if self.stopping:  # our own DISCONNECT at shutdown: nothing was lost
+            self.log("disconnected from broker")
+            return
         self.log(f"broker link lost ({why}); running on local flags")
         self.refresh_will()
 

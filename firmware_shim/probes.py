@@ -22,10 +22,12 @@ from __future__ import annotations
 import http.client
 import time
 from typing import TYPE_CHECKING, Any, Callable
+from urllib.parse import urlsplit
+
+from agent.health_config import parse_selector
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
-from urllib.parse import urlsplit
 
 ACTIVE_STATES = ("active", "reloading", "inactive", "failed", "activating", "deactivating",
                  "maintenance", "refreshing")
@@ -102,28 +104,10 @@ def systemd_read(unit: str, timeout: float) -> dict[str, Any]:
     return parse_systemctl_values(done.stdout)
 
 
-def parse_selector(text: str) -> tuple[str, dict[str, str]]:
-    """'name' or 'name{label="v",other="w"}' -> (name, labels)."""
-    if "{" not in text:
-        return text.strip(), {}
-    name, rest = text.split("{", 1)
-    if not rest.endswith("}"):
-        raise ProbeError("selector %r: missing '}'" % text)
-    labels = {}
-    for item in rest[:-1].split(","):
-        if not item.strip():
-            continue
-        if "=" not in item:
-            raise ProbeError("selector %r: labels are name=\"value\"" % text)
-        k, v = item.split("=", 1)
-        labels[k.strip()] = v.strip().strip('"')
-    return name.strip(), labels
-
-
 def _total(samples: list[Any], selector: str | None) -> float | None:
     if selector is None:
         return None
-    name, labels = parse_selector(selector)
+    name, labels = parse_selector("selector", selector)  # checked at config load
     names = (name, name + "_total")
     found = None
     for s in samples:

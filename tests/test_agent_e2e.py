@@ -177,6 +177,9 @@ def test_local_console_with_and_without_agent(lab):
     lab.wait_stage("gw1", 0)  # the agent told the broker too
     agent.stop()
     lab.wait_status("gw1", lambda st: st["online"] is False)
+    # A clean stop is not a lost link: the log says what happened.
+    tail = agent.log().rsplit("connected to broker", 1)[-1]
+    assert "disconnected from broker" in tail and "link lost" not in tail, tail
     # While it is down the operator retains "stage 3"; then the console rolls it back.
     stale = P.encode_desired("device:gw1", 3, P.next_seq(0, time.time()), PLAN.hash,
                              lab.fleet_key, devices=["gw1"], fleet=lab.fleet)

@@ -64,6 +64,13 @@ def test_each_mistake_names_its_field():
         ({"pings": []}, "health.pings"),
         ({"probes": [{"type": "exec", "name": "p%d" % i, "command": ["a"]} for i in range(4)]},
          "health.probes"),
+        # a prometheus selector that can never match fails at start, not at every scrape
+        ({"probes": [{"type": "prometheus", "name": "p", "url": "http://127.0.0.1:9100/m",
+                      "requests": "reqs", "errors": 'reqs{code="500"'}]},
+         "health.probes[0].errors"),
+        ({"probes": [{"type": "prometheus", "name": "p", "url": "http://127.0.0.1:9100/m",
+                      "requests": "reqs", "errors": "e", "latency": "lat{le}"}]},
+         "health.probes[0].latency"),
     ]
     for health, field in cases:
         exc = raises(ConfigError, _cfg, health)
@@ -74,3 +81,7 @@ def test_each_mistake_names_its_field():
     assert exc.field == "control.thresholds.max_error_rate" and "0.05 is 5%" in str(exc), exc
     assert _cfg(None, control={"thresholds": {"max_error_rate": 1}}).control.thresholds[
         "max_error_rate"] == 1
+    # max_samples bounds the memory of every health window: it has a ceiling too
+    exc = raises(ConfigError, _cfg, None, control={"max_samples": 10 ** 9})
+    assert exc.field == "control.max_samples" and "<= 2000" in str(exc), exc
+    assert _cfg(None, control={"max_samples": 2000}).control.max_samples == 2000
