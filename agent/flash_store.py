@@ -57,10 +57,9 @@ from agent.store_format import (
     StoreError,
     StoreFullError,
     StoreIOError,
+    StoreState,
     StoreValueError,
     apply_changes,
-    copy_value,
-    same_value,
 )
 from firmware_shim import codec
 from firmware_shim.checksum import crc32
@@ -130,7 +129,7 @@ def _all_erased(buf, start=0):
     return True
 
 
-class FlashStore:
+class FlashStore(StoreState):
     """A key-value map on a raw flash block device; see the module docstring."""
 
     def __init__(self, device, logger=None, path="flash"):
@@ -152,24 +151,6 @@ class FlashStore:
         self._open()
 
     # ------------------------------------------------------------ reading
-    def get(self, key, default=None):
-        if key not in self._state:
-            return default
-        return copy_value(self._state[key])
-
-    def items(self):
-        return [(k, copy_value(self._state[k])) for k in sorted(self._state)]
-
-    def __contains__(self, key):
-        return key in self._state
-
-    def __len__(self):
-        return len(self._state)
-
-    @property
-    def seq(self):
-        return self._seq
-
     @property
     def needs_reopen(self):
         return self._needs_reopen
@@ -367,20 +348,6 @@ class FlashStore:
             self._where[key] = self._active[0]
         self._stats["commits"] += 1
         return seq
-
-    def _real_changes(self, changes):
-        if not isinstance(changes, dict):
-            raise StoreValueError("changes must be a dict, not %s" % type(changes).__name__)
-        real = {}
-        for key, value in changes.items():
-            if not isinstance(key, str):
-                raise StoreValueError("keys must be str, not %s" % type(key).__name__)
-            if value is None:
-                if key in self._state:
-                    real[key] = None
-            elif key not in self._state or not same_value(self._state[key], value):
-                real[key] = value
-        return real
 
     def compact(self):
         """Nothing to do: pages are reclaimed as they fill (kept for Store's interface)."""

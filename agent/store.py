@@ -64,13 +64,12 @@ from agent.store_format import (  # the store's errors are re-exported: callers 
     StoreFullError,
     StoreIOError,
     StoreNeedsReopenError,
+    StoreState,
     StoreValueError,
     apply_changes,
-    copy_value,
     encode_header,
     encode_record,
     parse_log,
-    same_value,
 )
 from firmware_shim import codec
 from firmware_shim.files import EEXIST, ENOSPC, dirname, oserror_errno
@@ -118,7 +117,7 @@ WRITES_REFUSED = {
 # ---------------------------------------------------------------- the store
 
 
-class Store:
+class Store(StoreState):
     """A key-value map on flash with atomic, durable batch commits.
 
     compact_min_bytes / compact_factor: the log is compacted once the file is at
@@ -152,26 +151,6 @@ class Store:
         self._open()
 
     # ------------------------------------------------------------ reading
-
-    def get(self, key, default=None):
-        """The value of `key`; lists and dicts come as copies, so editing one changes nothing."""
-        if key not in self._state:
-            return default
-        return copy_value(self._state[key])
-
-    def items(self):
-        """Every (key, value), sorted by key (values copied as in get)."""
-        return [(k, copy_value(self._state[k])) for k in sorted(self._state)]
-
-    def __contains__(self, key):
-        return key in self._state
-
-    def __len__(self):
-        return len(self._state)
-
-    @property
-    def seq(self):
-        return self._seq
 
     def stats(self):
         """Counters since this object opened the file.
@@ -302,20 +281,6 @@ class Store:
         if nxt is None:  # a bug in this module, never bad input
             raise StoreError(f"store {self.path}: {event} in state {self.state}")
         self.state = nxt
-
-    def _real_changes(self, changes):
-        if not isinstance(changes, dict):
-            raise StoreValueError(f"changes must be a dict, not {type(changes).__name__}")
-        real = {}
-        for key, value in changes.items():
-            if not isinstance(key, str):
-                raise StoreValueError(f"keys must be str, not {type(key).__name__}")
-            if value is None:
-                if key in self._state:
-                    real[key] = None
-            elif key not in self._state or not same_value(self._state[key], value):
-                real[key] = value
-        return real
 
     def _due_for_compaction(self):
         limit = self._snapshot_size * self.compact_factor

@@ -251,3 +251,42 @@ def copy_value(value):
     if isinstance(value, dict):
         return {k: copy_value(v) for k, v in value.items()}
     return value
+
+
+class StoreState:
+    """What both stores (the log file and raw flash) do with the state they hold in
+    memory: read it, and tell a real change from a no-op. They set _state and _seq."""
+
+    def get(self, key, default=None):
+        """The value of `key`; lists and dicts come as copies, so editing one changes nothing."""
+        if key not in self._state:
+            return default
+        return copy_value(self._state[key])
+
+    def items(self):
+        """Every (key, value), sorted by key (values copied as in get)."""
+        return [(k, copy_value(self._state[k])) for k in sorted(self._state)]
+
+    def __contains__(self, key):
+        return key in self._state
+
+    def __len__(self):
+        return len(self._state)
+
+    @property
+    def seq(self):
+        return self._seq
+
+    def _real_changes(self, changes):
+        if not isinstance(changes, dict):
+            raise StoreValueError("changes must be a dict, not %s" % type(changes).__name__)
+        real = {}
+        for key, value in changes.items():
+            if not isinstance(key, str):
+                raise StoreValueError("keys must be str, not %s" % type(key).__name__)
+            if value is None:
+                if key in self._state:
+                    real[key] = None
+            elif key not in self._state or not same_value(self._state[key], value):
+                real[key] = value
+        return real

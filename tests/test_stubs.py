@@ -35,11 +35,23 @@ def _public(path, follow_imports=False):
         a = fn.args
         return [p.arg for p in a.posonlyargs + a.args + a.kwonlyargs]
 
+    imported = {}  # name -> the agent module's path it comes from
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("agent"):
+            for alias in node.names:
+                imported[alias.asname or alias.name] = os.path.join(
+                    ROOT, *node.module.split(".")) + ".py"
     for node in tree.body:
         if isinstance(node, ast.FunctionDef) and not node.name.startswith("_"):
             out[node.name] = args(node)
         elif isinstance(node, ast.ClassDef):
             out[node.name] = None
+            for base in node.bases:  # a stub lists what its class inherits from agent/ code
+                name = getattr(base, "id", "")
+                if name in imported and os.path.exists(imported[name]):
+                    for key, value in _public(imported[name]).items():
+                        if key.startswith(name + "."):
+                            out[node.name + key[len(name):]] = value
             for sub in node.body:
                 if isinstance(sub, ast.FunctionDef) and (sub.name == "__init__"
                                                          or not sub.name.startswith("_")):
