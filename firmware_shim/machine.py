@@ -47,8 +47,13 @@ class Watchdog:
 
 
 def memory():
-    """{"heap_free", "heap_alloc"} (gc, bytes) on MicroPython; {"rss"} (bytes) on CPython."""
+    """{"heap_free", "heap_alloc"} (gc, bytes) on MicroPython; {"rss"} (bytes) on CPython.
+
+    On a board the heap is collected first, so heap_alloc is what the agent holds
+    (live objects), not the garbage since the last collection.
+    """
     if hasattr(gc, "mem_free"):  # MicroPython: CPython's gc has no mem_free
+        gc.collect()
         return {"heap_free": gc.mem_free(), "heap_alloc": gc.mem_alloc()}
     try:
         with open("/proc/self/statm") as f:  # Linux (Raspberry Pi OS): resident pages
