@@ -187,17 +187,27 @@ class Lab:
     """A mosquitto, an operator session and an observer of the board's reports (CPython)."""
 
     def __init__(self, work: str) -> None:
-        from firmware_shim.mqtt_paho import MqttLoop
-        from tests.agentkit import Observer
+        from firmware_shim.mqtt_paho import MqttConfig, MqttLoop, PahoLink
         from tools.operator_cmd import OperatorClient
 
         self.broker = Broker(os.path.join(work, "broker"), persist=False).start()
         self.fleet_key = P.new_fleet_key()
         self.loop = MqttLoop()
-        self.observer = Observer(self.broker, FLEET, self.fleet_key, self.loop)
+        self.statuses: list[dict] = []  # the boards' verified status reports
+        self.watch = PahoLink(MqttConfig(self.broker.host, self.broker.port,
+                                         client_id="bench-board-watch"))
+        self.watch.set_callbacks(on_message=self._on_status)
+        self.watch.subscribe(P.device_wildcard(FLEET, "status"), qos=1)
+        self.loop.add(self.watch)
+        self.watch.start()
         self.operator = OperatorClient(self.broker.url, FLEET, self.fleet_key, loop=self.loop)
         self.operator.connect()
         self.runs = 0
+
+    def _on_status(self, topic: str, payload: bytes, retain: bool) -> None:
+        device = topic.split("/")[3]
+        key = P.derive_device_key(self.fleet_key, device)
+        self.statuses.append(P.decode_report(payload, key, "status"))
 
     def close(self) -> None:
         self.loop.close()
@@ -215,8 +225,8 @@ def boot_run(lab: Lab, out: str, heap: int | None = None) -> dict | None:
     """
     lab.runs += 1
     device = "%s-%d" % (DEVICE, lab.runs)
-    with open(os.path.join(out, "device.key"), "wb") as f:
-        f.write(P.format_key_file(P.derive_device_key(lab.fleet_key, device), "device", device))
+    with open(os.path.join(out, "device.key"), "wb") as kf:
+        kf.write(P.format_key_file(P.derive_device_key(lab.fleet_key, device), "device", device))
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump({"device_id": device, "fleet": FLEET, "broker": lab.broker.url,
                    "key_file": "/device.key", "state_dir": "/state", "environment": "dev",
@@ -226,18 +236,13 @@ def boot_run(lab: Lab, out: str, heap: int | None = None) -> dict | None:
     log_path = os.path.join(out, "board-%d.log" % lab.runs)
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(argv, cwd=out, stdout=log, stderr=subprocess.STDOUT)
-    obs = lab.observer
 
-    def mine(leaf: str) -> list[dict]:
-        return [r for r in obs.of(leaf) if r.get("device") == device]
-
-    def booted() -> bool:
-        return proc.poll() is not None or any(
-            st.get("online") and st.get("stage") == 0 for st in mine("status"))
+    def online() -> list[dict]:
+        return [st for st in lab.statuses if st.get("device") == device and st.get("online")]
 
     try:
-        lab.loop.run_until(booted, 30)
-        statuses = [st for st in mine("status") if st.get("online")]
+        lab.loop.run_until(lambda: proc.poll() is not None or bool(online()), 30)
+        statuses = online()
         if proc.poll() is not None or not statuses:
             return None
         boot = statuses[0]["extra"]["memory"]["heap_alloc"]
@@ -251,7 +256,7 @@ def boot_run(lab: Lab, out: str, heap: int | None = None) -> dict | None:
     finally:
         proc.kill()
         proc.wait(10)
-        obs.reports.clear()
+        lab.statuses.clear()
 
 
 def smallest_heap(lab: Lab, out: str, high: int, step: int = 2 * KB) -> int:

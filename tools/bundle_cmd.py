@@ -19,6 +19,8 @@ import subprocess
 import sys
 import tempfile
 
+from tools.board_profile import shake
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("agent", "firmware_shim")
 CPYTHON_ONLY = {
@@ -128,6 +130,16 @@ def sources() -> list[str]:
     return out
 
 
+def board_sources(main: str, full: bool = False) -> dict[str, str]:
+    """{path in bundle: the source a board gets}: the board profile of every module
+    (what main.py cannot reach by name is left out), or the modules whole (`full`)."""
+    texts = {}
+    for rel in sources():
+        with open(os.path.join(ROOT, rel)) as f:
+            texts[rel] = f.read()
+    return texts if full else shake(texts, main)[0]
+
+
 def romfs_image(folder: str) -> bytes:
     """`folder` as a ROMFS image (mpremote's builder: what `mpremote romfs deploy` writes)."""
     try:
@@ -145,34 +157,39 @@ def romfs_image(folder: str) -> bytes:
 
 def bundle(out_dir: str, compile_mpy: bool = True, config: str | None = None,
            key: str | None = None, mpy_version: str | None = None,
-           romfs: bool = False) -> list[tuple[str, int]]:
+           romfs: bool = False, full: bool = False) -> list[tuple[str, int]]:
     """Write the bundle; returns [(path in bundle, bytes)]. With `romfs` the modules go
-    into one ROMFS image, code.romfs, instead of the folders."""
+    into one ROMFS image, code.romfs, instead of the folders. The modules are the board
+    profile (tools/board_profile.py) unless `full`."""
     compiler = mpy_cross_command(mpy_version)[0] if compile_mpy else None
     written = []
     if romfs:
         with tempfile.TemporaryDirectory(prefix="fleetstage-romfs-") as code_dir:
-            bundle(code_dir, compile_mpy, mpy_version=mpy_version)
+            bundle(code_dir, compile_mpy, mpy_version=mpy_version, full=full)
             os.remove(os.path.join(code_dir, "main.py"))
             image = romfs_image(code_dir)
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, ROMFS_IMAGE), "wb") as f:
             f.write(image)
         written.append((ROMFS_IMAGE, len(image)))
-    for rel in [] if romfs else sources():
-        src = os.path.join(ROOT, rel)
+    main = MAIN_PY_ROMFS % ROMFS_IMAGE if romfs else MAIN_PY
+    for rel, text in [] if romfs else board_sources(main, full).items():
         dst = os.path.join(out_dir, rel)
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         if compiler:
             dst = dst[:-3] + ".mpy"
-            proc = subprocess.run(compiler + ["-o", dst, src], capture_output=True, text=True)
+            with tempfile.NamedTemporaryFile("w", suffix=".py") as src:
+                src.write(text)
+                src.flush()
+                proc = subprocess.run(compiler + ["-s", rel, "-o", dst, src.name],
+                                      capture_output=True, text=True)
             if proc.returncode:
                 last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
                 raise BundleError("mpy-cross failed on %s: %s" % (rel, last))
         else:
-            shutil.copyfile(src, dst)
+            with open(dst, "w") as f:
+                f.write(text)
         written.append((os.path.relpath(dst, out_dir), os.path.getsize(dst)))
-    main = MAIN_PY_ROMFS % ROMFS_IMAGE if romfs else MAIN_PY
     with open(os.path.join(out_dir, "main.py"), "w") as f:
         f.write(main)
     written.append(("main.py", len(main)))
@@ -198,7 +215,7 @@ def _run(args: argparse.Namespace) -> int:
             version = mpy_version_for(args.micropython)
         emits = mpy_cross_command(version)[1] if not args.source else None
         written = bundle(args.out, not args.source, args.config, args.key, version,
-                         romfs=args.romfs)
+                         romfs=args.romfs, full=args.full)
     except (BundleError, OSError) as exc:
         print("fleetstage bundle: %s" % exc, file=sys.stderr)
         return 2
@@ -229,6 +246,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="the device's JSON config, copied as config.json")
     p.add_argument("--key", help="the device key file, copied as device.key")
     p.add_argument("--source", action="store_true", help="copy .py sources instead of compiling")
+    p.add_argument("--full", action="store_true",
+                   help="keep every definition (default: the board profile leaves out what "
+                        "main.py cannot reach: the operator side, console, text tables)")
     p.add_argument("--romfs", action="store_true",
                    help="put the modules in a ROMFS image (code.romfs) a MicroPython 1.25+ "
                         "board runs in place from flash, keeping the bytecode out of its heap")

@@ -1,0 +1,118 @@
+"""The board profile (tools/board_profile.py): what a board's bundle leaves out.
+
+The board tests (test_board_micropython.py) boot profile bundles through signed
+stages, kills and forgeries; here: what is dropped and kept, on a small module
+set and on the real one, and that every module of a profile bundle loads
+under the MicroPython unix port.
+"""
+import os
+import subprocess
+import sys
+
+from tools.board_profile import shake
+from tools.bundle_cmd import MAIN_PY, board_sources, bundle
+
+MICROPYTHON = os.path.join(os.path.dirname(sys.executable), "micropython")
+
+LIB = '''"""a module"""
+from pkg.other import helper, unused_helper
+
+TABLE = {"go": ("run_op", ())}
+
+
+def used():
+    return helper()
+
+
+def unused():
+    return 1
+
+
+class Thing:
+    def __init__(self):
+        self.x = 1
+
+    def run_op(self):
+        return used()
+
+    def never(self):
+        return 2
+
+
+class Gone:
+    def method(self):
+        return 3
+
+
+__all__ = ["used", "unused", "Thing", "Gone"]
+'''
+OTHER = '''
+def helper():
+    return 4
+
+
+def unused_helper():
+    return 5
+
+
+class OnlyMethods:
+    def never_called(self):
+        return 6
+'''
+
+
+def _shake():
+    return shake({"pkg/lib.py": LIB, "pkg/other.py": OTHER},
+                 "from pkg.lib import Thing\nThing()\n")
+
+
+def test_drops_what_nothing_names_and_keeps_what_strings_and_calls_reach():
+    out, dropped = _shake()
+    assert ("pkg/lib.py", "unused") in dropped and ("pkg/lib.py", "never") in dropped
+    assert ("pkg/lib.py", "Gone") in dropped and ("pkg/lib.py", "method") in dropped
+    assert ("pkg/other.py", "unused_helper") in dropped
+    kept = {name for rel, name in [("pkg/lib.py", "used"), ("pkg/lib.py", "run_op"),
+                                   ("pkg/lib.py", "__init__"), ("pkg/other.py", "helper")]
+            if (rel, name) not in dropped}
+    assert kept == {"used", "run_op", "__init__", "helper"}  # run_op: named by a string
+    assert "def never" not in out["pkg/lib.py"] and "__all__" not in out["pkg/lib.py"]
+    assert "from pkg.other import helper\n" in out["pkg/lib.py"]  # the dropped name's import
+    assert "def helper" in out["pkg/other.py"]
+
+
+def test_keeps_line_numbers_and_valid_code():
+    out, _ = _shake()
+    for rel, text in out.items():
+        source = {"pkg/lib.py": LIB, "pkg/other.py": OTHER}[rel]
+        assert text.count("\n") == source.count("\n")
+        compile(text, rel, "exec")
+    lines = out["pkg/lib.py"].split("\n")
+    assert lines[LIB.split("\n").index("    def run_op(self):")] == "    def run_op(self):"
+    ns = {}
+    exec(compile(out["pkg/other.py"], "pkg/other.py", "exec"), ns)
+    assert ns["helper"]() == 4 and "unused_helper" not in ns
+
+
+def test_the_board_profile_leaves_out_the_operator_side():
+    texts = board_sources(MAIN_PY)
+    _, dropped = shake(texts, MAIN_PY)  # idempotent: nothing more to drop
+    assert dropped == []
+    commands = texts["agent/protocol/_commands.py"]
+    assert "def decode_command" in commands and "def encode_command" not in commands
+    assert "def table_text" not in texts["agent/transitions.py"]
+    assert "def console_reply" not in texts["agent/boot.py"]
+    full = board_sources(MAIN_PY, full=True)
+    assert "def encode_command" in full["agent/protocol/_commands.py"]
+    assert texts["agent/apps.py"] == full["agent/apps.py"]  # the applications' door, whole
+
+
+def test_every_module_of_a_profile_bundle_loads_on_micropython(tmp_path):
+    out = str(tmp_path / "bundle")
+    written = bundle(out)
+    modules = sorted(path[:-4].replace("/", ".").replace(".__init__", "")
+                     for path, _ in written if path.endswith(".mpy"))
+    script = "import sys\nfor m in %r:\n    __import__(m)\nprint('loaded', len(%r))\n" % (
+        modules, modules)
+    r = subprocess.run([MICROPYTHON, "-c", script], cwd=out, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "loaded %d" % len(modules), r.stderr
