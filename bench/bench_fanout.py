@@ -260,15 +260,16 @@ def _agent_fanout(ticker, operator, acks, fleet_key, devices, plan_hash, stage):
         plan = plan_addressing(devices, Buckets(devices))
     messages = [(P.cmd_topic(FLEET, target), P.encode_command(
         P.OP_MIGRATE, {"stage": stage}, target, seq, plan_hash, fleet_key, devices=members,
-        command_id=cid)) for target, members in plan]
+        command_id=cid, fleet=FLEET)) for target, members in plan]
     payload = max((m[1] for m in messages), key=len)
     t0 = time.perf_counter()
     for topic, data in messages:
         operator.publish(topic, data, qos=1)
     if not ticker.run_until(lambda: acks.get((cid, P.APPLIED), 0) >= len(devices), 120):
         other = {k[1]: v for k, v in acks.items() if k[0] == cid and k[1] != P.APPLIED}
+        why = (acks.get("why") or [])[:5]
         raise RuntimeError(f"agents: {acks.get((cid, P.APPLIED), 0)}/{len(devices)} acks "
-                           f"applied; other results: {other}; reasons: {acks.get('why')}")
+                           f"applied; other results: {other}; first reasons: {why}")
     return time.perf_counter() - t0, payload
 
 
@@ -339,7 +340,7 @@ def _measure(n, pool_size, rounds, workdir, fs=None, with_floor=False):
         ticker = Ticker(loop, agents)
         agent_times, raw_times, floor_times = [], [], []
         payload = P.encode_command(P.OP_MIGRATE, {"stage": 1}, "all", 1, plan_hash, fleet_key,
-                                   devices=devices)
+                                   devices=devices, fleet=FLEET)
         _raw_fanout(loop, operator, subs, got, raw_topic, payload)  # warm-up, not counted
         for r in range(rounds):
             gc.collect()
