@@ -28,7 +28,6 @@ from agent.flags import FLAG_NAMES, FeatureFlags, check_flag_value
 from agent.history import History
 from agent.plan import Plan
 from agent.restore import flags_to_commit, read_state
-from agent.services import Services
 from agent.store import Store, StoreError
 from agent.transitions import (  # noqa: F401 - re-exported: callers catch these from here
     AT_STAGE,
@@ -53,7 +52,7 @@ class MigrationControl:
         self.clock = clock
         self.events = events
         self.flags = flags
-        self.services = None
+        self._services = None  # agent.services, loaded when first used (the services property)
         self.health = health_mod.HealthWindow(config.window_ms, config.restart_window_ms,
                                               config.max_samples)
         self.history = History(config.history_length)
@@ -111,17 +110,30 @@ class MigrationControl:
         try:
             control._restore()
             flags.attach_events(events)
-            control.services = Services(flags, events=events, clock=clock)
-            control.services.set_restart_listener(control._on_service_restart)
-            control._apply_services()
         except BaseException:
             store.close()
             raise
         return control
 
+    @property
+    def services(self):
+        """The stage-switched services (agent.services), made the first time they are used.
+
+        Until something calls them they hold nothing, so making them later from the
+        flags in force gives what every move since open() would have: each service
+        on the implementation its flag picks, with empty state. A device whose
+        applications never call them (usually a board's) never loads their code.
+        """
+        if self._services is None:
+            from agent.services import Services
+
+            self._services = Services(self.flags, events=self.events, clock=self.clock)
+            self._services.set_restart_listener(self._on_service_restart)
+        return self._services
+
     def close(self):
-        if self.services is not None:
-            self.services.close()
+        if self._services is not None:
+            self._services.close()
         self.store.close()
 
     # -- the runbook's operations ------------------------------------------
@@ -523,10 +535,10 @@ class MigrationControl:
             self._apply_services()
 
     def _apply_services(self):
-        if self.services is None:
+        if self._services is None:  # not made yet: made from the flags when first used
             return
         try:
-            self.services.apply_flags()
+            self._services.apply_flags()
         except Exception:  # noqa: BLE001 - the flags are committed; a service bug is counted
             self.service_errors += 1
             self._services_behind = True

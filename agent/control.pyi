@@ -69,7 +69,6 @@ class MigrationControl:
     clock: Any
     events: EventBus
     flags: FeatureFlags
-    services: Services | None
     health: HealthWindow
     history: History
     stage: int
@@ -78,6 +77,8 @@ class MigrationControl:
     service_errors: int
     restart_persist_errors: int
     recovered_notes: list[str]
+    @property
+    def services(self) -> Services: ...
     def __init__(self, store: Store, plan: Plan, config: Config, clock: Any,
                  events: EventBus, flags: FeatureFlags) -> None: ...
     @classmethod

@@ -208,6 +208,26 @@ def test_migrate_commits_stage_flags_history_and_seq_together():
         assert c.services.supervisor.impl_of("spans") == "legacy"
 
 
+def test_services_are_made_when_first_used_on_the_implementations_the_flags_pick():
+    c, d, clock = _open()
+    _advance_to(c, 2)
+    assert c._services is None  # stage changes alone never load agent.services
+    sup = c.services.supervisor
+    assert [sup.impl_of(n) for n in ("registry", "error_context", "spans")] == [
+        "new", "new", "legacy"]
+    c.services.registry.register("agent-1", {"role": "worker"})
+    _advance_to(c, 3)  # made: from now on a flag move moves them, state and all
+    assert sup.impl_of("spans") == "new" and sup.impl_of("registry") == "new"
+    assert c.services.registry.lookup("agent-1") == {"role": "worker"}
+    c.rollback_to_stage(0)
+    assert sup.impl_of("registry") == "legacy"
+    assert c.services.registry.lookup("agent-1") == {"role": "worker"}
+    c.close()
+    reopened, _, _ = _open(d, clock)
+    assert reopened._services is None and reopened.stage == 0
+    reopened.close()
+
+
 def test_extra_changes_may_not_touch_control_keys():
     c, d, clock = _open()
     with corekit.closing(c):
