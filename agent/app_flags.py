@@ -9,7 +9,8 @@ flags.json: {"revision", "stage", "state", "plan", "flags": {name: bool},
 "updated_at"}. The revision is the control's change sequence number: it is
 committed with every change of stage, state or flags, so it only grows,
 across restarts too, and an application that saw revision r has nothing new
-to read while the revision is still r.
+to read while the revision is still r. A reset state dir counts from 1 again:
+readers compare revisions for equality, not order.
 
 flags.flagd.json is flagd's flag-definition format: every flag ENABLED, with
 boolean variants "on"/"off", and its defaultVariant holds the value. An

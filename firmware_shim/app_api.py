@@ -4,7 +4,8 @@
                                         If-None-Match: "<revision>" -> 304
     GET  /v1/flags/<name>               {"name", "value", "revision"}; 404 if unknown
     GET  /v1/flags?after=<rev>&wait=<s> long poll: answers as soon as the revision is
-                                        above <rev>, or 304 after <s> seconds (max 300)
+                                        not <rev> (above it; or below, when the agent's
+                                        state was reset), or 304 after <s> s (max 300)
     POST /v1/outcomes                   {"ok": bool, "latency_ms": n, "source": "name"}
                                         (one object, or JSON lines) -> 202
     GET  /v1/health                     the agent's health verdict and figures
@@ -113,7 +114,7 @@ class HttpConn:
             self._wait = (after, now + self._wait_s)
             return
         doc = self.backend.current()
-        if doc["revision"] > after:
+        if doc["revision"] != after:  # lower: a reset state dir, still news
             self._wait = None
             self.busy = False
             self._send(200, doc, {"ETag": etag(doc["revision"])})
@@ -163,7 +164,7 @@ class HttpConn:
                 wait = float(query.get("wait", ["30"])[0])
             except ValueError:
                 return self._send(400, {"error": "after must be an integer, wait seconds"})
-            if doc["revision"] > after:
+            if doc["revision"] != after:  # lower: a reset state dir, still news
                 return self._send(200, doc, {"ETag": tag})
             self._wait_s = min(max(wait, 0.0), MAX_WAIT_S)
             self._wait = (after, None)  # the deadline is set at the next tick

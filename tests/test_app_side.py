@@ -86,6 +86,10 @@ def test_api_flags_etag_name_long_poll_and_outcomes(tmp_path):
     assert _serve_while(side, lambda: client.get("/v2/x"))[0] == 404
     # long poll: nothing new within the wait -> 304
     assert _serve_while(side, lambda: client.get(f"/v1/flags?after={rev}&wait=0.2"))[0] == 304
+    # an app that saw a higher revision before the agent's state dir was reset gets the
+    # current document at once: the revision is not the one it saw
+    status, doc = _serve_while(side, lambda: client.get(f"/v1/flags?after={rev + 50}&wait=20"))
+    assert status == 200 and doc["revision"] == rev
     # long poll answered by a change made while it waits
     waiter = threading.Thread(target=lambda: result.append(client.wait_for_change(timeout=20)))
     result = []

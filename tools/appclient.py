@@ -89,7 +89,8 @@ class FlagsClient:
 
     def wait_for_change(self, after: int | None = None, timeout: float = 30.0
                         ) -> dict[str, Any] | None:
-        """Block until the revision is above `after` (default: the one last seen);
+        """Block until the revision is not `after` (default: the one last seen; a lower
+        one is an agent whose state dir was reset, and is news as well);
         the new snapshot, or None after `timeout` s. Uses the API's long poll; with no
         agent answering, watches flags.json instead."""
         if after is None:
@@ -99,8 +100,7 @@ class FlagsClient:
         except OSError:
             return self._watch_file(after, timeout)
         if status == 200 and body is not None:
-            if body.get("revision", -1) >= self._snap.get("revision", -1):
-                self._snap = body
+            self._snap = body  # the agent's word, as a replaced flags.json is
             return body
         return None
 
@@ -108,7 +108,7 @@ class FlagsClient:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             snap = self.snapshot()
-            if snap.get("revision", -1) > after:
+            if snap.get("revision", -1) != after:
                 return snap
             time.sleep(0.2)
         return None
