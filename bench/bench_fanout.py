@@ -54,8 +54,16 @@ BROADCAST_MAX = 0     # commands go out as the rollout sends them: per hash buck
 
 
 def _raise_fd_limit(n):
+    """At least n descriptors for this process and the broker it starts (which inherits
+    the limit). Root may raise the hard limit too (10,000 devices need ~50,000 here)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = min(hard, max(soft, 4 * n + 256))
+    want = max(soft, n + 256)
+    if want > hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+            return
+        except (ValueError, OSError):  # not root: as far as the hard limit goes
+            want = hard
     if want > soft:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
@@ -209,6 +217,22 @@ def _connect_all(loop, links, timeout=120):
         loop.run_once(0.02)
 
 
+class _OwnHeaps:
+    """Around a timed round (every side alike): collect first, then no cyclic collection
+    until it ends. N devices share one heap here, and a collection during a round walks
+    the young objects of every device at once (measured: 35 ms a round at N=1,000, as
+    much as 15% of it); on a fleet each device's collector walks its own small heap.
+    Allocation is still paid in full."""
+
+    def __enter__(self):
+        gc.collect()
+        gc.freeze()
+        gc.disable()
+
+    def __exit__(self, *exc):
+        gc.enable()
+
+
 def _raw_fanout(loop, publisher, subs, got, topic, payload):
     got.clear()
     t0 = time.perf_counter()
@@ -282,7 +306,7 @@ class FlushOnlyFileSystem(FileSystem):
 
 
 def _measure(n, pool_size, rounds, workdir, fs=None, with_floor=False):
-    _raise_fd_limit(4 * n)
+    _raise_fd_limit(5 * n)  # agents' sockets and stores, raw and floor sockets and files
     broker = Broker(os.path.join(workdir, "mosq"), persist=False, extra=(
         "allow_anonymous true\nmax_inflight_messages 0\n")).start()
     loop = MqttLoop(misc_interval=1.0)
@@ -343,19 +367,25 @@ def _measure(n, pool_size, rounds, workdir, fs=None, with_floor=False):
                                    devices=devices, fleet=FLEET)
         _raw_fanout(loop, operator, subs, got, raw_topic, payload)  # warm-up, not counted
         for r in range(rounds):
-            gc.collect()
-            t_agents, payload = _agent_fanout(ticker, operator, acks, fleet_key, devices,
-                                              plan_hash, r + 1)
+            if floor:  # a floor sample on each side of every agent round
+                with _OwnHeaps():
+                    floor_times.append(_floor_fanout(loop, operator, floor, floor_got,
+                                                     floor_topic, payload))
+                loop.run_until(lambda: False, 0.2)
+            with _OwnHeaps():
+                t_agents, payload = _agent_fanout(ticker, operator, acks, fleet_key, devices,
+                                                  plan_hash, r + 1)
             agent_times.append(t_agents)
             ticker.run_until(lambda: False, 0.5)  # statuses/events go out; then quiet
             for _ in range(3):  # the raw side is cheap: sample it more, same bytes
-                gc.collect()
-                raw_times.append(_raw_fanout(loop, operator, subs, got, raw_topic, payload))
+                with _OwnHeaps():
+                    raw_times.append(_raw_fanout(loop, operator, subs, got, raw_topic,
+                                                 payload))
                 loop.run_until(lambda: False, 0.05)
             if floor:
-                gc.collect()
-                floor_times.append(_floor_fanout(loop, operator, floor, floor_got,
-                                                 floor_topic, payload))
+                with _OwnHeaps():
+                    floor_times.append(_floor_fanout(loop, operator, floor, floor_got,
+                                                     floor_topic, payload))
                 loop.run_until(lambda: False, 0.2)
         stages = {a.control.stage for a in agents}
         if stages != {rounds}:

@@ -31,22 +31,42 @@ _TARGET_KINDS = ("group", "device", "bucket")
 
 # ---------------------------------------------------------------- ids, targets
 
+# Names that passed validate_id lately: a device checks its own id, its fleet and its
+# topics on every message, and one set lookup is ~20x cheaper than the character walk.
+_VALID_IDS = set()
+_VALID_IDS_MAX = 32
+
+
 def validate_id(value, what="device id"):
     """A fleet, group or device name: 1..64 of [A-Za-z0-9._:-] (no / + # or spaces)."""
     if not isinstance(value, str):
         raise BadId(f"{what} must be a string")
+    if value in _VALID_IDS:
+        return value
     if not value or len(value) > MAX_ID_LEN:
         raise BadId(f"{what} must be 1..{MAX_ID_LEN} characters")
     for ch in value:
         if ch not in _ID_CHARS:
             raise BadId(f"{what} {value!r} has a character outside [A-Za-z0-9._:-]")
+    if len(_VALID_IDS) >= _VALID_IDS_MAX:
+        _VALID_IDS.clear()
+    _VALID_IDS.add(value)
     return value
+
+
+# (device id, its bucket), swapped whole (threads may share it): a device asks for its own.
+_last_bucket = [(None, None)]
 
 
 def bucket_of(device_id):
     """The device's bucket: BUCKET_DEPTH lowercase hex digits (public, not secret)."""
+    last = _last_bucket[0]
+    if device_id == last[0] and device_id is not None:
+        return last[1]
     digest = hashlib.sha256(b"fleetstage-bucket:" + validate_id(device_id).encode()).digest()
-    return _hexstr(digest)[:BUCKET_DEPTH]
+    bucket = _hexstr(digest)[:BUCKET_DEPTH]
+    _last_bucket[0] = (device_id, bucket)
+    return bucket
 
 
 def _check_bucket(name):

@@ -256,9 +256,18 @@ def _mac(key, kind, body):
     return hmac_sha256(key, _DOMAIN[kind] + body)[:MAC_BYTES]
 
 
+# (device id, its tag), swapped whole (threads may share it): a device looks up its own.
+_last_tag = [(None, None)]
+
+
 def device_tag(device_id):
     """The 8 bytes that index a device's entry in a MAC table (public, not secret)."""
-    return hashlib.sha256(b"fleetstage-tag:" + validate_id(device_id).encode()).digest()[:TAG_BYTES]
+    last = _last_tag[0]
+    if device_id == last[0] and device_id is not None:
+        return last[1]
+    tag = hashlib.sha256(b"fleetstage-tag:" + validate_id(device_id).encode()).digest()[:TAG_BYTES]
+    _last_tag[0] = (device_id, tag)
+    return tag
 
 
 def seal(env, kind, fleet_key, devices, keys=None):

@@ -7,6 +7,8 @@ tree, whose root ProtocolError is the only exception the protocol raises.
 Must never: hold logic. Private: import it through agent.protocol.
 """
 
+from binascii import hexlify
+
 VERSION = 1
 MAX_STAGE = 4  # the default plan's stage count; pass the plan's own to encode/decode
 MAX_PAYLOAD = 256 * 1024  # a broadcast signed for ~10,000 devices; boards may pass less
@@ -158,4 +160,4 @@ class CommandRejected(RemoteProtocolError):
 
 
 def _hexstr(data):
-    return "".join(f"{b:02x}" for b in data)
+    return hexlify(data).decode()
