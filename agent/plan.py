@@ -14,7 +14,7 @@ import json
 
 from agent.errors import AgentError
 from agent.flags import CATALOGUE
-from firmware_shim.codec import canonical
+from firmware_shim.codec import canonical_digest
 from firmware_shim.files import FileReadError, read_text
 
 RISKS = ("low", "medium", "high", "critical")
@@ -90,7 +90,7 @@ class Plan:
         self.name = name
         self.stages = stages
         self.description = description
-        self.hash = _hex(hashlib.sha256(canonical(self.to_dict())).digest())
+        self.hash = _hex(canonical_digest(self.to_dict(), hashlib.sha256()).digest())
 
     # -- constructors -------------------------------------------------------
 

@@ -240,17 +240,23 @@ def boot_run(lab: Lab, out: str, heap: int | None = None) -> dict | None:
     def online() -> list[dict]:
         return [st for st in lab.statuses if st.get("device") == device and st.get("online")]
 
+    def failed() -> bool:  # it exited, or it ran out of heap (the loop logs and goes on)
+        if proc.poll() is not None:
+            return True
+        with open(log_path, "rb") as f:
+            return b"MemoryError" in f.read()
+
     try:
-        lab.loop.run_until(lambda: proc.poll() is not None or bool(online()), 30)
+        lab.loop.run_until(lambda: failed() or bool(online()), 30)
         statuses = online()
-        if proc.poll() is not None or not statuses:
+        if failed() or not statuses:
             return None
         boot = statuses[0]["extra"]["memory"]["heap_alloc"]
         for stage in range(1, 5):
             outcome = lab.operator.send(P.OP_MIGRATE, {"stage": stage}, "device:" + device,
                                         [device])
-            lab.loop.run_until(lambda o=outcome: not o.missing or proc.poll() is not None, 15)
-            if outcome.acks.get(device, {}).get("result") != P.APPLIED:
+            lab.loop.run_until(lambda o=outcome: not o.missing or failed(), 15)
+            if outcome.acks.get(device, {}).get("result") != P.APPLIED or failed():
                 return None
         return {"boot": boot, "log": log_path}
     finally:

@@ -3,8 +3,9 @@
 On CPython this is the `msgpack` package (C speed for the simulator's
 thousands of devices); on MicroPython it is firmware_shim.minipack. Both
 raise CodecError for bad input and refuse ext types, so the core sees the
-same behaviour everywhere. `canonical()` (sorted keys) always comes from
-minipack, so a signature computed on CPython verifies on a board.
+same behaviour everywhere. `canonical()` (sorted keys) writes the bytes
+minipack writes, so a signature computed on CPython verifies on a board;
+`canonical_digest(value, h)` feeds those bytes to a hash.
 """
 from firmware_shim.minipack import CodecError
 from firmware_shim.minipack import canonical as _canonical_pure
@@ -16,6 +17,8 @@ except ImportError:  # MicroPython has no msgpack package: use the pure codec
 
 if _msgpack is None:
     from firmware_shim.minipack import packb, unpackb  # noqa: F401
+
+    from firmware_shim.minipack import canonical_digest  # noqa: F401
 
     canonical = _canonical_pure
     unpackb_trusted = unpackb
@@ -113,3 +116,8 @@ else:
             return _msgpack.packb(_sorted_copy(value, 0), use_bin_type=True)
         except (TypeError, ValueError, OverflowError) as exc:
             raise CodecError("cannot encode: %s" % exc) from None
+
+    def canonical_digest(value, h):
+        """h.update(canonical(value)); returns h (a board feeds it piece by piece)."""
+        h.update(canonical(value))
+        return h

@@ -23,29 +23,29 @@ class CodecError(ValueError):
 
 def _pack_int(v, out):
     if 0 <= v <= 0x7F:
-        out.append(bytes((v,)))
+        out.extend(bytes((v,)))
     elif -32 <= v < 0:
-        out.append(bytes((v & 0xFF,)))
+        out.extend(bytes((v & 0xFF,)))
     elif v >= 0:
         if v <= 0xFF:
-            out.append(b"\xcc" + bytes((v,)))
+            out.extend(b"\xcc" + bytes((v,)))
         elif v <= 0xFFFF:
-            out.append(b"\xcd" + struct.pack(">H", v))
+            out.extend(b"\xcd" + struct.pack(">H", v))
         elif v <= 0xFFFFFFFF:
-            out.append(b"\xce" + struct.pack(">I", v))
+            out.extend(b"\xce" + struct.pack(">I", v))
         elif v <= 0xFFFFFFFFFFFFFFFF:
-            out.append(b"\xcf" + struct.pack(">Q", v))
+            out.extend(b"\xcf" + struct.pack(">Q", v))
         else:
             raise CodecError("int too large for msgpack: %d" % v)
     else:
         if v >= -0x80:
-            out.append(b"\xd0" + struct.pack(">b", v))
+            out.extend(b"\xd0" + struct.pack(">b", v))
         elif v >= -0x8000:
-            out.append(b"\xd1" + struct.pack(">h", v))
+            out.extend(b"\xd1" + struct.pack(">h", v))
         elif v >= -0x80000000:
-            out.append(b"\xd2" + struct.pack(">i", v))
+            out.extend(b"\xd2" + struct.pack(">i", v))
         elif v >= -0x8000000000000000:
-            out.append(b"\xd3" + struct.pack(">q", v))
+            out.extend(b"\xd3" + struct.pack(">q", v))
         else:
             raise CodecError("int too small for msgpack: %d" % v)
 
@@ -53,13 +53,13 @@ def _pack_int(v, out):
 def _pack_len(n, fix_base, fix_max, codes, out):
     # codes: (8-bit or None, 16-bit, 32-bit) type bytes
     if n <= fix_max and fix_base is not None:
-        out.append(bytes((fix_base | n,)))
+        out.extend(bytes((fix_base | n,)))
     elif n <= 0xFF and codes[0] is not None:
-        out.append(bytes((codes[0], n)))
+        out.extend(bytes((codes[0], n)))
     elif n <= 0xFFFF:
-        out.append(bytes((codes[1],)) + struct.pack(">H", n))
+        out.extend(bytes((codes[1],)) + struct.pack(">H", n))
     elif n <= 0xFFFFFFFF:
-        out.append(bytes((codes[2],)) + struct.pack(">I", n))
+        out.extend(bytes((codes[2],)) + struct.pack(">I", n))
     else:
         raise CodecError("object too large for msgpack")
 
@@ -68,23 +68,23 @@ def _pack(v, out, sort_keys, depth):
     if depth > MAX_DEPTH:
         raise CodecError("nesting deeper than %d" % MAX_DEPTH)
     if v is None:
-        out.append(b"\xc0")
+        out.extend(b"\xc0")
     elif v is True:
-        out.append(b"\xc3")
+        out.extend(b"\xc3")
     elif v is False:
-        out.append(b"\xc2")
+        out.extend(b"\xc2")
     elif isinstance(v, int):
         _pack_int(v, out)
     elif isinstance(v, float):
-        out.append(b"\xcb" + struct.pack(">d", v))
+        out.extend(b"\xcb" + struct.pack(">d", v))
     elif isinstance(v, str):
         b = v.encode("utf-8")
         _pack_len(len(b), 0xA0, 31, (0xD9, 0xDA, 0xDB), out)
-        out.append(b)
+        out.extend(b)
     elif isinstance(v, (bytes, bytearray, memoryview)):
         b = bytes(v)
         _pack_len(len(b), None, -1, (0xC4, 0xC5, 0xC6), out)
-        out.append(b)
+        out.extend(b)
     elif isinstance(v, (list, tuple)):
         _pack_len(len(v), 0x90, 15, (None, 0xDC, 0xDD), out)
         for item in v:
@@ -118,17 +118,34 @@ def _sorted_keys(keys):
     return sorted(keys, key=_key_order)
 
 
+# The packers write into one bytearray (`out.extend`): a board's heap then holds the
+# message once as it grows, not a small bytes object per value plus a list of them.
 def packb(value):
-    out = []
+    out = bytearray()
     _pack(value, out, False, 0)
-    return b"".join(out)
+    return bytes(out)
 
 
 def canonical(value):
     """Bytes that depend only on the value: map keys are sorted."""
-    out = []
+    out = bytearray()
     _pack(value, out, True, 0)
-    return b"".join(out)
+    return bytes(out)
+
+
+class _Feed:
+    """An `out` for _pack that hands each piece to a hash as it is made."""
+
+    def __init__(self, h):
+        self.extend = h.update
+
+
+def canonical_digest(value, h):
+    """h.update() with canonical(value), piece by piece; returns h. A board hashes a
+    value (the plan) this way without holding all of its bytes in one block of a
+    fragmented heap."""
+    _pack(value, _Feed(h), True, 0)
+    return h
 
 
 class _Reader:

@@ -42,6 +42,9 @@ CONNECT_TIMEOUT_S = 5
 # plus 16 bytes of MAC per device it names (bounded by the addressing); a
 # bigger PUBLISH is skipped (see above).
 MAX_PACKET = 32 * 1024
+# One read from the socket: its bytes are one block of the heap, which on a board is
+# fragmented; a command arrives in a few reads (a 4 KiB read needed 4 KiB in one piece).
+READ_CHUNK = 1024
 MAX_TOPIC = 1024  # an oversized PUBLISH whose topic is longer than this is malformed
 MAX_INFLIGHT = 64
 EAGAIN = 11
@@ -412,7 +415,7 @@ class MicroLink:
         if not events:
             return
         try:
-            chunk = self.sock.recv(4096)
+            chunk = self.sock.recv(READ_CHUNK)
         except OSError as exc:
             if exc.args and exc.args[0] == EAGAIN:
                 return

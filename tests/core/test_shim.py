@@ -46,6 +46,16 @@ def test_codec_round_trip_and_canonical_order():
     assert codec.canonical(other) == codec.canonical(value)
 
 
+def test_canonical_digest_hashes_the_canonical_bytes_piece_by_piece():
+    import hashlib
+
+    value = {"z": [1, -300, 2**40, "é" * 40, b"\x00" * 300], "a": {"k": None, "b": True},
+             "n": 1.5, "s": "x" * 70000}
+    want = hashlib.sha256(codec.canonical(value)).digest()
+    assert codec.canonical_digest(value, hashlib.sha256()).digest() == want
+    assert minipack.canonical_digest(value, hashlib.sha256()).digest() == want
+
+
 def test_codec_rejects_bad_input():
     for bad in (b"", b"\xc1", b"\xd9\x05ab", b"\x92\x01", b"\x01\x02", b"\xa2\xff\xfe",
                 b"\xdd\xff\xff\xff\xff", b"\xd4\x01\x02", b"\x91" * 40 + b"\x00"):
