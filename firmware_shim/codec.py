@@ -16,9 +16,7 @@ except ImportError:  # MicroPython has no msgpack package: use the pure codec
     _msgpack = None
 
 if _msgpack is None:
-    from firmware_shim.minipack import packb, unpackb  # noqa: F401
-
-    from firmware_shim.minipack import canonical_digest  # noqa: F401
+    from firmware_shim.minipack import canonical_digest, packb, unpackb  # noqa: F401
 
     canonical = _canonical_pure
     unpackb_trusted = unpackb
