@@ -45,9 +45,8 @@ def validate_id(value, what="device id"):
         return value
     if not value or len(value) > MAX_ID_LEN:
         raise BadId(f"{what} must be 1..{MAX_ID_LEN} characters")
-    for ch in value:
-        if ch not in _ID_CHARS:
-            raise BadId(f"{what} {value!r} has a character outside [A-Za-z0-9._:-]")
+    if not _ID_CHARS.issuperset(value):
+        raise BadId(f"{what} {value!r} has a character outside [A-Za-z0-9._:-]")
     if len(_VALID_IDS) >= _VALID_IDS_MAX:
         _VALID_IDS.clear()
     _VALID_IDS.add(value)
@@ -70,7 +69,7 @@ def bucket_of(device_id):
 
 
 def _check_bucket(name):
-    if not 1 <= len(name) <= BUCKET_DEPTH or any(c not in _HEX for c in name):
+    if not 1 <= len(name) <= BUCKET_DEPTH or not _HEX.issuperset(name):
         raise BadTarget(f"bucket {name[:20]!r} must be 1..{BUCKET_DEPTH} lowercase hex digits")
 
 

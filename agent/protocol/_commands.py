@@ -224,7 +224,7 @@ def _check_common(env, kind, fields, command_id):
 
 
 def _check_command_id(value):
-    if not isinstance(value, str) or len(value) != 16 or any(c not in _HEX for c in value):
+    if not isinstance(value, str) or len(value) != 16 or not _HEX.issuperset(value):
         _malformed("id must be 16 lowercase hex characters")
     return value
 
