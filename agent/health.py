@@ -46,6 +46,7 @@ except ImportError:  # pragma: no cover - every port we ship has array
 
 BUCKETS = 10
 EMPTY = -2147483647  # a slot that holds no bucket yet (bucket numbers may be negative)
+FREE = float("inf")  # a reservoir place that holds no latency: it sorts after every one
 MAX_SOURCES = 5  # e.g. 3 probes, statsd and the apps' own pushes ("app")
 DEFAULT_SOURCE = "app"
 OTHER_SOURCE = "other"
@@ -58,15 +59,18 @@ UNHEALTHY = "unhealthy"
 INCONCLUSIVE = "inconclusive"
 
 
-def percentile(sorted_values, fraction):
-    """Nearest-rank percentile of an already sorted list (None when empty)."""
-    if not sorted_values:
+def percentile(sorted_values, fraction, n=None):
+    """Nearest-rank percentile of an already sorted list (None when empty); with n,
+    of its first n values."""
+    if n is None:
+        n = len(sorted_values)
+    if not n:
         return None
-    rank = int(fraction * len(sorted_values) + 0.999999)
+    rank = int(fraction * n + 0.999999)
     if rank < 1:
         rank = 1
-    if rank > len(sorted_values):
-        rank = len(sorted_values)
+    if rank > n:
+        rank = n
     return sorted_values[rank - 1]
 
 
@@ -141,17 +145,27 @@ class _Source:
         self.calls = _numbers("I", BUCKETS, 0)
         self.errors = _numbers("I", BUCKETS, 0)
         self.seen = _numbers("I", BUCKETS, 0)    # calls that carried a latency
-        self.lat = _numbers("f", BUCKETS * per_bucket, 0.0)
+        self.lat = _numbers("f", BUCKETS * per_bucket, FREE)
         self.grace_ms = 0
         self.grace_until = None
         self.ignored = 0
 
     def clear(self):
         for i in range(BUCKETS):
-            self.epoch[i] = EMPTY
-            self.calls[i] = 0
-            self.errors[i] = 0
-            self.seen[i] = 0
+            self.reuse(i, EMPTY)
+
+    def reuse(self, slot, number):
+        """Give the slot to bucket `number`, empty (its kept latencies back to FREE)."""
+        seen = self.seen[slot]
+        per = self.per
+        base = slot * per
+        lat = self.lat
+        for i in range(base, base + (seen if seen < per else per)):
+            lat[i] = FREE
+        self.epoch[slot] = number
+        self.calls[slot] = 0
+        self.errors[slot] = 0
+        self.seen[slot] = 0
 
 
 class _Restarts:
@@ -230,8 +244,20 @@ class HealthWindow:
             return
         src.calls[slot] += calls
         src.errors[slot] += errors
+        # _keep_latency, inlined: the same draws in the same order, without a call a sample
+        seen = src.seen[slot]
+        per = src.per
+        base = slot * per
+        lat = src.lat
         for latency_ms in latencies:
-            self._keep_latency(src, slot, latency_ms)
+            seen += 1
+            if seen <= per:
+                lat[base + seen - 1] = latency_ms
+            else:
+                j = self._rng.below(seen)
+                if j < per:
+                    lat[base + j] = latency_ms
+        src.seen[slot] = seen
 
     def _slot(self, source, now_ms, n):
         """(source, bucket slot) for n outcomes at now_ms; (None, None) when not kept."""
@@ -247,10 +273,7 @@ class HealthWindow:
         if held != number:
             if held > number:
                 return None, None  # older than the whole window (the clock never goes back)
-            src.epoch[slot] = number
-            src.calls[slot] = 0
-            src.errors[slot] = 0
-            src.seen[slot] = 0
+            src.reuse(slot, number)
         return src, slot
 
     def _keep_latency(self, src, slot, latency_ms):
@@ -343,48 +366,75 @@ class HealthWindow:
 
     # -- figures ----------------------------------------------------------
     def _live_slots(self, src, now_ms):
-        cutoff = now_ms - self.window_ms
+        """The slots whose bucket starts inside the window ending at now_ms."""
+        bms = self.bucket_ms
+        first = -((self.window_ms - now_ms) // bms)  # the first bucket number starting in it
+        last = now_ms // bms
+        epoch = src.epoch
         slots = []
         for slot in range(BUCKETS):
-            number = src.epoch[slot]
-            if number == EMPTY:
-                continue
-            start = number * self.bucket_ms
-            if start >= cutoff and start <= now_ms:
+            number = epoch[slot]
+            if first <= number <= last and number != EMPTY:
                 slots.append(slot)
         return slots
 
     def _source_figures(self, src, now_ms, pairs_out):
-        calls = errors = 0
+        bms = self.bucket_ms
+        first = -((self.window_ms - now_ms) // bms)
+        last = now_ms // bms
+        calls = errors = kept = 0
+        uniform = True   # every kept latency stands for one call
+        outside = False  # a slot outside the window still holds latencies
+        per = src.per
+        epoch = src.epoch
+        seen_at = src.seen
+        for slot in range(BUCKETS):
+            number = epoch[slot]
+            seen = seen_at[slot]
+            if first <= number <= last and number != EMPTY:
+                calls += src.calls[slot]
+                errors += src.errors[slot]
+                if seen > per:
+                    uniform = False
+                kept += seen
+            elif seen:
+                outside = True
+        if uniform and pairs_out is None and not outside:
+            # Only the window's latencies are in the reservoirs, every other place
+            # is FREE and sorts last: one sort of the whole array, no gathering.
+            values = sorted(src.lat)
+            return self._figures(src, now_ms, calls, errors,
+                                 _tidy_or_none(percentile(values, 0.50, kept)),
+                                 _tidy_or_none(percentile(values, 0.95, kept)))
         values = []
-        weights = []   # (count of values, weight) per bucket, in the order of `values`
-        uniform = True
-        for slot in self._live_slots(src, now_ms):
-            calls += src.calls[slot]
-            errors += src.errors[slot]
-            seen = src.seen[slot]
+        lat = src.lat
+        slots = self._live_slots(src, now_ms)
+        for slot in slots:
+            seen = seen_at[slot]
             if seen:
-                per = src.per
-                kept = seen if seen < per else per
                 base = slot * per
-                values.extend(src.lat[base:base + kept])
-                weights.append((kept, seen / kept))
-                uniform = uniform and seen == kept
+                values.extend(lat[base:base + (seen if seen < per else per)])
         if uniform and pairs_out is None:
-            # every latency stands for one call: a plain sort (no pairs to build)
             values.sort()
-            p50, p95 = _tidy_or_none(percentile(values, 0.50)), _tidy_or_none(
-                percentile(values, 0.95))
-        else:
-            pairs = []
-            i = 0
-            for kept, weight in weights:
-                for v in values[i:i + kept]:
+            return self._figures(src, now_ms, calls, errors,
+                                 _tidy_or_none(percentile(values, 0.50)),
+                                 _tidy_or_none(percentile(values, 0.95)))
+        pairs = []
+        i = 0
+        for slot in slots:  # each kept value with the calls it stands for
+            seen = seen_at[slot]
+            if seen:
+                n = seen if seen < per else per
+                weight = seen / n
+                for v in values[i:i + n]:
                     pairs.append((v, weight))
-                i += kept
-            if pairs_out is not None:
-                pairs_out.extend(pairs)
-            p50, p95 = weighted_percentiles(pairs, (0.50, 0.95))
+                i += n
+        if pairs_out is not None:
+            pairs_out.extend(pairs)
+        p50, p95 = weighted_percentiles(pairs, (0.50, 0.95))
+        return self._figures(src, now_ms, calls, errors, p50, p95)
+
+    def _figures(self, src, now_ms, calls, errors, p50, p95):
         return {
             "samples": calls,
             "errors": errors,

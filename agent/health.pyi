@@ -3,6 +3,7 @@ from typing import Any
 
 BUCKETS: int
 EMPTY: Any
+FREE: float
 MAX_SOURCES: int
 DEFAULT_SOURCE: str
 OTHER_SOURCE: str
@@ -13,7 +14,7 @@ HEALTHY: str
 UNHEALTHY: str
 INCONCLUSIVE: str
 
-def percentile(sorted_values: Any, fraction: Any) -> Any: ...
+def percentile(sorted_values: Any, fraction: Any, n: Any = ...) -> Any: ...
 def weighted_percentiles(pairs: Any, fractions: Any) -> Any: ...
 def wilson_lower(errors: Any, samples: Any, z: Any = ...) -> Any: ...
 
@@ -35,6 +36,7 @@ class _Source:
     ignored: Any
     def __init__(self, per_bucket: Any) -> None: ...
     def clear(self) -> Any: ...
+    def reuse(self, slot: Any, number: Any) -> Any: ...
 
 class _Restarts:
     epoch: Any

@@ -9,12 +9,14 @@ The world misbehaves as the FaultProfile says.
 """
 from __future__ import annotations
 
+import gc
 import heapq
 import random
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from agent.config import Config
 from agent.control import MigrationControl
 from agent.desired import WAITING
 from agent.plan import Plan
@@ -43,6 +45,11 @@ SETTLE_MS = 120_000        # after the last wave: time for reboots and desired-s
 NEVER = 1 << 62
 WALL_START = 1_800_000_000.0  # the fleet's wall clock when a run begins
 HEALTHY_HW = "rev-a"
+GC_YOUNG = 20_000          # allocations between two young collections (CPython's default: 700)
+
+
+def _index(dev: SimDevice) -> int:
+    return dev.index
 
 
 @dataclass
@@ -123,8 +130,9 @@ class SimDevice:
 
     def boot(self) -> None:
         now = self.sim.clock.now_ms
-        self.control = MigrationControl.open("/state", config=DEVICE_CONFIG, clock=self.clock,
-                                             fs=self.fs, log=self.sim.store_log)
+        self.control = MigrationControl.open("/state", config=self.sim.device_config,
+                                             clock=self.clock, fs=self.fs,
+                                             plan=self.sim.plan, log=self.sim.store_log)
         self.link = self.sim.link_for(self)
         self.runtime = AgentRuntime(
             self.control, self.link, self.sim.settings.fleet, self.device_id, self.groups,
@@ -177,12 +185,10 @@ class SimDevice:
             err, lat = c.error_rate, lat * c.latency_factor
         spread = traffic.latency_jitter * lat
         rnd = self.traffic_rng.random
-        latencies = []
-        errors = 0
-        for _ in range(n):  # two draws per call, in call order: any batching, same calls
-            latencies.append(lat + spread * (2 * rnd() - 1))
-            if rnd() < err:
-                errors += 1
+        # two draws per call, in call order (latency, then error): any batching, same calls
+        draws = [rnd() for _ in range(2 * n)]
+        latencies = [lat + spread * (2 * d - 1) for d in draws[0::2]]
+        errors = len([d for d in draws[1::2] if d < err])
         control.health.record_calls(n, errors, latencies, now)
 
     def wake_up(self, now: int) -> None:
@@ -228,12 +234,17 @@ class Simulation:
         self.setup_transport()
         self.fleet_key = bytes(self.rng.getrandbits(8) for _ in range(32))
         self.operator_keys = OperatorKeys(self.fleet_key)
-        self.wakeups: list[tuple[int, int, SimDevice]] = []  # (when, index, device), a heap
+        # devices to wake, by time: most wake together (the fleet boots together, and
+        # checks health on one 30 s grid), so a heap of times and a list a time
+        self.wake_at: dict[int, list[SimDevice]] = {}
+        self.wake_times: list[int] = []  # the keys of wake_at, a heap
         self.next_sample = 0
         self.counters = {"power_cuts": 0, "store_log_lines": 0}
         self.store_log_tail: list[str] = []
         self.timeline: list[dict] = []
+        # one plan and one config object for the whole fleet (each agent only reads them)
         self.plan = Plan.default()
+        self.device_config = Config.coerce(DEVICE_CONFIG)
         self.plan_hash = self.plan.hash
         self.stages = self.plan.max_stage
         self.outages = sorted(prof.broker_outages)
@@ -360,14 +371,33 @@ class Simulation:
         """Wake `dev` at `when` (or earlier, if it is already due earlier)."""
         if when < dev.next_wake:
             dev.next_wake = when
-            heapq.heappush(self.wakeups, (when, dev.index, dev))
+            due = self.wake_at.get(when)
+            if due is None:
+                self.wake_at[when] = [dev]
+                heapq.heappush(self.wake_times, when)
+            else:
+                due.append(dev)
+
+    def next_wake_ms(self, default: int) -> int:
+        return self.wake_times[0] if self.wake_times else default
+
+    def wake_due(self, t: int) -> None:
+        """Wake every device due by t: in time order, and at one time in device order."""
+        times = self.wake_times
+        while times and times[0] <= t:
+            when = heapq.heappop(times)
+            due = self.wake_at.pop(when)
+            due.sort(key=_index)  # already in order unless a later device moved earlier
+            for dev in due:
+                if when == dev.next_wake:  # else a stale entry: it was moved earlier
+                    dev.wake_up(t)
 
     def _next_event(self, end: int) -> int:
         t = end
         if self.broker.queue and self.broker.queue[0][0] < t:
             t = self.broker.queue[0][0]
-        if self.wakeups and self.wakeups[0][0] < t:
-            t = self.wakeups[0][0]
+        if self.wake_times and self.wake_times[0] < t:
+            t = self.wake_times[0]
         if self.next_sample < t:
             t = self.next_sample
         for start, stop in self.outages:
@@ -384,16 +414,12 @@ class Simulation:
             self.clock.advance(t - self.clock.now_ms)
             self._outages()
             self.broker.deliver_until(t)
-            wakeups = self.wakeups
-            while wakeups and wakeups[0][0] <= t:
-                when, _i, dev = heapq.heappop(wakeups)
-                if when == dev.next_wake:  # else a stale entry: it was moved earlier
-                    dev.wake_up(t)
+            self.wake_due(t)
             if t >= self.next_sample:
                 self._sample()
                 self.next_sample = t + SAMPLE_MS
             if t >= end and not (self.broker.queue and self.broker.queue[0][0] <= t) and not (
-                    wakeups and wakeups[0][0] <= t):
+                    self.wake_times and self.wake_times[0] <= t):
                 return
 
     def _outages(self) -> None:
@@ -439,8 +465,9 @@ class Simulation:
                 problems.append("%s: stage %d with flags %s" % (
                     dev.device_id, st["current_stage"], st["flags"]))
             # what a reboot would find must be what the device shows now
-            reopened = MigrationControl.open("/state", config=DEVICE_CONFIG, clock=dev.clock,
-                                             fs=dev.fs, log=self.store_log)
+            reopened = MigrationControl.open("/state", config=self.device_config,
+                                             clock=dev.clock, fs=dev.fs, plan=self.plan,
+                                             log=self.store_log)
             if reopened.stage != control.stage or reopened.flags.values() != st["flags"]:
                 problems.append("%s: flash holds stage %d, memory %d" % (
                     dev.device_id, reopened.stage, control.stage))
@@ -453,12 +480,22 @@ def run(settings: SimSettings, world: Callable[[SimSettings], Simulation] | None
         ) -> dict:
     """One rollout on a simulated fleet; the report (sim.report's contract) as a dict."""
     started = time.perf_counter()
-    sim = (world or Simulation)(settings)
-    spec = settings.spec(sim.plan)
-    sim.run_for(ACK_TIMEOUT_MS // 2)  # the fleet reports in; the operator reads the statuses
-    sim.baseline_p95 = sim.fleet_latency_p95()
-    finished = sim.operator.run(spec, sim.inventory())
-    sim.run_for(SETTLE_MS)  # devices still rebooting converge from their desired state
-    problems = sim.check_consistency()
+    threshold = gc.get_threshold()
+    # A fleet is millions of objects that live the whole run, and every health check
+    # makes a few dozen that die at once: collect the young ones less often, and keep
+    # the fleet itself out of the collector's scans (gc.freeze) once it is built.
+    gc.set_threshold(GC_YOUNG, *threshold[1:])
+    try:
+        sim = (world or Simulation)(settings)
+        gc.freeze()
+        spec = settings.spec(sim.plan)
+        sim.run_for(ACK_TIMEOUT_MS // 2)  # the fleet reports in; the operator reads statuses
+        sim.baseline_p95 = sim.fleet_latency_p95()
+        finished = sim.operator.run(spec, sim.inventory())
+        sim.run_for(SETTLE_MS)  # devices still rebooting converge from their desired state
+        problems = sim.check_consistency()
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
     return report.build(sim, finished, problems, wall_s=time.perf_counter() - started,
                         mode=sim.mode)

@@ -289,20 +289,16 @@ class MqttWorld(Simulation):
     def run_for(self, ms: int) -> None:
         """Serve every session and wake devices as they come due, for `ms` virtual ms."""
         end = self.clock.now_ms + ms
-        wakeups = self.wakeups
         while True:
             now = self.clock.now_ms
             self._due_messages(now)
-            while wakeups and wakeups[0][0] <= now:
-                when, _i, dev = heapq.heappop(wakeups)
-                if when == dev.next_wake:
-                    dev.wake_up(now)
+            self.wake_due(now)
             if now >= self.next_sample:
                 self._sample()
                 self.next_sample = now + SAMPLE_MS
             if now >= end:
                 return
-            due = min(end, wakeups[0][0] if wakeups else end,
+            due = min(end, self.next_wake_ms(end),
                       self.inbound[0][0] if self.inbound else end,
                       self.outbound[0][0] if self.outbound else end)
             self.loop.run_once(max(0.0, min(0.02, self.clock.real_s(due - now))))

@@ -313,3 +313,38 @@ def test_outcomes_recorded_together_count_as_each_one():
     many.record_calls(5, 1, [1, 2, 3, 4, 5], 75000)  # inside the grace period
     assert many.snapshot(76000)["sources"]["app"]["ignored_in_grace"] == 5
     assert many.snapshot(76000)["samples"] == 30
+
+
+def _by_hand(w, now, source="app"):
+    """p50/p95 of the window's kept latencies, gathered slot by slot (every latency
+    stands for one call: fewer calls a bucket than its reservoir holds)."""
+    src = w._sources[source]
+    values = []
+    for slot in w._live_slots(src, now):
+        base = slot * src.per
+        values.extend(src.lat[base:base + src.seen[slot]])
+    values.sort()
+    return round(percentile(values, 0.50), 3), round(percentile(values, 0.95), 3)
+
+
+def test_one_sort_of_the_reservoirs_gives_the_gathered_percentiles():
+    # The snapshot sorts a source's whole reservoir array at once; the places that
+    # hold no latency (never used, or emptied when a bucket was reused) sort last.
+    w = HealthWindow()  # 10 buckets of 30 s, 16 latencies each
+    for k in range(25):  # the buckets are reused twice over
+        now = 30000 * k + 1000
+        w.record_calls(9 + k % 7, 0, [100 - 3 * k + i * 0.5 for i in range(9 + k % 7)], now)
+        snap = w.snapshot(now)
+        assert (snap["latency_p50"], snap["latency_p95"]) == _by_hand(w, now)
+    # a bucket that slid out but was not reused is left out, and only fresh buckets count
+    later = now + 200000
+    w.record_calls(3, 0, [1.0, 2.0, 3.0], later)
+    snap = w.snapshot(later)
+    # (bucket k starts at 30000 k: the window keeps the buckets starting after later - 300 s)
+    assert snap["samples"] == 3 + sum(9 + k % 7 for k in range(25) if 30000 * k >= later - 300000)
+    assert snap["samples"] < 3 + sum(9 + k % 7 for k in range(15, 25))
+    assert (snap["latency_p50"], snap["latency_p95"]) == _by_hand(w, later)
+    w.reset_outcomes()
+    assert w.snapshot(later)["latency_p50"] is None
+    w.record_calls(2, 0, [7.0, 5.0], later)
+    assert (w.snapshot(later)["latency_p50"], w.snapshot(later)["latency_p95"]) == (5.0, 7.0)
