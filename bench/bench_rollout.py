@@ -2,15 +2,19 @@
 
     python -m bench rollout            10^3, 10^4 and 10^5 devices
     python -m bench rollout --quick    10^2 and 10^3 devices
+    ROLLOUT_SIZES=1000,10000 python -m bench rollout   other sizes (the first is the baseline)
     ROLLOUT_MQTT=10000 python -m bench rollout   also the rollout through mosquitto
+    python -m bench.bench_rollout N PROFILE      one size in this process, as JSON
 
 CPU per device: the process CPU time (user + system) of one `fleetstage sim`
 run of the default scenario (default fault profile, seed 7, waves 2/10/50/100%,
 5-minute soak, halts at stage 3 when the bad cohort shows), divided by the
 fleet size. Every size runs in its own child process, so each starts cold and
-its peak memory is its own. The baseline is the smallest size in the same run:
-a ratio near 1.0 at every size is linear growth. The same is measured for the
-clean profile (no faults), whose rollout goes through all 4 stages.
+its peak memory is its own. The baseline is the smallest size in the same run
+(1,000 devices): a ratio near 1.0 at every size is linear growth. The same is
+measured for `--faults none`, whose rollout goes through all 4 stages at every
+size. Each child's figures also go to stderr as it finishes (a 10^5 child runs
+for many minutes).
 
 Bytes per device per command: the most bytes any one device receives for a
 migrate command to every device of a fleet of 10^3 and 10^6 (the rollout's
@@ -43,12 +47,16 @@ def _one(devices: int, profile: str) -> dict:
     from sim.faults import profile as get_profile
     from sim.fleet import SimSettings, run
 
-    t0 = time.process_time()
+    t0, w0 = time.process_time(), time.perf_counter()
     result = run(SimSettings(devices=devices, profile=get_profile(profile)))
     cpu = time.process_time() - t0
     return {"devices": devices, "profile": profile, "cpu_s": cpu,
+            "wall_s": time.perf_counter() - w0,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "outcome": result["outcome"], "final_stage_counts": result["final_stage_counts"]}
+            "outcome": result["outcome"], "halted_at_stage": result["halted_at_stage"],
+            "blamed": (result.get("blamed") or {}).get("cohort"),
+            "virtual_time_s": result.get("virtual_time_s"),
+            "final_stage_counts": result["final_stage_counts"]}
 
 
 def measure(devices: int, profile: str) -> dict:
@@ -58,19 +66,29 @@ def measure(devices: int, profile: str) -> dict:
 
 
 def cpu_rows(sizes: list[int], profile: str) -> list[dict]:
+    """CPU and peak memory per device at each size, against the first size's."""
     rows = []
-    base = None
+    base: tuple[int, float, float] | None = None
     for n in sizes:
         m = measure(n, profile)
         per_ms = 1000 * m["cpu_s"] / n
+        per_kib = 1024 * m["peak_rss_mb"] / n
+        print("rollout: %s, %d devices: %.2f ms CPU a device (%.0f s), %.1f KiB a device, "
+              "%.0f s wall, %s, final stages %s" % (
+                  profile, n, per_ms, m["cpu_s"], per_kib, m["wall_s"], m["outcome"],
+                  m["final_stage_counts"]), file=sys.stderr, flush=True)
         if base is None:
-            base = (n, per_ms)
+            base = (n, per_ms, per_kib)
+        outcome = m["outcome"] + ("" if m["halted_at_stage"] is None else
+                                  " at stage %d, blamed %s" % (m["halted_at_stage"],
+                                                              m["blamed"]))
         rows.append(figure(
-            "sim CPU/device, %s, %d devices (%s)" % (profile, n, m["outcome"].split(":")[0]),
+            "sim CPU/device, faults %s, %d devices (%s)" % (profile, n, outcome),
             per_ms, "ms", "same at %d devices" % base[0], base[1],
             target="<= %.0f ms" % TARGET_MS, met=per_ms <= TARGET_MS))
-        rows.append(figure("  peak memory per device, %d devices" % n,
-                           1024 * m["peak_rss_mb"] / n, "KiB", "-", None))
+        rows.append(figure("  peak memory per device, %d devices (%.0f s wall)" % (
+                               n, m["wall_s"]), per_kib, "KiB",
+                           "same at %d devices" % base[0], base[2]))
     return rows
 
 
@@ -159,8 +177,10 @@ def mqtt_rows(devices: int) -> list[dict]:
 
 def run(quick: bool = False) -> list[dict]:
     sizes = [100, 1000] if quick else [1000, 10_000, 100_000]
+    if os.environ.get("ROLLOUT_SIZES"):
+        sizes = [int(n) for n in os.environ["ROLLOUT_SIZES"].split(",")]
     rows = cpu_rows(sizes, "default")
-    rows += cpu_rows(sizes[:2] if not quick else sizes, "clean")
+    rows += cpu_rows(sizes, "none")
     rows += bytes_rows([1000, 1_000_000] if not quick else [1000, 100_000])
     if os.environ.get("ROLLOUT_MQTT"):
         rows += mqtt_rows(int(os.environ["ROLLOUT_MQTT"]))

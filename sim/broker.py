@@ -12,6 +12,8 @@ import heapq
 import random
 from typing import Callable
 
+from sim.faults import Draws
+
 
 def topic_matches(filt: str, topic: str) -> bool:
     if filt == topic:
@@ -37,7 +39,10 @@ class LinkFaults:
     own seeded source, one draw sequence per message: the virtual broker and the mqtt
     transport both ask it, so the same messages are late on both."""
 
-    def __init__(self, rng: random.Random, latency_ms: tuple[int, int], loss: float) -> None:
+    __slots__ = ("rng", "latency_ms", "loss")
+
+    def __init__(self, rng: random.Random | Draws, latency_ms: tuple[int, int],
+                 loss: float) -> None:
         self.rng = rng
         self.latency_ms = latency_ms
         self.loss = loss
@@ -116,7 +121,9 @@ class VirtualBroker:
         self.now = 0
         self.up = True
         self.links: set[VirtualLink] = set()
-        self.exact: dict[str, set[VirtualLink]] = {}
+        # topic -> its subscribers: a list, since nearly every exact topic is one
+        # device's own (a set a topic cost ~3 KB a device)
+        self.exact: dict[str, list[VirtualLink]] = {}
         self.wild: dict[str, set[VirtualLink]] = {}
         # topic -> (payload, sender): a retained copy keeps its place in its sender's order
         self.retained: dict[str, tuple[bytes, VirtualLink | None]] = {}
@@ -154,9 +161,10 @@ class VirtualBroker:
         # only the link's own filters: a scan of every subscription made each
         # disconnect cost O(fleet), and a broker outage O(fleet^2)
         for filt, _qos in ([] if link.persistent else link.subscriptions):
-            subs = (self.wild if "+" in filt or "#" in filt else self.exact).get(filt)
-            if subs is not None:
-                subs.discard(link)
+            if "+" in filt or "#" in filt:
+                self.wild.get(filt, set()).discard(link)
+            elif link in self.exact.get(filt, ()):
+                self.exact[filt].remove(link)
         if link.will and not graceful and self.up:
             self.publish(link.will[0], link.will[1], 1, True)
         if link.on_disconnect:
@@ -167,7 +175,9 @@ class VirtualBroker:
             self.wild.setdefault(filt, set()).add(link)
             hits = [(t, r) for t, r in self.retained.items() if topic_matches(filt, t)]
         else:
-            self.exact.setdefault(filt, set()).add(link)
+            subs = self.exact.setdefault(filt, [])
+            if link not in subs:
+                subs.append(link)
             hits = [(filt, self.retained[filt])] if filt in self.retained else []
         for topic, (payload, sender) in hits:
             self._schedule(link, topic, payload, True, 1, sender)

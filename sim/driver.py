@@ -81,7 +81,7 @@ class SimOperator:
         self.buckets: Buckets | None = None
         self.published = 0             # messages the operator published
         self.published_bytes = 0
-        self.status: dict[str, dict] = {}        # device -> latest status body
+        self.status: dict[str, dict] = {}        # device -> its latest stage and online
         self.events: dict[str, int] = {}         # event name -> count
         self.acks = 0
         self.bad_reports = 0
@@ -106,9 +106,11 @@ class SimOperator:
         now = self.world.now_ms() / 1000
         orch = self.orch
         if leaf == "status":
-            merged = dict(self.status.get(device, {}))
-            merged.update(body)
-            self.status[device] = merged
+            # what the inventory needs (the orchestrator keeps the whole status)
+            known = self.status.setdefault(device, {})
+            for k in ("stage", "online"):
+                if k in body:
+                    known[k] = body[k]
             if orch is not None:
                 orch.on_status(device, body, now)
         elif leaf == "ack":

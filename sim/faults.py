@@ -8,7 +8,37 @@ so a run is reproducible from (profile, seed).
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
+
+_MASK = (1 << 64) - 1
+
+
+class Draws:
+    """A small seeded random source (SplitMix64) for the few draws a device's faults
+    make (its power cuts, each of its messages' delay and loss): 56 bytes where a
+    random.Random holds 2.5 KB of state, which at 10^5 devices and three sources each
+    was 750 MB. Seeded by a string, reproducibly on any machine and Python."""
+
+    __slots__ = ("state",)
+
+    def __init__(self, seed: str) -> None:
+        self.state = int.from_bytes(hashlib.blake2b(seed.encode(), digest_size=8).digest(),
+                                    "big")
+
+    def _next(self) -> int:
+        x = self.state = (self.state + 0x9E3779B97F4A7C15) & _MASK
+        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
+        return x ^ (x >> 31)
+
+    def random(self) -> float:
+        """Uniform in [0, 1)."""
+        return (self._next() >> 11) * (1.0 / (1 << 53))
+
+    def randint(self, a: int, b: int) -> int:
+        """Uniform in [a, b], both included."""
+        return a + (self._next() >> 11) * (b - a + 1) // (1 << 53)
 
 
 @dataclass(frozen=True)

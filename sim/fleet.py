@@ -25,7 +25,7 @@ from firmware_shim.clock import ManualClock
 from sim import report
 from sim.broker import LinkFaults, VirtualBroker, VirtualLink
 from sim.driver import OperatorKeys, SimOperator
-from sim.faults import PROFILES, BadCohort, FaultProfile
+from sim.faults import PROFILES, BadCohort, Draws, FaultProfile
 from sim.memfs import MemFS
 from tools import waves as W
 from tools.orchestrator import RolloutSpec, soak_from_plan
@@ -110,11 +110,11 @@ class SimDevice:
         # power cuts, the virtual broker's loss and delay on this device's messages, and
         # the apps' traffic each draw from their own source, so none shifts another (and
         # the same power cuts hit the same devices on both transports)
-        self.rng = random.Random("%d:%s:faults" % (seed, device_id))  # power cuts, reboots
+        self.rng = Draws("%d:%s:faults" % (seed, device_id))  # power cuts, reboots
         prof = sim.settings.profile
-        self.faults_in = LinkFaults(random.Random("%d:%s:in" % (seed, device_id)),
+        self.faults_in = LinkFaults(Draws("%d:%s:in" % (seed, device_id)),
                                     prof.latency_ms, prof.loss)
-        self.faults_out = LinkFaults(random.Random("%d:%s:out" % (seed, device_id)),
+        self.faults_out = LinkFaults(Draws("%d:%s:out" % (seed, device_id)),
                                      prof.latency_ms, prof.loss)
         self.traffic_rng = random.Random("%d:%s:traffic" % (seed, device_id))
         self.link: Any = None  # the world's: a VirtualLink, or a session on a real broker
