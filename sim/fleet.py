@@ -140,7 +140,10 @@ class SimDevice:
             status_interval_ms=STATUS_MS, monitor_interval_ms=MONITOR_MS)
         self.runtime.start()
         self.next_check = now + MONITOR_MS
-        self.sampled_to = now - now % self.sim.call_gap_ms  # the apps' calls: a fixed grid
+        # the apps' calls: a fixed grid, half a gap off the health checks' 30 s grid, so
+        # the calls a check records all fall in one bucket of the health window
+        gap = self.sim.call_gap_ms
+        self.sampled_to = now - (now - gap // 2) % gap
         on_message = self.sim.delivery_of(self.link)  # what runtime.start() installed
 
         def deliver(topic: str, payload: bytes, retain: bool = False) -> None:
@@ -172,9 +175,12 @@ class SimDevice:
 
     def _record_traffic(self, control: MigrationControl, now: int) -> None:
         """The calls the apps made since the last look, recorded together (as a statsd
-        flush would be): one call into the agent's health window, not one per call."""
-        traffic = self.sim.settings.profile.traffic
+        flush would be), but each in the health window's bucket of its own call time:
+        one record_calls a bucket it touches (one or two), never one per call. The
+        window then holds exactly what per-call records would give it."""
+        traffic = self.sim.traffic
         gap = self.sim.call_gap_ms
+        first = self.sampled_to + gap  # the first call not recorded yet
         n = (now - self.sampled_to) // gap
         if n <= 0:
             return
@@ -188,8 +194,21 @@ class SimDevice:
         # two draws per call, in call order (latency, then error): any batching, same calls
         draws = [rnd() for _ in range(2 * n)]
         latencies = [lat + spread * (2 * d - 1) for d in draws[0::2]]
-        errors = len([d for d in draws[1::2] if d < err])
-        control.health.record_calls(n, errors, latencies, now)
+        failed = [d < err for d in draws[1::2]]
+        health = control.health
+        bucket_ms = health.bucket_ms
+        last = first + (n - 1) * gap
+        if first // bucket_ms == last // bucket_ms:  # the usual case: one bucket
+            health.record_calls(n, failed.count(True), latencies, last)
+            return
+        done = 0
+        while done < n:
+            t = first + done * gap
+            ends = t - t % bucket_ms + bucket_ms  # the calls before this go in t's bucket
+            upto = done + min(n - done, (ends - t + gap - 1) // gap)
+            health.record_calls(upto - done, failed[done:upto].count(True),
+                                latencies[done:upto], first + (upto - 1) * gap)
+            done = upto
 
     def wake_up(self, now: int) -> None:
         self.next_wake = NEVER
@@ -248,6 +267,7 @@ class Simulation:
         self.plan_hash = self.plan.hash
         self.stages = self.plan.max_stage
         self.outages = sorted(prof.broker_outages)
+        self.traffic = prof.traffic
         self.call_gap_ms = int(1000 / prof.traffic.calls_per_s)
         self.devices: list[SimDevice] = []
         for i in range(settings.devices):
