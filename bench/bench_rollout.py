@@ -3,6 +3,7 @@
     python -m bench rollout            10^3, 10^4 and 10^5 devices
     python -m bench rollout --quick    10^2 and 10^3 devices
     ROLLOUT_SIZES=1000,10000 python -m bench rollout   other sizes (the first is the baseline)
+    ROLLOUT_PROFILES=none python -m bench rollout      one fault profile (default: default,none)
     ROLLOUT_MQTT=10000 python -m bench rollout   also the rollout through mosquitto
     python -m bench.bench_rollout N PROFILE      one size in this process, as JSON
 
@@ -179,8 +180,9 @@ def run(quick: bool = False) -> list[dict]:
     sizes = [100, 1000] if quick else [1000, 10_000, 100_000]
     if os.environ.get("ROLLOUT_SIZES"):
         sizes = [int(n) for n in os.environ["ROLLOUT_SIZES"].split(",")]
-    rows = cpu_rows(sizes, "default")
-    rows += cpu_rows(sizes, "none")
+    rows = []
+    for profile in os.environ.get("ROLLOUT_PROFILES", "default,none").split(","):
+        rows += cpu_rows(sizes, profile)
     rows += bytes_rows([1000, 1_000_000] if not quick else [1000, 100_000])
     if os.environ.get("ROLLOUT_MQTT"):
         rows += mqtt_rows(int(os.environ["ROLLOUT_MQTT"]))
