@@ -1,30 +1,31 @@
 """bench board: the agent's heap on the MicroPython unix port, from the bundle as built.
 
-It builds the .mpy bundle (`fleetstage bundle`), starts a mosquitto, and runs
-the `micropython` binary in the bundle's folder (the folder is the flash, as
-`cd BUNDLE && micropython main.py` serves it). A small driver script boots
-the agent the way main.py does (agent.boot.build with firmware_shim.board.Board,
-then start), then
-feeds it four signed stage changes as the link would, and reports:
+It builds the .mpy bundle (`fleetstage bundle`, the board profile), starts a
+mosquitto, and boots the bundle exactly as a user does: `cd BUNDLE &&
+micropython main.py` (the folder is the flash). An operator session
+(tools.operator_cmd) then sends four signed stage changes through the broker,
+each of which must come back acked `applied`. Reported:
 
-- heap after imports: gc.mem_alloc() after gc.collect(), every module the
-  board imports at boot loaded; each module's share is what importing it
-  added (modules imported leaves first, so a share is the module's own, plus
-  any qstr pool chunk MicroPython happened to open during that import);
-- heap after boot: connected, subscribed, status published, collected;
-- peak of a stage change, two ways: the smallest `-X heapsize` in which the
-  boot and all four stage changes complete (bisected: what a board's heap
-  must hold, fragmentation included), and, as a bound, what a stage change
-  allocates with the collector off (every byte of garbage counted).
+- heap after imports: a separate driver in the bundle's folder imports what
+  main.py imports, leaves first, and reads gc.mem_alloc() after gc.collect();
+  each module's share is what importing it added (approximate: a share also
+  holds any qstr pool MicroPython happened to open during that import, and
+  modules main.py loads only when used, agent.services, are not in it);
+- heap after boot: the heap_alloc of the board's own first status report
+  (connected, subscribed; firmware_shim.machine.memory collects first);
+- peak of a stage change: the smallest `-X heapsize` in which main.py boots
+  and applies all four (bisected to 2 KB; a run that logs a MemoryError
+  fails): what a board's heap must hold, fragmentation included.
 
 Targets (issue 11): <= 96 KB after boot, <= 128 KB at the peak of a stage
 change. The baseline column is the bare interpreter's heap in the same run
 (`micropython -c` with nothing imported).
 
-The ROMFS rows load the same modules from a ROMFS image of the bundle
-(mpremote's builder; MicroPython 1.25+ runs bytecode in place from a board's
-ROMFS partition), with the image's own bytes subtracted: the heap a board
-would need if it kept the code in flash.
+The ROMFS rows boot a `fleetstage bundle --romfs` bundle the same way (its
+main.py mounts code.romfs; MicroPython 1.25+ runs bytecode in place from a
+board's ROMFS partition). On the unix port the image file is read into the
+heap, so its size is subtracted from those figures: the heap a board needs
+when the image is in flash.
 
 On the Pi side it measures the resident set (VmRSS) of `fleetstage agent`
 idling connected to the broker, beside bare python and python with paho and
