@@ -218,10 +218,13 @@ class AgentConfig:
             raise ConfigError(where, exc.why) from None
 
     def _health_config(self, d):
+        section = d.get("health")
+        if section is None:  # what parse_health(None) gives, without loading its module
+            return {"probes": [], "statsd": None}  # (a board's config rarely has probes)
         from agent.health_config import HealthConfigError, parse_health
 
         try:
-            return parse_health(d.get("health"))
+            return parse_health(section)
         except HealthConfigError as exc:
             raise ConfigError(exc.field, exc.why) from None
 

@@ -20,6 +20,10 @@ def test_defaults_run_dir_and_no_probes():
     assert c.run_dir == "/run/fleetstage"
     assert c.health == {"probes": [], "statsd": None}
     assert _cfg(run_dir="/tmp/x").run_dir == "/tmp/x"
+    from agent.health_config import parse_health
+
+    assert c.health == parse_health(None)  # no section: the same, without its module
+    assert _cfg({}).health == parse_health({}) == c.health
 
 
 def test_every_probe_type_with_its_fields():
