@@ -36,7 +36,12 @@ class EventBus:
     def emit(self, name, payload):
         self.emitted += 1
         # Copy the lists: a handler may unsubscribe itself while we iterate.
-        targets = list(self._handlers.get(name, ())) + list(self._handlers.get(WILDCARD, ()))
+        named = self._handlers.get(name)
+        wild = self._handlers.get(WILDCARD)
+        if named:
+            targets = named + wild if wild else named[:]
+        else:
+            targets = wild[:] if wild else ()
         for handler in targets:
             try:
                 handler(name, payload)

@@ -71,7 +71,12 @@ def check_flag_map(flags, what):
     """Validate a {name: bool} mapping from config, a plan or the store."""
     if not isinstance(flags, dict):
         raise FlagError(f"{what} must be a mapping of flag name to true/false")
-    for name in sorted(flags):
+    for name, value in flags.items():  # the common case: all good, no sorting
+        if (value is not True and value is not False) or name not in CATALOGUE:
+            break
+    else:
+        return
+    for name in sorted(flags):  # else the first bad one in name order, as always
         check_flag_value(name, flags[name])
 
 

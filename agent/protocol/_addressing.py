@@ -73,11 +73,27 @@ def _check_bucket(name):
         raise BadTarget(f"bucket {name[:20]!r} must be 1..{BUCKET_DEPTH} lowercase hex digits")
 
 
+# Targets parsed lately: a device parses each command's target three times (topic,
+# envelope, match). Only valid ones are kept, and at most _TARGETS_MAX.
+_TARGETS = {}
+_TARGETS_MAX = 32
+
+
 def parse_target(text):
     """"all" -> ("all", None); "group:G" -> ("group", G); "device:ID" -> ("device", ID);
     "bucket:P" -> ("bucket", P): every device whose bucket starts with P."""
     if not isinstance(text, str):
         raise BadTarget("target must be a string")
+    parsed = _TARGETS.get(text)
+    if parsed is None:
+        parsed = _parse_target(text)
+        if len(_TARGETS) >= _TARGETS_MAX:
+            _TARGETS.clear()
+        _TARGETS[text] = parsed
+    return parsed
+
+
+def _parse_target(text):
     if text == "all":
         return ("all", None)
     i = text.find(":")

@@ -138,6 +138,9 @@ _DESIRED_FIELDS = ("v", "kind", "id", "seq", "plan", "target", "stage", "emergen
 # Optional in the body's shape; a decoder given `fleet` (the agent always gives it)
 # refuses a body that names another fleet or none.
 _OPTIONAL_FIELDS = ("fleet",)
+# Every field a body of each kind may have (the unknown-field check, one lookup a key)
+_ALLOWED = {KIND_CMD: frozenset(_CMD_FIELDS + _OPTIONAL_FIELDS),
+            KIND_DESIRED: frozenset(_DESIRED_FIELDS + _OPTIONAL_FIELDS)}
 
 
 def _malformed(detail, command_id=None):
@@ -195,8 +198,9 @@ def _check_args(op, args, max_stage, command_id):
 
 def _check_common(env, kind, fields, command_id):
     """Fields every signed envelope has; raises malformed."""
+    allowed = _ALLOWED[kind]
     for k in env:
-        if k not in fields and k not in _OPTIONAL_FIELDS:
+        if k not in allowed:
             _malformed(f"unknown field {str(k)[:40]!r}", command_id)
     for k in fields:
         if k not in env:
