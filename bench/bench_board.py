@@ -410,6 +410,15 @@ def run(quick: bool = False) -> list[dict]:
                "KB", base, bare / KB, target="<= 128 KB", met=got["min_heap"] <= TARGET_PEAK),
     ]
     rom = got["rom"]
+    rows += [  # what the after-boot figure is made of
+        figure("  after boot: the modules (heap after imports)", got["imports"] / KB, "KB",
+               "heap after boot", got["boot"] / KB),
+        figure("  after boot: runtime objects (boot minus imports)",
+               (got["boot"] - got["imports"]) / KB, "KB", "heap after boot", got["boot"] / KB),
+        figure("  the modules' bytecode (.mpy minus ROMFS, after imports)",
+               (got["imports"] - rom["imports"]) / KB, "KB", "heap after imports",
+               got["imports"] / KB),
+    ]
     rows += [
         figure("ROMFS image: heap after imports", rom["imports"] / KB, "KB",
                "loaded from .mpy files", got["imports"] / KB),

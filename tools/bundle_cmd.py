@@ -1,7 +1,8 @@
 """`fleetstage bundle`: the agent as .mpy files for a MicroPython board.
 
 It compiles agent/ and firmware_shim/ with mpy-cross (the CPython-only paho
-adapter stays out), writes a two-line main.py, and copies the device's config
+adapter stays out; the modules are the board profile, tools/board_profile.py),
+writes a five-line main.py, and copies the device's config
 and key when given. The result is a folder that IS the board's flash: copy it
 over with the mpremote commands it prints, or run it as it is on the unix
 port (`cd OUT && micropython main.py`; the folder serves as "/").
