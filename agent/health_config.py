@@ -19,6 +19,8 @@ field's path, e.g. "health.probes[1].url: must start with http://".
                  "errors": "gw.errors", "latency": "gw.latency"}
     }
 """
+from firmware_shim.selector import parse_selector as _parse_selector
+
 PROBE_TYPES = {
     # type: (required fields, optional fields)
     "http": (("url",), ()),
@@ -79,21 +81,10 @@ def _url(where, value):
 
 def parse_selector(where, text):
     """A prometheus selector, 'name' or 'name{label="v",other="w"}' -> (name, labels)."""
-    text = _text(where, text)
-    if "{" not in text:
-        return text.strip(), {}
-    name, rest = text.split("{", 1)
-    if not rest.endswith("}"):
-        raise HealthConfigError(where, "selector {!r} is missing its closing '}}'".format(text))
-    labels = {}
-    for item in rest[:-1].split(","):
-        if not item.strip():
-            continue
-        if "=" not in item:
-            raise HealthConfigError(where, "selector {!r}: labels are name=\"value\"".format(text))
-        k, v = item.split("=", 1)
-        labels[k.strip()] = v.strip().strip('"')
-    return name.strip(), labels
+    try:
+        return _parse_selector(_text(where, text))
+    except ValueError as exc:
+        raise HealthConfigError(where, str(exc)) from None
 
 
 def _probe(where, item):

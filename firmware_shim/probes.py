@@ -24,7 +24,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import urlsplit
 
-from agent.health_config import parse_selector
+from firmware_shim.selector import parse_selector
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -107,7 +107,7 @@ def systemd_read(unit: str, timeout: float) -> dict[str, Any]:
 def _total(samples: list[Any], selector: str | None) -> float | None:
     if selector is None:
         return None
-    name, labels = parse_selector("selector", selector)  # checked at config load
+    name, labels = parse_selector(selector)  # checked at config load (agent.health_config)
     names = (name, name + "_total")
     found = None
     for s in samples:
