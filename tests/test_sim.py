@@ -147,3 +147,38 @@ def test_consistency_check_catches_flash_that_disagrees_with_memory():
     dev.control.store.commit({"ctl.stage": 3})  # flash says 3, the device still runs 0
     problems = sim.check_consistency()
     assert len(problems) == 1 and problems[0].startswith(dev.device_id)
+
+
+def test_apps_calls_land_in_the_health_bucket_of_their_own_call_time():
+    # The simulator records the calls since a device's last wake in one go, but into
+    # the bucket each call was made in: the window then holds what per-call records
+    # would, each 30 s bucket exactly its 15 calls (0.5 a second), and no bucket needs
+    # the weighted percentiles (more calls than its reservoir of 16 keeps).
+    from sim.fleet import Simulation
+
+    sim = Simulation(SimSettings(devices=3, profile=PROFILES["none"]))
+    dev = sim.devices[1]
+    assert dev.control is not None
+    health = dev.control.health
+    sim.run_for(95_000)  # a wake at each check (30, 60, 90 s), never on a bucket edge
+    dev._record_traffic(dev.control, 95_000)
+    src = health._sources["app"]
+    live = health._live_slots(src, 95_000)
+    counts = sorted((src.epoch[s], src.calls[s]) for s in live)
+    # calls at 1, 3, 5, ... s: 15 in each of the buckets [0, 30), [30, 60), [60, 90) s,
+    # and the ones at 91, 93, 95 s so far in [90, 120)
+    assert counts == [(0, 15), (1, 15), (2, 15), (3, 3)]
+    assert max(src.seen) <= src.per
+    assert health.snapshot(95_000)["samples"] == 48
+
+
+def test_fault_draws_are_seeded_by_their_name_and_uniform():
+    from sim.faults import Draws
+
+    a, b, c = Draws("7:gw-00001:in"), Draws("7:gw-00001:in"), Draws("7:gw-00002:in")
+    xs = [a.random() for _ in range(20000)]
+    assert xs == [b.random() for _ in range(20000)]
+    assert xs[:5] != [c.random() for _ in range(5)]
+    assert 0.0 <= min(xs) and max(xs) < 1.0 and abs(sum(xs) / len(xs) - 0.5) < 0.01
+    ints = [a.randint(20, 200) for _ in range(20000)]
+    assert min(ints) == 20 and max(ints) == 200
