@@ -151,8 +151,9 @@ def _floor_one(devices: int) -> dict:
     """In a child: the durable round-trip floor for N devices, and its peak memory."""
     from bench.bench_fanout import measure_floor
 
-    return {"floor_s": measure_floor(devices),
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    floor_s, shards_mb = measure_floor(devices)
+    return {"floor_s": floor_s, "peak_rss_mb": shards_mb if shards_mb is not None else
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def _child(*args: str) -> dict:
