@@ -33,7 +33,7 @@ import time
 from typing import Any
 
 from agent import protocol as P
-from bench.bench_fanout import (
+from bench.fanout_devices import (
     FLEET,
     BenchAgent,
     FloorDevice,
