@@ -121,9 +121,9 @@ class VirtualBroker:
         self.now = 0
         self.up = True
         self.links: set[VirtualLink] = set()
-        # topic -> its subscribers: a list, since nearly every exact topic is one
+        # topic -> its one subscriber, or a set of them: nearly every exact topic is one
         # device's own (a set a topic cost ~3 KB a device)
-        self.exact: dict[str, list[VirtualLink]] = {}
+        self.exact: dict[str, VirtualLink | set[VirtualLink]] = {}
         self.wild: dict[str, set[VirtualLink]] = {}
         # topic -> (payload, sender): a retained copy keeps its place in its sender's order
         self.retained: dict[str, tuple[bytes, VirtualLink | None]] = {}
@@ -163,8 +163,12 @@ class VirtualBroker:
         for filt, _qos in ([] if link.persistent else link.subscriptions):
             if "+" in filt or "#" in filt:
                 self.wild.get(filt, set()).discard(link)
-            elif link in self.exact.get(filt, ()):
-                self.exact[filt].remove(link)
+            else:
+                subs = self.exact.get(filt)
+                if subs is link:
+                    del self.exact[filt]
+                elif isinstance(subs, set):
+                    subs.discard(link)
         if link.will and not graceful and self.up:
             self.publish(link.will[0], link.will[1], 1, True)
         if link.on_disconnect:
@@ -175,9 +179,13 @@ class VirtualBroker:
             self.wild.setdefault(filt, set()).add(link)
             hits = [(t, r) for t, r in self.retained.items() if topic_matches(filt, t)]
         else:
-            subs = self.exact.setdefault(filt, [])
-            if link not in subs:
-                subs.append(link)
+            subs = self.exact.get(filt)
+            if subs is None:
+                self.exact[filt] = link
+            elif isinstance(subs, set):
+                subs.add(link)
+            elif subs is not link:
+                self.exact[filt] = {subs, link}
             hits = [(filt, self.retained[filt])] if filt in self.retained else []
         for topic, (payload, sender) in hits:
             self._schedule(link, topic, payload, True, 1, sender)
@@ -190,7 +198,8 @@ class VirtualBroker:
                 self.retained[topic] = (payload, sender)
             else:
                 self.retained.pop(topic, None)
-        targets = set(self.exact.get(topic, ()))
+        subs = self.exact.get(topic)
+        targets = set(subs) if isinstance(subs, set) else set() if subs is None else {subs}
         for filt, links in self.wild.items():
             if links and topic_matches(filt, topic):
                 targets.update(links)
