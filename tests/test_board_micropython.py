@@ -105,7 +105,7 @@ def test_board_agent_takes_signed_stages_and_refuses_forgeries(world):
 
 
 def test_the_bundle_boots_and_takes_every_stage_in_a_256_kb_heap(world):
-    """A guard on the board's heap: `bench board` measured 225 KB (the smallest heap that
+    """A guard on the board's heap: `bench board` measured 227 KB (the smallest heap that
     boots the bundle and applies four stages, 2026-12-02); 280 KB after boot before the
     board profile, services made on first use and main.py's gc.threshold."""
     agent = _micro_agent(world, heap=256 * 1024).start()
