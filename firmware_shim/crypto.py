@@ -34,9 +34,12 @@ def hmac_sha256_pure(key, msg):
     if len(key) > _BLOCK:
         key = _sha256(key)
     key = key + b"\x00" * (_BLOCK - len(key))
-    inner = bytes(b ^ 0x36 for b in key)
-    outer = bytes(b ^ 0x5C for b in key)
-    return _sha256(outer + _sha256(inner + msg))
+    # fed piece by piece: a board's heap never holds a copy of msg with the pad before it
+    inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+    inner.update(msg)
+    outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+    outer.update(inner.digest())
+    return outer.digest()
 
 
 def compare_digest(a, b):

@@ -116,3 +116,53 @@ def test_every_module_of_a_profile_bundle_loads_on_micropython(tmp_path):
     r = subprocess.run([MICROPYTHON, "-c", script], cwd=out, capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == "loaded %d" % len(modules), r.stderr
+
+
+CONSTS = '''LIMIT = 32 * 1024  # a comment stays
+_CHUNK = 1 << 10
+SHARED = 7
+ATTR = 3
+BIG = 2**40
+COUNT = 0
+
+
+def size(n):
+    return min(n, LIMIT) // _CHUNK + SHARED
+
+
+def bump():
+    global COUNT
+    COUNT += 1
+    return COUNT
+
+
+class Box:
+    ATTR = ATTR
+'''
+USER = '''from pkg.consts import SHARED, size
+
+
+def total():
+    return size(64 * 1024) + SHARED
+'''
+
+
+def test_integer_constants_only_their_module_names_become_consts(tmp_path):
+    out, _ = shake({"pkg/consts.py": CONSTS, "pkg/user.py": USER}, "from pkg.user import total\nprint(total(), bump(), Box)\n")
+    text = out["pkg/consts.py"]
+    assert text.count("\n") == CONSTS.count("\n")
+    assert "_LIMIT = const(32 * 1024)  # a comment stays\n" in text
+    assert "_CHUNK = const(1 << 10)\n" in text and "min(n, _LIMIT) // _CHUNK + SHARED" in text
+    # named by another module, as an attribute, too big for a 32-bit small int, or rebound
+    for line in ("SHARED = 7\n", "ATTR = 3\n", "BIG = 2**40\n", "COUNT = 0\n"):
+        assert line in text
+    # MicroPython's compiler folds them: the same answers, and no global left for them
+    os.makedirs(tmp_path / "pkg")
+    for rel, source in out.items():
+        (tmp_path / rel).write_text(source)
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    script = ("import pkg.consts as c\nfrom pkg.user import total\n"
+              "print(total(), c.bump(), hasattr(c, '_LIMIT'), hasattr(c, '_CHUNK'))\n")
+    r = subprocess.run([MICROPYTHON, "-c", script], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=30)
+    assert r.stdout.split() == ["46", "1", "False", "False"], r.stderr
