@@ -148,7 +148,8 @@ def total():
 
 
 def test_integer_constants_only_their_module_names_become_consts(tmp_path):
-    out, _ = shake({"pkg/consts.py": CONSTS, "pkg/user.py": USER}, "from pkg.user import total\nprint(total(), bump(), Box)\n")
+    out, _ = shake({"pkg/consts.py": CONSTS, "pkg/user.py": USER},
+                   "from pkg.user import total\nprint(total(), bump(), Box)\n")
     text = out["pkg/consts.py"]
     assert text.count("\n") == CONSTS.count("\n")
     assert "_LIMIT = const(32 * 1024)  # a comment stays\n" in text
