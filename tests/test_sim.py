@@ -182,3 +182,36 @@ def test_fault_draws_are_seeded_by_their_name_and_uniform():
     assert 0.0 <= min(xs) and max(xs) < 1.0 and abs(sum(xs) / len(xs) - 0.5) < 0.01
     ints = [a.randint(20, 200) for _ in range(20000)]
     assert min(ints) == 20 and max(ints) == 200
+
+
+def test_virtual_broker_exact_topics_deliver_once_to_each_subscriber():
+    # an exact topic holds its one subscriber, or a set of them from the second on:
+    # a reconnect's subscribe again adds nobody twice, and a clean session's
+    # disconnect takes its subscriptions away
+    import random
+
+    from sim.broker import VirtualBroker, VirtualLink
+
+    broker = VirtualBroker(random.Random(1), (1, 1))
+    got: list[tuple[str, str]] = []
+    links = []
+    for name in ("a", "b", "c"):
+        link = VirtualLink(broker, name)
+        link.set_callbacks(lambda t, p, r=False, name=name: got.append((name, t)), None, None)
+        link.subscribe("f/cmd/all", 1)
+        link.subscribe("f/cmd/device/" + name, 1)
+        link.connect()
+        links.append(link)
+    links[0].drop(graceful=True)
+    links[0].connect()  # subscribes again: still one delivery to it
+    broker.publish("f/cmd/all", b"x", 1, False)
+    broker.publish("f/cmd/device/b", b"y", 1, False)
+    broker.deliver_until(10)
+    assert sorted(got) == [("a", "f/cmd/all"), ("b", "f/cmd/all"), ("b", "f/cmd/device/b"),
+                           ("c", "f/cmd/all")]
+    got.clear()
+    links[1].drop(graceful=True)  # a clean session: its subscriptions go
+    broker.publish("f/cmd/all", b"x", 1, False)
+    broker.publish("f/cmd/device/b", b"y", 1, False)
+    broker.deliver_until(20)
+    assert sorted(got) == [("a", "f/cmd/all"), ("c", "f/cmd/all")]
