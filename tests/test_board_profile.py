@@ -167,3 +167,41 @@ def test_integer_constants_only_their_module_names_become_consts(tmp_path):
     r = subprocess.run([MICROPYTHON, "-c", script], cwd=tmp_path, capture_output=True,
                        text=True, timeout=30)
     assert r.stdout.split() == ["46", "1", "False", "False"], r.stderr
+
+
+KEYS = '''"""a module with a docstring
+on two lines"""
+from pkg.names import Named
+
+
+def report(n):
+    return {"restart_frequency": n.restart_frequency, "not_a_name_anywhere": 1,
+            "not an identifier at all": 2}
+'''
+NAMES = '''"""names"""
+
+
+class Named:
+    restart_frequency = 5
+'''
+
+
+def test_long_strings_that_are_loaded_names_become_qstrs_lines_and_values_stay(tmp_path):
+    out, _ = shake({"pkg/keys.py": KEYS, "pkg/names.py": NAMES},
+                   "from pkg.keys import report\nreport(Named())\n")
+    text = out["pkg/keys.py"]
+    assert text.count("\n") == KEYS.count("\n")
+    first, second = text.split("\n")[:2]
+    assert first.startswith("if 0:") and second.strip() == "(restart_frequency,)"
+    assert "not_a_name_anywhere" not in first + second  # a new qstr: left a str object
+    assert out["pkg/names.py"] == NAMES  # nothing of its own to intern
+    os.makedirs(tmp_path / "pkg")
+    for rel, source in out.items():
+        (tmp_path / rel).write_text(source)
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    script = ("from pkg.keys import report\nfrom pkg.names import Named\n"
+              "print(sorted(report(Named()).items()))\n")
+    r = subprocess.run([MICROPYTHON, "-c", script], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=30)
+    assert r.stdout.strip() == ("[('not an identifier at all', 2), ('not_a_name_anywhere', 1), "
+                                "('restart_frequency', 5)]"), r.stderr

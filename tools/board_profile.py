@@ -26,10 +26,22 @@ MicroPython's compiler folds each use into the bytecode and keeps no global
 for a `_`-named const, so the module's dict entry and the name's qstr go
 (about 56 bytes of heap each). Only values a 32-bit board holds as a small
 int (|v| < 2**30) are folded; the source, and CPython, keep the plain name.
+
+Identifier-like strings: mpy-cross makes a string constant longer than 10
+characters a str object (about 40 bytes of heap on a board, its text too from
+a .mpy file) unless the same text is already an interned name when the parser
+reaches it. A dict key such as "restart_frequency" usually is a name too (an
+attribute, an argument) in a module the board loads, so its qstr is in the
+heap anyway: each module's docstring line (dropped by mpy-cross in any case)
+becomes `if 0: (restart_frequency, ...)`, never run, which interns those names
+first, and the constants become qstrs: the same str values, no new qstr.
+Only names of modules main.py loads at boot count (a new qstr could open the
+next qstr pool, 14 KB).
 """
 from __future__ import annotations
 
 import ast
+import keyword
 import re
 
 # modules whose every definition stays: their callers are not in the bundle
@@ -121,6 +133,7 @@ def shake(sources: dict[str, str], roots: str) -> tuple[dict[str, str], list[tup
         text = text if rel.startswith(KEEP_WHOLE_PREFIXES) else _fold_constants(
             text, trees[rel], outside)
         out[rel] = _rewrite(text, trees[rel], kept, dropped_defs, rel)
+    out = _intern_strings(out, roots)
     dropped = sorted((u.rel, u.name) for u in units if id(u.node) not in kept)
     return out, dropped
 
@@ -251,3 +264,84 @@ def _fold_constants(text: str, tree: ast.Module, outside: set[str]) -> str:
         lines[i] = lines[i][:c] + new + lines[i][c + len(old):]
     return "\n".join(lines)
 
+
+
+def _imports_at_load(tree: ast.Module) -> set[str]:
+    """The modules a module imports when it loads (not inside functions)."""
+    found: set[str] = set()
+    nodes = list(tree.body)
+    while nodes:
+        node = nodes.pop()
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module)
+            found.update(node.module + "." + a.name for a in node.names)
+        elif isinstance(node, (ast.Try, ast.If)):
+            nodes.extend(node.body)
+    return found
+
+
+def _pool_names(tree: ast.Module) -> set[str]:
+    """Names whose qstr a module's bytecode carries (not plain local variables)."""
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute):
+            out.add(node.attr)
+        elif isinstance(node, ast.arg):
+            out.add(node.arg)
+        elif isinstance(node, ast.keyword) and node.arg:
+            out.add(node.arg)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            out.add(node.name)
+        elif isinstance(node, ast.alias):
+            out.add(node.asname or node.name)
+    for stmt in tree.body:  # module globals
+        for node in ast.walk(stmt):
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                out.add(node.id)
+    return out
+
+
+def _intern_strings(out: dict[str, str], roots: str) -> dict[str, str]:
+    """Identifier-like long string constants as qstrs (see the module docstring)."""
+    trees = {rel: ast.parse(text) for rel, text in out.items()}
+    by_module = {_module_name(rel): rel for rel in out}
+    loaded: set[str] = set()
+    todo = sorted(_imports_at_load(ast.parse(roots)))
+    while todo:
+        mod = todo.pop()
+        parts = mod.split(".")
+        for i in range(1, len(parts) + 1):  # a module loads its packages first
+            name = ".".join(parts[:i])
+            if name in by_module and name not in loaded:
+                loaded.add(name)
+                todo.extend(_imports_at_load(trees[by_module[name]]))
+    pool: set[str] = set()
+    for mod in loaded:
+        pool |= _pool_names(trees[by_module[mod]])
+    result = dict(out)
+    for rel, tree in trees.items():
+        doc = tree.body[0] if tree.body else None
+        if not (isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant)
+                and isinstance(doc.value.value, str) and doc.col_offset == 0):
+            continue
+        texts = sorted({node.value for node in ast.walk(tree) if node is not doc.value
+                        and isinstance(node, ast.Constant) and isinstance(node.value, str)
+                        and len(node.value) > 10 and _IDENT.match(node.value)
+                        and node.value in pool and not keyword.iskeyword(node.value)})
+        lines = out[rel].split("\n")
+        last = doc.end_lineno or doc.lineno
+        if not texts or lines[last - 1][doc.end_col_offset or 0:].strip():
+            continue
+        for i in range(doc.lineno - 1, last):
+            lines[i] = ""
+        lines[doc.lineno - 1] = "if 0:  # interns these names first (board profile)\n    (%s,)" % (
+            ", ".join(texts))
+        if last > doc.lineno:  # the docstring's second line holds the names: lines stay
+            lines[doc.lineno - 1], lines[doc.lineno] = lines[doc.lineno - 1].split("\n")
+        else:
+            lines[doc.lineno - 1] = "if 0: (%s,)  # interns these names first (board profile)" % (
+                ", ".join(texts))
+        result[rel] = "\n".join(lines)
+    return result
