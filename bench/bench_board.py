@@ -13,6 +13,11 @@ each of which must come back acked `applied`. Reported:
   modules main.py loads only when used, agent.services, are not in it);
 - heap after boot: the heap_alloc of the board's own first status report
   (connected, subscribed; firmware_shim.machine.memory collects first);
+- what the ROMFS modules are made of: the string constants of more than 10
+  characters and the f-strings (mpy-cross makes each a str object; measured as
+  the heap a bundle with them blanked saves, imported the same way), the qstr
+  pools' tables (micropython.qstr_info()), and the rest (function, class and
+  module objects, their dicts);
 - peak of a stage change: the smallest `-X heapsize` in which main.py boots
   and applies all four (bisected to 2 KB; a run that logs a MemoryError
   fails): what a board's heap must hold, fragmentation included.
@@ -80,6 +85,8 @@ for name in ORDER:
     shares.append((name, gc.mem_alloc() - before))
 gc.collect()
 import agent as _a
+import micropython
+micropython.qstr_info()  # the qstr pools' line, read by import_shares
 print(json.dumps({"bare": bare, "imports": gc.mem_alloc(), "image": image,
                   "from": _a.__file__, "shares": shares}))
 """
@@ -168,6 +175,7 @@ def _romfs_image(out: str) -> None:
     `fleetstage bundle --romfs` builds it (what `mpremote romfs deploy` writes to a
     board's ROMFS partition)."""
     src = os.path.join(os.path.dirname(out), "romfs-src")
+    shutil.rmtree(src, ignore_errors=True)
     for pkg in ("agent", "firmware_shim"):
         shutil.copytree(os.path.join(out, pkg), os.path.join(src, pkg))
     image = romfs_image(src)
@@ -181,7 +189,44 @@ def import_shares(out: str, rom: bool = False) -> dict:
     proc = subprocess.run(argv, cwd=out, capture_output=True, text=True, timeout=120)
     if proc.returncode:
         raise RuntimeError("the share driver failed: %s" % (proc.stderr or proc.stdout)[-800:])
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    lines = proc.stdout.strip().splitlines()
+    got = json.loads(lines[-1])
+    pools = [line for line in lines if line.startswith("qstr pool:")][-1]
+    fields = dict(f.split("=") for f in pools.split(":", 1)[1].replace(",", " ").split())
+    got["qstrs"] = int(fields["n_qstr"])
+    # the pools' tables; from ROMFS the names' text stays in the image
+    got["qstr_pools"] = int(fields["n_total_bytes"]) - int(fields["n_str_data_bytes"])
+    return got
+
+
+class _Blank(ast.NodeTransformer):
+    """Every string constant of more than 10 characters (and every f-string) as "": what
+    is left of the heap without them measures what they cost (mpy-cross makes each a
+    str object; shorter ones are qstrs)."""
+
+    def visit_Constant(self, node: ast.Constant) -> ast.AST:
+        if isinstance(node.value, str) and len(node.value) > 10:
+            return ast.copy_location(ast.Constant(""), node)
+        return node
+
+    def visit_JoinedStr(self, node: ast.JoinedStr) -> ast.AST:
+        return ast.copy_location(ast.Constant(""), node)
+
+
+def blank_strings(text: str) -> str:
+    return ast.unparse(_Blank().visit(ast.parse(text)))
+
+
+def string_cost(work: str) -> int:
+    """Heap after imports from ROMFS that the long string constants take (a bundle with
+    them blanked, imported the same way; it is never booted)."""
+    out = os.path.join(work, "bundle-blank")
+    bundle(out, compile_mpy=True, transform=blank_strings)
+    _romfs_image(out)
+    with open(os.path.join(out, "bench_heap.py"), "w") as f:
+        f.write(DRIVER.replace("ORDER", repr(boot_modules())))
+    blank = import_shares(out, rom=True)
+    return blank["imports"] - blank["image"]
 
 
 class Lab:
@@ -307,6 +352,7 @@ def measure_board(work: str) -> dict:
         rom["imports"] -= rom["image"]
         # on the unix port main.py reads the image into the heap; a board maps it in flash
         rom["min_heap"] = smallest_heap(lab, rom_out, 512 * KB) - image
+        rom["strings"] = rom["imports"] - string_cost(work)
         got["rom"] = rom
         return got
     finally:
@@ -429,6 +475,16 @@ def run(quick: bool = False) -> list[dict]:
                "loaded from .mpy files", got["min_heap"] / KB, target="<= 128 KB",
                met=rom["min_heap"] <= TARGET_PEAK),
     ]
+    rest = rom["imports"] - rom["strings"] - rom["qstr_pools"]
+    rows += [  # what the ROMFS modules are made of (heap after imports)
+        figure("  ROMFS modules: string constants of 10+ chars, f-strings (blanked: the "
+               "difference)", rom["strings"] / KB, "KB", "ROMFS heap after imports",
+               rom["imports"] / KB),
+        figure("  ROMFS modules: qstr pool tables (%d qstrs)" % rom["qstrs"],
+               rom["qstr_pools"] / KB, "KB", "ROMFS heap after imports", rom["imports"] / KB),
+        figure("  ROMFS modules: the rest (function, class, module objects and dicts)",
+               rest / KB, "KB", "ROMFS heap after imports", rom["imports"] / KB),
+    ]
     pi, mb = got["pi"], 1024.0 * KB
     rows += [
         figure("Pi agent idle RSS (fleetstage agent, bytecode compiled as pip installs it)",
@@ -440,6 +496,9 @@ def run(quick: bool = False) -> list[dict]:
                pi["bare"] / mb),
     ]
     total = sum(size for _, size in got["shares"]) or 1
+    rom_shares = dict(rom["shares"])
     for name, size in sorted(got["shares"], key=lambda s: -s[1]):
         rows.append(figure("  share: " + name, size / KB, "KB", "all modules", total / KB))
+        rows.append(figure("  share from ROMFS: " + name, rom_shares.get(name, 0) / KB, "KB",
+                           "from .mpy", size / KB))
     return rows

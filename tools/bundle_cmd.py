@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from typing import Callable
 
 from tools.board_profile import shake
 
@@ -170,15 +171,18 @@ def romfs_image(folder: str) -> bytes:
 
 def bundle(out_dir: str, compile_mpy: bool = True, config: str | None = None,
            key: str | None = None, mpy_version: str | None = None,
-           romfs: bool = False, full: bool = False) -> list[tuple[str, int]]:
+           romfs: bool = False, full: bool = False,
+           transform: Callable[[str], str] | None = None) -> list[tuple[str, int]]:
     """Write the bundle; returns [(path in bundle, bytes)]. With `romfs` the modules go
     into one ROMFS image, code.romfs, instead of the folders. The modules are the board
-    profile (tools/board_profile.py) unless `full`."""
+    profile (tools/board_profile.py) unless `full`. `transform` (bench board only) rewrites
+    each module's source before it is compiled."""
     compiler = mpy_cross_command(mpy_version)[0] if compile_mpy else None
     written = []
     if romfs:
         with tempfile.TemporaryDirectory(prefix="fleetstage-romfs-") as code_dir:
-            bundle(code_dir, compile_mpy, mpy_version=mpy_version, full=full)
+            bundle(code_dir, compile_mpy, mpy_version=mpy_version, full=full,
+                   transform=transform)
             os.remove(os.path.join(code_dir, "main.py"))
             image = romfs_image(code_dir)
         os.makedirs(out_dir, exist_ok=True)
@@ -187,6 +191,7 @@ def bundle(out_dir: str, compile_mpy: bool = True, config: str | None = None,
         written.append((ROMFS_IMAGE, len(image)))
     main = MAIN_PY_ROMFS % ROMFS_IMAGE if romfs else MAIN_PY
     for rel, text in [] if romfs else board_sources(main, full).items():
+        text = transform(text) if transform else text
         dst = os.path.join(out_dir, rel)
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         if compiler:
