@@ -104,6 +104,14 @@ def test_the_board_profile_leaves_out_the_operator_side():
     full = board_sources(MAIN_PY, full=True)
     assert "def encode_command" in full["agent/protocol/_commands.py"]
     assert texts["agent/apps.py"] == full["agent/apps.py"]  # the applications' door, whole
+    # the protocol's door keeps what the board's modules reach through it, nothing else
+    door = " ".join(line for line in texts["agent/protocol/__init__.py"].split("\n")
+                    if line.startswith("from "))
+    assert "encode_ack" in door and "decode_command" in door and "MAX_SEQ" in door
+    assert "BUCKET_DEPTH" not in door and "derive_device_key" not in door
+    assert "RemoteProtocolError" in full["agent/protocol/__init__.py"]
+    for name in ("LegacyRegistry", "SpanError", "NewTelemetry"):  # the services' door: whole
+        assert name in texts["agent/services/__init__.py"]
 
 
 def test_every_module_of_a_profile_bundle_loads_on_micropython(tmp_path):

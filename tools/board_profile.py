@@ -16,8 +16,10 @@ dunder methods, and the modules whose API is called by code that is not in
 the bundle: agent.apps (a gateway application on the board imports it) and
 agent.services (the stage-switched code paths the applications run).
 Imports of a dropped name are dropped with it; `__all__` goes (a board never
-star-imports). Dropped lines become blank lines, so a traceback's line numbers
-on the board are the source's.
+star-imports). A package's `__init__` (agent.protocol, the one door) also loses
+the re-exports nothing outside the module that defines them names. Dropped
+lines become blank lines, so a traceback's line numbers on the board are the
+source's.
 
 Integer constants: a module-level `NAME = 32 * 1024` that no other module can
 name (by the same rule) and that its own module uses only as a plain name
@@ -43,6 +45,7 @@ from __future__ import annotations
 import ast
 import keyword
 import re
+from typing import Callable
 
 # modules whose every definition stays: their callers are not in the bundle
 KEEP_WHOLE_PREFIXES = ("agent/apps.py", "agent/services/")
@@ -125,6 +128,22 @@ def shake(sources: dict[str, str], roots: str) -> tuple[dict[str, str], list[tup
                     if id(u.node) not in kept and u.node in trees[u.rel].body}
     out = {}
     named = {rel: _names([tree]) for rel, tree in trees.items()}
+    root_names = _names([ast.parse(roots)])
+    door_users: dict[str, set[str]] = {}  # a package -> what the modules using it name
+
+    def reexport_reached(rel: str, source: str, name: str) -> bool:
+        """Can anything reach `name` through package `rel`'s import of it? A module of
+        the package itself counts only if it imports the package (agent.protocol's own
+        modules import each other directly, never through the door)."""
+        if rel not in door_users:
+            package, folder = _module_name(rel), rel.rsplit("/", 1)[0] + "/"
+            door_users[rel] = set(root_names).union(*(
+                names for other, names in named.items() if other != rel and (
+                    not other.startswith(folder) or _imports(trees[other], package))))
+        return name in door_users[rel] or name in own[rel]
+
+    own = {rel: _names([s for s in tree.body if not isinstance(s, (ast.Import, ast.ImportFrom))
+                        and not _is_all(s)]) for rel, tree in trees.items()}
     for rel, text in sources.items():
         outside = _names([ast.parse(roots)])  # what main.py and the other modules can name
         for other, names in named.items():
@@ -132,7 +151,7 @@ def shake(sources: dict[str, str], roots: str) -> tuple[dict[str, str], list[tup
                 outside |= names
         text = text if rel.startswith(KEEP_WHOLE_PREFIXES) else _fold_constants(
             text, trees[rel], outside)
-        out[rel] = _rewrite(text, trees[rel], kept, dropped_defs, rel)
+        out[rel] = _rewrite(text, trees[rel], kept, dropped_defs, rel, reexport_reached)
     out = _intern_strings(out, roots)
     dropped = sorted((u.rel, u.name) for u in units if id(u.node) not in kept)
     return out, dropped
@@ -144,7 +163,7 @@ def _first_line(node: ast.AST) -> int:
 
 
 def _rewrite(text: str, tree: ast.Module, kept: set[int], dropped_defs: set[tuple[str, str]],
-             rel: str) -> str:
+             rel: str, reached: Callable[[str, str, str], bool] = lambda *_: True) -> str:
     lines = text.split("\n")
     package = _module_name(rel) if rel.endswith("__init__.py") else _module_name(rel).rpartition(
         ".")[0]
@@ -175,6 +194,9 @@ def _rewrite(text: str, tree: ast.Module, kept: set[int], dropped_defs: set[tupl
                 source = ".".join(package.split(".")[:len(package.split(".")) - stmt.level + 1]
                                   + [stmt.module])
             left = [a for a in stmt.names if (source, a.name) not in dropped_defs]
+            if rel.endswith("__init__.py") and not rel.startswith(KEEP_WHOLE_PREFIXES):
+                used = [a for a in left if reached(rel, source, a.asname or a.name)]
+                left = used or left[:1]  # one name stays: the import's side effects with it
             if len(left) < len(stmt.names):
                 names = ", ".join(a.name + (" as " + a.asname if a.asname else "") for a in left)
                 indent = " " * stmt.col_offset
@@ -345,3 +367,16 @@ def _intern_strings(out: dict[str, str], roots: str) -> dict[str, str]:
                 ", ".join(texts))
         result[rel] = "\n".join(lines)
     return result
+
+
+def _imports(tree: ast.Module, package: str) -> bool:
+    """Does the module import `package` (by any of the three spellings)?"""
+    parent, _, last = package.rpartition(".")
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import) and any(a.name == package for a in node.names):
+            return True
+        if isinstance(node, ast.ImportFrom) and not node.level and (
+                node.module == package
+                or (node.module == parent and any(a.name == last for a in node.names))):
+            return True
+    return False
