@@ -21,31 +21,39 @@ class CodecError(ValueError):
     pass
 
 
+# Each piece is one struct.pack: a board's heap then gets one small object per value
+# packed, not a bytes per type byte plus the concatenation (canonical() runs on every
+# report a board signs).
+_pack1 = struct.pack
+_BINARY = (bytes, bytearray, memoryview)
+_ARRAY = (list, tuple)
+
+
 def _pack_int(v, out):
     if 0 <= v <= 0x7F:
-        out.extend(bytes((v,)))
+        out.extend(_pack1("B", v))
     elif -32 <= v < 0:
-        out.extend(bytes((v & 0xFF,)))
+        out.extend(_pack1("B", v & 0xFF))
     elif v >= 0:
         if v <= 0xFF:
-            out.extend(b"\xcc" + bytes((v,)))
+            out.extend(_pack1(">BB", 0xCC, v))
         elif v <= 0xFFFF:
-            out.extend(b"\xcd" + struct.pack(">H", v))
+            out.extend(_pack1(">BH", 0xCD, v))
         elif v <= 0xFFFFFFFF:
-            out.extend(b"\xce" + struct.pack(">I", v))
+            out.extend(_pack1(">BI", 0xCE, v))
         elif v <= 0xFFFFFFFFFFFFFFFF:
-            out.extend(b"\xcf" + struct.pack(">Q", v))
+            out.extend(_pack1(">BQ", 0xCF, v))
         else:
             raise CodecError("int too large for msgpack: %d" % v)
     else:
         if v >= -0x80:
-            out.extend(b"\xd0" + struct.pack(">b", v))
+            out.extend(_pack1(">Bb", 0xD0, v))
         elif v >= -0x8000:
-            out.extend(b"\xd1" + struct.pack(">h", v))
+            out.extend(_pack1(">Bh", 0xD1, v))
         elif v >= -0x80000000:
-            out.extend(b"\xd2" + struct.pack(">i", v))
+            out.extend(_pack1(">Bi", 0xD2, v))
         elif v >= -0x8000000000000000:
-            out.extend(b"\xd3" + struct.pack(">q", v))
+            out.extend(_pack1(">Bq", 0xD3, v))
         else:
             raise CodecError("int too small for msgpack: %d" % v)
 
@@ -53,13 +61,13 @@ def _pack_int(v, out):
 def _pack_len(n, fix_base, fix_max, codes, out):
     # codes: (8-bit or None, 16-bit, 32-bit) type bytes
     if n <= fix_max and fix_base is not None:
-        out.extend(bytes((fix_base | n,)))
+        out.extend(_pack1("B", fix_base | n))
     elif n <= 0xFF and codes[0] is not None:
-        out.extend(bytes((codes[0], n)))
+        out.extend(_pack1("BB", codes[0], n))
     elif n <= 0xFFFF:
-        out.extend(bytes((codes[1],)) + struct.pack(">H", n))
+        out.extend(_pack1(">BH", codes[1], n))
     elif n <= 0xFFFFFFFF:
-        out.extend(bytes((codes[2],)) + struct.pack(">I", n))
+        out.extend(_pack1(">BI", codes[2], n))
     else:
         raise CodecError("object too large for msgpack")
 
@@ -76,16 +84,16 @@ def _pack(v, out, sort_keys, depth):
     elif isinstance(v, int):
         _pack_int(v, out)
     elif isinstance(v, float):
-        out.extend(b"\xcb" + struct.pack(">d", v))
+        out.extend(_pack1(">Bd", 0xCB, v))
     elif isinstance(v, str):
         b = v.encode("utf-8")
         _pack_len(len(b), 0xA0, 31, (0xD9, 0xDA, 0xDB), out)
         out.extend(b)
-    elif isinstance(v, (bytes, bytearray, memoryview)):
-        b = bytes(v)
+    elif isinstance(v, _BINARY):
+        b = v if type(v) is bytes else bytes(v)
         _pack_len(len(b), None, -1, (0xC4, 0xC5, 0xC6), out)
         out.extend(b)
-    elif isinstance(v, (list, tuple)):
+    elif isinstance(v, _ARRAY):
         _pack_len(len(v), 0x90, 15, (None, 0xDC, 0xDD), out)
         for item in v:
             _pack(item, out, sort_keys, depth + 1)
