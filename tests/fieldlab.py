@@ -136,6 +136,7 @@ class FieldLab:
         self.groups = {d: list((groups or {}).get(d, [])) for d in self.devices}
         self.agent_config = dict(agent_config or {})
         self.agents: dict[str, AgentProcess] = {}
+        self._every_agent: list[AgentProcess] = []
         self._links: list[PahoLink] = []
         self._procs: list[subprocess.Popen] = []
         self._clients: list[OperatorClient] = []
@@ -286,6 +287,7 @@ class FieldLab:
                              self.fleet, self.fleet_key, device_id,
                              groups=self.groups.get(device_id, []), config=cfg)
         self.agents[device_id] = agent
+        self._every_agent.append(agent)  # close() stops it even once another replaced it
         return agent
 
     def client_cert(self, name: str) -> tuple[str, str]:
@@ -410,7 +412,7 @@ class FieldLab:
             if proc.poll() is None:
                 proc.kill()
             proc.communicate(timeout=10)
-        for agent in self.agents.values():
+        for agent in self._every_agent:
             agent.stop()
         for client in self._clients:
             try:
