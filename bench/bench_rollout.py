@@ -57,7 +57,18 @@ def _one(devices: int, profile: str) -> dict:
             "outcome": result["outcome"], "halted_at_stage": result["halted_at_stage"],
             "blamed": (result.get("blamed") or {}).get("cohort"),
             "virtual_time_s": result.get("virtual_time_s"),
-            "final_stage_counts": result["final_stage_counts"]}
+            "final_stage_counts": result["final_stage_counts"],
+            # the devices' own rollbacks by reason, and a few of them in full: a device
+            # left behind at a stage can then be traced without the whole report
+            "rollbacks_by_reason": _by_reason(result["rollbacks"]),
+            "rollbacks_sample": result["rollbacks"][:5]}
+
+
+def _by_reason(rollbacks: list[dict]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in rollbacks:
+        out[str(r.get("reason"))] = out.get(str(r.get("reason")), 0) + 1
+    return out
 
 
 def measure(devices: int, profile: str) -> dict:
@@ -75,9 +86,10 @@ def cpu_rows(sizes: list[int], profile: str) -> list[dict]:
         per_ms = 1000 * m["cpu_s"] / n
         per_kib = 1024 * m["peak_rss_mb"] / n
         print("rollout: %s, %d devices: %.2f ms CPU a device (%.0f s), %.1f KiB a device, "
-              "%.0f s wall, %s, final stages %s" % (
+              "%.0f s wall, %s, final stages %s, device rollbacks by reason %s, e.g. %s" % (
                   profile, n, per_ms, m["cpu_s"], per_kib, m["wall_s"], m["outcome"],
-                  m["final_stage_counts"]), file=sys.stderr, flush=True)
+                  m["final_stage_counts"], m["rollbacks_by_reason"],
+                  json.dumps(m["rollbacks_sample"][:2])), file=sys.stderr, flush=True)
         if base is None:
             base = (n, per_ms, per_kib)
         outcome = m["outcome"] + ("" if m["halted_at_stage"] is None else
