@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from sim.faults import PROFILES, profile
@@ -28,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sim", help="simulate a staged rollout on a fleet of real agents",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--devices", type=int, default=500, help="fleet size (default 500)")
-    p.add_argument("--faults", "--profile", dest="faults", default="default",
+    p.add_argument("--faults", dest="faults", default="default",
                    choices=sorted(PROFILES),
                    help="fault profile (default: default; none: no faults at all)")
     p.add_argument("--seed", type=int, default=7, help="random seed; a run is reproducible")
@@ -70,6 +71,10 @@ def main(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     if args.broker is not None and args.transport != "mqtt":
         return _fail("--broker needs --transport mqtt")
+    folder = os.path.dirname(os.path.abspath(args.report))
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        return _fail("--report %s: folder %s does not exist or is not writable; give a "
+                     "writable PREFIX" % (args.report, folder))
     settings = SimSettings(devices=args.devices, seed=args.seed, waves=args.waves,
                            error_threshold=args.error_threshold, on_failure=args.on_failure,
                            profile=profile(args.faults), soak_ms=int(args.soak * 1000))
@@ -87,8 +92,13 @@ def main(args: argparse.Namespace) -> int:
             result = run_mqtt(settings, args.broker)
         except MqttSetupError as exc:
             return _fail(str(exc))
+        except W.WaveError as exc:
+            return _fail(str(exc))
     else:
-        result = run(settings)
+        try:
+            result = run(settings)
+        except W.WaveError as exc:  # e.g. group:NAME that no simulated device is in
+            return _fail(str(exc))
     write_json(result, args.report + ".json")
     write_html(result, args.report + ".html")
     if args.json:

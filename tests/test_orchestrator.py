@@ -216,6 +216,18 @@ def test_waves_mix_groups_and_percentages_and_cover_every_device_once():
     assert sorted(d for w in plan for d in w) == sorted(fleet.stage)
 
 
+def test_a_group_wave_no_device_is_in_is_refused_before_anything_is_sent():
+    # a typo in the canary's name would make wave 1 empty and wave 2 the whole fleet
+    import pytest
+    fleet = Fleet(10)
+    with pytest.raises(W.WaveError, match="no device is in group 'canry'"):
+        Orchestrator(spec(waves=W.parse_waves("group:canry,100%")), fleet.infos(
+            {"gw-00": ["canary"]}))
+    assert fleet.log == []
+    Orchestrator(spec(waves=W.parse_waves("group:canary,100%")), fleet.infos(
+        {"gw-00": ["canary"]}))  # the group exists: accepted
+
+
 def test_bad_wave_lists_and_thresholds_say_what_is_wrong():
     import pytest
     for text, words in (("10%,5%,100%", "must grow"), ("10%,50%", "last wave must be 100%"),

@@ -1,5 +1,6 @@
 """The fleet simulator runs real agents; these runs check whole-fleet behaviour."""
 import json
+import os
 
 import pytest
 
@@ -130,12 +131,18 @@ def test_report_contract_keys():
         assert {"by_reason", "by_group", "by_hw", "blamed"} <= set(w["cohorts"])
 
 
-def test_cli_refuses_bad_options_in_one_line(capsys):
+def test_cli_refuses_bad_options_in_one_line(capsys, tmp_path):
     for argv in (["sim", "--waves", "50%,10%"], ["sim", "--devices", "0"],
-                 ["sim", "--broker", "mqtt://localhost:1"]):
+                 ["sim", "--broker", "mqtt://localhost:1"],
+                 # checked before the run, not after it as a traceback
+                 ["sim", "--report", str(tmp_path / "no-such-dir" / "r")],
+                 # the simulated fleet's groups are its hardware revisions
+                 ["sim", "--devices", "20", "--waves", "group:canary,100%",
+                  "--report", str(tmp_path / "r")]):
         assert cli_main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("fleetstage sim:") and "\n" not in err and "Traceback" not in err
+        assert not os.path.exists(str(tmp_path / "r.json"))
 
 
 def test_consistency_check_catches_flash_that_disagrees_with_memory():

@@ -254,6 +254,9 @@ def _run(args: argparse.Namespace) -> int:
     print("or run it here on the unix port:  cd %s && micropython main.py" % args.out)
     if args.config:
         print("the board boots from /config.json: its key_file should be /device.key")
+    else:
+        print("this bundle has no config.json and device.key yet: the board needs both "
+              "(build with --config F --key F, or copy them to its root)")
     return 0
 
 

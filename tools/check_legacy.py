@@ -182,7 +182,7 @@ def run(args: argparse.Namespace, out=None) -> int:
     out = out or sys.stdout
     missing = [p for p in args.paths if not os.path.exists(p)]
     if missing:
-        print("check-legacy: no such path: " + ", ".join(missing), file=sys.stderr)
+        print("fleetstage check-legacy: no such path: " + ", ".join(missing), file=sys.stderr)
         return 2
     findings, checked = check_paths(args.paths, args.allow, args.strict)
     if args.json:

@@ -150,6 +150,7 @@ class Orchestrator:
         self._pending: list = []          # decisions produced by inputs (preemption)
         self._outbox_key: str | None = None
         if state is None:
+            W.check_groups(spec.waves, self.devices)  # WaveError: a group no device is in
             self.waves = W.plan_waves(spec.waves, self.devices, spec.seed)
             known = [i.stage for i in self.devices.values() if i.stage is not None]
             self.from_stage = (min(known) if known else 0) + 1

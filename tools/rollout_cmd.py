@@ -332,7 +332,10 @@ def _open_orchestrator(args, spec, infos, store, say) -> tuple[Orchestrator | No
         if args.resume:
             raise RolloutError("nothing to resume in %s: start a rollout without --resume" %
                                args.state)
-        return Orchestrator(spec, infos), None
+        try:
+            return Orchestrator(spec, infos), None
+        except W.WaveError as exc:
+            raise RolloutError(str(exc)) from None
     why = Orchestrator.mismatch(spec, infos, saved)
     if status == "completed":
         behind = sorted(d for d, i in infos.items() if (i.stage or 0) < spec.to_stage)

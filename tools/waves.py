@@ -114,6 +114,16 @@ def plan_waves(specs: list[WaveSpec], devices: Mapping[str, DeviceInfo],
     return out
 
 
+def check_groups(specs: list[WaveSpec], devices: Mapping[str, DeviceInfo]) -> None:
+    """A group wave must name a group some device is in: a typo would otherwise make an
+    empty canary, and the next wave would take the whole fleet untested."""
+    known = sorted({g for info in devices.values() for g in info.groups})
+    for spec in specs:
+        if spec.group is not None and spec.group not in known:
+            raise WaveError("wave %r: no device is in group %r (groups: %s)" % (
+                spec.label, spec.group, ", ".join(known[:10]) or "none"))
+
+
 @dataclass(frozen=True)
 class Threshold:
     """A limit on failed devices: a share of the wave (0.05) or a count (3)."""
