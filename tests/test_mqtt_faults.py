@@ -56,21 +56,31 @@ def test_broker_killed_mid_rollout_agent_keeps_working_and_converges(lab):
     # while the agent is still reconnecting.
     rollout = lab.cli_bg("publish-stage", "1", "--target", "device:gw1", "--json",
                          "--timeout", "20")
-    obs.wait_for(lambda: any(st["online"] and st["stage"] == 1
-                             for st in obs.of("status")[seen:]), 20)
-    assert _consistent(lab.wait_stage("gw1", 1))
-    stdout, stderr = rollout.communicate(timeout=30)
+    stdout, stderr = rollout.communicate(timeout=40)
     # Applied by the command, or (the SIGKILLed broker lost the agent's session, so the
-    # command found no subscriber) reported missing and applied by the retained desired
-    # state: either way the operator is told the truth and the device converges.
+    # command found no subscriber) reported missing: the operator is told the truth.
     assert rollout.returncode in (0, 3), stdout + stderr
     sent = json.loads(stdout)
     if rollout.returncode == 3:
         assert sent["missing"] == ["gw1"] and sent["desired_signed_for"] == ["gw1"], sent
-    else:
-        assert sent["devices"]["gw1"]["result"] == "applied", sent
-    obs.wait_for(lambda: any(a["id"] in (sent["command_id"], sent["desired_id"])
-                             and a["result"] == "applied" for a in obs.of("ack")))
+        # The retained desired state alone does not undo the console's emergency
+        # rollback: the device holds it (and says so) until an operator command comes.
+        def held():
+            return [st for st in obs.of("status")[seen:]
+                    if st["online"] and st["extra"].get("desired_held", 0) > 0]
+        obs.wait_for(lambda: held(), 20)
+        st = held()[-1]
+        assert st["stage"] == 0 and st["extra"]["console_hold"] is True, st
+        again = lab.cli("publish-stage", "1", "--target", "device:gw1", "--json",
+                        "--timeout", "20")
+        assert again.returncode == 0, again.stdout + again.stderr
+        sent = json.loads(again.stdout)
+    assert sent["devices"]["gw1"]["result"] == "applied", sent
+    obs.wait_for(lambda: any(st["online"] and st["stage"] == 1
+                             for st in obs.of("status")[seen:]), 20)
+    assert _consistent(lab.wait_stage("gw1", 1))
+    obs.wait_for(lambda: any(a["id"] == sent["command_id"] and a["result"] == "applied"
+                             for a in obs.of("ack")))
     # The event from the outage was queued and sent after the reconnect.
     obs.wait_for(lambda: any(e["name"] == "migration.emergency_rollback"
                              for e in obs.of("event")))
