@@ -53,6 +53,7 @@ import time
 from agent import protocol as P
 from bench.__main__ import figure
 from tests.mqttkit import Broker
+from tools.board_profile import imports_at_load
 from tools.bundle_cmd import ROOT, bundle, romfs_image, sources
 
 KB = 1024
@@ -105,18 +106,7 @@ def _module_path(mod: str) -> str:
 def top_level_imports(mod: str) -> set[str]:
     """What `mod` imports when it loads (imports inside functions are lazy: not counted)."""
     with open(_module_path(mod)) as f:
-        tree = ast.parse(f.read())
-    found: set[str] = set()
-    nodes = list(tree.body)
-    while nodes:
-        node = nodes.pop()
-        if isinstance(node, ast.Import):
-            found.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            found.add(node.module)
-            found.update(node.module + "." + a.name for a in node.names)
-        elif isinstance(node, ast.Try):
-            nodes.extend(node.body)
+        found = imports_at_load(ast.parse(f.read()))
     found |= {".".join(mod.split(".")[:i]) for i in range(1, mod.count(".") + 1)}  # packages
     return found
 

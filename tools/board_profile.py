@@ -288,7 +288,7 @@ def _fold_constants(text: str, tree: ast.Module, outside: set[str]) -> str:
 
 
 
-def _imports_at_load(tree: ast.Module) -> set[str]:
+def imports_at_load(tree: ast.Module) -> set[str]:
     """The modules a module imports when it loads (not inside functions)."""
     found: set[str] = set()
     nodes = list(tree.body)
@@ -330,7 +330,7 @@ def _intern_strings(out: dict[str, str], roots: str) -> dict[str, str]:
     trees = {rel: ast.parse(text) for rel, text in out.items()}
     by_module = {_module_name(rel): rel for rel in out}
     loaded: set[str] = set()
-    todo = sorted(_imports_at_load(ast.parse(roots)))
+    todo = sorted(imports_at_load(ast.parse(roots)))
     while todo:
         mod = todo.pop()
         parts = mod.split(".")
@@ -338,7 +338,7 @@ def _intern_strings(out: dict[str, str], roots: str) -> dict[str, str]:
             name = ".".join(parts[:i])
             if name in by_module and name not in loaded:
                 loaded.add(name)
-                todo.extend(_imports_at_load(trees[by_module[name]]))
+                todo.extend(imports_at_load(trees[by_module[name]]))
     pool: set[str] = set()
     for mod in loaded:
         pool |= _pool_names(trees[by_module[mod]])

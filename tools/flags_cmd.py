@@ -29,8 +29,8 @@ from tools.operator_cmd import (
     OperatorClient,
     OperatorError,
     _common,
-    _print_table,
     client_from_args,
+    report_outcome,
 )
 from tools.status_cmd import FleetView
 
@@ -72,11 +72,7 @@ def _command(args: argparse.Namespace, op: str, op_args: dict) -> int:
         return _fail(args, exc)
     finally:
         client.close()
-    if args.json:
-        print(json.dumps(outcome.to_dict(), indent=2, sort_keys=True, default=repr))
-    else:
-        _print_table(outcome)
-    return outcome.exit_code()
+    return report_outcome(args, outcome)
 
 
 def _flag_name(name: str) -> str:

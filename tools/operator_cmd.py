@@ -524,6 +524,11 @@ def _run(args):
         return EXIT_USAGE
     finally:
         client.close()
+    return report_outcome(args, outcome)
+
+
+def report_outcome(args, outcome) -> int:
+    """A command's outcome as --json or the ack table; its exit code."""
     if args.json:
         print(json.dumps(outcome.to_dict(), indent=2, sort_keys=True, default=repr))
     else:
