@@ -207,6 +207,7 @@ def apply_changes(state, changes):
 
 
 _PLAIN = (str, int, bool, bytes, type(None))
+_SCALAR = (str, int, bool, bytes)  # exact types whose == is the whole comparison
 
 
 def same_value(a, b):
@@ -281,12 +282,22 @@ class StoreState:
         if not isinstance(changes, dict):
             raise StoreValueError("changes must be a dict, not %s" % type(changes).__name__)
         real = {}
+        state = self._state
         for key, value in changes.items():
-            if not isinstance(key, str):
+            if type(key) is not str and not isinstance(key, str):
                 raise StoreValueError("keys must be str, not %s" % type(key).__name__)
             if value is None:
-                if key in self._state:
+                if key in state:
                     real[key] = None
-            elif key not in self._state or not same_value(self._state[key], value):
+                continue
+            old = state.get(key)
+            if old is None:
+                real[key] = value
+            elif type(old) is not type(value):
+                real[key] = value
+            elif type(value) in _SCALAR:  # the common case: a flag, a seq, a stage
+                if old != value:
+                    real[key] = value
+            elif not same_value(old, value):
                 real[key] = value
         return real

@@ -160,11 +160,15 @@ def decode_desired(payload: bytes | None, key: bytes | None, device_id: str,
 class ReplayGuard:
     KEY_SEQ: str
     KEY_RECENT: str
+    KEY_SLOT: str
     last_seq: int
     recent: list[list[Any]]
     window: int
+    slots: list[int]
+    legacy: bool
     def __init__(self, last_seq: int = 0, recent: Iterable[list[Any]] | None = None,
-                 window: int = ...) -> None: ...
+                 window: int = ..., slots: Iterable[int] | None = None,
+                 legacy: bool = False) -> None: ...
     @classmethod
     def from_store(cls, store: Any, window: int = ...) -> ReplayGuard: ...
     @classmethod

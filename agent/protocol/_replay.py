@@ -24,7 +24,11 @@ class ReplayGuard:
     """Duplicate, replay and ordering rules over commands and desired states.
 
     State: the highest applied seq and the last RECENT_WINDOW applied
-    (id, seq, digest) entries, kept in the store under KEY_SEQ / KEY_RECENT.
+    (id, seq, digest) entries, kept in the store under KEY_SEQ and one key a
+    window slot (KEY_SLOT + n): a commit writes the new entry's slot only (the
+    oldest entry's, once the window is full), not the whole window. A store
+    written by an older agent holds the window as one list under KEY_RECENT;
+    it is read, and the first record moves it into slots (and deletes it).
 
       check(msg) -> "new" | "duplicate", or raises CommandRejected:
         same id and same content as an applied one     -> "duplicate" (ack, don't apply)
@@ -38,17 +42,26 @@ class ReplayGuard:
     """
 
     KEY_SEQ = "proto.last_seq"
-    KEY_RECENT = "proto.recent"
+    KEY_RECENT = "proto.recent"  # the older layout: the whole window as one list
+    KEY_SLOT = "proto.r."
 
-    def __init__(self, last_seq=0, recent=None, window=RECENT_WINDOW):
+    def __init__(self, last_seq=0, recent=None, window=RECENT_WINDOW, slots=None, legacy=False):
         self.last_seq = last_seq
-        self.recent = list(recent or [])
+        self.recent = [list(e) for e in recent or []]  # oldest first
         self.window = window
+        # the store slot of each entry of `recent` (same order)
+        self.slots = list(range(len(self.recent))) if slots is None else list(slots)
+        self.legacy = legacy  # KEY_RECENT is still in the store: the next record moves it
 
     @classmethod
     def from_store(cls, store, window=RECENT_WINDOW):
-        return cls.from_dict({cls.KEY_SEQ: store.get(cls.KEY_SEQ, 0),
-                              cls.KEY_RECENT: store.get(cls.KEY_RECENT, [])}, window)
+        state = {cls.KEY_SEQ: store.get(cls.KEY_SEQ, 0),
+                 cls.KEY_RECENT: store.get(cls.KEY_RECENT)}
+        for n in range(window):
+            entry = store.get(cls.KEY_SLOT + str(n))
+            if entry is not None:
+                state[cls.KEY_SLOT + str(n)] = entry
+        return cls.from_dict(state, window)
 
     @classmethod
     def from_dict(cls, state, window=RECENT_WINDOW):
@@ -61,18 +74,33 @@ class ReplayGuard:
             # Pushed past the end (the old operator followed a device's reported guard):
             # no operator could ever pass it again, so it counts as a fresh device.
             last_seq = 0
-        recent = state.get(cls.KEY_RECENT) or []
+        recent = state.get(cls.KEY_RECENT)
+        legacy = recent is not None
+        recent = recent or []
         if not isinstance(recent, list):
             raise GuardStateError(f"stored {cls.KEY_RECENT} is not a list")
+        found = [(e, None) for e in recent]
+        for n in range(window):
+            entry = state.get(cls.KEY_SLOT + str(n))
+            if entry is not None:
+                found.append((entry, n))
         kept = []
-        for entry in recent:  # an unreadable entry only weakens duplicate detection
+        for entry, n in found:  # an unreadable entry only weakens duplicate detection
             if (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str)
                     and _is_int(entry[1]) and isinstance(entry[2], str)):
-                kept.append(entry)
-        return cls(last_seq, kept[-window:], window)
+                kept.append((entry[1], n, entry))
+        kept.sort(key=lambda k: k[0])
+        kept = kept[-window:]
+        if legacy:  # slots are given out afresh when the list moves into them
+            return cls(last_seq, [k[2] for k in kept], window, None, True)
+        return cls(last_seq, [k[2] for k in kept], window, [k[1] for k in kept])
 
     def state(self):
-        return {self.KEY_SEQ: self.last_seq, self.KEY_RECENT: [list(e) for e in self.recent]}
+        """The store keys this guard stands for (the slot layout)."""
+        out = {self.KEY_SEQ: self.last_seq}
+        for entry, n in zip(self.recent, self.slots):
+            out[self.KEY_SLOT + str(n)] = list(entry)
+        return out
 
     def check(self, msg):
         for cid, seq, digest in self.recent:
@@ -90,10 +118,46 @@ class ReplayGuard:
         return NEW
 
     def record(self, msg):
-        recent = [list(e) for e in self.recent if e[0] != msg.id]
-        recent.append([msg.id, msg.seq, msg.digest])
-        return {self.KEY_SEQ: max(self.last_seq, msg.seq), self.KEY_RECENT: recent[-self.window:]}
+        entry = [msg.id, msg.seq, msg.digest]
+        changes = {self.KEY_SEQ: max(self.last_seq, msg.seq)}
+        if self.legacy:  # one last big commit: the old list into slots, oldest dropped
+            recent = [e for e in self.recent if e[0] != msg.id] + [entry]
+            changes[self.KEY_RECENT] = None
+            for n, e in enumerate(recent[-self.window:]):
+                changes[self.KEY_SLOT + str(n)] = list(e)
+            return changes
+        changes[self.KEY_SLOT + str(self._slot_for(msg.id))] = entry
+        return changes
+
+    def _slot_for(self, command_id):
+        """The slot a new entry takes: the one its id already holds, else a free one,
+        else the oldest entry's."""
+        for i, e in enumerate(self.recent):
+            if e[0] == command_id:
+                return self.slots[i]
+        if len(self.recent) < self.window:
+            taken = set(self.slots)
+            n = len(self.recent)
+            while n in taken or n >= self.window:
+                n = (n + 1) % self.window
+            return n
+        return self.slots[0]
 
     def commit(self, changes):
         self.last_seq = changes[self.KEY_SEQ]
-        self.recent = [list(e) for e in changes[self.KEY_RECENT]]
+        if self.legacy:
+            self.recent, self.slots, self.legacy = [], [], False
+        prefix = self.KEY_SLOT
+        # oldest first (a MicroPython dict keeps no order)
+        written = sorted((entry[1], int(key[len(prefix):]), entry)
+                         for key, entry in changes.items() if key.startswith(prefix))
+        for _seq, n, entry in written:
+            if n in self.slots:
+                i = self.slots.index(n)
+                del self.recent[i]
+                del self.slots[i]
+            self.recent.append(list(entry))
+            self.slots.append(n)
+        while len(self.recent) > self.window:
+            del self.recent[0]
+            del self.slots[0]

@@ -333,7 +333,7 @@ def test_guard_record_is_pure_until_commit_and_survives_the_store():
     changes = guard.record(msg)
     assert guard.last_seq == 0 and guard.recent == []  # commit failed -> nothing changed
     assert guard.check(msg) == "new"
-    assert changes == {"proto.last_seq": 5, "proto.recent": [["00000000000000aa", 5, msg.digest]]}
+    assert changes == {"proto.last_seq": 5, "proto.r.0": ["00000000000000aa", 5, msg.digest]}
 
     class FakeStore:
         def __init__(self, data):
@@ -349,6 +349,90 @@ def test_guard_record_is_pure_until_commit_and_survives_the_store():
     corekit.raises(p.GuardStateError, p.ReplayGuard.from_dict, {"proto.recent": 5})
     junk = p.ReplayGuard.from_dict({"proto.last_seq": 3, "proto.recent": [["a", 1], 7]})
     assert junk.recent == [] and junk.last_seq == 3
+    junk = p.ReplayGuard.from_dict({"proto.last_seq": 3, "proto.r.0": "x", "proto.r.1": [1]})
+    assert junk.recent == [] and junk.last_seq == 3
+
+
+class _DictStore:
+    def __init__(self):
+        self.data = {}
+
+    def get(self, key, default=None):
+        return self.data.get(key, default)
+
+    def commit(self, changes):
+        for k, v in changes.items():
+            if v is None:
+                self.data.pop(k, None)
+            else:
+                self.data[k] = v
+
+
+def _apply_stored(guard, store, msg):
+    result = guard.check(msg)
+    if result == "new":
+        changes = guard.record(msg)
+        store.commit(changes)
+        guard.commit(changes)
+    return result
+
+
+def test_guard_commit_writes_one_slot_even_with_a_full_window():
+    store, guard = _DictStore(), p.ReplayGuard(window=4)
+    msgs = [_msg(100 + i, f"{i:016x}") for i in range(7)]
+    for m in msgs[:4]:
+        _apply_stored(guard, store, m)
+    changes = guard.record(msgs[4])
+    # the full window: only the oldest entry's slot is rewritten, never the whole window
+    assert sorted(changes) == ["proto.last_seq", "proto.r.0"]
+    assert changes["proto.r.0"] == [msgs[4].id, 104, msgs[4].digest]
+    store.commit(changes)
+    guard.commit(changes)
+    _apply_stored(guard, store, msgs[5])
+    assert [e[0] for e in guard.recent] == [m.id for m in msgs[2:6]]
+    reloaded = p.ReplayGuard.from_store(store, window=4)
+    assert reloaded.recent == guard.recent and reloaded.last_seq == 105
+    assert reloaded.check(msgs[5]) == p.DUPLICATE and reloaded.check(msgs[3]) == p.DUPLICATE
+    exc = corekit.raises(p.CommandRejected, reloaded.check, msgs[1])  # evicted: stale
+    assert exc.reason == p.STALE_SEQUENCE
+    assert sorted(reloaded.record(msgs[6])) == ["proto.last_seq", "proto.r.2"]  # the oldest
+
+
+def test_guard_moves_an_older_agents_window_list_into_slots():
+    store, old = _DictStore(), [_msg(10 + i, f"{i:016x}") for i in range(3)]
+    store.data = {"proto.last_seq": 12,
+                  "proto.recent": [[m.id, m.seq, m.digest] for m in old]}
+    guard = p.ReplayGuard.from_store(store)
+    assert guard.check(old[2]) == p.DUPLICATE  # the old list still counts
+    new = _msg(13, "00000000000000ff")
+    changes = guard.record(new)
+    assert changes["proto.recent"] is None  # deleted in the same commit
+    assert [changes[f"proto.r.{n}"][0] for n in range(4)] == [m.id for m in old] + [new.id]
+    store.commit(changes)
+    guard.commit(changes)
+    for g in (guard, p.ReplayGuard.from_store(store)):
+        assert [e[0] for e in g.recent] == [m.id for m in old] + [new.id]
+        assert g.check(old[0]) == p.DUPLICATE and g.last_seq == 13
+    assert sorted(guard.record(_msg(14, "00000000000000fe"))) == ["proto.last_seq", "proto.r.4"]
+
+
+def test_guard_record_in_a_real_store_stays_small_as_the_window_fills():
+    from agent.store import Store
+    from firmware_shim.files import FileSystem, join
+
+    store = Store(join(corekit.tmpdir("guardslots"), "state.bin"), FileSystem())
+    guard, sizes = p.ReplayGuard.from_store(store), []
+    for i in range(80):  # past the 64-entry window
+        before = store.stats()["bytes_written"]
+        _apply_stored(guard, store, _msg(1000 + i, f"{i:016x}"))
+        sizes.append(store.stats()["bytes_written"] - before)
+    assert max(sizes[60:]) < 120, sizes  # one entry a commit (the whole window was ~3 KB)
+    store.close()
+    reopened = Store(store.path, FileSystem())
+    guard2 = p.ReplayGuard.from_store(reopened)
+    assert guard2.recent == guard.recent and len(guard2.recent) == 64
+    assert guard2.check(_msg(1079, f"{79:016x}")) == p.DUPLICATE
+    reopened.close()
 
 
 def test_guard_window_is_bounded_and_evicted_ids_are_stale():
