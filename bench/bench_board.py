@@ -94,8 +94,21 @@ print(json.dumps({"bare": bare, "imports": gc.mem_alloc(), "image": image,
 
 
 def micropython_binary() -> str:
+    """$BOARD_MICROPYTHON when set (e.g. a 32-bit unix port: tools/build_micropython32.sh),
+    else the venv's micropython (the pip unix port, 64-bit)."""
+    chosen = os.environ.get("BOARD_MICROPYTHON")
+    if chosen:
+        return chosen
     found = os.path.join(os.path.dirname(sys.executable), "micropython")
     return found if os.path.exists(found) else (shutil.which("micropython") or found)
+
+
+def binary_word_bits() -> int:
+    """The word size of the micropython binary the run uses (32 on a Pico W's RP2040)."""
+    proc = subprocess.run([micropython_binary(), "-c", "import struct; "
+                           "print(struct.calcsize('P') * 8)"], capture_output=True, text=True,
+                          timeout=30)
+    return int(proc.stdout.strip())
 
 
 def _module_path(mod: str) -> str:
@@ -439,6 +452,8 @@ def run(quick: bool = False) -> list[dict]:
     bare = got["bare_process"]
     base = "bare micropython"
     rows = [
+        figure("micropython binary (%s; BOARD_MICROPYTHON picks it)" % micropython_binary(),
+               binary_word_bits(), "bit", "a Pico W's RP2040", 32),
         figure("heap after imports", got["imports"] / KB, "KB", base, bare / KB),
         figure("heap after boot (main.py, its status report)", got["boot"] / KB, "KB", base,
                bare / KB, target="<= 96 KB", met=got["boot"] <= TARGET_BOOT),
