@@ -342,6 +342,7 @@ class AgentRuntime:
         self._send(self._topics["ack"], payload, 1, False)
 
     def status_payload(self, online=True):
+        memory = self.memory_report()  # first: what the agent holds, not this report's parts
         c = self.control
         st = c.status()
         health = st["system_health"]
@@ -361,7 +362,7 @@ class AgentRuntime:
                    "console_hold": self._local_hold is not None,
                    "desired_held": self.counters["desired_held"],
                    "flag_sources": {n: f["source"] for n, f in c.flags.list_all().items()},
-                   "memory": self.memory_report()},
+                   "memory": memory},
             key=self.key, now=self._now(), fleet=self.fleet)
 
     def memory_report(self):

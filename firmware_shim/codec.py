@@ -5,7 +5,8 @@ thousands of devices); on MicroPython it is firmware_shim.minipack. Both
 raise CodecError for bad input and refuse ext types, so the core sees the
 same behaviour everywhere. `canonical()` (sorted keys) writes the bytes
 minipack writes, so a signature computed on CPython verifies on a board;
-`canonical_digest(value, h)` feeds those bytes to a hash.
+`canonical_digest(value, h)` feeds those bytes to a hash, `canonical_mac(key, prefix,
+value)` to an HMAC-SHA256.
 """
 from firmware_shim.minipack import CodecError
 from firmware_shim.minipack import canonical as _canonical_pure
@@ -20,6 +21,17 @@ if _msgpack is None:
 
     canonical = _canonical_pure
     unpackb_trusted = unpackb
+
+    def canonical_mac(key, prefix, value):
+        """hmac_sha256(key, prefix + canonical(value)), the value's bytes fed to the MAC as
+        they are packed: a board signs a report without holding its bytes (or a copy
+        with the prefix) in one block of its heap."""
+        from firmware_shim.crypto import HmacSha256
+
+        mac = HmacSha256(key)
+        mac.update(prefix)
+        canonical_digest(value, mac)
+        return mac.digest()
 else:
     # msgpack builds exact types, so type() lookups (no isinstance chains) are
     # enough to check what it decoded; scalars are never walked into.
@@ -119,3 +131,9 @@ else:
         """h.update(canonical(value)); returns h (a board feeds it piece by piece)."""
         h.update(canonical(value))
         return h
+
+    def canonical_mac(key, prefix, value):
+        """hmac_sha256(key, prefix + canonical(value)) (a board feeds it piece by piece)."""
+        from firmware_shim.crypto import hmac_sha256
+
+        return hmac_sha256(key, prefix + canonical(value))

@@ -31,15 +31,29 @@ def hmac_sha256(key, msg):
 
 
 def hmac_sha256_pure(key, msg):
-    if len(key) > _BLOCK:
-        key = _sha256(key)
-    key = key + b"\x00" * (_BLOCK - len(key))
-    # fed piece by piece: a board's heap never holds a copy of msg with the pad before it
-    inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
-    inner.update(msg)
-    outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
-    outer.update(inner.digest())
-    return outer.digest()
+    mac = HmacSha256(key)
+    mac.update(msg)
+    return mac.digest()
+
+
+class HmacSha256:
+    """HMAC-SHA256 fed piece by piece (RFC 2104 from sha256): update(), then digest() once.
+
+    A board's heap never holds a copy of the message with the pad before it, nor the
+    message in one block when its pieces are fed as they are made (codec.canonical_mac).
+    """
+
+    def __init__(self, key):
+        if len(key) > _BLOCK:
+            key = _sha256(key)
+        key = key + b"\x00" * (_BLOCK - len(key))
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+        self.update = self._inner.update
+
+    def digest(self):
+        self._outer.update(self._inner.digest())
+        return self._outer.digest()
 
 
 def compare_digest(a, b):

@@ -32,10 +32,7 @@ import struct
 from firmware_shim.clock import monotonic_ms
 from firmware_shim.crypto import jitter_bytes
 
-try:
-    import ssl as _ssl
-except ImportError:  # boards built without TLS
-    _ssl = None
+_ssl = False  # the ssl module, imported by the first mqtts:// link (None: the port has none)
 
 CONNECT_TIMEOUT_S = 5
 # The largest packet held in RAM. A signed command is at most 4 KiB of body
@@ -75,8 +72,10 @@ def _remaining_length(n):
             return bytes(out)
 
 
-def _packet(first, body):
-    return bytes((first,)) + _remaining_length(len(body)) + body
+def _packet(first, body, length=None):
+    """The packet: its type byte, remaining length and body. With `length` (the whole
+    body's), `body` is only its first part and the caller adds the rest."""
+    return bytes((first,)) + _remaining_length(len(body) if length is None else length) + body
 
 
 def parse_packets(buf, max_packet=MAX_PACKET):
@@ -174,6 +173,12 @@ def tls_context(ca):
     load_verify_locations) raises MicroTlsUnsupported: an unverified mqtts://
     would let anyone on the path pose as the broker, so it is never used.
     """
+    global _ssl
+    if _ssl is False:  # on first use: a board on mqtt:// never holds the module (about 1 KB)
+        try:
+            import ssl as _ssl
+        except ImportError:  # boards built without TLS
+            _ssl = None
     if _ssl is None or not hasattr(_ssl, "SSLContext"):
         raise MicroTlsUnsupported("this port's ssl module cannot verify the broker "
                                   "(no ssl.SSLContext)")
@@ -251,8 +256,14 @@ class MicroLink:
         if qos and len(self.inflight) >= MAX_INFLIGHT:
             raise MicroMqttError("too many unacknowledged messages")
         pid = self._pid() if qos else 0
-        body = _str(topic) + (struct.pack(">H", pid) if qos else b"") + bytes(payload)
-        pkt = _packet(0x30 | (2 if qos else 0) | (1 if retain else 0), body)
+        head = _str(topic) + (struct.pack(">H", pid) if qos else b"")
+        head = _packet(0x30 | (2 if qos else 0) | (1 if retain else 0), head,
+                       len(head) + len(payload))
+        # one block the size of the packet, the payload copied in once: a board's heap
+        # never holds the payload two or three times over while a report goes out
+        pkt = bytearray(len(head) + len(payload))
+        pkt[:len(head)] = head
+        memoryview(pkt)[len(head):] = payload
         if qos:
             self.inflight[pid] = pkt
         self._write(pkt)

@@ -22,7 +22,7 @@ from agent.protocol._wire import (
     ReportError,
 )
 from firmware_shim import codec
-from firmware_shim.crypto import compare_digest, hmac_sha256
+from firmware_shim.crypto import compare_digest
 
 # --------------------------------------------------------------------- reports
 
@@ -35,7 +35,7 @@ def _encode_report(kind, device_id, body, key, now, fleet=None):
     if now is not None:
         body["at"] = now
     if key is not None:
-        body["sig"] = hmac_sha256(key, _REPORT_DOMAIN + codec.canonical(body))[:MAC_BYTES]
+        body["sig"] = codec.canonical_mac(key, _REPORT_DOMAIN, body)[:MAC_BYTES]
     return codec.packb(body)
 
 
@@ -131,7 +131,7 @@ def decode_report(payload, key=None, kind=None, device_id=None, fleet_key=None,
         key = derive_device_key(fleet_key, sender)
     if key is not None:
         try:
-            want = hmac_sha256(key, _REPORT_DOMAIN + codec.canonical(body))[:MAC_BYTES]
+            want = codec.canonical_mac(key, _REPORT_DOMAIN, body)[:MAC_BYTES]
         except codec.CodecError as exc:
             raise ReportError(str(exc)[:120]) from None
         if not isinstance(sig, bytes) or not compare_digest(sig, want):
