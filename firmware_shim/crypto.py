@@ -24,10 +24,37 @@ def _sha256(data):
     return hashlib.sha256(data).digest()
 
 
+# CPython: a key's inner and outer hash states, keyed first (RFC 2104), so each MAC
+# is two copies and two updates; a fresh HMAC costs twice that (key setup every
+# time). A device has one key; an operator checking a large fleet's reports
+# fills this up and starts it again.
+_keyed = {}
+_KEYED_MAX = 4096
+
+
+def _keyed_states(key):
+    if len(key) > _BLOCK:
+        key = _sha256(key)
+    key = key + b"\x00" * (_BLOCK - len(key))
+    return (hashlib.sha256(bytes(b ^ 0x36 for b in key)),
+            hashlib.sha256(bytes(b ^ 0x5C for b in key)))
+
+
 def hmac_sha256(key, msg):
-    if _hmac is not None:
-        return _hmac.digest(key, msg, "sha256")
-    return hmac_sha256_pure(key, msg)
+    if _hmac is None:
+        return hmac_sha256_pure(key, msg)
+    if type(key) is not bytes:
+        key = bytes(key)
+    states = _keyed.get(key)
+    if states is None:
+        if len(_keyed) >= _KEYED_MAX:
+            _keyed.clear()
+        states = _keyed[key] = _keyed_states(key)
+    inner = states[0].copy()
+    inner.update(msg)
+    outer = states[1].copy()
+    outer.update(inner.digest())
+    return outer.digest()
 
 
 def hmac_sha256_pure(key, msg):

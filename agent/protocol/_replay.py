@@ -149,8 +149,10 @@ class ReplayGuard:
             self.recent, self.slots, self.legacy = [], [], False
         prefix = self.KEY_SLOT
         # oldest first (a MicroPython dict keeps no order)
-        written = sorted((entry[1], int(key[len(prefix):]), entry)
-                         for key, entry in changes.items() if key.startswith(prefix))
+        written = [(entry[1], int(key[len(prefix):]), entry)
+                   for key, entry in changes.items() if key.startswith(prefix)]
+        if len(written) > 1:
+            written.sort()
         for _seq, n, entry in written:
             if n in self.slots:
                 i = self.slots.index(n)

@@ -21,11 +21,15 @@ def test_hmac_sha256_rfc4231_case_2():
         assert mac == bytes.fromhex(
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         )
+        again = fn(bytearray(b"Jefe"), b"what do ya want for nothing?")  # a keyed copy
+        assert again == mac and fn(b"Jefe", b"other") != mac
         long_key = b"\xaa" * 131  # longer than the block: hashed first (RFC 4231 case 6)
         mac = fn(long_key, b"Test Using Larger Than Block-Size Key - Hash Key First")
         assert mac == bytes.fromhex(
             "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
         )
+        for n in (0, 1, 32, 63, 64, 65):  # every key length agrees with the pure version
+            assert fn(bytes(range(n)), b"m" * n) == hmac_sha256_pure(bytes(range(n)), b"m" * n)
 
 
 def test_compare_digest():
