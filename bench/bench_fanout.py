@@ -100,7 +100,7 @@ class FlushOnlyFileSystem(FileSystem):
         f.flush()
 
 
-def _measure(n, pool_size, rounds, workdir, fs=None, with_floor=False):
+def _measure(n, pool_size, rounds, workdir, fs=None, with_floor=False, cpu=None):
     _raise_fd_limit(5 * n)  # agents' sockets and stores, raw and floor sockets and files
     broker = Broker(os.path.join(workdir, "mosq"), persist=False, extra=(
         "allow_anonymous true\nmax_inflight_messages 0\n")).start()
@@ -158,18 +158,20 @@ def _measure(n, pool_size, rounds, workdir, fs=None, with_floor=False):
         plan_hash = agents[0].control.plan.hash
         ticker = Ticker(loop, agents)
         agent_times, raw_times, floor_times = [], [], []
+        groups = {"devices": [os.getpid()], "broker": [broker.proc.pid]}
+        agents_cpu, floor_cpu = fanout_shards.RoundCpu(groups), fanout_shards.RoundCpu(groups)
         payload = P.encode_command(P.OP_MIGRATE, {"stage": 1}, "all", 1, plan_hash, fleet_key,
                                    devices=devices, fleet=FLEET)
         _raw_fanout(loop, operator, subs, got, raw_topic, payload)  # warm-up, not counted
         for r in range(rounds):
             if floor:  # a floor sample on each side of every agent round
                 with _OwnHeaps():
-                    floor_times.append(_floor_fanout(loop, operator, floor, floor_got,
-                                                     floor_topic, payload))
+                    floor_times.append(floor_cpu.timed(lambda payload=payload: _floor_fanout(
+                        loop, operator, floor, floor_got, floor_topic, payload)))
                 loop.run_until(lambda: False, 0.2)
             with _OwnHeaps():
-                t_agents, payload = _agent_fanout(ticker, operator, acks, fleet_key, devices,
-                                                  plan_hash, r + 1)
+                t_agents, payload = agents_cpu.timed(lambda stage=r + 1: _agent_fanout(
+                    ticker, operator, acks, fleet_key, devices, plan_hash, stage))
             agent_times.append(t_agents)
             ticker.run_until(lambda: False, 0.5)  # statuses/events go out; then quiet
             for _ in range(3):  # the raw side is cheap: sample it more, same bytes
@@ -179,9 +181,11 @@ def _measure(n, pool_size, rounds, workdir, fs=None, with_floor=False):
                 loop.run_until(lambda: False, 0.05)
             if floor:
                 with _OwnHeaps():
-                    floor_times.append(_floor_fanout(loop, operator, floor, floor_got,
-                                                     floor_topic, payload))
+                    floor_times.append(floor_cpu.timed(lambda payload=payload: _floor_fanout(
+                        loop, operator, floor, floor_got, floor_topic, payload)))
                 loop.run_until(lambda: False, 0.2)
+        if cpu is not None and floor:
+            cpu["agents"], cpu["floor"] = agents_cpu.medians(), floor_cpu.medians()
         stages = {a.control.stage for a in agents}
         if stages != {rounds}:
             raise RuntimeError(f"agents ended at stages {sorted(stages)}, not {rounds}")
@@ -245,6 +249,27 @@ def measure_floor(n, rounds=3):
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def _cpu_rows(n, cpu, t_agents, t_floor, sharded):
+    """Where the rounds' time went: each side's device processes' CPU a device, and how
+    busy each kind of process kept the machine's cores (run-queue waits: runnable, no
+    core free). The operator shares the one process when not sharded."""
+    rows = []
+    a, f = cpu["agents"], cpu["floor"]
+    who = "the 2+ shards" if sharded else "the one process (devices and operator)"
+
+    def busy(c):
+        text = "%.2f cores busy, %.2f waiting for a core; broker %.2f" % (
+            c["devices"], c["devices_wait"], c["broker"])
+        if sharded:
+            text += ", operator %.2f" % c["operator"]
+        return text
+
+    rows.append(figure(f"  CPU a device, agents, {who}: {busy(a)}",
+                       a["devices"] * t_agents / n * 1e6, "us",
+                       f"floor: {busy(f)}", f["devices"] * t_floor / n * 1e6))
+    return rows
+
+
 def run(quick=False):
     sizes = [200] if quick else [1000, 10_000]
     rounds = 3 if quick else 4  # one stage per round: the plan has four
@@ -256,12 +281,13 @@ def run(quick=False):
         # one process holds 5 descriptors a device; FANOUT_SHARDED=1 shards any size
         sharded = fanout_shards.shards_needed(5, n) > 1 or os.environ.get("FANOUT_SHARDED")
         try:
+            cpu: dict = {}
             if sharded:
-                t_agents, t_floor, size, paired = fanout_shards.measure(n, rounds, workdir)
+                t_agents, t_floor, size, paired = fanout_shards.measure(n, rounds, workdir, cpu)
                 t_raw = None
             else:
                 t_agents, t_raw, size, t_floor, paired = _measure(n, 0, rounds, workdir,
-                                                                  with_floor=True)
+                                                                  with_floor=True, cpu=cpu)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         label = f"command -> last durable ack, N={n}"
@@ -272,6 +298,7 @@ def run(quick=False):
                      target=f"<= {FLOOR_TARGET}x", met=paired <= FLOOR_TARGET)
         row["ratio"] = paired  # the median of the rounds' own ratios (module docstring)
         rows.append(row)
+        rows += _cpu_rows(n, cpu, t_agents, t_floor, sharded)
         if t_raw is not None:
             rows.append(figure(f"  the same, N={n}", t_agents, "s",
                                f"one-way raw paho fan-out, {size} B", t_raw))

@@ -52,6 +52,50 @@ BROKER_EXTRA = "allow_anonymous true\nmax_inflight_messages 0\n"
 HARD_LIMIT_SLACK = 512
 
 
+def sched_seconds(pid: int) -> tuple[float, float]:
+    """(seconds on a CPU, seconds runnable but waiting for one) of a process's main
+    thread so far (Linux /proc/PID/schedstat, ns); (0, 0) if it is gone."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            on_cpu, waiting = f.read().split()[:2]
+    except (OSError, ValueError):
+        return 0.0, 0.0
+    return int(on_cpu) / 1e9, int(waiting) / 1e9
+
+
+class RoundCpu:
+    """Where timed rounds' wall time went, for groups of processes ("devices": a side's
+    shards or the one bench process, "broker", "operator"): CPU seconds and run-queue
+    waits, as cores (seconds / wall seconds) and medians over the rounds."""
+
+    def __init__(self, groups: dict[str, list[int]]) -> None:
+        self.groups = groups
+        self.samples: list[dict[str, float]] = []
+
+    def _now(self) -> dict[str, tuple[float, float]]:
+        out = {}
+        for name, pids in self.groups.items():
+            times = [sched_seconds(pid) for pid in pids]
+            out[name] = (sum(t[0] for t in times), sum(t[1] for t in times))
+        return out
+
+    def timed(self, fn: Any) -> Any:
+        """Runs fn(), which returns its wall seconds (or a tuple starting with them)."""
+        before = self._now()
+        result = fn()
+        after = self._now()
+        wall = result[0] if isinstance(result, tuple) else result
+        sample = {}
+        for name in self.groups:
+            sample[name] = (after[name][0] - before[name][0]) / wall
+            sample[name + "_wait"] = (after[name][1] - before[name][1]) / wall
+        self.samples.append(sample)
+        return result
+
+    def medians(self) -> dict[str, float]:
+        return {k: statistics.median(s[k] for s in self.samples) for k in self.samples[0]}
+
+
 def shards_needed(per_device_fds: int, n: int) -> int:
     """How many processes hold n devices of per_device_fds descriptors each."""
     import resource
@@ -182,6 +226,9 @@ class Side:
             c.stdin.flush()
         return [c.stdout.readline().strip() if c.stdout else "" for c in self.children]
 
+    def pids(self) -> dict[str, list[int]]:
+        return {"devices": [c.pid for c in self.children], "broker": [self.broker.proc.pid]}
+
     def close(self) -> None:
         for c in self.children:
             if c.poll() is None:
@@ -190,9 +237,10 @@ class Side:
         self.broker.stop()
 
 
-def measure(n: int, rounds: int, workdir: str) -> tuple[float, float, int, float]:
+def measure(n: int, rounds: int, workdir: str,
+            cpu: dict[str, dict[str, float]] | None = None) -> tuple[float, float, int, float]:
     """(median agent round, median floor round, payload bytes, paired ratio) at n devices,
-    with both sides sharded alike."""
+    with both sides sharded alike. cpu, when given, gets each side's RoundCpu medians."""
     shards = max(shards_needed(2, n), 2)
     _raise_fd_limit(4 * n)  # not more than the hard limit: each broker holds one side
     fleet_key = P.new_fleet_key()
@@ -228,14 +276,21 @@ def measure(n: int, rounds: int, workdir: str) -> tuple[float, float, int, float
         floor_times: list[float] = []
         payload = b""
 
-        def floor_round() -> None:
-            sides["floor"].tell("begin")
+        me = {"operator": [os.getpid()]}
+        floor_cpu = RoundCpu({**sides["floor"].pids(), **me})
+        agents_cpu = RoundCpu({**sides["agents"].pids(), **me})
+
+        def floor_once() -> float:
             floor_got.clear()
             t0 = time.perf_counter()
             op_floor.publish(FLOOR_TOPIC, payload or b"x" * 1975, qos=1)
             if not loop.run_until(lambda: len(floor_got) >= n, 300):
                 raise RuntimeError(f"floor: {len(floor_got)}/{n} acks")
-            floor_times.append(time.perf_counter() - t0)
+            return time.perf_counter() - t0
+
+        def floor_round() -> None:
+            sides["floor"].tell("begin")
+            floor_times.append(floor_cpu.timed(floor_once))
             sides["floor"].tell("end")
             loop.run_until(lambda: False, 0.2)
 
@@ -248,9 +303,16 @@ def measure(n: int, rounds: int, workdir: str) -> tuple[float, float, int, float
                                            fleet_key, devices=members, fleet=FLEET)
             floor_round()
             sides["agents"].tell("begin")
-            t_agents, payload = _agent_fanout(ticker, op_agents, acks, fleet_key, devices,
-                                              plan_hash, r + 1)
-            agent_times.append(t_agents)
+            out: list[bytes] = []
+
+            def agents_once(stage: int = r + 1, out: list[bytes] = out) -> float:
+                t, data = _agent_fanout(ticker, op_agents, acks, fleet_key, devices, plan_hash,
+                                        stage)
+                out.append(data)
+                return t
+
+            agent_times.append(agents_cpu.timed(agents_once))
+            payload = out[0]
             sides["agents"].tell("end")
             sides["agents"].tell("settle")
             loop.run_until(lambda: False, 0.5)
@@ -262,6 +324,8 @@ def measure(n: int, rounds: int, workdir: str) -> tuple[float, float, int, float
             raise RuntimeError(f"agents ended at stages {sorted(stages)}, not {rounds}")
         paired = statistics.median(t / ((floor_times[2 * i] + floor_times[2 * i + 1]) / 2)
                                    for i, t in enumerate(agent_times))
+        if cpu is not None:
+            cpu["agents"], cpu["floor"] = agents_cpu.medians(), floor_cpu.medians()
         return (statistics.median(agent_times), statistics.median(floor_times), len(payload),
                 paired)
     finally:
