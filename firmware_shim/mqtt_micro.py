@@ -39,9 +39,8 @@ CONNECT_TIMEOUT_S = 5
 # plus 16 bytes of MAC per device it names (bounded by the addressing); a
 # bigger PUBLISH is skipped (see above).
 MAX_PACKET = 32 * 1024
-# One read from the socket: its bytes are one block of the heap, which on a board is
-# fragmented; a command arrives in a few reads (a 4 KiB read needed 4 KiB in one piece).
-READ_CHUNK = 1024
+# One read from the socket, into the link's own buffer (a command arrives in a few reads).
+READ_CHUNK = 512
 MAX_TOPIC = 1024  # an oversized PUBLISH whose topic is longer than this is malformed
 MAX_INFLIGHT = 64
 EAGAIN = 11
@@ -58,6 +57,31 @@ class MicroMqttNotConnected(MicroMqttError):
 def _str(s):
     b = s.encode("utf-8") if isinstance(s, str) else bytes(s)
     return struct.pack(">H", len(b)) + b
+
+
+def _read_some(sock, buf):
+    """Read what the socket has (at most len(buf) bytes) into buf -> the count, None if
+    nothing yet. CPython's recv_into returns what is there; MicroPython's readinto waits
+    for the whole buffer on a blocking socket, so it reads non-blocking."""
+    recv_into = getattr(sock, "recv_into", None)
+    if recv_into is not None:
+        return recv_into(buf)
+    sock.setblocking(False)
+    try:
+        return sock.readinto(buf)
+    finally:
+        sock.setblocking(True)
+
+
+def _has_filter(filters, entry):
+    """Is `entry` (an encoded topic filter and its QoS) one of the encoded `filters`?"""
+    i = 0
+    while i < len(filters):
+        end = i + 3 + (filters[i] << 8 | filters[i + 1])
+        if filters[i:end] == entry:
+            return True
+        i = end
+    return False
 
 
 def _remaining_length(n):
@@ -220,10 +244,16 @@ class MicroLink:
         self.log = log or (lambda msg: None)
         self.connected = False
         self.sock = None
+        # every read lands in this one block, made while the heap is still whole: a read
+        # never needs READ_CHUNK bytes in one piece of a fragmented heap, only what came
+        self._read_buf = bytearray(READ_CHUNK)
         self.poller = None
         self.buf = b""
         self.skip = 0  # bytes of an oversized PUBLISH still to discard
-        self.subs = []
+        # the topic filters (with their QoS) as a SUBSCRIBE carries them, one after the
+        # other in one block: a board keeps a few hundred bytes, not a tuple and a str
+        # for each of its ~16 subscriptions
+        self.subs = bytearray()
         self.inflight = {}  # packet id -> publish packet bytes (QoS 1, awaiting PUBACK)
         self.next_pid = 1
         self.delay_ms = backoff_min_ms
@@ -245,10 +275,11 @@ class MicroLink:
         self._on_disconnect = on_disconnect
 
     def subscribe(self, topic, qos=1):
-        if (topic, qos) not in self.subs:
-            self.subs.append((topic, qos))
+        entry = _str(topic) + bytes((qos,))
+        if not _has_filter(self.subs, entry):
+            self.subs.extend(entry)
         if self.connected:
-            self._send_subscribe([(topic, qos)])
+            self._send_subscribe(entry)
 
     def publish(self, topic, payload, qos=0, retain=False):
         if not self.connected:
@@ -407,11 +438,9 @@ class MicroLink:
         self.next_pid = pid % 65535 + 1
         return pid
 
-    def _send_subscribe(self, pairs):
-        body = struct.pack(">H", self._pid())
-        for topic, qos in pairs:
-            body += _str(topic) + bytes((qos,))
-        self._write(_packet(0x82, body))
+    def _send_subscribe(self, filters):
+        """SUBSCRIBE `filters`: topic filters with their QoS byte, encoded (self.subs)."""
+        self._write(_packet(0x82, struct.pack(">H", self._pid()) + filters))
 
     def _keepalive(self, now):
         if not self.keepalive:
@@ -426,13 +455,16 @@ class MicroLink:
         if not events:
             return
         try:
-            chunk = self.sock.recv(READ_CHUNK)
+            n = _read_some(self.sock, self._read_buf)
         except OSError as exc:
             if exc.args and exc.args[0] == EAGAIN:
                 return
             raise
-        if not chunk:
+        if n is None:  # a non-blocking port's "nothing yet"
+            return
+        if not n:
             raise MicroMqttError("broker closed the connection")
+        chunk = memoryview(self._read_buf)[:n]
         self.last_in = monotonic_ms()
         if self.skip:  # the tail of an oversized PUBLISH: read past it, keep nothing
             if len(chunk) <= self.skip:
