@@ -158,6 +158,16 @@ class MigrationControl:
             "last_auto_rollback": self._last_auto_rollback(),
         }
 
+    def report_status(self):
+        """What a status report carries of status(), built alone (a board's heap at a
+        report holds these, not the history, the plan summary and the rest)."""
+        self._refresh_timers()
+        return {
+            "system_health": self._system_health(self.clock.monotonic_ms()),
+            "quarantine": None if self._quarantine is None else dict(self._quarantine),
+            "last_auto_rollback": self._last_auto_rollback(),
+        }
+
     def validate_readiness_for_stage(self, n):
         """{"ready": bool, "reasons": [...]}: may the device go to stage n now?"""
         self._refresh_timers()

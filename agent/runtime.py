@@ -344,7 +344,7 @@ class AgentRuntime:
     def status_payload(self, online=True):
         memory = self.memory_report()  # first: what the agent holds, not this report's parts
         c = self.control
-        st = c.status()
+        st = c.report_status()
         health = st["system_health"]
         summary = {k: health.get(k) for k in STATUS_HEALTH_KEYS}
         summary["violations"] = len(health.get("violations") or ())
@@ -352,8 +352,9 @@ class AgentRuntime:
         if last is not None:  # which source crossed which threshold, after the window reset
             summary["last_rollback"] = last
         q = st["quarantine"]
+        flags = c.flags.values()
         return P.encode_status(
-            self.device_id, c.stage, c.flags.values(), health=summary, plan_hash=c.plan.hash,
+            self.device_id, c.stage, flags, health=summary, plan_hash=c.plan.hash,
             agent_version=VERSION, uptime_s=self.uptime_s(), online=online, groups=self.groups,
             quarantined=q is not None, hw=self.hw,
             extra={"state": c.state, "seq": c.seq, "guard_seq": self.guard.last_seq,
@@ -361,7 +362,7 @@ class AgentRuntime:
                    "queue_dropped_by_kind": dict(self.queue.dropped_by_kind),
                    "console_hold": self._local_hold is not None,
                    "desired_held": self.counters["desired_held"],
-                   "flag_sources": {n: f["source"] for n, f in c.flags.list_all().items()},
+                   "flag_sources": {n: c.flags.source(n) for n in flags},
                    "memory": memory},
             key=self.key, now=self._now(), fleet=self.fleet)
 
