@@ -32,6 +32,7 @@ DEFAULT_THRESHOLDS = {
     "max_restarts_per_min": 10,   # runbook: restart frequency > 10/minute
     "max_latency_ratio": 2.0,     # runbook: response time > 2x baseline
     "min_samples": 20,            # fewer outcomes than this: "inconclusive" (per source)
+    "min_errors": 8,              # fewer failed calls than this never trip the error rate
 }
 
 # name -> (default, minimum allowed, integer only)
@@ -53,6 +54,7 @@ _THRESHOLD_LIMITS = {
     "max_restarts_per_min": (0, False),
     "max_latency_ratio": (1, False),
     "min_samples": (1, True),
+    "min_errors": (1, True),
 }
 
 

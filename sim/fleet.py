@@ -38,8 +38,8 @@ STATUS_MS = 600_000        # the status heartbeat (a status also goes out on eve
 HEALTH_REPORT_MS = 86_400_000
 ACK_TIMEOUT_MS = 60_000
 REBOOT_MS = (5_000, 30_000)
-# The agents' own thresholds: the Wilson lower bound keeps a healthy device's
-# 0.5% errors from tripping the 5% rule on a few early samples (agent.health).
+# The agents' own thresholds: the Wilson lower bound and min_errors keep a healthy
+# device's 0.5% errors from tripping the 5% rule on a few early samples (agent.health).
 DEVICE_CONFIG: dict = {}
 SETTLE_MS = 120_000        # after the last wave: time for reboots and desired-state retries
 NEVER = 1 << 62

@@ -289,9 +289,10 @@ def test_automatic_rollback_is_one_stage_with_violations_recorded():
     with corekit.closing(c):
         _advance_to(c, 3)
         seen = _events(c)
-        # 6 of 30 (20%): the Wilson lower bound (9.5%) is above 5%. (3 of 30 was the
-        # old rule's example; its lower bound, 3.5%, is noise under issue 8's rule.)
-        _traffic(c, 30, errors=6)
+        # 8 of 40 (20%): the Wilson lower bound (10.5%) is above 5%, and 8 failed calls
+        # meet min_errors. (3 of 30 was the old rule's example; its lower bound, 3.5%,
+        # is noise under issue 8's rule; 6 of 30 is under issue 10's min_errors.)
+        _traffic(c, 40, errors=8)
         r = c.check_health_and_rollback()
         assert r["result"] == "rollback_triggered" and r["rolled_back_to"] == 2
         assert [v["metric"] for v in r["violations"]] == ["error_rate"]

@@ -6,6 +6,7 @@ rule uses the Wilson lower bound, and too few samples is "inconclusive"."""
 from agent.config import DEFAULT_THRESHOLDS
 from agent.health import (
     INCONCLUSIVE,
+    MIN_ERRORS,
     HealthWindow,
     evaluate,
     make_baseline,
@@ -99,7 +100,34 @@ def test_min_sample_count_keeps_one_bad_call_from_triggering():
     assert two["healthy"] and two["enough_samples"]
     custom = dict(T)
     custom["min_samples"] = 2
+    custom["min_errors"] = 2
     assert _metrics(evaluate(_window(0, 2).snapshot(0), custom)) == ["error_rate"]
+    custom["min_errors"] = 3  # 2 failed calls of 2: too few failures to count
+    assert evaluate(_window(0, 2).snapshot(0), custom)["healthy"]
+
+
+def test_min_errors_keeps_early_noise_from_rolling_back():
+    # Issue 10: 3 failed calls of 20 clear the Wilson bound (5.2% > 5%); a healthy
+    # device with a 0.5% rate sees that in the first minutes after a stage change
+    # about once in 10^4 checks, and a fleet of 10^5 runs ~167 checks each. Fewer
+    # than min_errors (8) failed calls in the window never count as an error rate.
+    assert wilson_lower(3, 20) > 0.05
+    three = evaluate(_window(17, 3).snapshot(0), T)
+    assert three["healthy"] and not three["violations"]
+    seven = evaluate(_window(13, 7).snapshot(0), T)   # 35%, lower bound 18%: 7 calls
+    assert seven["healthy"]
+    eight = evaluate(_window(12, 8).snapshot(0), T)   # the eighth failure counts
+    assert _metrics(eight) == ["error_rate"]
+    assert eight["violations"][0]["value"] == 0.4
+    # The count is no obstacle where the rate is the evidence: 14 of 200 (7%, lower
+    # bound 4.2%) is not enough, 30 of 200 (15%) is.
+    assert evaluate(_window(186, 14).snapshot(0), T)["healthy"]
+    assert _metrics(evaluate(_window(170, 30).snapshot(0), T)) == ["error_rate"]
+    # A config may lower it; the default is health.MIN_ERRORS when a caller's
+    # thresholds leave it out.
+    old = {k: T[k] for k in T if k != "min_errors"}
+    assert evaluate(_window(13, 7).snapshot(0), old)["healthy"]
+    assert T["min_errors"] == MIN_ERRORS == 8
 
 
 def test_restart_threshold_applies_at_any_traffic():
