@@ -166,6 +166,8 @@ class ReplayGuard:
     window: int
     slots: list[int]
     legacy: bool
+    by_id: dict[str, list[Any]]
+    by_seq: dict[int, str]
     def __init__(self, last_seq: int = 0, recent: Iterable[list[Any]] | None = None,
                  window: int = ..., slots: Iterable[int] | None = None,
                  legacy: bool = False) -> None: ...

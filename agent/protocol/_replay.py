@@ -52,6 +52,12 @@ class ReplayGuard:
         # the store slot of each entry of `recent` (same order)
         self.slots = list(range(len(self.recent))) if slots is None else list(slots)
         self.legacy = legacy  # KEY_RECENT is still in the store: the next record moves it
+        self._reindex()
+
+    def _reindex(self):
+        # id -> entry and seq -> id of the window, so check() looks up, not scans
+        self.by_id = {e[0]: e for e in self.recent}
+        self.by_seq = {e[1]: e[0] for e in self.recent}
 
     @classmethod
     def from_store(cls, store, window=RECENT_WINDOW):
@@ -103,15 +109,14 @@ class ReplayGuard:
         return out
 
     def check(self, msg):
-        for cid, seq, digest in self.recent:
-            if cid == msg.id:
-                if seq == msg.seq and digest == msg.digest:
-                    return DUPLICATE
-                raise CommandRejected(REPLAYED, "command id reused with other content", msg.id)
-        for cid, seq, _digest in self.recent:
-            if seq == msg.seq:
-                raise CommandRejected(REPLAYED, f"sequence {seq} already used by {cid}",
-                                      msg.id)
+        entry = self.by_id.get(msg.id)
+        if entry is not None:
+            if entry[1] == msg.seq and entry[2] == msg.digest:
+                return DUPLICATE
+            raise CommandRejected(REPLAYED, "command id reused with other content", msg.id)
+        cid = self.by_seq.get(msg.seq)
+        if cid is not None:
+            raise CommandRejected(REPLAYED, f"sequence {msg.seq} already used by {cid}", msg.id)
         if msg.seq <= self.last_seq:
             raise CommandRejected(STALE_SEQUENCE,
                                   f"seq {msg.seq} <= last applied {self.last_seq}", msg.id)
@@ -147,6 +152,7 @@ class ReplayGuard:
         self.last_seq = changes[self.KEY_SEQ]
         if self.legacy:
             self.recent, self.slots, self.legacy = [], [], False
+            self._reindex()
         prefix = self.KEY_SLOT
         # oldest first (a MicroPython dict keeps no order)
         written = [(entry[1], int(key[len(prefix):]), entry)
@@ -155,11 +161,17 @@ class ReplayGuard:
             written.sort()
         for _seq, n, entry in written:
             if n in self.slots:
-                i = self.slots.index(n)
-                del self.recent[i]
-                del self.slots[i]
-            self.recent.append(list(entry))
+                self._drop(self.slots.index(n))
+            entry = list(entry)
+            self.recent.append(entry)
             self.slots.append(n)
+            self.by_id[entry[0]] = entry
+            self.by_seq[entry[1]] = entry[0]
         while len(self.recent) > self.window:
-            del self.recent[0]
-            del self.slots[0]
+            self._drop(0)
+
+    def _drop(self, i):
+        old = self.recent.pop(i)
+        del self.slots[i]
+        self.by_id.pop(old[0], None)
+        self.by_seq.pop(old[1], None)
