@@ -18,6 +18,9 @@ each of which must come back acked `applied`. Reported:
   the heap a bundle with them blanked saves, imported the same way), the qstr
   pools' tables (micropython.qstr_info()), and the rest (function, class and
   module objects, their dicts);
+- heap after LONG_RUN (64) more commands on the ROMFS bundle (a flag set and cleared
+  in turn, each acked): what a board holds once its replay window and history are
+  full, not only just after boot;
 - peak of a stage change: the smallest `-X heapsize` in which main.py boots
   and applies all four (bisected to 2 KB; a run that logs a MemoryError
   fails): what a board's heap must hold, fragmentation included.
@@ -60,6 +63,8 @@ KB = 1024
 TARGET_BOOT = 96 * KB
 TARGET_PEAK = 128 * KB
 DEVICE = "bench-board"
+LONG_RUN_FLAG = "use_ets_agent_registry"
+LONG_RUN = 64  # commands after the stages: the replay window (RECENT_WINDOW) fills
 FLEET = "benchfleet"
 
 # The share driver: heap after imports and each module's share. It imports what
@@ -263,11 +268,16 @@ class Lab:
         self.broker.stop()
 
 
-def boot_run(lab: Lab, out: str, heap: int | None = None) -> dict | None:
+def boot_run(lab: Lab, out: str, heap: int | None = None, flag_commands: int = 0
+             ) -> dict | None:
     """`cd BUNDLE && micropython [-X heapsize=HEAP] main.py`, then four signed stage
     changes through mosquitto, each acked `applied`. Returns the heap the board's
     status reported after boot (extra.memory, collected first), or None when the
     board did not boot or did not apply all four in that heap.
+
+    flag_commands: then that many more commands (a flag set and cleared in turn),
+    each acked `applied`; "after" is the heap the status after the last one reports
+    (every applied command stays in the replay window, each change in the history).
 
     Every run is a fresh device (its own id, key and empty /state), so nothing
     retained from an earlier run reaches it.
@@ -307,7 +317,18 @@ def boot_run(lab: Lab, out: str, heap: int | None = None) -> dict | None:
             lab.loop.run_until(lambda o=outcome: not o.missing or failed(), 15)
             if outcome.acks.get(device, {}).get("result") != P.APPLIED or failed():
                 return None
-        return {"boot": boot, "log": log_path}
+        got = {"boot": boot, "log": log_path}
+        for i in range(flag_commands):
+            op, args = ((P.OP_SET_FLAG, {"name": LONG_RUN_FLAG, "value": True}) if i % 2 == 0
+                        else (P.OP_CLEAR_FLAG, {"name": LONG_RUN_FLAG}))
+            seen = len(online())
+            outcome = lab.operator.send(op, args, "device:" + device, [device])
+            lab.loop.run_until(lambda o=outcome, n=seen: (not o.missing and len(online()) > n)
+                               or failed(), 15)
+            if outcome.acks.get(device, {}).get("result") != P.APPLIED or failed():
+                return None
+            got["after"] = online()[-1]["extra"]["memory"]["heap_alloc"]
+        return got
     finally:
         proc.kill()
         proc.wait(10)
@@ -348,10 +369,12 @@ def measure_board(work: str) -> dict:
         rom = import_shares(out, rom=True)
         if not rom["from"].startswith("/rom"):
             raise RuntimeError("the ROMFS run did not load from the image: %r" % rom)
-        run = boot_run(lab, rom_out)
+        run = boot_run(lab, rom_out, flag_commands=LONG_RUN)
         if run is None:
-            raise RuntimeError("the ROMFS board did not boot and apply four stages")
+            raise RuntimeError("the ROMFS board did not boot and apply four stages and "
+                               "%d flag commands" % LONG_RUN)
         rom["boot"] = run["boot"] - image
+        rom["long_run"] = run["after"] - image
         rom["imports"] -= rom["image"]
         # on the unix port main.py reads the image into the heap; a board maps it in flash
         rom["min_heap"] = smallest_heap(lab, rom_out, 512 * KB) - image
@@ -479,6 +502,9 @@ def run(quick: bool = False) -> list[dict]:
         figure("ROMFS image: smallest heap for a stage change", rom["min_heap"] / KB, "KB",
                "loaded from .mpy files", got["min_heap"] / KB, target="<= 128 KB",
                met=rom["min_heap"] <= TARGET_PEAK),
+        figure("ROMFS image: heap after %d more commands (replay window and history full)"
+               % LONG_RUN, rom["long_run"] / KB, "KB", "ROMFS heap after boot",
+               rom["boot"] / KB),
     ]
     rest = rom["imports"] - rom["strings"] - rom["qstr_pools"]
     rows += [  # what the ROMFS modules are made of (heap after imports)
