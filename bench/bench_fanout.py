@@ -3,6 +3,7 @@
     python -m bench fanout                      N = 1,000 and 10,000
     python -m bench fanout --quick              N = 200
     FANOUT_SIZES=1000 python -m bench fanout    the sizes given
+    FANOUT_AGED=66 python -m bench fanout       agents as long-lived devices (fanout_devices)
 
 Measured: the time from publishing the command (as the rollout sends it: one
 message per hash bucket, each signed for its devices, tools.bucketing) to the
@@ -26,6 +27,11 @@ machine noise hits every side alike. Times are medians; the target row's ratio
 is the median of each agent round against the mean of the floor rounds either
 side of it (on a shared machine fsync costs drift by 2x within a minute).
 No cyclic garbage collection runs inside a timed round, on any side (_OwnHeaps).
+
+Under each target row: the CPU a device of each side's device processes, and
+where the rounds' wall time went (fanout_shards.RoundCpu, /proc/PID/schedstat):
+cores busy, cores' worth of waiting for a free core (other jobs on the
+machine), the broker's share and, when sharded, the operator's.
 """
 import gc
 import os

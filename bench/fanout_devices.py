@@ -9,6 +9,7 @@ import selectors
 import socket
 import threading
 import time
+from typing import Any
 
 from agent import protocol as P
 from agent.control import MigrationControl
@@ -20,6 +21,10 @@ from tools.bucketing import Buckets, plan_addressing
 
 FLEET = "bench"
 BROADCAST_MAX = 0     # commands go out as the rollout sends them: per hash bucket
+# FANOUT_AGED=K: each agent first applies K signed flag commands (not timed), so it is
+# measured as a long-lived device is: a full replay window (64), history, overrides
+# set and cleared. 0 (the default): fresh devices, as the figures before it were.
+AGED = int(os.environ.get("FANOUT_AGED", "0") or 0)
 
 
 def _raise_fd_limit(n):
@@ -129,6 +134,35 @@ class BenchAgent:
                                     health_interval_ms=10**9, status_interval_ms=10**9)
         self.pool = pool
         self.lock = threading.Lock()
+        if AGED:
+            self._age(AGED, fleet_key)
+
+    def _age(self, count, fleet_key):
+        """Apply `count` signed set_flag/clear_flag commands through the real path, before
+        the link is used (acks go nowhere) and with fsync reduced to a flush (setup only:
+        what a long-lived device's store and window hold is the same either way)."""
+        from agent.flags import FLAG_NAMES
+
+        rt = self.runtime
+        store: Any = self.control.store  # its fs is swapped for the aging only
+        link, fs = rt.link, store.fs
+        rt.link, store.fs = _NoLink(), _FlushOnly(fs)
+        target = "device:" + self.device_id
+        topic = P.cmd_topic(FLEET, target)
+        plan_hash = self.control.plan.hash
+        try:
+            for k in range(count):
+                if k < count - 1:
+                    op, args = P.OP_SET_FLAG, {"name": FLAG_NAMES[0], "value": k % 2 == 0}
+                else:  # the last one leaves no override behind
+                    op, args = P.OP_CLEAR_FLAG, {"name": FLAG_NAMES[0]}
+                rt.on_message(topic, P.encode_command(op, args, target, k + 1, plan_hash,
+                                                      fleet_key, fleet=FLEET))
+        finally:
+            rt.link, store.fs = link, fs
+        if rt.counters["applied"] != count:
+            raise RuntimeError(f"{self.device_id}: aging applied {rt.counters['applied']} of "
+                               f"{count} commands")
 
     def start(self):
         self.runtime.start()
@@ -147,6 +181,26 @@ class BenchAgent:
     def tick(self):
         with self.lock:
             self.runtime.tick()
+
+
+class _NoLink:
+    connected = True
+
+    def publish(self, topic, payload, qos=0, retain=False):
+        pass
+
+
+class _FlushOnly:
+    """A file system whose fsync is a flush, over the real one (aging only)."""
+
+    def __init__(self, fs):
+        self._fs = fs
+
+    def __getattr__(self, name):
+        return getattr(self._fs, name)
+
+    def fsync(self, f):
+        f.flush()
 
 
 class Ticker:
