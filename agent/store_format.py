@@ -264,6 +264,11 @@ class StoreState:
             return default
         return copy_value(self._state[key])
 
+    def peek(self, key):
+        """The value of `key` as the store holds it, or None: NOT a copy, never edit it
+        (agent.history reads its entries this way instead of holding a second copy)."""
+        return self._state.get(key)
+
     def items(self):
         """Every (key, value), sorted by key (values copied as in get)."""
         return [(k, copy_value(self._state[k])) for k in sorted(self._state)]
