@@ -4,6 +4,7 @@ import corekit
 import faultfs
 
 from agent import transitions as tr
+from agent.config import Config
 from agent.control import (
     AT_STAGE,
     COOLDOWN,
@@ -851,3 +852,25 @@ def test_the_rules_beside_the_table():
     assert tr.cooldown_remaining_ms(1200, 1000, 500) == 200
     assert tr.cooldown_remaining_ms(900, 1000, 500) == 0
     assert not hasattr(tr, "allowed_events")  # the table itself is the list
+
+
+def test_history_is_held_once_by_the_store_and_read_from_it():
+    config = Config.from_dict({"history_length": 3})
+    c, d, clock = _open(config=config)
+    with corekit.closing(c):
+        for i in range(5):
+            c.set_flag_override("use_ets_agent_registry", i % 2 == 0)
+        keys = [k for k, _ in c.store.items() if k.startswith("ctl.hist.")]
+        assert len(keys) == 3 and len(c.history) == 3
+        # the history keeps keys only; each entry is the store's own value
+        assert all(e is None for _, e in c.history._entries)
+        shown = c.status()["migration_history"]
+        assert [e["seq"] for e in shown] == sorted((c.store.get(k)["seq"] for k in keys),
+                                                   reverse=True)
+        assert shown[0] == c.store.peek(max(keys)) and shown[0] is not c.store.peek(max(keys))
+        shown[0]["reason"] = "edited"  # a copy: the store and the next read keep theirs
+        assert c.status()["migration_history"][0]["reason"] != "edited"
+    again, _, _ = _open(d, clock, config=config)
+    with corekit.closing(again):
+        assert [e["seq"] for e in again.status()["migration_history"]] == [
+            e["seq"] for e in shown]
