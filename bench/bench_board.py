@@ -240,11 +240,16 @@ def string_cost(work: str) -> int:
 class Lab:
     """A mosquitto, an operator session and an observer of the board's reports (CPython)."""
 
-    def __init__(self, work: str) -> None:
+    def __init__(self, work: str, broker_extra: str = "allow_anonymous true\n",
+                 board_config: dict | None = None) -> None:
+        """broker_extra: more mosquitto config (bench board_tls: a TLS listener);
+        board_config: keys every board's config.json gets on top (its mqtts:// broker)."""
         from firmware_shim.mqtt_paho import MqttConfig, MqttLoop, PahoLink
         from tools.operator_cmd import OperatorClient
 
-        self.broker = Broker(os.path.join(work, "broker"), persist=False).start()
+        self.broker = Broker(os.path.join(work, "broker"), extra=broker_extra,
+                             persist=False).start()
+        self.board_config = board_config or {}
         self.fleet_key = P.new_fleet_key()
         self.loop = MqttLoop()
         self.statuses: list[dict] = []  # the boards' verified status reports
@@ -289,7 +294,8 @@ def boot_run(lab: Lab, out: str, heap: int | None = None, flag_commands: int = 0
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump({"device_id": device, "fleet": FLEET, "broker": lab.broker.url,
                    "key_file": "/device.key", "state_dir": "/state", "environment": "dev",
-                   "health_interval_ms": 3600000, "status_interval_ms": 3600000}, f)
+                   "health_interval_ms": 3600000, "status_interval_ms": 3600000,
+                   **lab.board_config}, f)
     shutil.rmtree(os.path.join(out, "state"), ignore_errors=True)
     argv = [micropython_binary()] + (["-X", "heapsize=%d" % heap] if heap else []) + ["main.py"]
     log_path = os.path.join(out, "board-%d.log" % lab.runs)

@@ -62,10 +62,11 @@ def _str(s):
 def _read_some(sock, buf):
     """Read what the socket has (at most len(buf) bytes) into buf -> the count, None if
     nothing yet. CPython's recv_into returns what is there; MicroPython's readinto waits
-    for the whole buffer on a blocking socket, so it reads non-blocking."""
-    recv_into = getattr(sock, "recv_into", None)
-    if recv_into is not None:
-        return recv_into(buf)
+    for the whole buffer on a blocking socket, so it reads non-blocking. MicroPython's
+    SSLSocket has a recv_into too, but it waits for the whole buffer as readinto does
+    (mqtts:// stalled until the connect timeout): readinto first, where there is one."""
+    if not hasattr(sock, "readinto"):  # CPython
+        return sock.recv_into(buf)
     sock.setblocking(False)
     try:
         return sock.readinto(buf)
