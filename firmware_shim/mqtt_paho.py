@@ -526,3 +526,18 @@ def free_port():
     port = s.getsockname()[1]
     s.close()
     return port
+
+
+def free_ports(n):
+    """n different free loopback TCP ports: each is held until all are chosen, so two
+    calls in a row cannot hand out the same one (free_port() twice can)."""
+    held = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            held.append(s)
+        return [s.getsockname()[1] for s in held]
+    finally:
+        for s in held:
+            s.close()

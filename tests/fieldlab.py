@@ -70,7 +70,7 @@ import time
 from typing import Any, Callable, NamedTuple
 
 from agent import protocol as P
-from firmware_shim.mqtt_paho import MQTT_5, MqttConfig, MqttLoop, PahoLink, free_port
+from firmware_shim.mqtt_paho import MQTT_5, MqttConfig, MqttLoop, PahoLink, free_ports
 from tests.agentkit import REPO, AgentProcess
 from tests.mqttkit import mosquitto_binary, unique
 from tools import broker_setup
@@ -169,11 +169,6 @@ class FieldLab:
                            hostnames=HOSTNAMES)
         self.ca = os.path.join(self.tmp, "ca.crt")
         shutil.copyfile(os.path.join(self.out, "ca.crt"), self.ca)
-        self.ports = {1883: free_port(), 1884: free_port(), 8883: free_port(), 8884: free_port()}
-        self.device_plain_url = "mqtt://127.0.0.1:%d" % self.ports[1883]
-        self.operator_plain_url = "mqtt://127.0.0.1:%d" % self.ports[1884]
-        self.device_url = "mqtts://127.0.0.1:%d" % self.ports[8883]
-        self.operator_url = "mqtts://127.0.0.1:%d" % self.ports[8884]
         self.conf_dir = conf_dir
         if client_certs:  # the option tls.conf documents: uncomment its two lines
             tls_conf = os.path.join(conf_dir, broker_setup.TLS_CONF_NAME)
@@ -184,7 +179,15 @@ class FieldLab:
                 text = text.replace("#" + line, line)
             with open(tls_conf, "w") as f:
                 f.write(text)
-        self._start_broker(conf_dir)
+        for attempt in range(3):
+            self._pick_ports()
+            try:
+                self._start_broker(conf_dir, fresh=attempt == 0)
+                break
+            except RuntimeError:
+                # another process took a chosen port between free_ports and mosquitto's bind
+                if attempt == 2 or "Address already in use" not in self.broker_log():
+                    raise
         # The operator's profile and state (sequence numbers), as `profile add` writes them.
         self.state_dir = os.path.join(self.tmp, "operator-state")
         self.profiles_file = os.path.join(self.tmp, "profiles.json")
@@ -199,6 +202,13 @@ class FieldLab:
         self.observer = _LabObserver(self)
 
     # -- the broker -----------------------------------------------------------
+    def _pick_ports(self) -> None:
+        self.ports = dict(zip((1883, 1884, 8883, 8884), free_ports(4)))
+        self.device_plain_url = "mqtt://127.0.0.1:%d" % self.ports[1883]
+        self.operator_plain_url = "mqtt://127.0.0.1:%d" % self.ports[1884]
+        self.device_url = "mqtts://127.0.0.1:%d" % self.ports[8883]
+        self.operator_url = "mqtts://127.0.0.1:%d" % self.ports[8884]
+
     def _start_broker(self, conf_dir: str, fresh: bool = True) -> None:
         persist = os.path.join(self.broker_dir, "persist")
         os.makedirs(persist, exist_ok=not fresh)
