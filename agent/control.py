@@ -237,21 +237,26 @@ class MigrationControl:
             "seq": self.seq})
         return self._result(entry)
 
-    def check_health_and_rollback(self):
-        """ok with the health figures, or an automatic one-stage rollback with the violations."""
+    def check_health_and_rollback(self, report=True):
+        """ok with the health figures, or an automatic one-stage rollback with the violations.
+
+        report=False (the agent's own periodic check, which only logs what it did):
+        an ok or inconclusive result leaves its figures out ("health": None)."""
         self._refresh_timers()
         now = self.clock.monotonic_ms()
         snapshot = self.health.snapshot(now)
         verdict = self._verdict(now, snapshot)
-        report = self._health_report(snapshot, verdict)
         self._note_verdict(now, verdict)
         if verdict["verdict"] == health_mod.INCONCLUSIVE:
             # No evidence either way: nothing is rolled back, and the stage's
             # monitoring time is extended by the time it stayed inconclusive.
-            return {"result": "inconclusive", "reason": verdict["reason"], "health": report}
+            return {"result": "inconclusive", "reason": verdict["reason"],
+                    "health": self._health_report(snapshot, verdict) if report else None}
         if verdict["healthy"]:
             self._forgive_proven_stage()
-            return {"result": "ok", "health": report}
+            return {"result": "ok",
+                    "health": self._health_report(snapshot, verdict) if report else None}
+        report = self._health_report(snapshot, verdict)
         violations = verdict["violations"]
         self.events.emit("health.violation", {"stage": self.stage, "violations": violations})
         if tr.automatic_rollback_target(self.stage) is None:
@@ -293,8 +298,9 @@ class MigrationControl:
         self._monitor_interval = None
         self._next_check = None
 
-    def poll(self):
-        """Run the health check if it is due; returns its result, or None."""
+    def poll(self, report=True):
+        """Run the health check if it is due; returns its result, or None (report: as
+        check_health_and_rollback's)."""
         self._refresh_timers()
         if self._monitor_interval is None:
             return None
@@ -302,7 +308,7 @@ class MigrationControl:
         if now < self._next_check:
             return None
         self._next_check = now + self._monitor_interval
-        return self.check_health_and_rollback()
+        return self.check_health_and_rollback(report)
 
     # -- flags and quarantine ----------------------------------------------
 

@@ -191,6 +191,13 @@ def _numbers(code, n, value):
     return array(code, [value] * n)
 
 
+def _numbers_of(latencies):
+    """latencies in the reservoir's own kind (an array slice takes only an array)."""
+    if array is None:
+        return list(latencies)
+    return array("f", latencies)
+
+
 class HealthWindow:
     """Outcomes per source in BUCKETS time buckets, and restarts in time order."""
 
@@ -256,6 +263,13 @@ class HealthWindow:
         per = src.per
         base = slot * per
         lat = src.lat
+        room = per - seen
+        if room > 0 and len(latencies) <= room:
+            # the usual case: every latency fits the bucket's free places, one copy
+            n = len(latencies)
+            lat[base + seen:base + seen + n] = _numbers_of(latencies)
+            src.seen[slot] = seen + n
+            return
         for latency_ms in latencies:
             seen += 1
             if seen <= per:
@@ -393,14 +407,11 @@ class HealthWindow:
         uniform = True   # every kept latency stands for one call
         outside = False  # a slot outside the window still holds latencies
         per = src.per
-        epoch = src.epoch
         seen_at = src.seen
-        for slot in range(BUCKETS):
-            number = epoch[slot]
-            seen = seen_at[slot]
+        for number, n_calls, n_errors, seen in zip(src.epoch, src.calls, src.errors, seen_at):
             if first <= number <= last and number != EMPTY:
-                calls += src.calls[slot]
-                errors += src.errors[slot]
+                calls += n_calls
+                errors += n_errors
                 if seen > per:
                     uniform = False
                 kept += seen
@@ -409,10 +420,12 @@ class HealthWindow:
         if uniform and pairs_out is None and not outside:
             # Only the window's latencies are in the reservoirs, every other place
             # is FREE and sorts last: one sort of the whole array, no gathering.
-            values = sorted(src.lat)
-            return self._figures(src, now_ms, calls, errors,
-                                 _tidy_or_none(percentile(values, 0.50, kept)),
-                                 _tidy_or_none(percentile(values, 0.95, kept)))
+            p50 = p95 = None
+            if kept:
+                values = sorted(src.lat)
+                p50 = _tidy(percentile(values, 0.50, kept))
+                p95 = _tidy(percentile(values, 0.95, kept))
+            return self._figures(src, now_ms, calls, errors, p50, p95)
         values = []
         lat = src.lat
         slots = self._live_slots(src, now_ms)
@@ -455,7 +468,6 @@ class HealthWindow:
 
     def snapshot(self, now_ms):
         """The figures for the window ending at now_ms, overall and per source."""
-        self.prune(now_ms)
         sources = {}
         # pairs for the overall p50/p95; with one source its own figures are those
         pairs = [] if len(self._sources) > 1 else None
@@ -543,10 +555,12 @@ def _violation(metric, value, limit, message, source):
 
 
 def _limits(thresholds, criteria):
-    limits = dict(thresholds)
     stage_limits = criteria or {}
+    limits = thresholds  # only read: copied when a stage tightens one
     for key in ("max_error_rate", "max_restarts_per_min", "max_latency_ratio"):
         if key in stage_limits:
+            if limits is thresholds:
+                limits = dict(thresholds)
             # A stage may only tighten the environment's thresholds.
             limits[key] = min(limits[key], stage_limits[key])
     return limits, stage_limits

@@ -314,7 +314,7 @@ class AgentRuntime:
         except Exception as exc:
             self._count_error("desired", exc)
         try:
-            result = self.control.poll()
+            result = self.control.poll(report=False)  # it only logs what the check did
             quiet = ("ok", "unhealthy", "inconclusive")
             if result is not None and result.get("result") not in quiet:
                 self.log(_health_line(result))

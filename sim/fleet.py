@@ -190,17 +190,18 @@ class SimDevice:
         if c is not None and control.stage >= c.from_stage:
             err, lat = c.error_rate, lat * c.latency_factor
         spread = traffic.latency_jitter * lat
+        low, width = lat - spread, 2 * spread
         rnd = self.traffic_rng.random
         # two draws per call, in call order (latency, then error): any batching, same calls
         draws = [rnd() for _ in range(2 * n)]
-        latencies = [lat + spread * (2 * d - 1) for d in draws[0::2]]
-        failed = [d < err for d in draws[1::2]]
+        latencies = [low + width * d for d in draws[0::2]]
         health = control.health
         bucket_ms = health.bucket_ms
         last = first + (n - 1) * gap
         if first // bucket_ms == last // bucket_ms:  # the usual case: one bucket
-            health.record_calls(n, failed.count(True), latencies, last)
+            health.record_calls(n, len([d for d in draws[1::2] if d < err]), latencies, last)
             return
+        failed = [d < err for d in draws[1::2]]
         done = 0
         while done < n:
             t = first + done * gap
