@@ -519,10 +519,37 @@ class MqttLoop:
         self._sel.close()
 
 
-def free_port():
-    """A free loopback TCP port (for tests and the bench, which start their own broker)."""
+def _below_ephemeral():
+    """(low, high) of ports under the kernel's ephemeral range, or None off Linux.
+    Outgoing connections take ephemeral ports, so a port chosen there can be taken by
+    any client between our check and the broker's bind; a port below it cannot."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return (10000, low) if low > 12000 else None
+
+
+def _bound_socket():
+    """A socket bound to a free loopback port: a random one below the ephemeral range
+    when there is one, else one the kernel picks."""
+    span = _below_ephemeral()
+    for _ in range(200 if span else 0):
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", random.randrange(*span)))
+            return s
+        except OSError:
+            s.close()
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
+    return s
+
+
+def free_port():
+    """A free loopback TCP port (for tests and the bench, which start their own broker)."""
+    s = _bound_socket()
     port = s.getsockname()[1]
     s.close()
     return port
@@ -530,13 +557,11 @@ def free_port():
 
 def free_ports(n):
     """n different free loopback TCP ports: each is held until all are chosen, so two
-    calls in a row cannot hand out the same one (free_port() twice can)."""
-    held = []
+    calls in a row cannot hand out the same one."""
+    held: list[socket.socket] = []
     try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            held.append(s)
+        while len(held) < n:
+            held.append(_bound_socket())
         return [s.getsockname()[1] for s in held]
     finally:
         for s in held:
