@@ -37,6 +37,32 @@ def test_memfs_loses_unsynced_bytes_but_keeps_a_torn_write():
     assert fs.read_bytes("/s/log") == b"abcxy"
 
 
+def test_memfs_keeps_the_synced_bytes_when_a_file_is_rewritten_or_replaced():
+    # The durable part of a file that only grew is a length into the file itself;
+    # rewriting the file (open_write) or renaming another over it must keep the old
+    # synced bytes for a power cut, as flash would.
+    fs = MemFS()
+    f = fs.open_append("/s/log")
+    fs.write(f, b"old")
+    fs.fsync(f)
+    fs.open_write("/s/log")  # truncated, nothing synced since
+    fs.power_cut()
+    assert fs.read_bytes("/s/log") == b"old"
+    tmp = fs.open_write("/s/tmp")
+    fs.write(tmp, b"new")
+    fs.rename("/s/tmp", "/s/log")  # not synced: the cut brings the old bytes back
+    fs.power_cut()
+    assert fs.read_bytes("/s/log") == b"old" and fs.read_bytes("/s/tmp") is None
+    tmp = fs.open_write("/s/tmp")
+    fs.write(tmp, b"newer")
+    fs.fsync(tmp)
+    fs.rename("/s/tmp", "/s/log")
+    log = fs.open_append("/s/log")
+    fs.write(log, b"+lost")
+    fs.power_cut()
+    assert fs.read_bytes("/s/log") == b"newer"
+
+
 def test_unknown_profile_is_refused():
     with pytest.raises(ValueError):
         profile("nope")

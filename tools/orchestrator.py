@@ -60,6 +60,9 @@ from tools.waves import DeviceInfo, Threshold, WaveResult, WaveSpec
 STATE_VERSION = 1
 EMERGENCY_EVENT = "migration.emergency_rollback"
 ROLLBACK_EVENT = "migration.rollback"
+STATUS_KEPT = ("stage", "online")  # of a status, what the judging reads (and "health")
+ACK_KEPT = ("result", "reason")
+HEALTH_KEPT = ("samples", "error_rate", "latency_p50", "latency_p95", "performance_impact")
 
 # phases of the cursor (stage, wave): a table of what each waits for
 SEND, ACKS, RETAIN, SOAK = "send", "acks", "retain", "soak"
@@ -140,6 +143,9 @@ class Orchestrator:
                  state: dict | None = None) -> None:
         self.spec = spec
         self.devices = dict(devices)
+        # device -> what it judges of the device's latest status (STATUS_KEPT, the
+        # health figures of HEALTH_KEPT and extra.guard_seq as "guard_seq"): at 10^6
+        # devices a whole decoded status each would be ~12 GB
         self.status: dict[str, dict] = {}
         self.acks: dict[str, dict[str, dict]] = {}      # command key -> device -> ack
         self.auto_rollbacks: dict[str, tuple[int, str]] = {}  # device -> (from stage, why)
@@ -225,12 +231,23 @@ class Orchestrator:
                 self._preempt("%s applied operator command %s (seq %d), which this rollout "
                               "did not send" % (device, ack.get("id"), seq), now)
             return
-        self.acks.setdefault(key, {}).setdefault(device, dict(ack))
+        got = self.acks.setdefault(key, {})
+        if device not in got:  # the first counts (QoS 1 may repeat it); what judging reads
+            got[device] = {k: ack[k] for k in ACK_KEPT if k in ack}
 
     def on_status(self, device: str, status: Mapping, now: float) -> None:
-        merged = dict(self.status.get(device, {}))
-        merged.update(status)
-        self.status[device] = merged
+        kept = self.status.get(device)
+        if kept is None:
+            kept = self.status[device] = {}
+        for k in STATUS_KEPT:
+            if k in status:
+                kept[k] = status[k]
+        health = status.get("health")
+        if isinstance(health, Mapping):
+            kept["health"] = {k: health[k] for k in HEALTH_KEPT if k in health}
+        extra = status.get("extra")
+        if isinstance(extra, Mapping) and "guard_seq" in extra:
+            kept["guard_seq"] = extra["guard_seq"]
 
     def on_event(self, device: str, name: str, payload: Mapping, now: float) -> None:
         if device not in self.devices:
@@ -422,8 +439,7 @@ class Orchestrator:
         # A status written after the device applied this command (or a later one of
         # ours) carries a guard seq at or above the command's: only such a status can
         # prove a lost ack, or show a stage it dropped to by itself.
-        extra = st.get("extra")
-        guard = extra.get("guard_seq") if isinstance(extra, dict) else None
+        guard = st.get("guard_seq")
         fresh = isinstance(guard, int) and cmd.get("seq") is not None and guard >= cmd["seq"]
         took = ack is not None or (fresh and stage == self.stage)
         if took:
