@@ -18,6 +18,17 @@ def _cli(*args):
                           capture_output=True, text=True, timeout=120)
 
 
+def _device_key_file(fleet_key, device_id):
+    return P.format_key_file(P.derive_device_key(fleet_key, device_id), "device", device_id)
+
+
+def _board_config(path, device_id):
+    path.write_text(json.dumps({
+        "device_id": device_id, "fleet": "f", "broker": "mqtt://10.0.0.2:1883",
+        "key_file": "/device.key", "state_dir": "/state", "environment": "prod"}))
+    return str(path)
+
+
 def test_install_writes_a_valid_config_key_and_unit(tmp_path):
     key = tmp_path / "gw7.key"
     key.write_bytes(P.format_key_file(P.derive_device_key(P.new_fleet_key(), "gw7"), "device",
@@ -52,7 +63,7 @@ def test_bundle_holds_bytecode_config_and_key(tmp_path):
     cfg = {"device_id": "b1", "fleet": "f", "broker": "mqtt://10.0.0.2:1883",
            "key_file": "/device.key", "state_dir": "/state", "environment": "prod"}
     (tmp_path / "c.json").write_text(json.dumps(cfg))
-    (tmp_path / "d.key").write_bytes(b"k")
+    (tmp_path / "d.key").write_bytes(_device_key_file(P.new_fleet_key(), "b1"))
     out = tmp_path / "out"
     r = _cli("bundle", "--out", str(out), "--config", str(tmp_path / "c.json"),
              "--key", str(tmp_path / "d.key"))
@@ -77,3 +88,52 @@ def test_bundle_refuses_a_bytecode_version_it_cannot_make_in_one_line(tmp_path):
         assert r.returncode == 2 and says in r.stderr, (args, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_bundle_refuses_a_key_that_is_not_the_boards_own_before_writing_anything(tmp_path):
+    """The README's Security section: each device holds only its own key. bundle refuses
+    the fleet key, another device's key, a bare key and a missing file as `install` does:
+    one line saying what to do, exit 2, no output folder (nothing half-built to flash)."""
+    fleet_key = P.new_fleet_key()
+    (tmp_path / "fleet.key").write_bytes(P.format_key_file(fleet_key, "fleet"))
+    (tmp_path / "gw-0042.key").write_bytes(_device_key_file(fleet_key, "gw-0042"))
+    (tmp_path / "bare.key").write_bytes(P.derive_device_key(fleet_key, "gw-0043"))
+    (tmp_path / "junk.key").write_bytes(b"k")
+    cfg42 = _board_config(tmp_path / "gw-0042.json", "gw-0042")
+    cfg43 = _board_config(tmp_path / "gw-0043.json", "gw-0043")
+    out = tmp_path / "board2"
+    keygen = "fleetstage keygen --device %s --fleet-key FLEET.key --out %s.key"
+    for config, key, says in (
+            (cfg42, "fleet.key", "is the FLEET key"),
+            (None, "fleet.key", "is the FLEET key"),
+            (cfg43, "gw-0042.key", "is the key of device 'gw-0042', not of 'gw-0043'"),
+            (cfg43, "bare.key", "names no device"),
+            (cfg43, "junk.key", "is not a fleetstage key file"),
+            (cfg43, "nope.key", "cannot read --key %s: No such file or directory"
+             % (tmp_path / "nope.key"))):
+        args = ["bundle", "--out", str(out) + "/", "--key", str(tmp_path / key)]
+        r = _cli(*args, *(["--config", config] if config else []))
+        assert r.returncode == 2, (key, r.stdout, r.stderr)
+        assert says in r.stderr, (key, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+        if config and key != "junk.key":  # what to do: the device's own key, by name
+            assert keygen % ("gw-0043", "gw-0043") in r.stderr or \
+                keygen % ("gw-0042", "gw-0042") in r.stderr, r.stderr
+        assert not out.exists(), key
+    # the device's own key, and without --config any device key file, still bundle
+    r = _cli("bundle", "--out", str(out), "--source", "--key", str(tmp_path / "gw-0042.key"))
+    assert r.returncode == 0, r.stderr
+    assert (out / "device.key").read_bytes() == (tmp_path / "gw-0042.key").read_bytes()
+
+
+def test_bundle_romfs_prints_the_image_path_without_a_double_slash(tmp_path):
+    fleet_key = P.new_fleet_key()
+    (tmp_path / "gw-0042.key").write_bytes(_device_key_file(fleet_key, "gw-0042"))
+    out = str(tmp_path / "boardr") + "/"
+    r = _cli("bundle", "--out", out, "--romfs", "--config",
+             _board_config(tmp_path / "gw-0042.json", "gw-0042"),
+             "--key", str(tmp_path / "gw-0042.key"))
+    assert r.returncode == 0, r.stderr
+    image = os.path.join(str(tmp_path / "boardr"), "code.romfs")
+    assert "romfs deploy %s " % image in r.stdout, r.stdout
+    assert "//" not in r.stdout and os.path.getsize(image) > 0

@@ -21,7 +21,9 @@ import sys
 import tempfile
 from typing import Callable
 
+from agent import protocol as P
 from tools.board_profile import pool_texts, shake
+from tools.install_cmd import InstallError, check_device_key
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("agent", "firmware_shim")
@@ -220,16 +222,43 @@ def bundle(out_dir: str, compile_mpy: bool = True, config: str | None = None,
     return written
 
 
+def check_key(path: str, device_id: str | None) -> None:
+    """The key a board gets is its own device key: the fleet key or another device's is
+    refused as `fleetstage install` refuses it (tools/install_cmd.py), before anything is
+    written. Without --config (no device id to hold it to) any device's key file passes;
+    the fleet key, a bare key (it names no device) and what is no key file are refused."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        who = device_id or "ID"
+        raise BundleError("cannot read --key %s: %s (give the device's key file, made with "
+                          "fleetstage keygen --device %s --fleet-key FLEET.key --out %s.key)"
+                          % (path, exc.strerror, who, who)) from None
+    if device_id is None:  # no config to hold it to: a device key names its own device
+        try:
+            device_id = P.parse_key_file(data).device_id
+        except P.ProtocolError:
+            pass  # check_device_key says what it is
+    try:
+        check_device_key(data, device_id or "ID", path)
+    except InstallError as exc:
+        raise BundleError(str(exc)) from None
+
+
 def _run(args: argparse.Namespace) -> int:
+    device_id = None
     if args.config:
         from agent.agent_config import ConfigError, load_config
         from firmware_shim.files import FileSystem
         try:
-            load_config(args.config, FileSystem())
+            device_id = load_config(args.config, FileSystem()).device_id
         except ConfigError as exc:
             print("fleetstage bundle: %s" % exc, file=sys.stderr)
             return 2
     try:
+        if args.key:
+            check_key(args.key, device_id)
         version = args.mpy_version
         if args.micropython:
             version = mpy_version_for(args.micropython)
@@ -249,8 +278,8 @@ def _run(args: argparse.Namespace) -> int:
     top = sorted({path.split("/")[0] for path, _ in written} - {ROMFS_IMAGE})
     print("copy it to the board (PORT: e.g. /dev/ttyACM0):")
     if args.romfs:
-        print("  mpremote connect PORT romfs deploy %s/%s   (MicroPython 1.25+)" % (
-            args.out, ROMFS_IMAGE))
+        print("  mpremote connect PORT romfs deploy %s   (MicroPython 1.25+)" %
+              os.path.join(args.out, ROMFS_IMAGE))
     print("  cd %s && mpremote connect PORT fs cp -r %s :" % (args.out, " ".join(top)))
     print("  mpremote connect PORT reset")
     print("or run it here on the unix port:  cd %s && micropython main.py" % args.out)

@@ -115,9 +115,14 @@ def check_device_key(data: bytes, device_id: str, path: str) -> None:
         raise InstallError(f"--key {path} is the FLEET key: a gateway holds only its own "
                            f"device key (fleetstage keygen --device {device_id} --fleet-key "
                            f"FLEET.key --out {device_id}.key)")
+    if info.kind != "device":
+        raise InstallError(f"--key {path} is a bare key that names no device: give it this "
+                           f"device's key file (fleetstage keygen --device {device_id} "
+                           f"--fleet-key FLEET.key --out {device_id}.key)")
     if info.device_id != device_id:
         raise InstallError(f"--key {path} is the key of device {info.device_id!r}, not of "
-                           f"{device_id!r}")
+                           f"{device_id!r}: give it {device_id}'s own key (fleetstage keygen "
+                           f"--device {device_id} --fleet-key FLEET.key --out {device_id}.key)")
 
 
 def service_user(name: str, create: bool) -> tuple[int, int] | None:
