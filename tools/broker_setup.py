@@ -6,7 +6,9 @@
 
 devices.json: {"gw-0042": {"groups": ["line-a"], "password": "..."}, ...}; a
 device without "password" gets a random one, written to
-OUT/device-passwords/<id> (mode 0600, root) to copy onto that device.
+OUT/device-passwords/<id> (mode 0600, root) to copy onto that device. That file
+stays the source of truth: a re-run (after adding a device) reads it back, so
+only new devices get a new password and no device is locked out.
 
 Writes into OUT: fleetstage.acl, devices.passwd (device logins only) and
 operators.passwd (the operator login only), and with --tls ca.crt, ca.key
@@ -34,7 +36,7 @@ import subprocess
 import sys
 import tempfile
 
-from agent.agent_config import ConfigError
+from agent.agent_config import ConfigError, check_name
 from tools.keygen import write_private_file
 from tools.mosquitto_acl import OPERATOR, render_acl, render_passwords
 
@@ -146,6 +148,10 @@ def load_inventory(path: str) -> dict[str, dict]:
     if not isinstance(data, dict) or not data:
         raise SetupError(f"{path}: expected {{\"device-id\": {{\"groups\": [...]}}, ...}}")
     for device, spec in data.items():
+        try:
+            check_name("device id", device)
+        except ConfigError as exc:
+            raise SetupError(f"{path}: device id {device!r}: {exc.why}") from None
         if not isinstance(spec, dict):
             raise SetupError(f"{path}: entry {device!r} must be an object")
         groups = spec.get("groups", [])
@@ -155,6 +161,41 @@ def load_inventory(path: str) -> dict[str, dict]:
         if pw is not None and (not isinstance(pw, str) or not pw):
             raise SetupError(f"{path}: {device}.password must be a non-empty string")
     return data
+
+
+PASSWORDS_DIR = "device-passwords"
+
+
+def device_passwords(devices: dict[str, dict], out_dir: str) -> tuple[dict[str, str], list[str]]:
+    """Each device's broker password and the password files written.
+
+    devices.json's "password" when given; else OUT/device-passwords/<id> from an earlier
+    run (read back: a re-run must not lock out a device that has its password already);
+    else a new random one, written there (mode 0600, never over an existing file)."""
+    pw_dir = os.path.join(out_dir, PASSWORDS_DIR)
+    passwords, written = {}, []
+    for d, spec in devices.items():
+        if spec.get("password"):
+            passwords[d] = spec["password"]
+            continue
+        path = os.path.join(pw_dir, d)
+        try:
+            with open(path) as f:
+                kept = f.read().strip()
+        except FileNotFoundError:
+            kept = None
+        except OSError as exc:
+            raise SetupError(f"cannot read {path}: {exc.strerror}") from None
+        if kept == "":
+            raise SetupError(f"{path} is empty: delete it to give {d} a new password")
+        if kept is not None:
+            passwords[d] = kept
+            continue
+        passwords[d] = secrets.token_urlsafe(18)
+        os.makedirs(pw_dir, mode=0o700, exist_ok=True)
+        write_private_file(path, (passwords[d] + "\n").encode(), 0o600, replace=False)
+        written.append(path)
+    return passwords, written
 
 
 def setup(fleet: str, devices: dict[str, dict], operator_password: str, out_dir: str,
@@ -172,15 +213,7 @@ def setup(fleet: str, devices: dict[str, dict], operator_password: str, out_dir:
     groups = {d: spec.get("groups", []) for d, spec in devices.items()}
     if operator in devices:
         raise SetupError(f"a device may not be called {operator!r}")
-    passwords = {}
-    generated = []
-    for d, spec in devices.items():
-        if spec.get("password"):
-            passwords[d] = spec["password"]
-        else:
-            passwords[d] = secrets.token_urlsafe(18)
-            generated.append(d)
-    written = []
+    passwords, written = device_passwords(devices, out_dir)
     acl_path = os.path.join(out_dir, "fleetstage.acl")
     _write(acl_path, render_acl(fleet, groups, operator).encode(), 0o600, owner)
     dev_pw = os.path.join(out_dir, "devices.passwd")
@@ -189,13 +222,6 @@ def setup(fleet: str, devices: dict[str, dict], operator_password: str, out_dir:
     _write(op_pw, render_passwords({operator: operator_password}, iterations).encode(), 0o600,
            owner)
     written += [acl_path, dev_pw, op_pw]
-    if generated:
-        pw_dir = os.path.join(out_dir, "device-passwords")
-        os.makedirs(pw_dir, mode=0o700, exist_ok=True)
-        for d in generated:
-            path = os.path.join(pw_dir, d)
-            write_private_file(path, (passwords[d] + "\n").encode(), 0o600)
-            written.append(path)
     if tls:
         written += make_pki(out_dir, list(hostnames or []), owner)
     if conf_dir:

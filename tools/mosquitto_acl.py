@@ -8,15 +8,16 @@ writes). Must never print or log a password.
 
     fleetstage mosquitto-acl --fleet F --devices devices.json --out DIR
 
-devices.json: {"device-id": {"groups": ["g1"], "password": "..."}, ...} plus
-an "operator" password given by --operator-password-file. Files are written
+devices.json: {"device-id": {"groups": ["g1"], "password": "..."}, ...} (read as
+broker-setup reads it: a device without "password" keeps the one in
+DIR/device-passwords/<id> or gets a new random one written there) plus an
+"operator" password given by --operator-password-file. Files are written
 mode 0600 as fleetstage.acl, devices.passwd and operators.passwd (the names the
 shipped mosquitto.conf uses); `fleetstage broker-setup` writes the same files
 with the ownership mosquitto needs, plus TLS and the config.
 """
 import base64
 import hashlib
-import json
 import os
 import sys
 
@@ -110,27 +111,39 @@ def write_fleet_auth(out_dir, fleet, devices, operator_password, iterations=101,
 
 
 def _run(args):
+    from tools.broker_setup import SetupError, device_passwords, load_inventory
     try:
-        with open(args.devices) as f:
-            devices = json.load(f)
+        if not os.path.exists(args.devices):
+            raise FileNotFoundError(2, "No such file or directory", args.devices)
+        devices = load_inventory(args.devices)
         with open(args.operator_password_file) as f:
             operator_password = f.read().strip()
-        written = write_fleet_auth(args.out, args.fleet, devices, operator_password,
+        if not operator_password:
+            raise SetupError(f"{args.operator_password_file} is empty")
+        if args.operator_user in devices:
+            raise SetupError(f"a device may not be called {args.operator_user!r}")
+        os.makedirs(args.out, exist_ok=True)
+        passwords, generated = device_passwords(devices, args.out)
+        specs = {d: {"groups": spec.get("groups", []), "password": passwords[d]}
+                 for d, spec in devices.items()}
+        written = write_fleet_auth(args.out, args.fleet, specs, operator_password,
                                    operator=args.operator_user)
     except OSError as exc:
         print(f"fleetstage mosquitto-acl: {exc.filename}: {exc.strerror}", file=sys.stderr)
         return 2
-    except (ValueError, KeyError, ConfigError) as exc:
+    except (ValueError, SetupError, ConfigError) as exc:
         print(f"fleetstage mosquitto-acl: {exc}", file=sys.stderr)
         return 2
-    print("wrote " + ", ".join(written) + " (fleetstage broker-setup also sets their owner)")
+    print("wrote " + ", ".join([*written, *generated])
+          + " (fleetstage broker-setup also sets their owner)")
     return 0
 
 
 def register(sub):
     p = sub.add_parser("mosquitto-acl", help="generate a mosquitto ACL + password file for a fleet")
     p.add_argument("--fleet", required=True)
-    p.add_argument("--devices", required=True, help="JSON: {id: {groups: [...], password: ...}}")
+    p.add_argument("--devices", required=True,
+                   help="JSON: {id: {groups: [...], password: ...}} (as broker-setup reads it)")
     p.add_argument("--operator-password-file", required=True)
     p.add_argument("--out", required=True, help="directory for fleetstage.acl/.passwd")
     p.add_argument("--operator-user", default=OPERATOR,
