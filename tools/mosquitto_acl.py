@@ -23,6 +23,7 @@ import sys
 
 from agent import protocol as P
 from agent.agent_config import ConfigError, check_name
+from tools.fleet_inventory import SetupError, device_passwords, load_inventory
 from tools.keygen import write_private_file
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -111,7 +112,6 @@ def write_fleet_auth(out_dir, fleet, devices, operator_password, iterations=101,
 
 
 def _run(args):
-    from tools.broker_setup import SetupError, device_passwords, load_inventory
     try:
         if not os.path.exists(args.devices):
             raise FileNotFoundError(2, "No such file or directory", args.devices)
