@@ -11,6 +11,7 @@ import os
 import sys
 
 from agent import protocol as P
+from agent.agent_config import ConfigError, check_name
 
 
 class KeygenError(Exception):
@@ -79,6 +80,11 @@ def read_key_file(path):
 def _run(args):
     try:
         if args.device:
+            try:  # the id the agent's config and broker-setup accept, nothing else
+                check_name("device_id", args.device)
+            except ConfigError as exc:
+                raise KeygenError(f"--device {args.device!r}: {exc.why} (use the device_id "
+                                  "of the agent's config)") from None
             if not args.fleet_key:
                 raise KeygenError("--device needs --fleet-key FILE")
             info = read_key_file(args.fleet_key)

@@ -579,6 +579,19 @@ def _stage(max_stage=P.MAX_STAGE, low=0):
     return parse
 
 
+def number_at_least(low, kind=int, unit=""):
+    """An argparse type: a finite number >= low (a negative or NaN is a mistake)."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not value >= low or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"must be a number >= {low}{unit}, not {text}")
+        return value
+    return parse
+
+
 def _seq(args):
     """fleetstage seq: show this operator's last sequence number, or move it past N."""
     try:
@@ -600,8 +613,8 @@ def register(sub):
     profile.add_profile_option(p)
     p.add_argument("--fleet")
     p.add_argument("--state-dir")
-    p.add_argument("--after", type=int, help="move past N (a guard another operator's "
-                   "fast clock left ahead); refused beyond 30 days past this clock")
+    p.add_argument("--after", type=number_at_least(0), help="move past N (a guard another "
+                   "operator's fast clock left ahead); refused beyond 30 days past this clock")
     p.set_defaults(handler=_seq)
     p = sub.add_parser("publish-stage", help="move devices to stage N (signed, waits for acks)")
     p.add_argument("stage", type=_stage(low=1))

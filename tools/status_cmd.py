@@ -34,6 +34,7 @@ from tools.operator_cmd import (
     OperatorError,
     add_connection_options,
     connect_failure,
+    number_at_least,
     read_fleet_key,
     read_inventory,
     read_secret,
@@ -374,7 +375,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--repair", action="store_true",
                        help="republish this operator's own last desired state where a "
                             "retained one was replaced")
-        p.add_argument("--stale-after", type=float, default=STALE_AFTER_S,
+        p.add_argument("--stale-after", type=number_at_least(0, float, " seconds"),
+                       default=STALE_AFTER_S,
                        help="an online status older than this many seconds is STALE "
                             "(default 180: three of the agent's default status intervals)")
         if name == "watch":
