@@ -88,3 +88,38 @@ def test_item6_target_that_matches_no_known_device_retains_nothing(field_lab):
     done = lab.cli("status", "--fleet", "wrong-fleet")
     assert done.returncode == 1 and "check the fleet name" in done.stdout, done.stdout
     assert _retained_desired(lab) == before
+
+
+def test_item6_unknown_device_target_is_refused_at_once_with_exit_2(field_lab):
+    """README, Security: a target no device of the fleet has reported from exits 2 and
+    retains nothing. `--target device:ID` used to wait out the whole timeout and exit 3.
+    With the inventory (profile "lab") an id it does not list is refused before anything
+    is sent; without one (profile "lab-discovery") an id with no retained status is.
+    --timeout 600 with the process given 60 s: waiting out the timeout fails the test."""
+    lab = field_lab(devices=["gw-1", "gw-2"])
+    before = _up(lab)
+    for profile, says in (("lab", "device gw-9999 is not in the fleet inventory"),
+                          ("lab-discovery", "no device gw-9999 has reported in fleet")):
+        for cmd in (("publish-stage", "1"), ("emergency-rollback", "--reason", "typo"),
+                    ("rollback", "0")):
+            done = lab.cli(*cmd, "--profile", profile, "--target", "device:gw-9999",
+                           "--timeout", "600", timeout=60)
+            err = done.stderr.strip()
+            assert done.returncode == 2, (profile, cmd, done.stdout, err)
+            assert len(err.splitlines()) == 1 and says in err and "Traceback" not in err, err
+            assert done.stdout == "", done.stdout  # no ack table: nothing was sent
+    assert _retained_desired(lab) == before
+    # The way out the discovery message names: --devices sends to an id nobody has
+    # seen (a device not booted yet); it stays silent (exit 3) and nothing is retained.
+    done = lab.cli("publish-stage", "1", "--profile", "lab-discovery", "--target",
+                   "device:gw-9999", "--devices", "gw-9999", "--timeout", "2", "--json")
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert json.loads(done.stdout)["desired_id"] is None
+    assert _retained_desired(lab) == before
+    # A device that has reported is targeted in either mode as before.
+    for profile, stage in (("lab", "1"), ("lab-discovery", "2")):
+        done = lab.cli("publish-stage", stage, "--profile", profile, "--target",
+                       "device:gw-2", "--timeout", "20", "--json")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert json.loads(done.stdout)["devices"]["gw-2"]["result"] == "applied"
+    assert lab.wait_stage("gw-2", 2)["stage"] == 2 and lab.status_of("gw-1")["stage"] == 0

@@ -136,14 +136,19 @@ class OperatorClient:
         self.loop.run_until(lambda: not self.link.pending_out(), 2.0)
         self.link.close()
 
-    def discover(self, quiet_s=0.3, timeout=3.0, expect=None):
-        """Collect retained statuses until none arrive for quiet_s (or `expect` are known)."""
+    def discover(self, quiet_s=0.3, timeout=3.0, expect=None, device=None):
+        """Collect retained statuses until none arrive for quiet_s (or `expect` are known,
+        or until `device` is known: then the whole timeout if it never reports)."""
         deadline = time.monotonic() + timeout
         last_count, last_change = -1, time.monotonic()
         while time.monotonic() < deadline:
             self.loop.run_once(0.05)
             if len(self.online) != last_count:
                 last_count, last_change = len(self.online), time.monotonic()
+            if device is not None:
+                if device in self.online:
+                    break
+                continue
             if expect is not None and len(self.online) >= expect:
                 break
             if expect is None and time.monotonic() - last_change >= quiet_s:
@@ -263,7 +268,7 @@ class OperatorClient:
             return sorted(set(devices))
         kind, name = P.parse_target(target)
         if kind == "device" and expect in (None, 1):
-            return [name]
+            return [self._target_device(name)]
         self.discover(expect=expect)
         found = P.select_devices(target, self.inventory)
         if not found:
@@ -271,6 +276,24 @@ class OperatorClient:
                                 "check the fleet name (--fleet), or pass --devices / --expect "
                                 "(devices announce themselves with a retained status)")
         return found
+
+    def _target_device(self, name):
+        """`--target device:NAME` names a device of this fleet, or is refused at once (a
+        typo must not wait out the timeout): one the inventory lists (it may be offline
+        or not booted yet: then it is silent, exit 3), or without an inventory one that
+        has reported (a retained status)."""
+        if self.authoritative:
+            if name not in self.inventory:
+                raise OperatorError(f"device {name} is not in the fleet inventory: check the "
+                                    "id, or add the device to the inventory (devices.json) "
+                                    "and rerun fleetstage broker-setup")
+            return name
+        self.discover(device=name)
+        if not self.known(name):
+            raise OperatorError(f"no device {name} has reported in fleet {self.fleet}: check "
+                                "the id and the fleet name (--fleet), or pass --devices "
+                                f"{name} to send to it anyway")
+        return name
 
     def send(self, op, args, target, devices):
         """Publish the signed command (QoS 1); returns the Outcome that collects its acks.
