@@ -85,14 +85,17 @@ def test_item10_shipped_config_starts_as_shipped_after_one_setup_command(tmp_pat
 
 def test_item10_profile_keeps_daily_commands_short(tmp_path):
     env = dict(os.environ, FLEETSTAGE_PROFILES=str(tmp_path / "p.json"))
+    key = tmp_path / "fleet.key"
+    assert _cli("keygen", "--out", str(key)).returncode == 0
     done = _cli("profile", "add", "plant1", "--broker", "mqtt://127.0.0.1:1", "--fleet",
-                "plant1", "--key", "fleet.key", "--username", "operator", env=env)
+                "plant1", "--key", str(key), "--username", "operator", env=env)
     assert done.returncode == 0, done.stderr
     assert stat.S_IMODE(os.stat(tmp_path / "p.json").st_mode) == 0o600
     shown = json.loads(_cli("profile", "show", env=env).stdout)
     assert shown["broker"] == "mqtt://127.0.0.1:1" and shown["key"].endswith("/fleet.key")
     assert "plant1" in _cli("profile", "list", env=env).stdout
-    # The profile's key is used: its absence is one line naming it.
+    # The profile's key is used: its absence (removed after the add) is one line naming it.
+    key.unlink()
     done = _cli("status", env=env)
     assert done.returncode == 2 and "cannot read the key file" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1

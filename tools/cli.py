@@ -68,6 +68,10 @@ def build_parser(only=None):
     return parser
 
 
+def _subparsers(parser):
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "sim" and "sim.cli" not in plugin_command_modules():
@@ -76,7 +80,12 @@ def main(argv=None):
               file=sys.stderr)
         return 2
     parser = build_parser(RESIDENT_COMMANDS.get(argv[0]) if argv else None)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # argparse reports leftovers from the top parser ("fleetstage: unrecognized
+        # arguments"): name the subcommand the user ran, so the hint points at its --help
+        command = _subparsers(parser).choices.get(getattr(args, "command", None) or "")
+        (command or parser).error("unrecognized arguments: " + " ".join(extra))
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2

@@ -210,6 +210,10 @@ def _install(args: argparse.Namespace) -> list[str]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.enable and os.path.abspath(args.root) != "/":
+        print("fleetstage install: --enable needs --root / (drop --enable to write under "
+              f"{args.root})", file=sys.stderr)
+        return 2
     try:
         written = _install(args)
     except InstallError as exc:
@@ -222,9 +226,6 @@ def _run(args: argparse.Namespace) -> int:
     for path in written:
         print("wrote " + path)
     if args.enable:
-        if os.path.abspath(args.root) != "/":
-            print("fleetstage install: --enable needs --root /", file=sys.stderr)
-            return 2
         for cmd in (["systemctl", "daemon-reload"],
                     ["systemctl", "enable", "--now", "fleetstage-agent"]):
             if subprocess.run(cmd).returncode:

@@ -602,15 +602,17 @@ def _stage(max_stage=P.MAX_STAGE, low=0):
     return parse
 
 
-def number_at_least(low, kind=int, unit=""):
-    """An argparse type: a finite number >= low (a negative or NaN is a mistake)."""
+def number_at_least(low, kind=int, unit="", strict=False):
+    """An argparse type: a finite number >= low (> low when strict; a negative or NaN is
+    a mistake)."""
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not value >= low or value == float("inf"):
-            raise argparse.ArgumentTypeError(f"must be a number >= {low}{unit}, not {text}")
+        if not (value > low if strict else value >= low) or value == float("inf"):
+            op = ">" if strict else ">="
+            raise argparse.ArgumentTypeError(f"must be a number {op} {low}{unit}, not {text}")
         return value
     return parse
 

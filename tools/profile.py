@@ -19,6 +19,7 @@ import json
 import os
 import sys
 
+from firmware_shim.mqtt_paho import MqttConfigError, parse_broker_url
 from tools.keygen import write_private_file
 
 FIELDS = ("broker", "fleet", "key", "username", "password_file", "ca", "cert", "client_key",
@@ -115,6 +116,13 @@ def _run(args: argparse.Namespace) -> int:
                     prof[k] = os.path.abspath(os.path.expanduser(prof[k]))
             if "broker" not in prof or "fleet" not in prof or "key" not in prof:
                 raise ProfileError("a profile needs --broker, --fleet and --key")
+            try:
+                parse_broker_url(prof["broker"])
+            except MqttConfigError as exc:
+                raise ProfileError(f"--broker: {exc}") from None
+            if not os.path.isfile(prof["key"]):
+                raise ProfileError(f"--key {prof['key']}: no such file (make one with "
+                                   "`fleetstage keygen`, or give the fleet key's path)")
             data["profiles"][args.name] = prof
             if args.make_default or not data.get("default"):
                 data["default"] = args.name

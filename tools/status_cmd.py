@@ -375,7 +375,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--repair", action="store_true",
                        help="republish this operator's own last desired state where a "
                             "retained one was replaced")
-        p.add_argument("--stale-after", type=number_at_least(0, float, " seconds"),
+        p.add_argument("--stale-after", type=number_at_least(0, float, " seconds", strict=True),
                        default=STALE_AFTER_S,
                        help="an online status older than this many seconds is STALE "
                             "(default 180: three of the agent's default status intervals)")
