@@ -34,6 +34,7 @@ from firmware_shim.mqtt_paho import (
 )
 from tools import profile
 from tools.bucketing import MAX_MACS, Buckets, plan_addressing
+from tools.fleet_inventory import SetupError, load_inventory
 from tools.operator_seq import MemorySeq, SeqError, SeqStore, default_state_dir
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
@@ -460,25 +461,15 @@ def read_fleet_key(path):
 
 
 def read_inventory(path):
-    """{device: [groups]} from the fleet inventory (the devices.json of broker-setup)."""
+    """{device: [groups]} from the fleet inventory (the devices.json of broker-setup),
+    checked as broker-setup checks it."""
     if not path:
         return None
     try:
-        with open(path) as f:
-            data = json.load(f)
-    except OSError as exc:
-        raise OperatorError(f"cannot read the inventory {path}: {exc.strerror}") from None
-    except ValueError as exc:
-        raise OperatorError(f"the inventory {path} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise OperatorError(f"the inventory {path} must map device ids to {{groups: [...]}}")
-    out = {}
-    for device, spec in data.items():
-        groups = spec.get("groups", []) if isinstance(spec, dict) else None
-        if not isinstance(groups, list):
-            raise OperatorError(f"the inventory {path}: {device}.groups must be a list")
-        out[device] = sorted(str(g) for g in groups)
-    return out
+        devices = load_inventory(path)
+    except SetupError as exc:
+        raise OperatorError(f"the inventory: {exc}") from None
+    return {device: sorted(spec.get("groups", [])) for device, spec in devices.items()}
 
 
 def resolve_args(args):
