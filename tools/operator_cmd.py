@@ -574,9 +574,10 @@ def _common(p):
     p.add_argument("--target", default="all", help="all | group:NAME | device:ID")
     add_connection_options(p)
     p.add_argument("--json", action="store_true", help="print the outcome as JSON")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for acks")
+    p.add_argument("--timeout", type=number_at_least(0, float, " seconds", strict=True),
+                   default=30.0, help="seconds to wait for acks")
     who = p.add_mutually_exclusive_group()
-    who.add_argument("--expect", type=int, help="wait until N devices are known")
+    who.add_argument("--expect", type=number_at_least(1), help="wait until N devices are known")
     who.add_argument("--devices", help="comma-separated device ids to sign for and wait on")
     p.set_defaults(handler=_run)
 

@@ -52,6 +52,7 @@ from tools.operator_cmd import (
     OperatorError,
     add_connection_options,
     client_from_args,
+    number_at_least,
 )
 from tools.orchestrator import (
     Finished,
@@ -477,18 +478,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--waves", default=W.DEFAULT_WAVES,
                    help="waves: group:NAME and cumulative percentages, mixed, ending at 100%% "
                         "(default %(default)s)")
-    p.add_argument("--soak", type=float, help="seconds each wave is watched (default: the "
-                                              "plan's monitoring time for the stage)")
-    p.add_argument("--soak-scale", type=float,
+    p.add_argument("--soak", type=number_at_least(0, float, " seconds"),
+                   help="seconds each wave is watched (default: the "
+                        "plan's monitoring time for the stage)")
+    p.add_argument("--soak-scale", type=number_at_least(0, float, strict=True),
                    help="multiply the plan's monitoring times (e.g. 0.01 for a rehearsal)")
     p.add_argument("--success", default="95%",
                    help="share of a wave that must apply and stay healthy (default 95%%)")
     p.add_argument("--error-threshold", "--max-failure", dest="error_threshold", default="5%",
                    help="failed devices that halt a wave: a share (5%%, 0.05) or a count (3)")
     p.add_argument("--on-failure", choices=("rollback", "pause"), default="rollback")
-    p.add_argument("--timeout", type=float, default=60.0,
+    p.add_argument("--timeout", type=number_at_least(0, float, " seconds", strict=True),
+                   default=60.0,
                    help="seconds each device has to ack before it counts as silent")
-    p.add_argument("--expect", type=int, help="wait until N devices have announced themselves")
+    p.add_argument("--expect", type=number_at_least(1),
+                   help="wait until N devices have announced themselves")
     p.add_argument("--state", help="progress file (default fleetstage-rollout-FLEET.store)")
     p.add_argument("--json", action="store_true", help="print the outcome and waves as JSON")
     p.add_argument("--lease-ttl", type=float, default=60.0, help=argparse.SUPPRESS)

@@ -371,7 +371,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         p = sub.add_parser(name, help=text, description=__doc__)
         add_connection_options(p)
         p.add_argument("--json", action="store_true")
-        p.add_argument("--timeout", type=float, default=10.0, help="seconds to connect/collect")
+        p.add_argument("--timeout", type=number_at_least(0, float, " seconds", strict=True),
+                       default=10.0, help="seconds to connect/collect")
         p.add_argument("--repair", action="store_true",
                        help="republish this operator's own last desired state where a "
                             "retained one was replaced")
@@ -380,6 +381,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="an online status older than this many seconds is STALE "
                             "(default 180: three of the agent's default status intervals)")
         if name == "watch":
-            p.add_argument("--for", dest="duration", type=float, default=None,
+            p.add_argument("--for", dest="duration",
+                           type=number_at_least(0, float, " seconds", strict=True), default=None,
                            help="stop after this many seconds (default: until Ctrl-C)")
         p.set_defaults(handler=_run)

@@ -1,0 +1,46 @@
+"""A mistyped number on an operator command (a negative or zero --timeout, --soak,
+--soak-scale, --expect, watch --for) is refused in one line with exit 2 before anything
+is sent. Found by a new user: `rollout --timeout -1` ran a real rollout, counted the
+first wave silent at once, halted and sent a rollback; `publish-stage --timeout 0` said
+"cannot connect to the broker" and printed a paho traceback. Against the field lab (the
+shipped mosquitto config, TLS, ACL, an agent with its own login): the device stays at
+stage 0 and no rollout state file is written."""
+import os
+
+ONE_LINE_CASES = [
+    (("publish-stage", "1", "--timeout", "-5"), "argument --timeout: must be a number > 0"),
+    (("publish-stage", "1", "--timeout", "0"), "argument --timeout: must be a number > 0"),
+    (("publish-stage", "1", "--expect", "-3"), "argument --expect: must be a number >= 1"),
+    (("rollback", "0", "--timeout", "nan"), "argument --timeout: must be a number > 0"),
+    (("flags", "list", "--timeout", "-1"), "argument --timeout: must be a number > 0"),
+    (("flags", "set", "use_genserver_telemetry", "true", "--timeout", "0"),
+     "argument --timeout: must be a number > 0"),
+    (("clear-quarantine", "--timeout", "-1"), "argument --timeout: must be a number > 0"),
+    (("status", "--timeout", "-1"), "argument --timeout: must be a number > 0"),
+    (("watch", "--for", "-1"), "argument --for: must be a number > 0"),
+    (("rollout", "--to-stage", "1", "--timeout", "-1"), "argument --timeout: must be a number > 0"),
+    (("rollout", "--to-stage", "1", "--soak", "-1"), "argument --soak: must be a number >= 0"),
+    (("rollout", "--to-stage", "1", "--soak-scale", "-1"),
+     "argument --soak-scale: must be a number > 0"),
+    (("rollout", "--to-stage", "1", "--expect", "0"), "argument --expect: must be a number >= 1"),
+]
+
+
+def test_bad_numbers_are_refused_before_anything_is_sent(field_lab, tmp_path):
+    lab = field_lab(devices=["gw-1"])
+    lab.start_agent("gw-1")
+    lab.wait_stage("gw-1", 0)
+    state = str(tmp_path / "rollout.store")
+    for args, words in ONE_LINE_CASES:
+        extra = ("--state", state) if args[0] == "rollout" else ()
+        done = lab.cli(*args, *extra)
+        err = done.stderr.strip()
+        assert done.returncode == 2 and words in err, (args, done.returncode, err)
+        assert len(err.splitlines()) == 1 and "Traceback" not in err, (args, err)
+        assert not done.stdout.strip(), (args, done.stdout)
+    assert not os.path.exists(state) and not os.path.exists(state + ".lock")
+    # nothing reached the device: it is still at stage 0, and a good command still works
+    assert lab.status_of("gw-1")["stage"] == 0
+    done = lab.cli("publish-stage", "1", "--timeout", "20")
+    assert done.returncode == 0, done.stdout + done.stderr
+    lab.wait_stage("gw-1", 1)
