@@ -44,3 +44,25 @@ def test_bad_numbers_are_refused_before_anything_is_sent(field_lab, tmp_path):
     done = lab.cli("publish-stage", "1", "--timeout", "20")
     assert done.returncode == 0, done.stdout + done.stderr
     lab.wait_stage("gw-1", 1)
+
+
+def test_emergency_rollback_reason_out_of_bounds_is_one_plain_line(field_lab):
+    # It printed "('malformed', 'reason must be a string of 1..200 characters')": the
+    # encoder's exception tuple. Now argparse refuses it before connecting.
+    lab = field_lab(devices=["gw-1"])
+    lab.start_agent("gw-1")
+    lab.wait_stage("gw-1", 0)
+    assert lab.cli("publish-stage", "1", "--timeout", "20").returncode == 0
+    lab.wait_stage("gw-1", 1)
+    for reason in ("", "x" * 201):
+        done = lab.cli("emergency-rollback", "--reason", reason)
+        err = done.stderr.strip()
+        assert done.returncode == 2, (done.returncode, err)
+        assert err == ("fleetstage emergency-rollback: argument --reason: must be 1..200 "
+                       "characters, not %d (see fleetstage emergency-rollback --help)"
+                       % len(reason)), err
+        assert not done.stdout.strip(), done.stdout
+    assert lab.status_of("gw-1")["stage"] == 1
+    done = lab.cli("emergency-rollback", "--reason", "x" * 200)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lab.wait_stage("gw-1", 0)

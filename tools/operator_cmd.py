@@ -594,6 +594,15 @@ def _stage(max_stage=P.MAX_STAGE, low=0):
     return parse
 
 
+def _reason(text):
+    """An argparse type: the emergency rollback's reason, 1..MAX_REASON_LEN characters (what
+    the encoder and every device accept), refused before connecting."""
+    if not 1 <= len(text) <= P.MAX_REASON_LEN:
+        raise argparse.ArgumentTypeError(
+            f"must be 1..{P.MAX_REASON_LEN} characters, not {len(text)}")
+    return text
+
+
 def number_at_least(low, kind=int, unit="", strict=False):
     """An argparse type: a finite number >= low (> low when strict; a negative or NaN is
     a mistake)."""
@@ -640,5 +649,6 @@ def register(sub):
     p.add_argument("stage", type=_stage(P.MAX_STAGE - 1))
     _common(p)
     p = sub.add_parser("emergency-rollback", help="every targeted device straight to stage 0")
-    p.add_argument("--reason", required=True)
+    p.add_argument("--reason", required=True, type=_reason,
+                   help=f"why (1..{P.MAX_REASON_LEN} characters; in the devices' history)")
     _common(p)
