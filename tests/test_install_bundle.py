@@ -34,9 +34,11 @@ def test_install_writes_a_valid_config_key_and_unit(tmp_path):
     key.write_bytes(P.format_key_file(P.derive_device_key(P.new_fleet_key(), "gw7"), "device",
                                       "gw7"))
     root = tmp_path / "root"
+    ca = tmp_path / "fleet-ca.pem"
+    ca.write_text(_PEM)
     r = _cli("install", "--device-id", "gw7", "--fleet", "plant1", "--broker",
              "mqtts://broker.local:8883", "--key", str(key), "--group", "line-a",
-             "--ca", "/etc/ssl/fleet-ca.pem", "--root", str(root),
+             "--ca", str(ca), "--root", str(root),
              "--exe", "/opt/fs/bin/fleetstage")
     assert r.returncode == 0, r.stderr
     cfg = load_config(str(root / "etc/fleetstage/agent.json"), FileSystem())
@@ -48,6 +50,43 @@ def test_install_writes_a_valid_config_key_and_unit(tmp_path):
     unit = (root / "etc/systemd/system/fleetstage-agent.service").read_text()
     assert "ExecStart=/opt/fs/bin/fleetstage agent --config /etc/fleetstage/agent.json" in unit
     assert "Restart=always" in unit and "ReadWritePaths=/var/lib/fleetstage" in unit
+
+
+_PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+
+
+def test_install_copies_the_ca_beside_the_key(tmp_path):
+    # A new user's `install ... --ca ca.crt` (the README says to copy ca.crt to the device)
+    # wrote "tls": {"ca": "ca.crt"} into the config: relative to the unit's cwd (/), and a
+    # CA in /home or /tmp is hidden from the agent by ProtectHome and PrivateTmp.
+    key = tmp_path / "gw7.key"
+    key.write_bytes(_device_key_file(P.new_fleet_key(), "gw7"))
+    (tmp_path / "ca.crt").write_text(_PEM)
+    root = tmp_path / "root"
+    r = subprocess.run([sys.executable, "-m", "tools.cli", "install", "--device-id", "gw7",
+                        "--fleet", "plant1", "--broker", "mqtts://broker.local:8883",
+                        "--key", str(key), "--ca", "ca.crt", "--root", str(root)],
+                       cwd=tmp_path, env=dict(os.environ, PYTHONPATH=REPO),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert str(root / "etc/fleetstage/ca.crt") in r.stdout
+    cfg = json.loads((root / "etc/fleetstage/agent.json").read_text())
+    assert cfg["tls"] == {"ca": "/etc/fleetstage/ca.crt"}
+    copied = root / "etc/fleetstage/ca.crt"
+    assert copied.read_text() == _PEM and stat.S_IMODE(os.stat(copied).st_mode) == 0o600
+    # a CA that cannot be read, or is no PEM certificate: one line, exit 2, nothing written
+    (tmp_path / "notpem").write_text("hello")
+    for bad, words in (("missing.crt", "cannot read --ca missing.crt"),
+                       ("notpem", "--ca notpem holds no PEM certificate")):
+        other = tmp_path / ("root-" + bad)
+        r = subprocess.run([sys.executable, "-m", "tools.cli", "install", "--device-id", "gw7",
+                            "--fleet", "plant1", "--broker", "mqtts://broker.local:8883",
+                            "--key", str(key), "--ca", bad, "--root", str(other)],
+                           cwd=tmp_path, env=dict(os.environ, PYTHONPATH=REPO),
+                           capture_output=True, text=True, timeout=120)
+        err = r.stderr.strip()
+        assert r.returncode == 2 and words in err and len(err.splitlines()) == 1, err
+        assert not other.exists()
 
 
 def test_install_refuses_a_bad_broker_and_writes_nothing(tmp_path):

@@ -3,9 +3,10 @@
 It writes under --root (default /, so an image can be staged in a folder): the
 agent's JSON config in /etc/fleetstage/agent.json, the device key beside it,
 the broker password (from --password-file, never argv) in
-/etc/fleetstage/broker.password, all mode 0600 and owned by the dedicated
-`fleetstage` system user (created on a real install), the state dir
-/var/lib/fleetstage (0700, same owner), and the hardened unit
+/etc/fleetstage/broker.password, the broker's CA (from --ca) in
+/etc/fleetstage/ca.crt (the unit hides /home and /tmp from the agent), all
+mode 0600 and owned by the dedicated `fleetstage` system user (created on a
+real install), the state dir /var/lib/fleetstage (0700, same owner), and the hardened unit
 /etc/systemd/system/fleetstage-agent.service. The config and the key are
 checked before anything is written: the fleet key or another device's key is
 refused. With --enable (and root
@@ -91,6 +92,7 @@ SERVICE_USER = "fleetstage"
 CONF_REL = "/etc/fleetstage/agent.json"
 KEY_REL = "/etc/fleetstage/device.key"
 PASSWORD_REL = "/etc/fleetstage/broker.password"
+CA_REL = "/etc/fleetstage/ca.crt"
 STATE_REL = "/var/lib/fleetstage"
 UNIT_REL = "/etc/systemd/system/fleetstage-agent.service"
 
@@ -179,8 +181,14 @@ def _install(args: argparse.Namespace) -> list[str]:
         config["credentials"] = {"username": args.username or args.device_id}
         if password:
             config["credentials"]["password_file"] = PASSWORD_REL
+    ca = None
     if args.ca:
-        config["tls"] = {"ca": args.ca}
+        # copied beside the key: the unit's ProtectHome and PrivateTmp hide /home and /tmp
+        # from the agent, and a relative path would be resolved from the unit's cwd, /
+        ca = _read(args.ca, "--ca")
+        if b"-----BEGIN CERTIFICATE-----" not in ca:
+            raise InstallError(f"--ca {args.ca} holds no PEM certificate (BEGIN CERTIFICATE)")
+        config["tls"] = {"ca": CA_REL}
     try:
         parse_config(json.dumps(config))
     except ConfigError as exc:
@@ -199,6 +207,9 @@ def _install(args: argparse.Namespace) -> list[str]:
     if password:
         _write(root + PASSWORD_REL, password + "\n", 0o600, owner)
         written.append(PASSWORD_REL)
+    if ca is not None:
+        _write(root + CA_REL, ca, 0o600, owner)
+        written.append(CA_REL)
     _write(root + UNIT_REL, render_unit(exe, CONF_REL, STATE_REL, args.user), 0o644, None)
     written.append(UNIT_REL)
     for d in (os.path.dirname(CONF_REL), STATE_REL):
@@ -251,7 +262,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--password-file", help="file holding the broker password (copied to "
                    f"{PASSWORD_REL}, mode 0600)")
     p.add_argument("--password", help=argparse.SUPPRESS)  # refused: it would show in ps
-    p.add_argument("--ca", help="CA file for mqtts://")
+    p.add_argument("--ca", help="CA file for mqtts:// (copied to %s)" % CA_REL)
     p.add_argument("--user", default=SERVICE_USER,
                    help="the service's own user (default fleetstage; created if missing)")
     p.add_argument("--exe", help="path of the fleetstage command (default: this one)")
