@@ -66,3 +66,24 @@ def test_emergency_rollback_reason_out_of_bounds_is_one_plain_line(field_lab):
     done = lab.cli("emergency-rollback", "--reason", "x" * 200)
     assert done.returncode == 0, done.stdout + done.stderr
     lab.wait_stage("gw-1", 0)
+
+
+def test_rollout_success_100_percent_is_every_device(field_lab, tmp_path):
+    # --success 100% (every device of each wave must apply) was refused: "a share lies in
+    # [0%, 100%)"; above 100% still is.
+    lab = field_lab(devices=["gw-1", "gw-2"])
+    for d in ("gw-1", "gw-2"):
+        lab.start_agent(d)
+        lab.wait_stage(d, 0)
+    state = str(tmp_path / "r.store")
+    done = lab.cli("rollout", "--to-stage", "1", "--success", "101%", "--state", state)
+    err = done.stderr.strip()
+    assert done.returncode == 2 and err == ("fleetstage rollout: threshold '101%': a share "
+                                            "lies in [0%, 100%]"), err
+    assert not os.path.exists(state)
+    done = lab.cli("rollout", "--to-stage", "1", "--success", "100%", "--soak", "0.2",
+                   "--waves", "50%,100%", "--timeout", "20", "--state", state, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "rollout completed" in done.stdout, done.stdout
+    for d in ("gw-1", "gw-2"):
+        lab.wait_stage(d, 1)

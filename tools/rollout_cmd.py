@@ -302,7 +302,7 @@ def build_spec(args: argparse.Namespace, plan) -> RolloutSpec:
     try:
         waves = W.parse_waves(args.waves)
         error = W.parse_threshold(args.error_threshold)
-        success = W.parse_threshold(args.success)
+        success = W.parse_threshold(args.success, whole=True)
     except W.WaveError as exc:
         raise RolloutError(str(exc)) from None
     if success.is_count:

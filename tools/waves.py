@@ -140,8 +140,9 @@ class Threshold:
         return "%d devices" % self.value if self.is_count else "%.1f%%" % (100 * self.value)
 
 
-def parse_threshold(text: str) -> Threshold:
-    """"5%" or "0.05" -> share; "3" (a whole number) -> a count of devices."""
+def parse_threshold(text: str, whole: bool = False) -> Threshold:
+    """"5%" or "0.05" -> share; "3" (a whole number) -> a count of devices. `whole`: 100%
+    is a share too (a success threshold of every device)."""
     item = str(text).strip()
     try:
         if item.endswith("%"):
@@ -153,8 +154,8 @@ def parse_threshold(text: str) -> Threshold:
     except ValueError:
         raise WaveError(f"threshold {item!r} is neither a share (5%, 0.05) nor a count (3)"
                         ) from None
-    if not 0 <= share < 1:
-        raise WaveError(f"threshold {item!r}: a share lies in [0%, 100%)")
+    if not (0 <= share <= 1 if whole else 0 <= share < 1):
+        raise WaveError(f"threshold {item!r}: a share lies in [0%, 100%{']' if whole else ')'}")
     return Threshold(share)
 
 
