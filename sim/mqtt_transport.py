@@ -202,6 +202,12 @@ class MqttWorld(Simulation):
         link.start()
         if not self.loop.run_until(lambda: link.connected, BROKER_ANSWER_S):
             self.close()
+            if "not authorised" in str(link.last_error or ""):
+                raise MqttSetupError(
+                    "the MQTT broker at %s:%d refused the simulator's anonymous clients (not "
+                    "authorised): --broker needs a mosquitto with allow_anonymous true, not "
+                    "the fleet's broker; or leave out --broker for the embedded one" % (
+                        self.host, self.port))
             raise MqttSetupError("no MQTT broker answers at %s:%d (%s); start one, or leave "
                                  "out --broker for the embedded one" % (
                                      self.host, self.port, link.last_error or "no answer"))
