@@ -247,15 +247,20 @@ def check_key(path: str, device_id: str | None) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    device_id = None
+    device_id = key_file = None
     if args.config:
         from agent.agent_config import ConfigError, load_config
         from firmware_shim.files import FileSystem
         try:
-            device_id = load_config(args.config, FileSystem()).device_id
+            loaded = load_config(args.config, FileSystem())
         except ConfigError as exc:
             print("fleetstage bundle: %s" % exc, file=sys.stderr)
             return 2
+        device_id, key_file = loaded.device_id, loaded.key_file
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        print("fleetstage bundle: --out %s is a file: give a folder (it is made if missing)"
+              % args.out, file=sys.stderr)
+        return 2
     try:
         if args.key:
             check_key(args.key, device_id)
@@ -283,11 +288,18 @@ def _run(args: argparse.Namespace) -> int:
     print("  cd %s && mpremote connect PORT fs cp -r %s :" % (args.out, " ".join(top)))
     print("  mpremote connect PORT reset")
     print("or run it here on the unix port:  cd %s && micropython main.py" % args.out)
-    if args.config:
-        print("the board boots from /config.json: its key_file should be /device.key")
-    else:
+    if not args.config and not args.key:
         print("this bundle has no config.json and device.key yet: the board needs both "
               "(build with --config F --key F, or copy them to its root)")
+    elif not args.key:
+        print("this bundle has no device.key yet: the board needs its own key (build with "
+              "--key F, or copy it to its root as device.key)")
+    elif not args.config:
+        print("this bundle has no config.json yet: the board needs it (build with --config F, "
+              "or copy it to its root)")
+    if key_file is not None and key_file != "/device.key":
+        print("config.json has key_file %s, but the bundle's key is /device.key: set key_file "
+              "to /device.key" % key_file)
     return 0
 
 
