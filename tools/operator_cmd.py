@@ -20,7 +20,7 @@ import sys
 import time
 
 from agent import protocol as P
-from agent.plan import Plan
+from agent.plan import Plan, PlanError
 from firmware_shim.files import FileSystem
 from firmware_shim.mqtt_paho import (
     MQTT_5,
@@ -500,7 +500,7 @@ def client_from_args(args):
     key = read_fleet_key(args.key)
     try:
         plan = Plan.load(args.plan, FileSystem()) if args.plan else None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, PlanError) as exc:
         raise OperatorError(f"cannot load the plan {args.plan}: {exc}") from None
     try:
         return OperatorClient(args.broker, args.fleet, key, plan=plan, username=args.username,

@@ -18,7 +18,7 @@ import sys
 import time
 
 from agent import protocol as P
-from agent.plan import Plan
+from agent.plan import Plan, PlanError
 from firmware_shim import codec
 from firmware_shim.files import FileSystem
 from firmware_shim.mqtt_paho import (
@@ -276,7 +276,7 @@ def _run(args: argparse.Namespace) -> int:
         key = read_fleet_key(args.key)
         try:
             plan = Plan.load(args.plan, FileSystem()) if args.plan else Plan.default()
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, PlanError) as exc:
             raise OperatorError("cannot load the plan %s: %s" % (args.plan, exc)) from None
         try:
             our_last = seq_store(args).last()
