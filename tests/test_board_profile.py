@@ -260,3 +260,73 @@ def test_long_strings_of_functions_share_one_constant_and_answer_the_same(tmp_pa
                             cwd=tmp_path / "mpy", capture_output=True, text=True, timeout=30)
     line = TEXTS.split("\n").index('    raise ValueError("the line number of this stays")')
     assert 'File "texts.py", line %d, in fails' % (line + 1) in traced.stdout + traced.stderr
+
+
+ERRORS = '''class BaseError(ValueError):
+    """the root"""
+
+
+class RaisedOnly(BaseError):
+    """only raised: nothing on the board tells it from BaseError"""
+
+
+class Caught(BaseError):
+    pass
+
+
+class Checked(BaseError):
+    pass
+
+
+class Parent(BaseError):
+    pass
+
+
+class Child(Parent):
+    pass
+
+
+class WithBody(BaseError):
+    code = 3
+
+
+def run(n):
+    try:
+        if n == 1:
+            raise RaisedOnly("one")
+        if n == 2:
+            raise Caught("two")
+        if n == 3:
+            raise Child("three")
+        raise WithBody("four")
+    except Caught:
+        return "caught"
+    except BaseError as exc:
+        return "%s %s %s" % (isinstance(exc, Checked), isinstance(exc, BaseError), exc)
+'''
+
+
+def test_exception_classes_nothing_tells_apart_become_their_base(tmp_path):
+    out, _ = shake({"pkg/errs.py": ERRORS, "agent/apps.py": "from pkg.errs import Whole\n"},
+                   "from pkg.errs import run\nprint(run(1), run(2), run(3), run(4))\n")
+    text = out["pkg/errs.py"]
+    assert text.count("\n") == ERRORS.count("\n")
+    assert "RaisedOnly = BaseError\n" in text and "class RaisedOnly" not in text
+    # caught by name, in isinstance(), a base of another class, or with a body: classes still
+    for name in ("BaseError", "Caught", "Checked", "Parent", "Child", "WithBody"):
+        assert "class %s(" % name in text
+    os.makedirs(tmp_path / "pkg")
+    (tmp_path / "pkg" / "errs.py").write_text(text)
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    script = "from pkg.errs import run\nprint(run(1), run(2), run(3), run(4), sep='|')\n"
+    for argv in ([MICROPYTHON, "-c", script], [sys.executable, "-c", script]):
+        r = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=30)
+        assert r.stdout.strip() == "False True one|caught|False True three|False True four", (
+            r.stderr)
+
+
+def test_a_class_a_kept_whole_module_names_stays_a_class():
+    source = "class BaseError(Exception):\n    pass\n\n\nclass Named(BaseError):\n    pass\n"
+    out, _ = shake({"pkg/errs.py": source, "agent/apps.py": "from pkg.errs import Named\n"},
+                   "from pkg.errs import Named\nraise Named()\n")
+    assert "class Named(BaseError)" in out["pkg/errs.py"]

@@ -39,6 +39,17 @@ becomes `if 0: (restart_frequency, ...)`, never run, which interns those names
 first, and the constants become qstrs: the same str values, no new qstr.
 Only names of modules main.py loads at boot count (a new qstr could open the
 next qstr pool, 14 KB).
+
+Exception classes nothing on the board tells apart: `class X(Base): pass` (or a
+docstring only) becomes `X = Base` when the board's code and main.py name X only
+to call it (`raise X(...)`, `P.X(...)`) or to import it: never in an except
+clause, isinstance(), a comparison, as a base or as a value passed on, and no
+module kept whole (agent.apps, agent.services) names or imports it. Every handler
+then catches exactly what it caught before (one that catches X's base or an
+ancestor still does; one for a sibling never did), the message is the same; only
+the class's name differs where a log prints it (an error logged as `StoreError:
+store full` rather than `StoreFullError: store full`). One class object less each,
+about 230 bytes of a board's heap. CPython and the source keep every class.
 """
 from __future__ import annotations
 
@@ -152,9 +163,70 @@ def shake(sources: dict[str, str], roots: str) -> tuple[dict[str, str], list[tup
         text = text if rel.startswith(KEEP_WHOLE_PREFIXES) else _fold_constants(
             text, trees[rel], outside)
         out[rel] = _rewrite(text, trees[rel], kept, dropped_defs, rel, reexport_reached)
+    out, aliased = _alias_exceptions(out, roots)
     out = _intern_strings(out, roots)
     dropped = sorted((u.rel, u.name) for u in units if id(u.node) not in kept)
     return out, dropped
+
+
+_EXC_BASES = ("Error", "Exception", "Refused")
+
+
+def _empty_exceptions(tree: ast.Module) -> dict[str, str]:
+    """{class: its one base} for each module-level exception class with an empty body."""
+    found = {}
+    for s in tree.body:
+        if isinstance(s, ast.ClassDef) and len(s.bases) == 1 and not s.keywords \
+                and not s.decorator_list and isinstance(s.bases[0], ast.Name) \
+                and s.bases[0].id.endswith(_EXC_BASES) and all(
+                    isinstance(b, ast.Pass) or (isinstance(b, ast.Expr) and isinstance(
+                        b.value, ast.Constant) and isinstance(b.value.value, str))
+                    for b in s.body):
+            found[s.name] = s.bases[0].id
+    return found
+
+
+def _raised_only(trees: dict[str, ast.Module], roots: str) -> set[str]:
+    """Names that the board's code (and main.py) uses only to call (`raise X(...)`, `P.X(..)`)
+    or to import: never in an except clause, isinstance(), a comparison, or passed on."""
+    other: set[str] = set()
+    for tree in list(trees.values()) + [ast.parse(roots)]:
+        calls = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Name, ast.Attribute)) and id(node) not in calls:
+                if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                    continue
+                other.add(node.id if isinstance(node, ast.Name) else node.attr)
+    return other
+
+
+def _alias_exceptions(out: dict[str, str], roots: str) -> tuple[dict[str, str], list[str]]:
+    """`class X(Base): pass` as `X = Base` where nothing on the board can tell them apart
+    (see the module docstring): one class object less each (~230 bytes of a board's heap).
+    The modules kept whole (their callers are not in the bundle) keep their classes, and a
+    class any of them names stays too."""
+    trees = {rel: ast.parse(text) for rel, text in out.items()}
+    told_apart = _raised_only(trees, roots)
+    for rel, tree in trees.items():
+        if rel.startswith(KEEP_WHOLE_PREFIXES):  # what they name or import, code outside may
+            told_apart |= _names([tree]) | {a.asname or a.name for n in ast.walk(tree)
+                                            if isinstance(n, (ast.Import, ast.ImportFrom))
+                                            for a in n.names}
+    result, aliased = dict(out), []
+    for rel, tree in trees.items():
+        if rel.startswith(KEEP_WHOLE_PREFIXES):
+            continue
+        empty = _empty_exceptions(tree)
+        lines = out[rel].split("\n")
+        for stmt in tree.body:
+            if isinstance(stmt, ast.ClassDef) and stmt.name in empty \
+                    and stmt.name not in told_apart:
+                for i in range(stmt.lineno - 1, stmt.end_lineno or stmt.lineno):
+                    lines[i] = ""
+                lines[stmt.lineno - 1] = "%s = %s" % (stmt.name, empty[stmt.name])
+                aliased.append("%s.%s" % (rel, stmt.name))
+        result[rel] = "\n".join(lines)
+    return result, aliased
 
 
 def _first_line(node: ast.AST) -> int:
