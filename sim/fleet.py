@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import heapq
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -45,6 +46,11 @@ SETTLE_MS = 120_000        # after the last wave: time for reboots and desired-s
 NEVER = 1 << 62
 WALL_START = 1_800_000_000.0  # the fleet's wall clock when a run begins
 HEALTHY_HW = "rev-a"
+# Each app call's latency is uniform within +-latency_jitter of its mean. They are drawn
+# once a run into a table of this many, and each wake takes its calls' latencies as one
+# stretch of it at a random place: the same distribution as a draw a call, for one draw
+# a wake (each device's window holds ~10 stretches of ~15 from 65,536)
+LATENCY_TABLE = 65_536
 GC_YOUNG = 20_000          # allocations between two young collections (CPython's default: 700)
 
 
@@ -117,6 +123,8 @@ class SimDevice:
         self.faults_out = LinkFaults(Draws("%d:%s:out" % (seed, device_id)),
                                      prof.latency_ms, prof.loss)
         self.traffic_rng = random.Random("%d:%s:traffic" % (seed, device_id))
+        self.error_rate = -1.0  # the apps' failure rate good_left was drawn at (none yet)
+        self.good_left = 0      # calls that succeed before the apps' next failure
         self.link: Any = None  # the world's: a VirtualLink, or a session on a real broker
         self.key = sim.operator_keys.key(device_id)
         self.power_cuts = 0
@@ -189,27 +197,48 @@ class SimDevice:
         c = self.cohort
         if c is not None and control.stage >= c.from_stage:
             err, lat = c.error_rate, lat * c.latency_factor
-        spread = traffic.latency_jitter * lat
-        low, width = lat - spread, 2 * spread
-        rnd = self.traffic_rng.random
-        # two draws per call, in call order (latency, then error): any batching, same calls
-        draws = [rnd() for _ in range(2 * n)]
-        latencies = [low + width * d for d in draws[0::2]]
+        table = self.sim.latencies.get(lat)
+        if table is None:
+            table = self.sim.latency_table(lat)
+        # n calls' latencies: a stretch of the table at a random place (n uniform draws)
+        at = int(self.traffic_rng.random() * (LATENCY_TABLE - n)) if n < LATENCY_TABLE else 0
+        latencies = table[at:at + n]
+        if len(latencies) < n:  # more calls than the table holds (a very long gap)
+            latencies = (table * (n // LATENCY_TABLE + 1))[:n]
+        # Which calls fail: a Bernoulli process at rate err, drawn as the run of good
+        # calls before the next failure (geometric; it has no memory, so a new rate
+        # draws a new run), one draw a failure rather than one a call.
+        if err != self.error_rate:
+            self.error_rate = err
+            self.good_left = self._good_run(err)
+        failed: list[int] = []  # the failing calls' places in this batch
+        pos = self.good_left
+        while pos < n:
+            failed.append(pos)
+            pos += 1 + self._good_run(err)
+        self.good_left = pos - n
         health = control.health
         bucket_ms = health.bucket_ms
         last = first + (n - 1) * gap
         if first // bucket_ms == last // bucket_ms:  # the usual case: one bucket
-            health.record_calls(n, len([d for d in draws[1::2] if d < err]), latencies, last)
+            health.record_calls(n, len(failed), latencies, last)
             return
-        failed = [d < err for d in draws[1::2]]
         done = 0
         while done < n:
             t = first + done * gap
             ends = t - t % bucket_ms + bucket_ms  # the calls before this go in t's bucket
             upto = done + min(n - done, (ends - t + gap - 1) // gap)
-            health.record_calls(upto - done, failed[done:upto].count(True),
+            health.record_calls(upto - done, len([i for i in failed if done <= i < upto]),
                                 latencies[done:upto], first + (upto - 1) * gap)
             done = upto
+
+    def _good_run(self, err: float) -> int:
+        """How many calls succeed before the next failure, at failure rate err."""
+        if err <= 0.0:
+            return NEVER
+        if err >= 1.0:
+            return 0
+        return int(math.log(1.0 - self.traffic_rng.random()) / math.log(1.0 - err))
 
     def wake_up(self, now: int) -> None:
         self.next_wake = NEVER
@@ -270,6 +299,7 @@ class Simulation:
         self.outages = sorted(prof.broker_outages)
         self.traffic = prof.traffic
         self.call_gap_ms = int(1000 / prof.traffic.calls_per_s)
+        self.latencies: dict[float, list[float]] = {}  # mean latency -> its table
         self.devices: list[SimDevice] = []
         for i in range(settings.devices):
             device_id = "gw-%05d" % i
@@ -290,6 +320,14 @@ class Simulation:
         self.baseline_p95: float | None = None
         self.wave_health: list[dict] = []
         self.operator.on_result = self._wave_health
+
+    def latency_table(self, mean_ms: float) -> list[float]:
+        """LATENCY_TABLE latencies uniform within +-latency_jitter of mean_ms (seeded)."""
+        spread = self.traffic.latency_jitter * mean_ms
+        low, width = mean_ms - spread, 2 * spread
+        rnd = random.Random("%d:latencies:%r" % (self.settings.seed, mean_ms)).random
+        table = self.latencies[mean_ms] = [low + width * rnd() for _ in range(LATENCY_TABLE)]
+        return table
 
     def fleet_latency_p95(self) -> float | None:
         """The 95th percentile of the devices' own p95 latencies now (before a rollout:
