@@ -24,7 +24,14 @@ def test_item8_last_will_carries_the_current_guard_seq(field_lab):
     lab = field_lab(devices=["gw-1"])
     _up(lab)
     assert lab.cli("publish-stage", "1").returncode == 0
-    lab.wait_status("gw-1", lambda st: st.get("stage") == 1)
+    lab.observer.wait_for(lambda: lab.observer.of("ack"))
+    ack = lab.observer.of("ack")[-1]
+    # publish-stage signs the command at seq N and the retained desired state at N + 1.
+    # Wait until the agent has taken both, so nothing moves its guard after this: the
+    # will is registered at CONNECT, and MQTT cannot change it while the session lasts
+    # (agent.runtime.will_message: the guard "as of connecting").
+    settled = lab.wait_status("gw-1", lambda st: st.get("stage") == 1 and
+                              (st.get("extra") or {}).get("guard_seq") == ack["seq"] + 1)
     # The link drops and comes back (someone with gw-1's login takes its session for a
     # moment): the will registered at the new CONNECT carries the guard as it is now.
     reconnects = len([r for r in lab.observer.of("status") if r.get("device") == "gw-1"])
@@ -33,7 +40,7 @@ def test_item8_last_will_carries_the_current_guard_seq(field_lab):
     lab.observer.wait_for(lambda: len([r for r in lab.observer.of("status")
                                        if r.get("device") == "gw-1"]) > reconnects + 1)
     guard = lab.wait_status("gw-1", lambda st: st.get("online") is True)["extra"]["guard_seq"]
-    assert guard > 0
+    assert guard == settled["extra"]["guard_seq"]
     assert "connected to broker" in lab.agents["gw-1"].log().split("link lost")[-1]
     lab.agents["gw-1"].kill()
     will = lab.wait_status("gw-1", lambda st: st.get("online") is False)
