@@ -24,14 +24,15 @@ def test_item8_last_will_carries_the_current_guard_seq(field_lab):
     lab = field_lab(devices=["gw-1"])
     _up(lab)
     assert lab.cli("publish-stage", "1").returncode == 0
-    lab.observer.wait_for(lambda: lab.observer.of("ack"))
-    ack = lab.observer.of("ack")[-1]
-    # publish-stage signs the command at seq N and the retained desired state at N + 1.
-    # Wait until the agent has taken both, so nothing moves its guard after this: the
-    # will is registered at CONNECT, and MQTT cannot change it while the session lasts
+    # publish-stage signs the command at seq N and the retained desired state at N + 1
+    # (each acked once the agent takes it; N is the smaller). Wait until the agent has
+    # taken both, so nothing moves its guard after this: the will is registered at
+    # CONNECT, and MQTT cannot change it while the session lasts
     # (agent.runtime.will_message: the guard "as of connecting").
+    lab.observer.wait_for(lambda: any(a.get("seq") is not None for a in lab.observer.of("ack")))
+    command_seq = min(a["seq"] for a in lab.observer.of("ack") if a.get("seq") is not None)
     settled = lab.wait_status("gw-1", lambda st: st.get("stage") == 1 and
-                              (st.get("extra") or {}).get("guard_seq") == ack["seq"] + 1)
+                              (st.get("extra") or {}).get("guard_seq") == command_seq + 1)
     # The link drops and comes back (someone with gw-1's login takes its session for a
     # moment): the will registered at the new CONNECT carries the guard as it is now.
     reconnects = len([r for r in lab.observer.of("status") if r.get("device") == "gw-1"])
