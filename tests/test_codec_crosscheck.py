@@ -185,3 +185,34 @@ def test_ext_types_are_refused_by_both_decoders():
         except codec.CodecError:
             continue
         raise AssertionError("ext type accepted")
+
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=200), st.binary(max_size=300))
+def test_shim_hmac_is_the_standard_hmac_for_any_key(key, msg):
+    """The CPython path (keyed states kept a key, pads by translate) against hmac itself."""
+    import hashlib
+    import hmac
+
+    from firmware_shim import crypto
+
+    want = hmac.new(key, msg, hashlib.sha256).digest()
+    assert crypto.hmac_sha256(key, msg) == want
+    assert crypto.hmac_sha256(key, msg) == want  # from the kept states
+    assert crypto.hmac_sha256_pure(key, msg) == want
+
+
+def test_shim_hmac_keyed_states_stay_bounded_and_right_after_clearing():
+    import hashlib
+    import hmac
+
+    from firmware_shim import crypto
+
+    crypto._keyed.update(dict.fromkeys(range(crypto._KEYED_MAX - len(crypto._keyed)), None))
+    try:  # full to the bound: the next new key clears it and is keyed afresh
+        assert crypto.hmac_sha256(b"k" * 33, b"m") == hmac.new(b"k" * 33, b"m",
+                                                               hashlib.sha256).digest()
+        assert len(crypto._keyed) == 1
+    finally:
+        crypto._keyed.clear()
