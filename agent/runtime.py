@@ -208,7 +208,7 @@ class AgentRuntime:
             if ack_refusal:
                 self._refused(msg, *refusal_of(exc))
             return False
-        self.guard.commit(record)
+        self.guard.commit(record, self.control.store.peek)
         self._local_hold = None
         self._ack(msg.id, P.APPLIED, detail=detail, seq=msg.seq)
         self._status_dirty = True

@@ -23,7 +23,9 @@ each of which must come back acked `applied`. Reported:
   full, not only just after boot;
 - peak of a stage change: the smallest `-X heapsize` in which main.py boots
   and applies all four (bisected to 2 KB; a run that logs a MemoryError
-  fails): what a board's heap must hold, fragmentation included.
+  fails): what a board's heap must hold, fragmentation included; on the ROMFS
+  bundle also the smallest heap for the four and LONG_RUN more commands (what a
+  board needs once its replay window and history are full).
 
 Targets (issue 11): <= 96 KB after boot, <= 128 KB at the peak of a stage
 change. The baseline column is the bare interpreter's heap in the same run
@@ -341,12 +343,13 @@ def boot_run(lab: Lab, out: str, heap: int | None = None, flag_commands: int = 0
         lab.statuses.clear()
 
 
-def smallest_heap(lab: Lab, out: str, high: int, step: int = 2 * KB) -> int:
-    """The smallest heapsize (to `step`) in which main.py boots and applies four stages."""
-    low = 16 * KB
+def smallest_heap(lab: Lab, out: str, high: int, step: int = 2 * KB, flag_commands: int = 0,
+                  low: int = 16 * KB) -> int:
+    """The smallest heapsize (to `step`) in which main.py boots and applies four stages
+    (and then `flag_commands` more, as boot_run)."""
     while high - low > step:
         mid = (low + high) // 2
-        if boot_run(lab, out, mid) is None:
+        if boot_run(lab, out, mid, flag_commands) is None:
             low = mid
         else:
             high = mid
@@ -384,6 +387,9 @@ def measure_board(work: str) -> dict:
         rom["imports"] -= rom["image"]
         # on the unix port main.py reads the image into the heap; a board maps it in flash
         rom["min_heap"] = smallest_heap(lab, rom_out, 512 * KB) - image
+        # what a long-lived board needs: the same with its replay window and history full
+        rom["min_heap_long"] = smallest_heap(lab, rom_out, 512 * KB, flag_commands=LONG_RUN,
+                                             low=rom["min_heap"] + image) - image
         rom["strings"] = rom["imports"] - string_cost(work)
         got["rom"] = rom
         return got
@@ -511,6 +517,9 @@ def run(quick: bool = False) -> list[dict]:
         figure("ROMFS image: heap after %d more commands (replay window and history full)"
                % LONG_RUN, rom["long_run"] / KB, "KB", "ROMFS heap after boot",
                rom["boot"] / KB),
+        figure("ROMFS image: smallest heap for the stage changes and %d more commands "
+               "(what a long-lived board needs)" % LONG_RUN, rom["min_heap_long"] / KB, "KB",
+               "the same for the stage changes alone", rom["min_heap"] / KB),
     ]
     rest = rom["imports"] - rom["strings"] - rom["qstr_pools"]
     rows += [  # what the ROMFS modules are made of (heap after imports)

@@ -102,7 +102,7 @@ old message once; a fresh retained desired state (higher seq) puts it right.
 What agent.runtime does with it. On a cmd topic: cmd = decode_command(...);
 guard.check(cmd) == "duplicate" -> ack DUPLICATE; else changes =
 guard.record(cmd); dispatch(control, cmd.op, cmd.args, changes);
-guard.commit(changes); ack APPLIED. CommandRejected -> ack REJECTED with .reason
+guard.commit(changes, store.peek); ack APPLIED. CommandRejected -> ack REJECTED with .reason
 (NotReady -> NOT_READY with its reasons, Quarantined -> IN_QUARANTINE). On a
 desired topic: an empty payload means cleared; gather what arrives just after
 subscribing and apply pick_desired() of it (so a stale broad state does not

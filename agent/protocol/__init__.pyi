@@ -1,6 +1,6 @@
 # Types of agent.protocol's public door (microdot's way: the device files stay lean).
 # tests/test_stubs.py checks that every name and parameter here matches the source.
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 Json = Any  # a msgpack-able value: None, bool, int, float, str, bytes, list, dict
@@ -166,8 +166,6 @@ class ReplayGuard:
     window: int
     slots: list[int]
     legacy: bool
-    by_id: dict[str, list[Any]]
-    by_seq: dict[int, str]
     def __init__(self, last_seq: int = 0, recent: Iterable[list[Any]] | None = None,
                  window: int = ..., slots: Iterable[int] | None = None,
                  legacy: bool = False) -> None: ...
@@ -178,7 +176,8 @@ class ReplayGuard:
     def state(self) -> dict[str, Json]: ...
     def check(self, msg: Command) -> str: ...
     def record(self, msg: Command) -> dict[str, Json]: ...
-    def commit(self, changes: Mapping[str, Json]) -> None: ...
+    def commit(self, changes: Mapping[str, Json],
+               peek: Callable[[str], Any] | None = None) -> None: ...
 
 # -- _reports: acks, status, health, events ---------------------------------------------
 def encode_ack(command_id: str | None, result: str, reason: str | None = None,

@@ -36,7 +36,10 @@ class ReplayGuard:
         seq <= highest applied (and id unknown)        -> stale_sequence
       record(msg) -> dict of store changes; pass it as extra_changes to the
         control operation so it lands in the same atomic commit; then call
-        commit(changes) (only once the store commit succeeded).
+        commit(changes, store.peek) (only once the store commit succeeded).
+    With a store's peek the window's entries are the store's own objects, not a
+    second copy (a board holds the window once: about 0.2 KB an entry less), and
+    the lookups scan the window (64 entries) instead of keeping two maps of it.
     Only applied messages are recorded, so a rejected one (not_ready) may be
     applied when it is delivered again.
     """
@@ -47,24 +50,18 @@ class ReplayGuard:
 
     def __init__(self, last_seq=0, recent=None, window=RECENT_WINDOW, slots=None, legacy=False):
         self.last_seq = last_seq
-        self.recent = [list(e) for e in recent or []]  # oldest first
+        self.recent = list(recent or [])  # oldest first; entries are never edited
         self.window = window
         # the store slot of each entry of `recent` (same order)
         self.slots = list(range(len(self.recent))) if slots is None else list(slots)
         self.legacy = legacy  # KEY_RECENT is still in the store: the next record moves it
-        self._reindex()
-
-    def _reindex(self):
-        # id -> entry and seq -> id of the window, so check() looks up, not scans
-        self.by_id = {e[0]: e for e in self.recent}
-        self.by_seq = {e[1]: e[0] for e in self.recent}
 
     @classmethod
     def from_store(cls, store, window=RECENT_WINDOW):
         state = {cls.KEY_SEQ: store.get(cls.KEY_SEQ, 0),
-                 cls.KEY_RECENT: store.get(cls.KEY_RECENT)}
+                 cls.KEY_RECENT: store.peek(cls.KEY_RECENT)}
         for n in range(window):
-            entry = store.get(cls.KEY_SLOT + str(n))
+            entry = store.peek(cls.KEY_SLOT + str(n))  # held, never edited
             if entry is not None:
                 state[cls.KEY_SLOT + str(n)] = entry
         return cls.from_dict(state, window)
@@ -109,14 +106,15 @@ class ReplayGuard:
         return out
 
     def check(self, msg):
-        entry = self.by_id.get(msg.id)
-        if entry is not None:
-            if entry[1] == msg.seq and entry[2] == msg.digest:
-                return DUPLICATE
-            raise CommandRejected(REPLAYED, "command id reused with other content", msg.id)
-        cid = self.by_seq.get(msg.seq)
-        if cid is not None:
-            raise CommandRejected(REPLAYED, f"sequence {msg.seq} already used by {cid}", msg.id)
+        for entry in self.recent:
+            if entry[0] == msg.id:
+                if entry[1] == msg.seq and entry[2] == msg.digest:
+                    return DUPLICATE
+                raise CommandRejected(REPLAYED, "command id reused with other content", msg.id)
+        for entry in self.recent:
+            if entry[1] == msg.seq:
+                raise CommandRejected(REPLAYED, f"sequence {msg.seq} already used by {entry[0]}",
+                                      msg.id)
         if msg.seq <= self.last_seq:
             raise CommandRejected(STALE_SEQUENCE,
                                   f"seq {msg.seq} <= last applied {self.last_seq}", msg.id)
@@ -148,11 +146,12 @@ class ReplayGuard:
             return n
         return self.slots[0]
 
-    def commit(self, changes):
+    def commit(self, changes, peek=None):
+        """The record is on flash: take its entries. peek: the store's (key -> the value
+        it holds, or None); an entry it holds as written is kept, not copied."""
         self.last_seq = changes[self.KEY_SEQ]
         if self.legacy:
             self.recent, self.slots, self.legacy = [], [], False
-            self._reindex()
         prefix = self.KEY_SLOT
         # oldest first (a MicroPython dict keeps no order)
         written = [(entry[1], int(key[len(prefix):]), entry)
@@ -162,16 +161,12 @@ class ReplayGuard:
         for _seq, n, entry in written:
             if n in self.slots:
                 self._drop(self.slots.index(n))
-            entry = list(entry)
-            self.recent.append(entry)
+            held = None if peek is None else peek(self.KEY_SLOT + str(n))
+            self.recent.append(held if held == entry else list(entry))
             self.slots.append(n)
-            self.by_id[entry[0]] = entry
-            self.by_seq[entry[1]] = entry[0]
         while len(self.recent) > self.window:
             self._drop(0)
 
     def _drop(self, i):
-        old = self.recent.pop(i)
+        del self.recent[i]
         del self.slots[i]
-        self.by_id.pop(old[0], None)
-        self.by_seq.pop(old[1], None)

@@ -342,6 +342,9 @@ def test_guard_record_is_pure_until_commit_and_survives_the_store():
         def get(self, key, default=None):
             return self.data.get(key, default)
 
+        def peek(self, key):
+            return self.data.get(key)
+
     reloaded = p.ReplayGuard.from_store(FakeStore(changes))
     assert reloaded.check(msg) == p.DUPLICATE
     assert p.ReplayGuard.from_store(FakeStore({})).last_seq == 0
@@ -360,6 +363,9 @@ class _DictStore:
     def get(self, key, default=None):
         return self.data.get(key, default)
 
+    def peek(self, key):
+        return self.data.get(key)
+
     def commit(self, changes):
         for k, v in changes.items():
             if v is None:
@@ -375,6 +381,32 @@ def _apply_stored(guard, store, msg):
         store.commit(changes)
         guard.commit(changes)
     return result
+
+
+def test_guard_holds_the_stores_own_entries_not_a_copy():
+    """A board holds the window once: with the store's peek the guard keeps the store's
+    objects; an entry the store does not hold as written is copied; rules unchanged."""
+    from agent.store import Store
+    from firmware_shim.files import FileSystem
+
+    store = Store(corekit.tmpdir("guard-share") + "/state.log", fs=FileSystem(),
+                  logger=lambda msg: None)
+    guard = p.ReplayGuard.from_store(store)
+    for seq in range(1, 6):
+        msg = _msg(seq, "%016x" % seq)
+        changes = guard.record(msg)
+        store.commit(changes)
+        guard.commit(changes, store.peek)
+        key = "proto.r.%d" % guard.slots[-1]
+        assert guard.recent[-1] is store.peek(key)
+        assert guard.check(msg) == p.DUPLICATE
+    corekit.raises(p.CommandRejected, guard.check, _msg(3, "00000000000000ff"))  # seq reused
+    again = p.ReplayGuard.from_store(store)
+    assert all(e is store.peek("proto.r.%d" % n) for e, n in zip(again.recent, again.slots))
+    lonely = p.ReplayGuard()
+    changes = lonely.record(_msg(9, "0000000000000009"))
+    lonely.commit(changes, {}.get)  # the store holds nothing of it: a copy
+    assert lonely.recent == [changes["proto.r.0"]] and lonely.recent[0] is not changes["proto.r.0"]
 
 
 def test_guard_commit_writes_one_slot_even_with_a_full_window():
