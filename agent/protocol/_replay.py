@@ -39,7 +39,7 @@ class ReplayGuard:
         commit(changes, store.peek) (only once the store commit succeeded).
     With a store's peek the window's entries are the store's own objects, not a
     second copy (a board holds the window once: about 0.2 KB an entry less), and
-    the lookups scan the window (64 entries) instead of keeping two maps of it.
+    check() scans the window once (64 entries) instead of keeping two maps of it.
     Only applied messages are recorded, so a rejected one (not_ready) may be
     applied when it is delivered again.
     """
@@ -106,15 +106,17 @@ class ReplayGuard:
         return out
 
     def check(self, msg):
+        seq_used_by = None  # an id match decides first, wherever it is in the window
         for entry in self.recent:
             if entry[0] == msg.id:
                 if entry[1] == msg.seq and entry[2] == msg.digest:
                     return DUPLICATE
                 raise CommandRejected(REPLAYED, "command id reused with other content", msg.id)
-        for entry in self.recent:
             if entry[1] == msg.seq:
-                raise CommandRejected(REPLAYED, f"sequence {msg.seq} already used by {entry[0]}",
-                                      msg.id)
+                seq_used_by = entry[0]
+        if seq_used_by is not None:
+            raise CommandRejected(REPLAYED, f"sequence {msg.seq} already used by {seq_used_by}",
+                                  msg.id)
         if msg.seq <= self.last_seq:
             raise CommandRejected(STALE_SEQUENCE,
                                   f"seq {msg.seq} <= last applied {self.last_seq}", msg.id)
