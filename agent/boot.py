@@ -3,7 +3,8 @@
 Owns: the order a device comes up in (device key, the link, the flash, the
 runtime, the final last will), counting each start as a restart, the console's
 two operations (status, emergency rollback) for a running agent and for a
-store opened directly, and the board's start-up loop.
+store opened directly, and the board's start (start(): the board then serves the
+runtime and frees this module and the config's, BOOT_ONLY_MODULES).
 Must never: do I/O of its own or pick a platform. The Pi agent
 (tools/agent_cmd.py), the board (main.py with firmware_shim.board.Board) and
 the console (tools/local_cmd.py) hand their platform objects in.
@@ -19,15 +20,16 @@ A platform is duck-typed:
         with refuse(field, why) (it raises ConfigError) and touches nothing.
     platform.open_partition(name)  (optional) the raw flash block device the config's
                        state_partition names (agent.flash_store keeps the state there)
+    platform.release_modules(names)  (optional, start()) forget BOOT_ONLY_MODULES
     platform.memory()  (optional) {name: bytes} for status and health: heap_free and
                        heap_alloc on a board, rss on a Pi (firmware_shim.machine.memory)
-    platform.poll()    (only for run()) called once the agent is built, then every
+    platform.poll()    (only for start()) called once the agent is built, then every
                        loop turn: a board arms and feeds its watchdog there
 """
 from agent import apps
 from agent import protocol as P
-from agent.agent_config import ConfigError, load_config
 from agent.control import MigrationControl
+from agent.errors import ConfigError
 from agent.plan import Plan
 from agent.runtime import AgentRuntime, local_hold_changes
 
@@ -148,10 +150,7 @@ class Agent:
         return console_reply(request, self.control, self.runtime)
 
     def close(self):
-        try:
-            self.link.close()
-        finally:
-            self.control.close()
+        self.runtime.close()
 
 
 def boot(cfg, platform):
@@ -175,11 +174,21 @@ def boot(cfg, platform):
 
 def build(config_path, platform):
     """boot() for the JSON config at config_path (read through platform.fs)."""
+    from agent.agent_config import load_config  # boot only: a board releases it (start)
+
     return boot(load_config(config_path, platform.fs), platform)
 
 
-def run(config_path, platform, poll_ms=100):
-    """A board's whole life: boot, start, serve until the loop ends. Returns an exit code."""
+# What only the start-up needs. A board drops these modules once its agent runs
+# (platform.release_modules, firmware_shim.board), so their functions and the
+# parsed config leave the heap before the first stage change comes in.
+BOOT_ONLY_MODULES = ("agent.boot", "agent.agent_config")
+
+
+def start(config_path, platform):
+    """A board's start: boot, start the agent, start the link. Returns the running
+    AgentRuntime for the platform to serve (runtime.serve), or an exit code (2: a
+    bad config). Nothing the runtime holds refers back to this module or the config's."""
     log = platform.log
     try:
         agent = build(config_path, platform)
@@ -192,9 +201,12 @@ def run(config_path, platform, poll_ms=100):
         platform.poll()  # a board's watchdog runs from here on
         agent.start()
         agent.link.start()
-        log("device %s at stage %d; broker %s:%d" % (agent.cfg.device_id, agent.control.stage,
-                                                     agent.cfg.host, agent.cfg.port))
-        agent.runtime.run(poll_ms=poll_ms, extra_poll=platform.poll)
-    finally:
+    except BaseException:
         agent.close()
-    return 0
+        raise
+    log("device %s at stage %d; broker %s:%d" % (agent.cfg.device_id, agent.control.stage,
+                                                 agent.cfg.host, agent.cfg.port))
+    release = getattr(platform, "release_modules", None)
+    if release is not None:
+        release(BOOT_ONLY_MODULES)
+    return agent.runtime

@@ -2,6 +2,8 @@
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from agent.runtime import AgentRuntime
+
 Log = Callable[[str], None]
 
 class Platform(Protocol):
@@ -37,4 +39,5 @@ class Agent:
 
 def boot(cfg: Any, platform: Platform) -> Agent: ...
 def build(config_path: str, platform: Platform) -> Agent: ...
-def run(config_path: str, platform: Platform, poll_ms: int = 100) -> int: ...
+BOOT_ONLY_MODULES: tuple[str, ...]
+def start(config_path: str, platform: Platform) -> AgentRuntime | int: ...

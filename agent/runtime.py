@@ -104,8 +104,8 @@ class AgentRuntime:
         """Blocking loop for a single agent (the Pi, a board); `stopping` ends it.
 
         extra_poll() runs once per turn: a board feeds its watchdog there
-        (agent.boot.run), so a loop that hangs in the link, a handler or the
-        store stops feeding it and the board resets.
+        (firmware_shim.board), so a loop that hangs in the link, a handler or
+        the store stops feeding it and the board resets.
         """
         while not self.stopping:
             try:
@@ -118,6 +118,21 @@ class AgentRuntime:
                 except Exception as exc:  # e.g. the local console ran out of descriptors
                     self._count_error("extra poll", exc)
             self.tick()
+
+    def serve(self, poll_ms=100, extra_poll=None):
+        """A board's whole life once agent.boot.start returned: run(), then close()."""
+        try:
+            self.run(poll_ms, extra_poll)
+        finally:
+            self.close()
+        return 0
+
+    def close(self):
+        """Close the link, then the store (the agent is done)."""
+        try:
+            self.link.close()
+        finally:
+            self.control.close()
 
     # -- link callbacks ----------------------------------------------------
     def on_connect(self):

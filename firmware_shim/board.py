@@ -1,9 +1,9 @@
 """A MicroPython board as a platform for agent.boot (the same code runs on the unix port).
 
 A board's main.py (written by `fleetstage bundle`) hands the composition root in:
-    from agent.boot import run
+    import agent.boot
     from firmware_shim.board import Board
-    Board(run).run_bundle(__file__)
+    Board(agent.boot.start).run_bundle(__file__)
 The folder that holds main.py is the flash: on a board that is "/", and on
 the unix port `cd BUNDLE && micropython main.py` serves BUNDLE as "/" (every
 absolute path in the config, /config.json, /device.key, /state, resolves
@@ -52,12 +52,12 @@ def load_ca(cfg, fs, refuse):
 class Board:
     """The board's platform objects for agent.boot: flash, clock, log, link, watchdog.
 
-    run: the composition root's entry (agent.boot.run), handed in by main.py;
-    only run_bundle() needs it.
+    start: the composition root's entry (agent.boot.start), handed in by main.py;
+    only run_config() needs it.
     """
 
-    def __init__(self, run=None, fs=None, clock=None, watchdog_ms=30000):
-        self.run = run
+    def __init__(self, start=None, fs=None, clock=None, watchdog_ms=30000):
+        self.start = start
         self.fs = fs if fs is not None else FileSystem()
         self.clock = clock if clock is not None else SystemClock()
         self.log = log
@@ -102,10 +102,34 @@ class Board:
 
         root = bundle_root(main_file)
         self.fs = FileSystem() if root == "/" else FolderFlash(root)
-        code = self.run("/config.json", self)
+        code = self.run_config("/config.json")
         if code and sys.platform in ("linux", "darwin"):
             sys.exit(code)
         return code
+
+
+    def run_config(self, config_path, poll_ms=100):
+        """Start the agent for the config (self.start: agent.boot.start), then serve it
+        until its loop ends. Returns an exit code (2: a bad config)."""
+        start, self.start = self.start, None  # nothing here holds the boot code after
+        started = start(config_path, self)
+        del start
+        if isinstance(started, int):
+            return started
+        return started.serve(poll_ms, self.poll)
+
+    def release_modules(self, names):
+        """Forget modules only the start-up needed (agent.boot.BOOT_ONLY_MODULES):
+        out of sys.modules and their package, so once nothing else refers to them the
+        collector frees their functions. The interpreter imports one again if asked."""
+        import sys
+
+        for name in names:
+            sys.modules.pop(name, None)
+            i = name.rfind(".")
+            parent = sys.modules.get(name[:i]) if i > 0 else None
+            if parent is not None and hasattr(parent, name[i + 1:]):
+                delattr(parent, name[i + 1:])
 
 
 def bundle_root(main_file):

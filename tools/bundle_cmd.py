@@ -2,7 +2,7 @@
 
 It compiles agent/ and firmware_shim/ with mpy-cross (the CPython-only paho
 adapter stays out; the modules are the board profile, tools/board_profile.py),
-writes a five-line main.py, and copies the device's config
+writes a short main.py, and copies the device's config
 and key when given. The result is a folder that IS the board's flash: copy it
 over with the mpremote commands it prints, or run it as it is on the unix
 port (`cd OUT && micropython main.py`; the folder serves as "/").
@@ -43,12 +43,23 @@ _GC_LINES = (
     "import gc\n"
     "gc.threshold(%d)  # collect every %d bytes allocated: keeps the heap unfragmented\n"
     % (GC_THRESHOLD, GC_THRESHOLD))
+# The boot code is named only inside board(): a module-level line that evaluated
+# agent.boot.start would leave it on main.py's frame for good, and the board could not
+# free the start-up's modules (agent.boot.BOOT_ONLY_MODULES) once the agent runs.
+_START_LINES = (
+    "from firmware_shim.board import Board\n"
+    "\n"
+    "\n"
+    "def board():  # boot code named only in here: it is freed once the agent runs\n"
+    "    import agent.boot\n"
+    "    return Board(agent.boot.start)\n"
+    "\n"
+    "\n"
+    "board().run_bundle(__file__)\n")
 MAIN_PY = (
     "# fleetstage agent: this folder is the flash; it boots from /config.json in it\n"
-    + _GC_LINES +
-    "from agent.boot import run\n"
-    "from firmware_shim.board import Board\n"
-    "Board(run).run_bundle(__file__)\n"
+    + _GC_LINES
+    + _START_LINES
 )
 # --romfs: the code is in a ROMFS image (MicroPython 1.25+: a board runs its bytecode in
 # place from the ROMFS partition, mounted at /rom, so it is not copied into the heap). On
@@ -62,9 +73,7 @@ MAIN_PY_ROMFS = (
     "    sys.path.insert(0, \"/rom\")\n"
     "except OSError:  # a board: the firmware mounted its partition at /rom\n"
     "    pass\n"
-    "from agent.boot import run\n"
-    "from firmware_shim.board import Board\n"
-    "Board(run).run_bundle(__file__)\n"
+    + _START_LINES
 )
 ROMFS_IMAGE = "code.romfs"
 # .mpy version -> the first MicroPython release that loads it

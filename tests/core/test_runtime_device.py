@@ -2,12 +2,14 @@
 
 Runs on CPython and MicroPython (no pytest imports). The watchdog tests boot
 a board through the composition root exactly as main.py does
-(agent.boot.run with firmware_shim.board.Board); only two parts are stand-ins:
+(agent.boot.start with firmware_shim.board.Board.run_config); only two parts are stand-ins:
 the link (an in-memory one whose poll can hang) and machine.WDT, which
 neither CPython nor the unix port has. The stand-in resets the "board" when
 its timeout passes without a feed, on the same ManualClock the agent runs on.
 """
+import gc
 import json
+import os
 import sys
 
 from corekit import tmpdir
@@ -83,15 +85,21 @@ class StandInBoard(board.Board):
     """firmware_shim.board.Board with the in-memory link."""
 
     def __init__(self, link, clock):
-        board.Board.__init__(self, boot.run, clock=clock, watchdog_ms=5000)
+        board.Board.__init__(self, boot.start, clock=clock, watchdog_ms=5000)
         self.link = link
+        self.released = []
+
+    def release_modules(self, names):
+        # recorded, not done: the test runner keeps agent.boot (the release itself is
+        # test_release_modules_forgets_a_package_module_and_frees_it)
+        self.released.append(names)
 
     def open_link(self, cfg, key, refuse):
         return self.link
 
 
 def _boot_board(hang_at=None):
-    """agent.boot.run on the stand-in board -> (link, watchdogs made, how it ended)."""
+    """Board.run_config on the stand-in board -> (link, watchdogs made, how it ended, board)."""
     d = tmpdir("wdt")
     with open(join(d, "device.key"), "wb") as f:
         f.write(P.format_key_file(P.derive_device_key(FLEET_KEY, DEV), "device", DEV))
@@ -109,8 +117,9 @@ def _boot_board(hang_at=None):
         return made[-1]
 
     real, board.Watchdog = board.Watchdog, watchdog  # machine.WDT's stand-in
+    stand_in = StandInBoard(link, clock)
     try:
-        boot.run(join(d, "config.json"), StandInBoard(link, clock))
+        stand_in.run_config(join(d, "config.json"))
         ended = "returned"
     except BoardReset:
         ended = "reset"
@@ -118,21 +127,53 @@ def _boot_board(hang_at=None):
         ended = "power off"
     finally:
         board.Watchdog = real
-    return link, made, ended
+    return link, made, ended, stand_in
 
 
 def test_the_board_loop_feeds_the_watchdog_every_turn():
-    link, made, ended = _boot_board()
+    link, made, ended, stand_in = _boot_board()
+    assert stand_in.released == [boot.BOOT_ONLY_MODULES] and stand_in.start is None
     assert ended == "power off" and link.turns == 300  # 300 turns, 30 s of clock: never reset
     assert len(made) == 1 and made[0].timeout_ms == 5000
     assert made[0].feeds == 300  # at start, then each of the 299 whole turns (300: power off)
 
 
 def test_a_hung_loop_stops_feeding_the_watchdog_and_the_board_resets():
-    link, made, ended = _boot_board(hang_at=20)
+    link, made, ended, _ = _boot_board(hang_at=20)
     wdt = made[0]
     assert ended == "reset" and wdt.feeds == 20  # at start, then each of the 19 whole turns
     assert wdt.clock.monotonic_ms() - wdt.last > 5000  # nothing fed it while it hung
+
+
+def test_release_modules_forgets_a_package_module_and_frees_it():
+    d = tmpdir("release")
+    os.mkdir(join(d, "relpkg"))
+    with open(join(d, "relpkg", "__init__.py"), "w") as f:
+        f.write("")
+    with open(join(d, "relpkg", "big.py"), "w") as f:
+        f.write("BLOCK = bytearray(40000)\n")
+    sys.path.insert(0, d)
+    try:
+        import relpkg.big  # noqa: F401 - loaded to be released
+
+        gc.collect()
+        held = _heap_alloc()
+        board.Board().release_modules(("relpkg.big",))
+        gc.collect()
+        assert "relpkg.big" not in sys.modules and not hasattr(sys.modules["relpkg"], "big")
+        if held is not None:  # MicroPython: the module's 40 KB went back to the heap
+            assert held - _heap_alloc() >= 39000
+        import relpkg.big as again  # asked again: imported afresh
+
+        assert len(again.BLOCK) == 40000
+    finally:
+        sys.path.remove(d)
+        sys.modules.pop("relpkg.big", None)
+        sys.modules.pop("relpkg", None)
+
+
+def _heap_alloc():
+    return gc.mem_alloc() if hasattr(gc, "mem_alloc") else None
 
 
 def _runtime(link, clock, memory=None):
