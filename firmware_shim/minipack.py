@@ -129,9 +129,12 @@ def _sorted_keys(keys):
 # The packers write into one bytearray (`out.extend`): a board's heap then holds the
 # message once as it grows, not a small bytes object per value plus a list of them.
 def packb(value):
+    """The value's bytes as a bytearray (bytes-like, as the link and the store take it):
+    not copied into a bytes object, a second block of the message's size at the moment a
+    board's status report is made, the peak of a stage change (bench board: -1 KB)."""
     out = bytearray()
     _pack(value, out, False, 0)
-    return bytes(out)
+    return out
 
 
 def canonical(value):
