@@ -330,3 +330,27 @@ def test_a_class_a_kept_whole_module_names_stays_a_class():
     out, _ = shake({"pkg/errs.py": source, "agent/apps.py": "from pkg.errs import Named\n"},
                    "from pkg.errs import Named\nraise Named()\n")
     assert "class Named(BaseError)" in out["pkg/errs.py"]
+
+
+def test_nothing_the_board_keeps_running_names_the_start_up_modules():
+    """agent.boot.BOOT_ONLY_MODULES are freed once the agent runs (firmware_shim.board
+    release_modules): that frees heap only while no module that stays loaded imports
+    them when it loads, and main.py names the boot code only inside a function (a
+    module-level line would keep it on main.py's frame for good)."""
+    import ast
+
+    from agent.boot import BOOT_ONLY_MODULES
+    from bench.bench_board import boot_modules, top_level_imports
+    from tools.bundle_cmd import MAIN_PY_ROMFS
+
+    loaded = boot_modules()
+    assert "agent.boot" in loaded and "agent.agent_config" not in loaded  # lazily, at boot
+    staying = [m for m in loaded if m not in BOOT_ONLY_MODULES]
+    assert len(staying) > 20
+    for mod in staying:
+        assert not top_level_imports(mod) & set(BOOT_ONLY_MODULES), mod
+    for main in (MAIN_PY, MAIN_PY_ROMFS % "code.romfs"):
+        tree = ast.parse(main)
+        top = [node for node in tree.body if not isinstance(node, ast.FunctionDef)]
+        assert "boot" not in ast.dump(ast.Module(body=top, type_ignores=[]))
+        assert "agent.boot" in main and "run_bundle(__file__)" in main
