@@ -26,26 +26,30 @@ _STAGE_KEYS = ("number", "name", "risk", "flags", "monitor_minutes", "success_cr
                "description")
 _PLAN_KEYS = ("name", "stages", "description")
 
-DEFAULT_PLAN = {
-    "name": "otp-cleanup",
-    "description": "The runbook's migration from hidden global state to supervised services.",
-    "stages": [
-        {"number": 1, "name": "registry", "risk": "low", "monitor_minutes": 30,
-         "flags": ["use_ets_agent_registry", "enable_migration_monitoring"],
-         "description": "Agent registry moves to a supervised service."},
-        {"number": 2, "name": "error_context", "risk": "medium", "monitor_minutes": 120,
-         "flags": ["use_logger_error_context"],
-         "description": "Error context moves into log-record metadata."},
-        {"number": 3, "name": "telemetry", "risk": "high", "monitor_minutes": 240,
-         "flags": ["use_genserver_telemetry", "use_genserver_span_management",
-                   "use_ets_sampled_events"],
-         "success_criteria": {"max_performance_impact": 0.10},
-         "description": "Spans and sampled events move to supervised services."},
-        {"number": 4, "name": "enforcement", "risk": "critical", "monitor_minutes": 1440,
-         "flags": ["enforce_no_process_dict"],
-         "description": "Any use of a legacy global-state path is a violation."},
-    ],
-}
+
+def default_plan():
+    """The default plan's data: the runbook's four stages (a fresh dict each call, made
+    only when asked: a board keeps the Plan built from it, not this table too)."""
+    return {
+        "name": "otp-cleanup",
+        "description": "The runbook's migration from hidden global state to supervised services.",
+        "stages": [
+            {"number": 1, "name": "registry", "risk": "low", "monitor_minutes": 30,
+             "flags": ["use_ets_agent_registry", "enable_migration_monitoring"],
+             "description": "Agent registry moves to a supervised service."},
+            {"number": 2, "name": "error_context", "risk": "medium", "monitor_minutes": 120,
+             "flags": ["use_logger_error_context"],
+             "description": "Error context moves into log-record metadata."},
+            {"number": 3, "name": "telemetry", "risk": "high", "monitor_minutes": 240,
+             "flags": ["use_genserver_telemetry", "use_genserver_span_management",
+                       "use_ets_sampled_events"],
+             "success_criteria": {"max_performance_impact": 0.10},
+             "description": "Spans and sampled events move to supervised services."},
+            {"number": 4, "name": "enforcement", "risk": "critical", "monitor_minutes": 1440,
+             "flags": ["enforce_no_process_dict"],
+             "description": "Any use of a legacy global-state path is a violation."},
+        ],
+    }
 
 
 class PlanError(AgentError):
@@ -96,7 +100,7 @@ class Plan:
 
     @classmethod
     def default(cls):
-        return cls.from_dict(DEFAULT_PLAN)
+        return cls.from_dict(default_plan())
 
     @classmethod
     def from_dict(cls, data):

@@ -5,7 +5,7 @@ from agent.errors import AgentError
 
 RISKS: tuple[Any, ...]
 CRITERIA: tuple[Any, ...]
-DEFAULT_PLAN: dict[str, Any]
+def default_plan() -> dict[str, Any]: ...
 
 class PlanError(AgentError): ...
 

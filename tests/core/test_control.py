@@ -16,7 +16,7 @@ from agent.control import (
     TransitionRefused,
 )
 from agent.flags import FLAG_NAMES, UnknownFlag
-from agent.plan import DEFAULT_PLAN, Plan
+from agent.plan import Plan, default_plan
 from agent.store import Store, StoreError
 from firmware_shim.clock import ManualClock
 from firmware_shim.files import FileSystem
@@ -587,8 +587,8 @@ def test_invalid_stored_values_fall_back_to_safe_ones():
 def test_plan_and_config_may_be_json_files():
     import json
     d = corekit.tmpdir("files")
-    short = dict(DEFAULT_PLAN)
-    short["stages"] = DEFAULT_PLAN["stages"][:2]
+    short = dict(default_plan())
+    short["stages"] = default_plan()["stages"][:2]
     with open(d + "/plan.json", "w") as f:
         f.write(json.dumps(short))
     with open(d + "/config.json", "w") as f:
@@ -617,8 +617,8 @@ def test_a_shorter_plan_clamps_the_stage_and_is_recorded():
     c, d, clock = _open()
     with corekit.closing(c):
         _advance_to(c, 4)
-    short = dict(DEFAULT_PLAN)
-    short["stages"] = DEFAULT_PLAN["stages"][:3]
+    short = dict(default_plan())
+    short["stages"] = default_plan()["stages"][:3]
     plan = Plan.from_dict(short)
     c, d, clock = _open(d, clock, plan=plan)
     with corekit.closing(c):

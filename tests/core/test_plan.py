@@ -3,7 +3,7 @@ import corekit
 
 from agent.config import DEFAULT_THRESHOLDS, Config, ConfigError
 from agent.flags import FLAG_NAMES
-from agent.plan import DEFAULT_PLAN, Plan, PlanError
+from agent.plan import Plan, PlanError, default_plan
 from firmware_shim.files import FileSystem
 
 
@@ -44,9 +44,9 @@ def test_stage_n_turns_on_the_flags_of_stages_one_to_n():
 def test_hash_is_hex_sha256_and_follows_content_not_key_order():
     a = Plan.default()
     assert len(a.hash) == 64 and int(a.hash, 16) >= 0
-    assert Plan.from_dict(_copy(DEFAULT_PLAN)).hash == a.hash
+    assert Plan.from_dict(_copy(default_plan())).hash == a.hash
     assert Plan.from_dict(a.to_dict()).hash == a.hash
-    changed = _copy(DEFAULT_PLAN)
+    changed = _copy(default_plan())
     changed["stages"][0]["monitor_minutes"] = 31
     assert Plan.from_dict(changed).hash != a.hash
 
@@ -55,7 +55,7 @@ def test_plan_loads_from_a_json_file():
     import json
     d = corekit.tmpdir("plan")
     with open(d + "/plan.json", "w") as f:
-        f.write(json.dumps(DEFAULT_PLAN))
+        f.write(json.dumps(default_plan()))
     assert Plan.load(d + "/plan.json", FileSystem()).hash == Plan.default().hash
     corekit.raises(PlanError, Plan.load, d + "/missing.json", FileSystem())
     with open(d + "/bad.json", "w") as f:
@@ -64,7 +64,7 @@ def test_plan_loads_from_a_json_file():
 
 
 def _bad(mutate, words):
-    data = _copy(DEFAULT_PLAN)
+    data = _copy(default_plan())
     mutate(data)
     exc = corekit.raises(PlanError, Plan.from_dict, data)
     for w in words:
