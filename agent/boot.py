@@ -23,8 +23,9 @@ A platform is duck-typed:
     platform.release_modules(names)  (optional, start()) forget BOOT_ONLY_MODULES
     platform.memory()  (optional) {name: bytes} for status and health: heap_free and
                        heap_alloc on a board, rss on a Pi (firmware_shim.machine.memory)
-    platform.poll()    (only for start()) called once the agent is built, then every
-                       loop turn: a board arms and feeds its watchdog there
+    platform.poll()    (only for start()) called once the agent is built; the board
+                       then hands it to runtime.serve, which calls it every loop
+                       turn: a board arms and feeds its watchdog there
 """
 from agent import apps
 from agent import protocol as P
@@ -201,12 +202,12 @@ def start(config_path, platform):
         platform.poll()  # a board's watchdog runs from here on
         agent.start()
         agent.link.start()
+        log("device %s at stage %d; broker %s:%d" % (agent.cfg.device_id, agent.control.stage,
+                                                     agent.cfg.host, agent.cfg.port))
+        release = getattr(platform, "release_modules", None)
+        if release is not None:
+            release(BOOT_ONLY_MODULES)
     except BaseException:
         agent.close()
         raise
-    log("device %s at stage %d; broker %s:%d" % (agent.cfg.device_id, agent.control.stage,
-                                                 agent.cfg.host, agent.cfg.port))
-    release = getattr(platform, "release_modules", None)
-    if release is not None:
-        release(BOOT_ONLY_MODULES)
     return agent.runtime

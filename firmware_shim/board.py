@@ -1,9 +1,13 @@
 """A MicroPython board as a platform for agent.boot (the same code runs on the unix port).
 
-A board's main.py (written by `fleetstage bundle`) hands the composition root in:
-    import agent.boot
+A board's main.py (written by `fleetstage bundle`) hands the composition root in,
+naming it only inside a function (a module-level `Board(agent.boot.start)` stays
+on main.py's frame, and the start-up's modules could never be freed):
     from firmware_shim.board import Board
-    Board(agent.boot.start).run_bundle(__file__)
+    def board():
+        import agent.boot
+        return Board(agent.boot.start)
+    board().run_bundle(__file__)
 The folder that holds main.py is the flash: on a board that is "/", and on
 the unix port `cd BUNDLE && micropython main.py` serves BUNDLE as "/" (every
 absolute path in the config, /config.json, /device.key, /state, resolves
@@ -107,10 +111,12 @@ class Board:
             sys.exit(code)
         return code
 
-
     def run_config(self, config_path, poll_ms=100):
         """Start the agent for the config (self.start: agent.boot.start), then serve it
-        until its loop ends. Returns an exit code (2: a bad config)."""
+        until its loop ends. Returns an exit code (2: a bad config). Runs once: the
+        start-up's code is freed after it."""
+        if self.start is None:
+            raise RuntimeError("Board.run_config runs once; make a new Board(agent.boot.start)")
         start, self.start = self.start, None  # nothing here holds the boot code after
         started = start(config_path, self)
         del start

@@ -349,8 +349,28 @@ def test_nothing_the_board_keeps_running_names_the_start_up_modules():
     assert len(staying) > 20
     for mod in staying:
         assert not top_level_imports(mod) & set(BOOT_ONLY_MODULES), mod
+        # nor later, inside a function: that would import the freed module again
+        assert not _every_import(mod) & set(BOOT_ONLY_MODULES), mod
     for main in (MAIN_PY, MAIN_PY_ROMFS % "code.romfs"):
         tree = ast.parse(main)
         top = [node for node in tree.body if not isinstance(node, ast.FunctionDef)]
         assert "boot" not in ast.dump(ast.Module(body=top, type_ignores=[]))
         assert "agent.boot" in main and "run_bundle(__file__)" in main
+
+
+def _every_import(mod):
+    """Every module `mod`'s source imports, at load or inside a function."""
+    import ast
+
+    from bench.bench_board import _module_path
+
+    with open(_module_path(mod)) as f:
+        tree = ast.parse(f.read())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found.update(node.module + "." + alias.name for alias in node.names)
+    return found
