@@ -145,7 +145,7 @@ class _Url:
 def rollout_args(world, state, *extra):
     return [sys.executable, "-m", "tools.cli", "rollout", "--broker", world.broker.url,
             "--key", world.fleet_key_file, "--fleet", world.fleet, "--state", state,
-            "--timeout", "10", *extra]
+            "--timeout", "10", "--to-stage", "4", *extra]  # a later --to-stage in extra wins
 
 
 def start_rollout(world, state, *extra):

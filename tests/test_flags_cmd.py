@@ -52,12 +52,12 @@ def test_flags_list_set_and_clear_show_values_and_sources(world):
 def test_flags_and_clear_quarantine_refuse_bad_input_in_one_line(world):
     a = world.agent("gw1").start()
     world.agent("gw2").start()
-    r = _cli(world, a, "flags", "set", "no_such_flag", "true")
+    r = _cli(world, a, "flags", "set", "no_such_flag", "true", "--target", "all")
     assert r.returncode == 2 and "unknown flag" in r.stderr and "Traceback" not in r.stderr
-    r = _cli(world, a, "flags", "set", "use_ets_agent_registry", "maybe")
+    r = _cli(world, a, "flags", "set", "use_ets_agent_registry", "maybe", "--target", "all")
     assert r.returncode == 2 and "true or false" in r.stderr
     world.observer.wait_for(lambda: len({r["device"] for r in world.observer.of("status")}) == 2)
-    r = _cli(world, a, "clear-quarantine", "--json")
+    r = _cli(world, a, "clear-quarantine", "--target", "all", "--json")
     out = json.loads(r.stdout)
     assert set(out["devices"]) == {"gw1", "gw2"} and not out["missing"], r.stdout + r.stderr
     # neither is quarantined: both refuse, and the exit code says so (as publish-stage's)

@@ -110,6 +110,15 @@ def test_bundle_holds_bytecode_config_and_key(tmp_path):
     assert (out / "agent/runtime.mpy").exists() and (out / "main.py").exists()
     assert json.loads((out / "config.json").read_text())["device_id"] == "b1"
     assert "run_bundle(__file__)" in (out / "main.py").read_text()
+    # the key and the config (it may hold the broker password) stay private, whatever
+    # the mode of the files they were copied from
+    (out / "config.json").chmod(0o644)  # a rerun over an existing bundle: made 0600 again
+    r = _cli("bundle", "--out", str(out), "--config", str(tmp_path / "c.json"),
+             "--key", str(tmp_path / "d.key"))
+    assert r.returncode == 0, r.stderr
+    for name in ("config.json", "device.key"):
+        assert (out / name).stat().st_mode & 0o777 == 0o600, name
+    assert (out / "device.key").read_bytes() == (tmp_path / "d.key").read_bytes()
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     assert "%d bytes" % size in r.stdout and "mpremote connect PORT reset" in r.stdout
     bad = tmp_path / "bad.json"

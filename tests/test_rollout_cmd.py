@@ -16,7 +16,8 @@ def world(field_lab):
 def _rollout(world, agent, state, *extra):
     return agent.cli("rollout", "--broker", world.broker.url, "--key", world.fleet_key_file,
                      "--fleet", world.fleet, "--expect", "3", "--soak", "0.5", "--timeout", "15",
-                     "--waves", "0.5,1", "--state", state, *extra, timeout=120)
+                     "--waves", "0.5,1", "--state", state, "--to-stage", "4", *extra,
+                     timeout=120)
 
 
 def _stages(world):
@@ -56,3 +57,11 @@ def test_a_failing_wave_halts_and_rolls_back_what_it_reached(world, tmp_path):
     # a halted rollout stays halted
     r = _rollout(world, agents[0], state, "--to-stage", "3")
     assert r.returncode == 1 and "halted earlier" in r.stdout
+    # ... and says so to machines too: the outcome object on stdout
+    r = _rollout(world, agents[0], state, "--to-stage", "3", "--json")
+    out = json.loads(r.stdout)
+    assert r.returncode == 1 and out["outcome"] == "halted" and out["earlier"] is True
+    assert out["exit_code"] == 1 and "--abort" in out["reason"]
+    # a mistake in the new arguments is named, not hidden behind the recorded halt
+    r = _rollout(world, agents[0], state, "--to-stage", "3", "--waves", "group:nosuch,100%")
+    assert r.returncode == 2 and "nosuch" in r.stderr and "halted earlier" not in r.stdout

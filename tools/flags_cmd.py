@@ -172,17 +172,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="override a flag on the targeted devices (signed)")
     p.add_argument("name")
     p.add_argument("value", help="true or false")
-    _common(p)
+    _common(p, target_required=True)
     p.set_defaults(handler=_run_set, command="flags set")
     p = fsub.add_parser("clear", description=__doc__,
                         formatter_class=argparse.RawDescriptionHelpFormatter,
                         help="drop a flag's override: back to its stage's value")
     p.add_argument("name")
-    _common(p)
+    _common(p, target_required=True)
     p.set_defaults(handler=_run_clear, command="flags clear")
     flags.set_defaults(handler=lambda a: (flags.print_help(), EXIT_USAGE)[1])
     p = sub.add_parser("clear-quarantine", help="let quarantined devices advance again (signed)",
                        description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    _common(p)
+    _common(p, target_required=True)
     p.set_defaults(handler=_run_clear_quarantine)

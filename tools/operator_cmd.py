@@ -570,16 +570,30 @@ def add_connection_options(p):
                    "(default ~/.local/state/fleetstage)")
 
 
-def _common(p):
-    p.add_argument("--target", default="all", help="all | group:NAME | device:ID")
+def _common(p, target_required=False):
+    """target_required: no default target (a command that changes devices one by one
+    names what it changes; publish-stage and the rollbacks default to all)."""
+    if target_required:
+        p.add_argument("--target", required=True, help="all | group:NAME | device:ID")
+    else:
+        p.add_argument("--target", default="all", help="all | group:NAME | device:ID")
     add_connection_options(p)
     p.add_argument("--json", action="store_true", help="print the outcome as JSON")
     p.add_argument("--timeout", type=number_at_least(0, float, " seconds", strict=True),
                    default=30.0, help="seconds to wait for acks")
     who = p.add_mutually_exclusive_group()
     who.add_argument("--expect", type=number_at_least(1), help="wait until N devices are known")
-    who.add_argument("--devices", help="comma-separated device ids to sign for and wait on")
+    who.add_argument("--devices", type=_device_ids,
+                     help="comma-separated device ids to sign for and wait on")
     p.set_defaults(handler=_run)
+
+
+def _device_ids(text):
+    """An argparse type: a comma-separated list that names at least one device (an empty
+    one would otherwise mean "every device"); returned as given."""
+    if not any(d.strip() for d in text.split(",")):
+        raise argparse.ArgumentTypeError("must name at least one device id (a,b,...)")
+    return text
 
 
 def _stage(max_stage=P.MAX_STAGE, low=0):

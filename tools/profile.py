@@ -4,7 +4,7 @@
         --key ~/fleet.key --username operator --password-file ~/op.pw --ca ~/ca.crt
     fleetstage profile list | show [NAME] | use NAME
     fleetstage status                     (the default profile)
-    fleetstage --profile plant2 status    (or status --profile plant2, or $FLEETSTAGE_PROFILE)
+    fleetstage status --profile plant2    (or $FLEETSTAGE_PROFILE=plant2 fleetstage status)
 
 The file ($FLEETSTAGE_PROFILES, default ~/.config/fleetstage/profiles.json,
 mode 0600) is {"default": NAME, "profiles": {NAME: {broker, fleet, key,

@@ -294,6 +294,9 @@ class Driver:
 
 
 def build_spec(args: argparse.Namespace, plan) -> RolloutSpec:
+    if args.to_stage is None and not (args.resume or args.abort):
+        raise RolloutError("--to-stage N is required: the last stage to roll out (1..%d)"
+                           % plan.max_stage)
     to_stage = args.to_stage if args.to_stage is not None else plan.max_stage
     if not 1 <= to_stage <= plan.max_stage:
         raise RolloutError("--to-stage must be 1..%d" % plan.max_stage)
@@ -329,42 +332,54 @@ def _open_orchestrator(args, spec, infos, store, say) -> tuple[Orchestrator | No
     """(orchestrator, None) to run, or (None, exit code) when the state file says no."""
     status = store.get("status")
     saved = store.get("orch")
+    try:  # the arguments must hold for this fleet, whatever the state file records
+        fresh = Orchestrator(spec, infos)
+    except W.WaveError as exc:
+        raise RolloutError(str(exc)) from None
     if saved is None or status == "aborted":
         if args.resume:
             raise RolloutError("nothing to resume in %s: start a rollout without --resume" %
                                args.state)
-        try:
-            return Orchestrator(spec, infos), None
-        except W.WaveError as exc:
-            raise RolloutError(str(exc)) from None
+        return fresh, None
     why = Orchestrator.mismatch(spec, infos, saved)
     if status == "completed":
         behind = sorted(d for d, i in infos.items() if (i.stage or 0) < spec.to_stage)
         if why is None and not behind:
-            say("rollout done earlier: every device at stage %d" % spec.to_stage)
-            return None, EXIT["completed"]
+            return _earlier(args, say, "completed",
+                            "rollout done earlier: every device at stage %d" % spec.to_stage)
         why = why or "%d devices are below stage %d now (%s)" % (
             len(behind), spec.to_stage, ", ".join(
                 "%s at %s" % (d, infos[d].stage) for d in behind[:5]))
         raise RolloutError("%s records a finished rollout, but %s; run with --abort to clear "
                            "it, then start again" % (args.state, why))
     if status in ("halted", "preempted"):
-        say("rollout %s earlier: %s (run with --abort to clear %s, then start again)" % (
-            status, store.get("orch", {}).get("reason"), args.state))
-        return None, EXIT[status]
+        return _earlier(args, say, status, "rollout %s earlier: %s (run with --abort to clear "
+                        "%s, then start again)" % (status, store.get("orch", {}).get("reason"),
+                                                   args.state))
     if why is not None:
         raise RolloutError("%s cannot be resumed: %s; run with --abort to clear it" % (
             args.state, why))
     orch = Orchestrator(spec, infos, state=saved)
     if status == "paused":
         if not args.resume:
-            say("rollout paused earlier: %s (--resume goes on, --abort ends it)" % orch.reason)
-            return None, EXIT["paused"]
+            return _earlier(args, say, "paused", "rollout paused earlier: %s (--resume goes "
+                            "on, --abort ends it)" % orch.reason)
         orch.resume_paused()
     else:
         say("resuming the rollout in %s at stage %d wave %d" % (args.state, orch.stage,
                                                                 orch.wave + 1))
     return orch, None
+
+
+def _earlier(args, say, outcome: str, text: str) -> tuple[None, int]:
+    """The state file's recorded outcome, nothing run: said, and with --json printed
+    as the outcome object on stdout (with "earlier": true)."""
+    say(text)
+    code = EXIT[outcome]
+    if args.json:
+        print(json.dumps({"outcome": outcome, "reason": text, "exit_code": code,
+                          "earlier": True, "state": args.state}, sort_keys=True))
+    return None, code
 
 
 def _abort(args, client: OperatorClient | None, store: Store, say) -> int:
@@ -473,7 +488,9 @@ def report(args: argparse.Namespace, orch: Orchestrator, done: Finished, say) ->
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("rollout", help="roll the plan out in waves; halt and roll back on failure",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--to-stage", type=int, help="last stage (default: the plan's last)")
+    p.add_argument("--to-stage", type=int,
+                   help="last stage to roll out (required; with --resume or --abort the "
+                        "plan's last when left out)")
     add_connection_options(p)
     p.add_argument("--waves", default=W.DEFAULT_WAVES,
                    help="waves: group:NAME and cumulative percentages, mixed, ending at 100%% "

@@ -16,6 +16,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 
 from agent import protocol as P
 from agent.plan import Plan, PlanError
@@ -91,6 +92,9 @@ class FleetView:
         self.changed = 0
         self.desired: dict[str, bytes] = {}  # retained desired states, by topic
         self.ledger: dict[str, dict] = {}  # what this operator retained (operator_seq)
+        # re-reads this operator's last sequence number: while `watch` runs, this
+        # operator's other commands (publish-stage beside it) move it on
+        self.read_our_last_seq: Callable[[], int] | None = None
 
     def desired_replaced(self) -> list[str]:
         """Topics whose retained desired state is not the newest this operator retained
@@ -159,6 +163,11 @@ class FleetView:
 
     def ahead(self, st: dict, now: float | None = None) -> bool:
         guard = self.guard_of(st)
+        if guard is not None and guard > self.our_last_seq and self.read_our_last_seq:
+            try:
+                self.our_last_seq = max(self.our_last_seq, self.read_our_last_seq())
+            except (SeqError, OSError):
+                pass  # judged against what was read before
         next_floor = max(self.our_last_seq, int((now if now is not None else time.time()) * 1000))
         return guard is not None and guard > next_floor
 
@@ -285,6 +294,7 @@ def _run(args: argparse.Namespace) -> int:
         view = FleetView(args.fleet, key, our_last, read_inventory(args.inventory),
                          args.stale_after)
         view.ledger = seq_store(args).ledger.records()
+        view.read_our_last_seq = seq_store(args).last
         loop, link = _connect(args, view)
     except (OperatorError, MqttError) as exc:
         print("fleetstage %s: %s" % (args.command, exc), file=sys.stderr)

@@ -143,7 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=None)
     args = p.parse_args(argv)
     app = App(args)
-    server = ThreadingHTTPServer(("127.0.0.1", args.port), handler_for(app))
+    try:
+        server = ThreadingHTTPServer(("127.0.0.1", args.port), handler_for(app))
+    except OSError as exc:
+        print("gateway_app: cannot listen on 127.0.0.1:%d: %s (pick another --port)"
+              % (args.port, exc.strerror or exc), file=sys.stderr)
+        return 2
     app.telemetry()
     print("gateway app on 127.0.0.1:%d mode %s" % (args.port, args.mode), flush=True)
     if args.traffic > 0:
