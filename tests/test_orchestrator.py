@@ -143,6 +143,8 @@ def test_on_failure_pause_then_resume_continues_with_the_next_wave():
     fleet.reject = set()
     done, _ = fleet.drive(again)
     assert done.outcome == "completed"
+    # the device the paused wave failed was left where it was: the completion says so
+    assert done.reason.endswith("left behind by the paused wave: %s" % first[0]), done.reason
     sent_devices = [d for x in fleet.log if x[1] == "migrate" for d in x[3]]
     assert len(sent_devices) == len(set(sent_devices)) == 20  # no wave sent twice
 

@@ -468,8 +468,10 @@ class Orchestrator:
         if self.phase == ACKS:
             self._note_reached()
         self.results.append(result)
-        notes = [Notice("result", "  applied %d, rejected %d, rolled back %d, silent %d%s" % (
+        notes = [Notice("result", "  applied %d, rejected %d, rolled back %d, silent %d%s%s" % (
             result.applied, result.rejected, result.rolled_back, result.silent,
+            # decided before every ack was in (the error threshold was already crossed)
+            (", not yet answered %d" % result.pending) if result.pending else "",
             (": " + W._reason_text(result.reasons)) if result.reasons else ""),
             result.to_dict())]
         if not result.halted:
@@ -494,8 +496,15 @@ class Orchestrator:
         while True:
             if self.wave >= len(self.waves):
                 if self.stage >= self.spec.to_stage:
-                    self._finish(COMPLETED, "every wave of every stage done, up to stage %d" %
-                                 self.spec.to_stage)
+                    # a wave resumed after a pause left its failed devices where they were
+                    behind = sorted({d for r in self.results if r.decision == W.PAUSE
+                                     for d in r.failing})
+                    self._finish(COMPLETED, "every wave of every stage done, up to stage %d%s" % (
+                        self.spec.to_stage, "; left behind by the paused wave%s: %s" % (
+                            "s" if len({(r.stage, r.wave) for r in self.results
+                                        if r.decision == W.PAUSE}) > 1 else "",
+                            ", ".join(behind[:10]) + (" ..." if len(behind) > 10 else ""))
+                        if behind else ""))
                     return
                 self.stage += 1
                 self.wave = 0
