@@ -159,6 +159,8 @@ def test_report_contract_keys():
 
 def test_cli_refuses_bad_options_in_one_line(capsys, tmp_path):
     for argv in (["sim", "--waves", "50%,10%"], ["sim", "--devices", "0"],
+                 # a fleet no machine's memory holds (about 60 TB): refused up front
+                 ["sim", "--devices", "1000000000"],
                  ["sim", "--broker", "mqtt://localhost:1"],
                  # checked before the run, not after it as a traceback
                  ["sim", "--report", str(tmp_path / "no-such-dir" / "r")],
