@@ -238,7 +238,7 @@ def test_keygen_fleet_and_device_keys(tmp_path):
         first = f.read()
     info = P.parse_key_file(first)
     assert info.kind == "fleet" and len(info.key) == 32
-    assert main(["keygen", "--out", fleet_file]) == 1  # never overwrite silently
+    assert main(["keygen", "--out", fleet_file]) == 2  # never overwrite silently: exit 2
     with open(fleet_file, "rb") as f:
         assert f.read() == first
     dev_file = str(tmp_path / "gw7.key")
@@ -249,7 +249,7 @@ def test_keygen_fleet_and_device_keys(tmp_path):
     assert dev.key == P.derive_device_key(info.key, "gw7")
     assert os.stat(dev_file).st_mode & 0o777 == 0o600
     assert main(["keygen", "--device", "gw8", "--fleet-key", dev_file,
-                 "--out", str(tmp_path / "x.key")]) == 1  # a device key derives nothing
+                 "--out", str(tmp_path / "x.key")]) == 2  # a device key derives nothing
     assert main(["keygen", "--out", fleet_file, "--force"]) == 0
     with open(fleet_file, "rb") as f:
         assert f.read() != first

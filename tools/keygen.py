@@ -97,13 +97,13 @@ def _run(args):
         write_key_file(args.out, data, args.force)
     except (KeygenError, P.ProtocolError) as exc:
         print(f"fleetstage keygen: {exc}", file=sys.stderr)
-        return 1
+        return 2
     except OSError as exc:  # the named file, not a temp file's name
         name = args.fleet_key if args.device and not os.path.exists(args.fleet_key) \
             else args.out
         print(f"fleetstage keygen: {name}: {exc.strerror} (check the path and that its "
               "folder exists)", file=sys.stderr)
-        return 1
+        return 2
     what = f"device key for {args.device}" if args.device else "fleet key"
     print(f"wrote {what} to {args.out} (mode 0600)")
     return 0
