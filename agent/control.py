@@ -237,6 +237,12 @@ class MigrationControl:
             "seq": self.seq})
         return self._result(entry)
 
+    def at_emergency_target(self):
+        """An emergency rollback would change nothing here: stage 0, no overrides (its
+        state is the one it keeps). The retained emergency that follows the command a
+        device already obeyed then only moves the replay guard (agent.runtime)."""
+        return self.stage == 0 and not self._overrides
+
     def check_health_and_rollback(self, report=True):
         """ok with the health figures, or an automatic one-stage rollback with the violations.
 

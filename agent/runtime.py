@@ -281,6 +281,9 @@ class AgentRuntime:
         """Step toward state.stage: forward one stage at a time, rollbacks straight."""
         c = self.control
         action = state.action(c.stage)
+        if action is not None and action[0] == P.OP_EMERGENCY_ROLLBACK and \
+                c.at_emergency_target():
+            action = None  # already obeyed (the command before it): no second event
         op, args = action if action is not None else (D.GUARD_ONLY, {})
         if op == P.OP_MIGRATE:
             while c.stage + 1 < state.stage:

@@ -130,6 +130,36 @@ def test_emergency_desired_outranks_older_states_in_one_burst():
     control.close()
 
 
+def test_the_retained_emergency_after_the_command_is_no_second_rollback():
+    """emergency-rollback sends a command and retains an emergency desired state (the
+    next seq): a device that obeyed the command only moves its guard for the second,
+    so the history and the events hold one emergency rollback, not a 0 -> 0 one too."""
+    rt, link, control, clock = make()
+    deliver(rt, "device:" + DEV, cmd(control, "migrate", {"stage": 1}, 10))
+    deliver(rt, "device:" + DEV, cmd(control, "emergency_rollback", {"reason": "pager"}, 20))
+    assert control.stage == 0
+    em = P.encode_desired("all", 0, 21, control.plan.hash, FLEET_KEY, devices=[DEV],
+                          emergency=True, reason="pager", fleet=FLEET)
+    deliver(rt, "all", em, "desired")
+    rt.tick()
+    names = [e["name"] for e in link.leaf("event")]
+    assert names.count("migration.emergency_rollback") == 1, names
+    ops = [h["op"] for h in control.status()["migration_history"]]
+    assert ops.count("emergency_rollback") == 1, ops
+    assert control.store.get(P.ReplayGuard.KEY_SEQ) == 21  # the guard moved on
+    # an override set since: the same retained emergency drops it (it still changes that)
+    deliver(rt, "device:" + DEV, cmd(control, "set_flag", {"name": "use_ets_agent_registry",
+                                                          "value": True}, 30))
+    em = P.encode_desired("all", 0, 31, control.plan.hash, FLEET_KEY, devices=[DEV],
+                          emergency=True, reason="pager", fleet=FLEET)
+    deliver(rt, "all", em, "desired")
+    rt.tick()
+    assert control.status()["overrides"] == {}
+    names = [e["name"] for e in link.leaf("event")]
+    assert names.count("migration.emergency_rollback") == 2, names
+    control.close()
+
+
 def test_garbage_on_any_topic_never_raises():
     rt, link, control, _ = make()
     for topic in ("fleetstage/fl/cmd/all", "fleetstage/fl/desired/all", "junk", "fleetstage/x"):
