@@ -333,6 +333,10 @@ def _run(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         if args.command == "watch":
             _follow(loop, view, args.duration)
+            # the exit code says how the fleet ended; this operator's other commands
+            # (publish-stage beside watch) have moved its ledger on meanwhile
+            view.ledger = seq_store(args).ledger.records()
+            summary = view.summary(plan.hash)
     finally:
         link.close()
         loop.close()
