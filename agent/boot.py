@@ -32,7 +32,7 @@ from agent import protocol as P
 from agent.control import MigrationControl
 from agent.errors import ConfigError
 from agent.plan import Plan
-from agent.runtime import AgentRuntime, local_hold_changes
+from agent.runtime import KEY_LOCAL_HOLD, AgentRuntime, local_hold_changes
 
 
 def load_key(cfg, fs, log):
@@ -113,7 +113,7 @@ def console_reply(request, control, runtime=None):
     or from a store opened directly while no agent runs."""
     op = request.get("op")
     if op == "status":
-        return {"ok": True, "status": control.status()}
+        return {"ok": True, "status": _console_status(control)}
     if op == "emergency_rollback":
         reason = request.get("reason")
         if not isinstance(reason, str) or not reason:
@@ -123,8 +123,16 @@ def console_reply(request, control, runtime=None):
         else:
             result = control.emergency_rollback(
                 "local: " + reason, extra_changes=local_hold_changes(control.clock))
-        return {"ok": True, "result": result, "status": control.status()}
+        return {"ok": True, "result": result, "status": _console_status(control)}
     return {"ok": False, "error": f"unknown op {op!r}"}
+
+
+def _console_status(control):
+    """control.status() plus console_hold: whether a console emergency rollback holds the
+    device (the operator's status report carries the same; it lives in the store)."""
+    status = control.status()
+    status["console_hold"] = control.store.get(KEY_LOCAL_HOLD) is not None
+    return status
 
 
 def _refuse(field, why):

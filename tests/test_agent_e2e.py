@@ -157,11 +157,26 @@ def test_hostile_input_gets_reason_codes_and_changes_nothing(lab):
 
 def test_local_console_with_and_without_agent(lab):
     agent = lab.agent("gw1")
+    # No agent has ever run with this config: there is no store to act on, and an empty
+    # one made here would answer for a device whose state is elsewhere (a wrong
+    # state_dir): refused in one line, nothing written
+    for args in (("status",), ("emergency-rollback", "--reason", "drill")):
+        r = agent.cli("local", *args, "--config", agent.config_path)
+        assert r.returncode == 2 and "no agent state in" in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and not r.stdout
+    assert not os.path.exists(os.path.join(agent.state_dir, "agent.store"))
+    r = agent.cli("local", "emergency-rollback", "--reason", "x" * 194,
+                  "--config", agent.config_path)
+    assert r.returncode == 2 and "must be 1..193 characters, not 194" in r.stderr
+    agent.start()
+    lab.wait_stage("gw1", 0)
+    agent.stop()
     # No agent: act on the store directly (and hold the lock while doing so).
     r = agent.cli("local", "status", "--config", agent.config_path, "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["via"] == "store" and out["status"]["current_stage"] == 0
+    assert out["status"]["console_hold"] is False
     agent.start()
     lab.wait_stage("gw1", 0)
     _cli_json(lab, "publish-stage", "1", "--target", "device:gw1")
@@ -187,6 +202,9 @@ def test_local_console_with_and_without_agent(lab):
     r = agent.cli("local", "emergency-rollback", "--reason", "again", "--config",
                   agent.config_path, "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["via"] == "store"
+    assert json.loads(r.stdout)["status"]["console_hold"] is True  # the console sees it
+    r = agent.cli("local", "status", "--config", agent.config_path)
+    assert r.returncode == 0 and "console hold: on" in r.stdout, r.stdout
     # Back online, the older retained desired state does not undo the console rollback;
     # the next command from the operator is obeyed.
     lab.start_agent("gw1")

@@ -477,9 +477,14 @@ def test_local_status_into_a_closed_pipe_exits_without_a_traceback(tmp_path):
     import subprocess
 
     from agent import protocol as P
+    from agent.control import MigrationControl
+    from firmware_shim.clock import SystemClock
+    from firmware_shim.files import FileSystem
     from tests.agentkit import REPO, AgentProcess
 
     agent = AgentProcess(str(tmp_path), _NoBroker(), "plant", P.new_fleet_key(), "gw1")
+    # the device's state, as an agent that ran once leaves it (with none `local` refuses)
+    MigrationControl.open(agent.state_dir, FileSystem(), SystemClock()).close()
     read_end, write_end = os.pipe()
     os.close(read_end)  # nobody reads: the first write fails with EPIPE
     try:

@@ -10,6 +10,7 @@ runs. Must never: touch the store while another process holds the lock. The
 running agent holds it for its whole life, so "talk to the agent" and "act on
 the store" can never happen at once.
 """
+import argparse
 import errno
 import fcntl
 import json
@@ -18,6 +19,8 @@ import socket
 import sys
 from typing import Callable
 
+from agent import protocol as P
+from agent.control import STORE_FILE
 from firmware_shim.unix_server import StreamServer
 
 LOCK_FILE = "agent.lock"
@@ -31,6 +34,10 @@ class LocalError(Exception):
 
 class StateDirLocked(LocalError):
     pass
+
+
+class NoAgentState(LocalError):
+    """The config's state_dir holds no store: a wrong config, refused (exit code 2)."""
 
 
 class AgentUnresponsive(LocalError):
@@ -215,6 +222,12 @@ def _direct(cfg, request):
     from firmware_shim.clock import SystemClock
     from firmware_shim.files import FileSystem
 
+    if not cfg.state_partition and not os.path.exists(os.path.join(cfg.state_dir, STORE_FILE)):
+        # an empty store made here would answer for a device whose agent keeps its
+        # state elsewhere: a wrong state_dir must not look like a rollback that worked
+        raise NoAgentState(f"no agent state in {cfg.state_dir} (no {STORE_FILE}): the agent "
+                           "has never run with this config; check state_dir in --config. "
+                           "Nothing changed")
     lock = StateDirLock(cfg.state_dir)
     try:
         lock.acquire()
@@ -262,6 +275,18 @@ def _print_status(status, via):
         print("  {:<32} {}".format(name, "on" if flags[name] else "off"))
 
 
+# the stored reason is "local: " + this, and a reason goes out in the device's emergency
+# event: it must fit the protocol's limit as the operator's does
+REASON_MAX = P.MAX_REASON_LEN - len("local: ")
+
+
+def _console_reason(text):
+    if not 1 <= len(text) <= REASON_MAX:
+        raise argparse.ArgumentTypeError("must be 1..%d characters, not %d"
+                                         % (REASON_MAX, len(text)))
+    return text
+
+
 def _run(args):
     from agent.agent_config import ConfigError, load_config
     from firmware_shim.files import FileSystem
@@ -277,6 +302,9 @@ def _run(args):
         request = {"op": "emergency_rollback", "reason": args.reason}
     try:
         reply, via = run_local(cfg, request, args.timeout)
+    except NoAgentState as exc:
+        print(f"fleetstage local: {exc}", file=sys.stderr)
+        return 2
     except (LocalError, OSError, ValueError) as exc:
         print(f"fleetstage local: {exc}", file=sys.stderr)
         return 1
@@ -290,6 +318,9 @@ def _run(args):
         if request["op"] == "emergency_rollback":
             print(f"emergency rollback applied (via {via})")
         _print_status(reply["status"], via)
+        if reply["status"].get("console_hold"):
+            print("console hold: on (retained desired states are ignored until the next "
+                  "operator command, which the device obeys)")
     else:
         print("fleetstage local: {}".format(reply.get("error")), file=sys.stderr)
     return 0 if reply.get("ok") else 1
@@ -301,7 +332,8 @@ def register(sub):
     lsub.required = True
     st = lsub.add_parser("status", help="stage, state and flags of this device")
     er = lsub.add_parser("emergency-rollback", help="go straight to stage 0 on this device")
-    er.add_argument("--reason", required=True)
+    er.add_argument("--reason", required=True, type=_console_reason,
+                    help="why (1..%d characters; stored as 'local: REASON')" % REASON_MAX)
     for q in (st, er):
         q.add_argument("--config", required=True, help="the agent's JSON config")
         q.add_argument("--json", action="store_true")
