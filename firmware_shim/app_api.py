@@ -25,7 +25,10 @@ MAX_HEAD = 16 * 1024
 MAX_BODY = 64 * 1024
 MAX_WAIT_S = 300.0
 REASONS = {200: "OK", 202: "Accepted", 304: "Not Modified", 400: "Bad Request",
-           404: "Not Found", 405: "Method Not Allowed", 413: "Payload Too Large"}
+           404: "Not Found", 405: "Method Not Allowed", 411: "Length Required",
+           413: "Payload Too Large"}
+# a source name: the characters a probe's name may have (health config)
+_SOURCE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-")
 
 
 class Backend(Protocol):
@@ -51,8 +54,10 @@ def parse_outcome(obj: Any) -> tuple[bool, float | None, str | None]:
                                 or not 0 <= latency < float("inf")):
         raise OutcomeError("\"latency_ms\" must be a finite number >= 0")
     source = obj.get("source")
-    if source is not None and (not isinstance(source, str) or not 0 < len(source) <= 48):
-        raise OutcomeError("\"source\" must be a name of 1..48 characters")
+    if source is not None and (not isinstance(source, str) or not 0 < len(source) <= 48
+                               or not _SOURCE_CHARS.issuperset(source)):
+        raise OutcomeError("\"source\" must be a name of 1..48 characters of "
+                           "A-Z a-z 0-9 _ . : -")
     return ok, latency, source
 
 
@@ -91,6 +96,10 @@ class HttpConn:
                 self._send(400, {"error": str(exc)})
                 return
             del self.buf[:end + 4]
+            if "transfer-encoding" in self._head[2]:
+                self._send(411, {"error": "send the body with a Content-Length; a chunked "
+                                          "(Transfer-Encoding) body is not read"})
+                return
             try:
                 self._want = int(self._head[2].get("content-length", "0"))
             except ValueError:
@@ -170,7 +179,7 @@ class HttpConn:
             self._wait = (after, None)  # the deadline is set at the next tick
             self.busy = True
             return None
-        if headers.get("if-none-match", "").strip() == tag:
+        if _none_match(headers.get("if-none-match"), tag):
             return self._send(304, None, {"ETag": tag})
         return self._send(200, doc, {"ETag": tag})
 
@@ -182,11 +191,18 @@ class HttpConn:
             if stripped.startswith("{") and "\n" not in stripped:
                 items.append(parse_outcome(json.loads(stripped)))
             else:
-                for line in text.splitlines():
+                for n, line in enumerate(text.splitlines(), 1):
                     if line.strip():
-                        items.append(parse_outcome(json.loads(line)))
+                        try:
+                            items.append(parse_outcome(json.loads(line)))
+                        except ValueError as exc:  # the batch is refused whole
+                            raise OutcomeError("line %d: %s (nothing recorded)" % (n, exc)) \
+                                from None
         except (ValueError, UnicodeError) as exc:
             return self._send(400, {"error": str(exc)})
+        if not items:
+            return self._send(400, {"error": "no outcome in the body: send "
+                                             "{\"ok\": bool, \"latency_ms\": n} or JSON lines"})
         for ok, latency, source in items:
             self.backend.record(ok, latency, source)
         return self._send(202, {"recorded": len(items)})
@@ -201,6 +217,17 @@ class HttpConn:
             lines.append("%s: %s" % (k, (headers or {})[k]))
         self.out += ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
         self.done = True
+
+
+def _none_match(header: str | None, tag: str) -> bool:
+    """If-None-Match holds the current tag (RFC 9110: a list, weak comparison, or *)."""
+    if not header:
+        return False
+    for item in header.split(","):
+        item = item.strip()
+        if item == "*" or (item[2:] if item.startswith("W/") else item) == tag:
+            return True
+    return False
 
 
 def _parse_head(text: str) -> tuple[str, str, dict[str, str]]:

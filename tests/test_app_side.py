@@ -72,14 +72,18 @@ def test_api_flags_etag_name_long_poll_and_outcomes(tmp_path):
     assert status == 200 and doc["stage"] == 0 and FLAG in doc["flags"]
     rev = doc["revision"]
 
-    def conditional():
+    def conditional(tags='"%d"' % rev):
         from tools.appclient import _UnixHTTPConnection
         conn = _UnixHTTPConnection(os.path.join(client.run_dir, "api.sock"), 5)
-        conn.request("GET", "/v1/flags", headers={"If-None-Match": '"%d"' % rev})
+        conn.request("GET", "/v1/flags", headers={"If-None-Match": tags})
         reply = conn.getresponse()
         return reply.status, reply.getheader("ETag"), reply.read()
 
     assert _serve_while(side, conditional) == (304, '"%d"' % rev, b"")
+    # RFC 9110's If-None-Match: a list, weak comparison, or *
+    for tags in ('W/"%d"' % rev, '"%d", "%d"' % (rev + 7, rev), "*"):
+        assert _serve_while(side, lambda t=tags: conditional(t))[0] == 304, tags
+    assert _serve_while(side, lambda: conditional('"%d"' % (rev + 1)))[0] == 200
     assert _serve_while(side, lambda: client.get("/v1/flags/" + FLAG)) == \
         (200, {"name": FLAG, "value": False, "revision": rev})
     assert _serve_while(side, lambda: client.get("/v1/flags/nope"))[0] == 404
@@ -118,6 +122,25 @@ def test_api_flags_etag_name_long_poll_and_outcomes(tmp_path):
     assert _serve_while(side, lambda: post(lines)) == (202, {"recorded": 2})
     status, body = _serve_while(side, lambda: post(b'{"ok": "yes"}'))
     assert status == 400 and "ok" in body["error"]
+    # a batch with one bad line: refused whole, and the line is named
+    status, body = _serve_while(side, lambda: post(b'{"ok": true}\n{"ok": 3}\n'))
+    assert status == 400 and body["error"].startswith("line 2: "), body
+    # an empty body records nothing: said, not 202
+    status, body = _serve_while(side, lambda: post(b""))
+    assert status == 400 and "no outcome" in body["error"]
+    status, body = _serve_while(side, lambda: post(b'{"ok": true, "source": "bad name!"}'))
+    assert status == 400 and "source" in body["error"]
+
+    def chunked():  # a streamed upload: refused (411), not read as an empty body
+        from tools.appclient import _UnixHTTPConnection
+        conn = _UnixHTTPConnection(os.path.join(client.run_dir, "api.sock"), 5)
+        conn.request("POST", "/v1/outcomes", body=iter([b'{"ok": false}']),
+                     encode_chunked=True, headers={"Transfer-Encoding": "chunked"})
+        reply = conn.getresponse()
+        return reply.status, json.loads(reply.read())
+
+    status, body = _serve_while(side, chunked)
+    assert status == 411 and "Content-Length" in body["error"]
     sources = control.status()["system_health"]["sources"]
     assert sources["app"] == dict(sources["app"], samples=2, errors=1)
     assert sources["svc"]["samples"] == 1
@@ -139,6 +162,15 @@ def test_helper_enabled_is_cached_by_revision_and_report_reaches_the_window(tmp_
     assert client.enabled(FLAG) is True and client._stamp != stamp
     assert client.report(False, 30.0, source="ingest") is True
     assert client.report(True, 10.0, source="ingest") is True
+    # what the agent would drop is refused here, not sent and called delivered
+    for bad in ({"ok": "false", "latency_ms": 5}, {"ok": True, "latency_ms": -1},
+                {"ok": True, "source": "x" * 60}, {"ok": True, "source": "bad name!"}):
+        try:
+            client.report(**bad)
+        except ValueError:
+            pass
+        else:
+            raise AssertionError("report(%r) was sent" % (bad,))
     side.poll()
     src = control.status()["system_health"]["sources"]["ingest"]
     assert (src["samples"], src["errors"]) == (2, 1)

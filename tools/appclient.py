@@ -24,6 +24,8 @@ import socket
 import time
 from typing import Any
 
+from firmware_shim.app_api import parse_outcome
+
 DEFAULT_RUN_DIR = "/run/fleetstage"
 
 
@@ -116,10 +118,15 @@ class FlagsClient:
     # -- reporting outcomes ----------------------------------------------
     def report(self, ok: bool, latency_ms: float | None = None, source: str | None = None
                ) -> bool:
-        """One outcome to the agent's health window; False when no agent took it."""
-        msg: dict[str, Any] = {"ok": bool(ok), "latency_ms": latency_ms}
+        """One outcome to the agent's health window; False when no agent took it.
+
+        Raises ValueError for what the agent would refuse (ok not a bool, a latency that
+        is not a finite number >= 0, a bad source name), before anything is sent: a
+        datagram the agent drops would otherwise look delivered."""
+        msg: dict[str, Any] = {"ok": ok, "latency_ms": latency_ms}
         if source or self.source:
             msg["source"] = source or self.source
+        parse_outcome(msg)  # the agent's own check (firmware_shim.app_api): OutcomeError
         try:
             if self._out is None:
                 self._out = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
