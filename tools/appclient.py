@@ -24,8 +24,6 @@ import socket
 import time
 from typing import Any
 
-from firmware_shim.app_api import parse_outcome
-
 DEFAULT_RUN_DIR = "/run/fleetstage"
 
 
@@ -126,7 +124,7 @@ class FlagsClient:
         msg: dict[str, Any] = {"ok": ok, "latency_ms": latency_ms}
         if source or self.source:
             msg["source"] = source or self.source
-        parse_outcome(msg)  # the agent's own check (firmware_shim.app_api): OutcomeError
+        _check_outcome(msg)
         try:
             if self._out is None:
                 self._out = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -137,6 +135,24 @@ class FlagsClient:
         except OSError:  # no agent, or its queue is full: never block the application
             self.dropped += 1
             return False
+
+
+_SOURCE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-")
+
+
+def _check_outcome(msg: dict[str, Any]) -> None:
+    """The agent's own check of an outcome (firmware_shim.app_api.parse_outcome, kept here
+    too: this file is standard library only, so an application can copy it)."""
+    if msg["ok"] is not True and msg["ok"] is not False:
+        raise ValueError("ok must be True or False, not %r" % (msg["ok"],))
+    latency = msg["latency_ms"]
+    if latency is not None and (isinstance(latency, bool) or not isinstance(latency, (int, float))
+                                or not 0 <= latency < float("inf")):
+        raise ValueError("latency_ms must be a finite number >= 0, not %r" % (latency,))
+    source = msg.get("source")
+    if source is not None and (not isinstance(source, str) or not 0 < len(source) <= 48
+                               or not _SOURCE_CHARS.issuperset(source)):
+        raise ValueError("source must be a name of 1..48 characters of A-Z a-z 0-9 _ . : -")
 
 
 _default: FlagsClient | None = None
