@@ -41,6 +41,11 @@ def test_install_writes_a_valid_config_key_and_unit(tmp_path):
              "--ca", str(ca), "--root", str(root),
              "--exe", "/opt/fs/bin/fleetstage")
     assert r.returncode == 0, r.stderr
+    import pwd
+    try:
+        pwd.getpwnam("fleetstage")
+    except KeyError:  # staged: this machine has no service user, and install says what to do
+        assert "chown -R fleetstage:fleetstage /etc/fleetstage /var/lib/fleetstage" in r.stdout
     cfg = load_config(str(root / "etc/fleetstage/agent.json"), FileSystem())
     assert (cfg.device_id, cfg.fleet, cfg.groups, cfg.tls) == ("gw7", "plant1", ["line-a"], True)
     assert cfg.state_dir == "/var/lib/fleetstage" and cfg.key_file == "/etc/fleetstage/device.key"

@@ -231,11 +231,18 @@ def _run(args: argparse.Namespace) -> int:
         print("fleetstage install: %s" % exc, file=sys.stderr)
         return 2
     except OSError as exc:
-        print("fleetstage install: %s: %s (run it with sudo)" % (exc.filename, exc.strerror),
+        hint = "check the path" if os.geteuid() == 0 else "run it with sudo"
+        print("fleetstage install: %s: %s (%s)" % (exc.filename, exc.strerror, hint),
               file=sys.stderr)
         return 2
     for path in written:
         print("wrote " + path)
+    if service_user(args.user, create=False) is None:  # staged for an image: no such user here
+        print("note: this machine has no user %s, so the files are owned by uid %d. On the "
+              "image, create the system user (useradd --system --user-group %s) and run: "
+              "chown -R %s:%s %s %s (the unit runs as %s and must read them)" % (
+                  args.user, os.geteuid(), args.user, args.user, args.user,
+                  os.path.dirname(CONF_REL), STATE_REL, args.user))
     if args.enable:
         for cmd in (["systemctl", "daemon-reload"],
                     ["systemctl", "enable", "--now", "fleetstage-agent"]):
