@@ -496,15 +496,8 @@ class Orchestrator:
         while True:
             if self.wave >= len(self.waves):
                 if self.stage >= self.spec.to_stage:
-                    # a wave resumed after a pause left its failed devices where they were
-                    behind = sorted({d for r in self.results if r.decision == W.PAUSE
-                                     for d in r.failing})
-                    self._finish(COMPLETED, "every wave of every stage done, up to stage %d%s" % (
-                        self.spec.to_stage, "; left behind by the paused wave%s: %s" % (
-                            "s" if len({(r.stage, r.wave) for r in self.results
-                                        if r.decision == W.PAUSE}) > 1 else "",
-                            ", ".join(behind[:10]) + (" ..." if len(behind) > 10 else ""))
-                        if behind else ""))
+                    self._finish(COMPLETED, "every wave of every stage done, up to stage %d%s"
+                                 % (self.spec.to_stage, self._left_behind()))
                     return
                 self.stage += 1
                 self.wave = 0
@@ -513,6 +506,14 @@ class Orchestrator:
             if self.waves[self.wave]:
                 return
             self.wave += 1
+
+    def _left_behind(self) -> str:
+        """A wave resumed after a pause left its failed devices where they were."""
+        behind = sorted({d for r in self.results if r.decision == W.PAUSE for d in r.failing})
+        if not behind:
+            return ""
+        more = " ..." if len(behind) > 10 else ""
+        return "; left behind by the paused wave: " + ", ".join(behind[:10]) + more
 
     def _finish(self, outcome: str, reason: str) -> None:
         self.outcome, self.reason = outcome, reason
