@@ -191,7 +191,7 @@ def build(config_path, platform):
 # What only the start-up needs. A board drops these modules once its agent runs
 # (platform.release_modules, firmware_shim.board), so their functions and the
 # parsed config leave the heap before the first stage change comes in.
-BOOT_ONLY_MODULES = ("agent.boot", "agent.agent_config")
+BOOT_ONLY_MODULES = ("agent.boot", "agent.agent_config", "agent.restore")
 
 
 def start(config_path, platform):

@@ -27,7 +27,6 @@ from agent.events import EventBus
 from agent.flags import FLAG_NAMES, FeatureFlags, check_flag_value
 from agent.history import History
 from agent.plan import Plan
-from agent.restore import flags_to_commit, read_state
 from agent.store import Store, StoreError
 from agent.transitions import (  # noqa: F401 - re-exported: callers catch these from here
     AT_STAGE,
@@ -520,7 +519,11 @@ class MigrationControl:
         self._apply_services()
 
     def _restore(self):
-        """Adopt what the store holds (agent.restore reads and validates it)."""
+        """Adopt what the store holds (agent.restore reads and validates it). Imported
+        here only: a board frees it once the agent runs (agent.boot.BOOT_ONLY_MODULES),
+        and a store reopen, the one later caller, loads it again."""
+        from agent.restore import flags_to_commit, read_state
+
         s = read_state(self.store, self.plan, self.config.restart_window_ms, self._wall_ms(),
                        self.recovered_notes)
         self.seq, self.stage, self.state = s.seq, s.stage, s.state

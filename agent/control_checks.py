@@ -11,9 +11,9 @@ Must never: change state or do I/O; every function here reads what it is given a
 returns a new dict (or raises ControlError), so the caller may keep or change it.
 """
 from agent import health as health_mod
-from agent.restore import FLAG_PREFIX  # one home: restore reads what this writes
 from agent.transitions import COOLDOWN, QUARANTINED, ControlError
 
+FLAG_PREFIX = "flag."  # the flags in force; agent.restore reads back what is written here
 RESERVED = ("ctl.", FLAG_PREFIX, "health.")  # the store keys MigrationControl writes
 
 

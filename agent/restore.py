@@ -7,12 +7,13 @@ instead of crashing the agent; and which flags must be committed again when
 the config or plan changed since the last boot.
 Must never: touch MigrationControl (it returns a StoredState; MigrationControl
 adopts it in _restore()), write the store, or lose committed state that is valid.
+A board frees this module once the agent runs (agent.boot.BOOT_ONLY_MODULES): only
+MigrationControl._restore imports it, at open and at a rare store reopen.
 """
 from agent import transitions as tr
 from agent.flags import FLAG_NAMES, FlagError, check_flag_map
+from agent.control_checks import FLAG_PREFIX
 from agent.transitions import AT_STAGE
-
-FLAG_PREFIX = "flag."
 
 
 class StoredState:

@@ -344,13 +344,17 @@ def test_nothing_the_board_keeps_running_names_the_start_up_modules():
     from tools.bundle_cmd import MAIN_PY_ROMFS
 
     loaded = boot_modules()
-    assert "agent.boot" in loaded and "agent.agent_config" not in loaded  # lazily, at boot
+    assert "agent.boot" in loaded  # and these two lazily, at boot:
+    assert "agent.agent_config" not in loaded and "agent.restore" not in loaded
     staying = [m for m in loaded if m not in BOOT_ONLY_MODULES]
     assert len(staying) > 20
     for mod in staying:
         assert not top_level_imports(mod) & set(BOOT_ONLY_MODULES), mod
-        # nor later, inside a function: that would import the freed module again
-        assert not _every_import(mod) & set(BOOT_ONLY_MODULES), mod
+        # nor later, inside a function: that would import the freed module again. The
+        # one exception is a rare path: a store reopen rebuilds from agent.restore
+        # (tests/core/test_control_baseline_and_recovery.py runs it after a release).
+        later = {"agent.restore"} if mod == "agent.control" else set()
+        assert _every_import(mod) & set(BOOT_ONLY_MODULES) == later, mod
     for main in (MAIN_PY, MAIN_PY_ROMFS % "code.romfs"):
         tree = ast.parse(main)
         top = [node for node in tree.body if not isinstance(node, ast.FunctionDef)]

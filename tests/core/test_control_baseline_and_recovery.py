@@ -1,12 +1,15 @@
 """agent.control: the latency baseline across stages, and recovery: a cooldown that
 ends even when the wall clock is wrong after a reboot, a commit whose fate on flash
 is unknown, and a service move that failed."""
+import sys
+
 import corekit
 import faultfs
 
 from agent import transitions as tr
 from agent.control import AT_STAGE, COOLDOWN, MigrationControl
 from agent.store import StoreError
+from firmware_shim.board import Board
 from firmware_shim.clock import ManualClock
 from firmware_shim.files import FileSystem
 
@@ -114,10 +117,24 @@ def test_operator_may_clear_a_cooldown():
 # -- a commit whose fsync failed and that could not be rolled back --------
 
 def test_control_rebuilds_from_flash_when_a_failed_commit_could_not_be_rolled_back():
+    _rebuild_after_an_unrolled_back_commit(release=False)
+
+
+def test_the_rebuild_loads_agent_restore_again_after_a_board_released_it():
+    # A board frees agent.restore once its agent runs (agent.boot.BOOT_ONLY_MODULES);
+    # the store reopen, its one later caller, imports it afresh.
+    _rebuild_after_an_unrolled_back_commit(release=True)
+    assert "agent.restore" in sys.modules
+
+
+def _rebuild_after_an_unrolled_back_commit(release):
     d = corekit.tmpdir("ctlrev")
     fs = faultfs.FaultFS()
     clock = ManualClock()
     with corekit.closing(MigrationControl.open(d, clock=clock, fs=fs)) as c:
+        if release:
+            Board().release_modules(("agent.restore",))
+            assert "agent.restore" not in sys.modules
         _traffic(c)
         c.migrate_to_stage(1)
         _traffic(c)
