@@ -11,8 +11,8 @@ A board frees this module once the agent runs (agent.boot.BOOT_ONLY_MODULES): on
 MigrationControl._restore imports it, at open and at a rare store reopen.
 """
 from agent import transitions as tr
-from agent.flags import FLAG_NAMES, FlagError, check_flag_map
 from agent.control_checks import FLAG_PREFIX
+from agent.flags import FLAG_NAMES, FlagError, check_flag_map
 from agent.transitions import AT_STAGE
 
 
