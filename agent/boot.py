@@ -4,7 +4,7 @@ Owns: the order a device comes up in (device key, the link, the flash, the
 runtime, the final last will), counting each start as a restart, the console's
 two operations (status, emergency rollback) for a running agent and for a
 store opened directly, and the board's start (start(): the board then serves the
-runtime and frees this module and the config's, BOOT_ONLY_MODULES).
+runtime and frees this module, the config's and agent.restore: BOOT_ONLY_MODULES).
 Must never: do I/O of its own or pick a platform. The Pi agent
 (tools/agent_cmd.py), the board (main.py with firmware_shim.board.Board) and
 the console (tools/local_cmd.py) hand their platform objects in.

@@ -143,6 +143,8 @@ def _rebuild_after_an_unrolled_back_commit(release):
         corekit.raises(StoreError, c.migrate_to_stage, 2)
         # The control reopened the store: it is usable and agrees with the file.
         assert not c.store.stats()["needs_reopen"]
+        if release:  # the reopen itself loaded it again (not the second open below)
+            assert "agent.restore" in sys.modules
         before = (c.stage, c.state, c.seq, c.flags.values())
     with corekit.closing(MigrationControl.open(d, clock=clock, fs=faultfs.FaultFS())) as c:
         assert (c.stage, c.state, c.seq, c.flags.values()) == before
