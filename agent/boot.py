@@ -190,8 +190,12 @@ def build(config_path, platform):
 
 # What only the start-up needs. A board drops these modules once its agent runs
 # (platform.release_modules, firmware_shim.board), so their functions and the
-# parsed config leave the heap before the first stage change comes in.
-BOOT_ONLY_MODULES = ("agent.boot", "agent.agent_config", "agent.restore")
+# parsed config leave the heap before the first stage change comes in. The key file's
+# parser (agent.protocol._keys) is one: the package loads it when a key name is asked
+# for (P.parse_key_file), and loads it again if one ever is later; so is the config's
+# validation (agent.config_rules: the loaded Config keeps no reference to it).
+BOOT_ONLY_MODULES = ("agent.boot", "agent.agent_config", "agent.restore", "agent.protocol._keys",
+                     "agent.config_rules")
 
 
 def start(config_path, platform):

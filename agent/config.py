@@ -1,7 +1,8 @@
 """Per-environment agent configuration: flag defaults, health thresholds, timers.
 
-Owns: the built-in environments (the runbook's config/config.exs, prod.exs and
-staging.exs) and validating a config given as a dict or a JSON file.
+Owns: Config, a loaded config (from a dict or a JSON file). The built-in
+environments (the runbook's config/config.exs, prod.exs and staging.exs), the
+default thresholds and the checks are agent.config_rules (see below).
 Must never: apply anything. MigrationControl reads a Config and acts on it.
 
 A config names an environment and may override that environment's flags and
@@ -12,65 +13,22 @@ leave a device with a default it was never meant to have.
 import json
 
 from agent.errors import ConfigError  # one class for every config (re-exported)
-from agent.flags import FlagError, check_flag_map
 from firmware_shim.files import FileReadError, read_text
 
-# config/config.exs sets every flag off; the environments add to it.
-ENVIRONMENTS = {
-    "default": {},
-    "dev": {},
-    "prod": {"enable_migration_monitoring": True},
-    "staging": {
-        "use_ets_agent_registry": True,
-        "use_logger_error_context": True,
-        "enable_migration_monitoring": True,
-    },
-}
-
-DEFAULT_THRESHOLDS = {
-    "max_error_rate": 0.05,       # runbook: error rate > 5% rolls back
-    "max_restarts_per_min": 10,   # runbook: restart frequency > 10/minute
-    "max_latency_ratio": 2.0,     # runbook: response time > 2x baseline
-    "min_samples": 20,            # fewer outcomes than this: "inconclusive" (per source)
-    "min_errors": 8,              # fewer failed calls than this never trip the error rate
-}
-
-# name -> (default, minimum allowed, integer only)
-_NUMBERS = {
-    "cooldown_ms": (600000, 0, True),
-    "quarantine_after": (3, 1, True),
-    "monitoring_interval_ms": (30000, 1, True),
-    "history_length": (50, 1, True),
-    "window_ms": (300000, 1000, True),        # how far back error rate and latency look
-    "restart_window_ms": (60000, 1000, True),  # restarts are counted per minute
-    "max_samples": (160, 10, True),   # latencies kept per source over the window (memory bound)
-}
-
-# name -> maximum allowed (memory: each latency kept is a float in every source's window)
-_MAXIMA = {"max_samples": 2000}
-
-_THRESHOLD_LIMITS = {
-    "max_error_rate": (0, False),
-    "max_restarts_per_min": (0, False),
-    "max_latency_ratio": (1, False),
-    "min_samples": (1, True),
-    "min_errors": (1, True),
-}
+# The tables (ENVIRONMENTS, DEFAULT_THRESHOLDS) and the checks live in agent.config_rules,
+# loaded when a config is (or a table is asked for: __getattr__ below, on CPython and
+# MicroPython alike): a board frees it once its agent runs (agent.boot.BOOT_ONLY_MODULES)
+# and keeps only the loaded Config.
+_LAZY_MODULE = "agent.config_rules"
+_LAZY_NAMES = ("ENVIRONMENTS", "DEFAULT_THRESHOLDS")
 
 
+def __getattr__(name):
+    if name in _LAZY_NAMES:
+        import agent.config_rules
 
-
-def _check_number(field, value, minimum, integer):
-    if type(value) is int:
-        pass
-    elif type(value) is float and not integer:
-        pass
-    else:
-        kind = "an integer" if integer else "a number"
-        raise ConfigError(field, f"must be {kind}, not {value!r}")
-    if value < minimum:
-        raise ConfigError(field, f"must be >= {minimum}, not {value!r}")
-    return value
+        return getattr(agent.config_rules, name)
+    raise AttributeError("module 'agent.config' has no attribute '%s'" % name)
 
 
 class Config:
@@ -84,45 +42,9 @@ class Config:
         self._load(data)
 
     def _load(self, data):
-        if not isinstance(data, dict):
-            raise ConfigError("(root)", "a config must be a mapping")
-        known = ("environment", "flags", "thresholds") + tuple(_NUMBERS)
-        for key in sorted(data):
-            if key not in known:
-                raise ConfigError(key, "unknown field (known: {})".format(", ".join(known)))
-        env = data.get("environment", "default")
-        if env not in ENVIRONMENTS:
-            raise ConfigError("environment", "unknown environment {!r} (known: {})".format(
-                env, ", ".join(sorted(ENVIRONMENTS))))
-        self.environment = env
-        overrides = data.get("flags", {})
-        try:
-            check_flag_map(overrides, "flags")
-        except FlagError as exc:
-            raise ConfigError("flags", str(exc)) from None
-        self.flags = dict(ENVIRONMENTS[env])
-        self.flags.update(overrides)
-        self.thresholds = dict(DEFAULT_THRESHOLDS)
-        given = data.get("thresholds", {})
-        if not isinstance(given, dict):
-            raise ConfigError("thresholds", "must be a mapping")
-        for key in sorted(given):
-            if key not in _THRESHOLD_LIMITS:
-                raise ConfigError("thresholds." + str(key), "unknown threshold (known: {})".format(
-                    ", ".join(sorted(_THRESHOLD_LIMITS))))
-            minimum, integer = _THRESHOLD_LIMITS[key]
-            self.thresholds[key] = _check_number("thresholds." + key, given[key], minimum,
-                                                 integer)
-        if self.thresholds["max_error_rate"] > 1:  # 5 for 5% would never roll back
-            raise ConfigError("thresholds.max_error_rate", "is a fraction of calls, 0..1 "
-                              "(0.05 is 5%), not {!r}".format(given["max_error_rate"]))
-        for key in _NUMBERS:
-            default, minimum, integer = _NUMBERS[key]
-            value = data.get(key, default)
-            value = _check_number(key, value, minimum, integer)
-            if key in _MAXIMA and value > _MAXIMA[key]:
-                raise ConfigError(key, f"must be <= {_MAXIMA[key]}, not {value!r}")
-            setattr(self, key, value)
+        from agent.config_rules import load_into
+
+        load_into(self, data)
 
     @classmethod
     def from_dict(cls, data):
@@ -160,6 +82,8 @@ class Config:
     def to_dict(self):
         out = {"environment": self.environment, "flags": dict(self.flags),
                "thresholds": dict(self.thresholds)}
-        for key in _NUMBERS:
+        from agent.config_rules import NUMBERS
+
+        for key in NUMBERS:
             out[key] = getattr(self, key)
         return out

@@ -35,6 +35,9 @@ def _public(path, follow_imports=False):
         a = fn.args
         return [p.arg for p in a.posonlyargs + a.args + a.kwonlyargs]
 
+    constants = {t.id: ast.literal_eval(node.value) for node in tree.body
+                 if isinstance(node, ast.Assign) for t in node.targets
+                 if isinstance(t, ast.Name) and t.id in ("_LAZY_MODULE", "_LAZY_NAMES")}
     imported = {}  # name -> the agent module's path it comes from
     for node in tree.body:
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("agent"):
@@ -62,14 +65,21 @@ def _public(path, follow_imports=False):
                 if isinstance(t, ast.Name) and not t.id.startswith("_") and t.id != "__all__":
                     out[t.id] = None
         elif follow_imports and isinstance(node, ast.ImportFrom) and node.module:
-            sub = os.path.join(ROOT, *node.module.split(".")) + ".py"
-            if os.path.exists(sub):
-                theirs = _public(sub)
-                for alias in node.names:
-                    for key, value in theirs.items():
-                        if key == alias.name or key.startswith(alias.name + "."):
-                            out[key] = value
+            _follow(node.module, [alias.name for alias in node.names], out)
+    if "_LAZY_MODULE" in constants:  # the names its module __getattr__ loads
+        _follow(constants["_LAZY_MODULE"], constants["_LAZY_NAMES"], out)
     return out
+
+
+def _follow(module, names, out):
+    """What a package door takes from its module `module`: `names`, with their members."""
+    sub = os.path.join(ROOT, *module.split(".")) + ".py"
+    if os.path.exists(sub):
+        theirs = _public(sub)
+        for name in names:
+            for key, value in theirs.items():
+                if key == name or key.startswith(name + "."):
+                    out[key] = value
 
 
 def test_every_stub_matches_its_module():

@@ -12,7 +12,8 @@ appears anywhere in the board's kept code, as a name, an attribute, a keyword
 argument or an identifier-like string constant (CONTROL_OPS names the
 control's methods as strings; getattr/hasattr take strings). The roots are
 main.py, every statement of a module or class body that is not a def or class,
-dunder methods, and the modules whose API is called by code that is not in
+dunder methods and functions (a package's module-level __getattr__), and the
+modules whose API is called by code that is not in
 the bundle: agent.apps (a gateway application on the board imports it) and
 agent.services (the stage-switched code paths the applications run).
 Imports of a dropped name are dropped with it; `__all__` goes (a board never
@@ -118,7 +119,7 @@ def shake(sources: dict[str, str], roots: str) -> tuple[dict[str, str], list[tup
         whole = rel.startswith(KEEP_WHOLE_PREFIXES)
         for stmt in tree.body:
             if isinstance(stmt, _DEFS):
-                units.append(_Unit(rel, stmt, whole))
+                units.append(_Unit(rel, stmt, whole or stmt.name.startswith("__")))
                 if isinstance(stmt, ast.ClassDef):
                     units.extend(_Unit(rel, m, whole or m.name.startswith("__"), stmt)
                                  for m in stmt.body if isinstance(m, _DEFS))

@@ -140,14 +140,6 @@ from agent.protocol._commands import (
     pick_desired,
     seal,
 )
-from agent.protocol._keys import (
-    KeyInfo,
-    agent_key,
-    derive_device_key,
-    format_key_file,
-    new_fleet_key,
-    parse_key_file,
-)
 from agent.protocol._replay import (
     ReplayGuard,
 )
@@ -215,6 +207,21 @@ from agent.protocol._wire import (
     RemoteProtocolError,
     ReportError,
 )
+
+# The key names come from agent.protocol._keys, loaded when one is first asked for
+# (__getattr__ below, on CPython and MicroPython alike): only the start-up reads a key
+# file, so a board frees that module once its agent runs (agent.boot.BOOT_ONLY_MODULES).
+_LAZY_MODULE = "agent.protocol._keys"
+_LAZY_NAMES = ("KeyInfo", "agent_key", "derive_device_key", "format_key_file", "new_fleet_key",
+               "parse_key_file")
+
+
+def __getattr__(name):
+    if name in _LAZY_NAMES:
+        import agent.protocol._keys
+
+        return getattr(agent.protocol._keys, name)
+    raise AttributeError("module 'agent.protocol' has no attribute '%s'" % name)
 
 __all__ = [
     "APPLIED",

@@ -10,7 +10,6 @@ Private: use agent.protocol.
 import hashlib
 
 from agent.protocol._addressing import parse_target, target_matches, validate_id
-from agent.protocol._keys import derive_device_key
 from agent.protocol._wire import (
     _DOMAIN,
     _ENTRY_BYTES,
@@ -283,6 +282,9 @@ def seal(env, kind, fleet_key, devices, keys=None):
     body = codec.canonical(env)
     outer = {"v": VERSION, "body": body}
     if fleet_key is not None:
+        # operator side only: a board loads agent.protocol._keys at boot and then frees it
+        from agent.protocol._keys import derive_device_key
+
         if keys is None:
             keys = {}
         entries = []

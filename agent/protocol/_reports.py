@@ -5,7 +5,6 @@ Must never: do I/O; raise anything but ReportError for a bad report (a caller's
 own mistake in encode_* is a LocalProtocolError). Private: use agent.protocol.
 """
 from agent.protocol._addressing import validate_id
-from agent.protocol._keys import derive_device_key
 from agent.protocol._wire import (
     _REPORT_DOMAIN,
     MAC_BYTES,
@@ -128,6 +127,8 @@ def decode_report(payload, key=None, kind=None, device_id=None, fleet_key=None,
         raise ReportError(f"report from {sender} on the topic of {device_id}")
     sig = body.pop("sig", None)
     if key is None and fleet_key is not None:
+        from agent.protocol._keys import derive_device_key  # operator side only (see seal)
+
         key = derive_device_key(fleet_key, sender)
     if key is not None:
         try:

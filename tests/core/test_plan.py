@@ -141,3 +141,27 @@ def test_config_loads_from_a_json_file():
     assert config.environment == "prod" and config.thresholds["min_samples"] == 5
     exc = corekit.raises(ConfigError, Config.load, d + "/none.json", FileSystem())
     assert exc.field == "(file)"
+
+
+def test_a_config_loads_its_checks_again_after_a_board_released_them():
+    # A board frees agent.config_rules once its agent runs (agent.boot.BOOT_ONLY_MODULES):
+    # a Config made later, or a table asked for, loads it again.
+    import sys
+
+    import agent.config
+    from firmware_shim.board import Board
+
+    name = "agent.config_rules"
+    kept = sys.modules[name]
+    try:
+        Board().release_modules((name,))
+        assert name not in sys.modules
+        assert Config(environment="prod").flags == {"enable_migration_monitoring": True}
+        assert name in sys.modules
+        Board().release_modules((name,))
+        assert agent.config.DEFAULT_THRESHOLDS["max_error_rate"] == 0.05
+        corekit.raises(ConfigError, Config, environment="nope")
+    finally:
+        sys.modules[name] = kept
+        agent.config_rules = kept  # type: ignore[attr-defined]
+    corekit.raises(AttributeError, getattr, agent.config, "no_such_name")

@@ -643,6 +643,28 @@ def test_key_files():
     corekit.raises(p.KeyFileError, p.format_key_file, FLEET_KEY, "group")
 
 
+def test_the_key_names_load_their_module_again_after_a_board_released_it():
+    # A board frees agent.protocol._keys once its agent runs (agent.boot.BOOT_ONLY_MODULES):
+    # the door's names for it load it again when asked for; other names are not invented.
+    import sys
+
+    from firmware_shim.board import Board
+
+    name = "agent.protocol._keys"
+    p.parse_key_file(FLEET_KEY)  # loaded by now
+    kept = sys.modules[name]
+    try:
+        Board().release_modules((name,))
+        assert name not in sys.modules
+        dev = p.parse_key_file(p.format_key_file(KEY_A, "device", "gw-a"))
+        assert p.agent_key(dev, "gw-a") == (KEY_A, None) and name in sys.modules
+        assert p.derive_device_key(FLEET_KEY, "gw-a") == KEY_A
+    finally:  # the rest of the run keeps the module it started with (its KeyInfo class)
+        sys.modules[name] = kept
+        p._keys = kept
+    corekit.raises(AttributeError, getattr, p, "no_such_name")
+
+
 # ---------------------------------------------------------------------- reports
 
 def test_ack_round_trip_and_device_mac():
