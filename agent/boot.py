@@ -195,7 +195,7 @@ def build(config_path, platform):
 # for (P.parse_key_file), and loads it again if one ever is later; so is the config's
 # validation (agent.config_rules: the loaded Config keeps no reference to it).
 BOOT_ONLY_MODULES = ("agent.boot", "agent.agent_config", "agent.restore", "agent.protocol._keys",
-                     "agent.config_rules")
+                     "agent.config_rules", "agent.store_recovery")
 
 
 def start(config_path, platform):

@@ -8,8 +8,10 @@ board, a fake in tests), never
 acknowledges a commit before it is durable, and never leaves a state on flash
 that mixes two commits.
 
-This module is the I/O driver; the bytes (header, records, replay) are
-agent.store_format's, so a second backend can reuse them. File format: see there.
+This module is the I/O driver; the bytes (header, records) are
+agent.store_format's, so a second backend can reuse them (file format: see there),
+and reading a file back at open (the replay, the recovery) is agent.store_recovery's,
+which a board frees once its agent runs.
 
 A commit is ONE record: one write, then one fsync (on littlefs fsync is flush,
 the commit point). Records are small (a one-flag commit is ~40 bytes), so
@@ -69,10 +71,10 @@ from agent.store_format import (  # the store's errors are re-exported: callers 
     apply_changes,
     encode_header,
     encode_record,
-    parse_log,
+    store_error,
 )
 from firmware_shim import codec
-from firmware_shim.files import EEXIST, ENOSPC, dirname, oserror_errno
+from firmware_shim.files import EEXIST, dirname, oserror_errno
 
 __all__ = ["Store", "StoreError", "StoreFullError", "StoreIOError", "StoreValueError",
            "StoreFormatError", "StoreClosedError", "StoreNeedsReopenError"]
@@ -234,9 +236,9 @@ class Store(StoreState):
                 self._move(COMMIT_UNSURE)
                 self._log(f"store: commit {seq} may be on flash after a failed fsync and "
                           "could not be rolled back; no commits until reopen()")
-                raise _store_error(exc, f"commit {seq} not durable and not rolled back (a "
+                raise store_error(exc, f"commit {seq} not durable and not rolled back (a "
                                         "reboot may show it; reopen the store)") from None
-            raise _store_error(exc, f"commit {seq} not durable") from None
+            raise store_error(exc, f"commit {seq} not durable") from None
         self._size += len(record)
         # The decoded copy is what a reopen sees (tuples become lists, and the
         # caller's objects are not shared); these bytes were just encoded here.
@@ -346,7 +348,7 @@ class Store(StoreState):
         except OSError as exc:
             if stage == "write":
                 self._drop_tmp()
-            raise _store_error(exc, f"compaction failed at {stage}") from None
+            raise store_error(exc, f"compaction failed at {stage}") from None
         self._move(REWRITTEN)
         self._generation = generation
         self._size = len(data)
@@ -385,79 +387,14 @@ class Store(StoreState):
     # ------------------------------------------------------------ opening
 
     def _open(self):
-        fs = self.fs
-        try:
-            if self._dir not in (".", "/"):
-                fs.makedirs(self._dir)
-            data = fs.read_bytes(self.path)
-            if data is None:
-                data = self._adopt_tmp()
-            elif fs.exists(self._tmp):
-                fs.remove(self._tmp)  # an interrupted compaction: the old file is authoritative
-        except OSError as exc:
-            raise _store_error(exc, f"cannot open {self.path}") from None
-        if data is None:
-            self._start_fresh()
-            return
-        parsed = parse_log(data)
-        self._state = parsed.state
-        self._generation = parsed.generation
-        self._seq = parsed.last_seq
-        self._size = len(data)
-        self._snapshot_size = parsed.snapshot_end
-        self._stats["records"] = parsed.records
-        if parsed.tail == "clean":
+        # at __init__ and reopen() only: a board frees agent.store_recovery once its
+        # agent runs (agent.boot.BOOT_ONLY_MODULES), and a reopen imports it again
+        from agent.store_recovery import open_log
+
+        if open_log(self):  # no file yet, or a damaged one: a snapshot of memory repairs it
+            self._move(DAMAGED)
             try:
-                self._f = fs.open_append(self.path)
-            except OSError as exc:
-                raise _store_error(exc, f"cannot open {self.path}") from None
-            return
-        self._stats["recovered"] += 1
-        self._stats["dropped_bytes"] = len(data) - parsed.good_end
-        # The record after the last valid one may have been in flight: burn its number.
-        self._seq = max(parsed.last_seq + 1, parsed.max_seq_after)
-        if parsed.tail == "corrupt":
-            self._stats["corruption_detected"] += 1
-            self._aside_pending = True
-            self._log("store: CORRUPTION in {}: kept {} valid records ({} of {} bytes){}; "
-                      "damaged file moved aside".format(
-                          self.path, parsed.records, parsed.good_end, len(data),
-                          "" if parsed.header_ok else ", header damaged"))
-        else:
-            dropped = len(data) - parsed.good_end
-            self._log(f"store: dropped torn tail of {dropped} bytes at offset " +
-                      f"{parsed.good_end} in {self.path}")
-        self._move(DAMAGED)
-        self._try_rewrite_on_open()
-
-    def _adopt_tmp(self):
-        data = self.fs.read_bytes(self._tmp)
-        if data is None:
-            return None
-        parsed = parse_log(data)
-        if parsed.tail != "clean" or parsed.records != 1:
-            self.fs.remove(self._tmp)  # an unfinished first write: nothing was acknowledged
-            return None
-        self._replace(self._tmp, self.path)
-        self.fs.fsync_dir(self._dir)
-        self._stats["recovered"] += 1
-        self._log(f"store: adopted {self._tmp} (interrupted compaction)")
-        return data
-
-    def _start_fresh(self):
-        self._move(DAMAGED)  # no file yet: the first snapshot is the repair
-        self._try_rewrite_on_open()
-
-    def _try_rewrite_on_open(self):
-        try:
-            self._rewrite()
-        except StoreError as exc:
-            # Reads work from memory; the next commit repairs first.
-            self._log(f"store: cannot rewrite {self.path} yet: {exc}")
-
-
-def _store_error(exc, what):
-    code = oserror_errno(exc)
-    if code == ENOSPC:
-        return StoreFullError(f"{what}: no space left (ENOSPC)")
-    return StoreIOError(f"{what}: {exc}")
+                self._rewrite()
+            except StoreError as exc:
+                # Reads work from memory; the next commit repairs first.
+                self._log(f"store: cannot rewrite {self.path} yet: {exc}")

@@ -1,8 +1,8 @@
 """The store's record format: pure bytes in, bytes and maps out (no I/O).
 
-Owns: the header and record layout, CRC checks, replaying a log into a map
-(parse_log: longest valid prefix, torn tail vs corruption), the change rules
-(None deletes; values compared by exact type) and the store's errors. The I/O
+Owns: the header and record layout (writing them; reading them back and replaying
+a log, parse_log, is agent.store_recovery's), the change rules (None deletes; values
+compared by exact type) and the store's errors. The I/O
 driver (agent.store.Store, or a second backend such as a flash key-value
 partition) decides where the bytes live and when they are durable.
 Must never: touch a file system, a clock or a log.
@@ -21,6 +21,7 @@ from agent.errors import AgentError
 from agent.protocol import NOT_READY
 from firmware_shim import codec
 from firmware_shim.checksum import crc32
+from firmware_shim.files import ENOSPC, oserror_errno
 
 MAGIC = b"FSTG"
 VERSION = 1
@@ -68,6 +69,14 @@ class StoreNeedsReopenError(StoreIOError):
     reopen() has read back what the file holds."""
 
 
+def store_error(exc, what):
+    """The StoreError for the OSError `exc` while doing `what`: ENOSPC is StoreFullError."""
+    code = oserror_errno(exc)
+    if code == ENOSPC:
+        return StoreFullError(f"{what}: no space left (ENOSPC)")
+    return StoreIOError(f"{what}: {exc}")
+
+
 # ---------------------------------------------------------------- the format
 
 
@@ -76,125 +85,11 @@ def encode_header(generation):
     return head + struct.pack("<I", crc32(head))
 
 
-def decode_header(data):
-    """(ok, generation). Raises StoreFormatError for an intact header of another version."""
-    if len(data) < HEADER_SIZE or data[:4] != MAGIC:
-        return False, 0
-    head = data[:12]
-    if struct.unpack("<I", data[12:16])[0] != crc32(head):
-        return False, 0
-    if data[4] != VERSION:
-        raise StoreFormatError(f"store format version {data[4]}, this agent reads {VERSION}")
-    return True, struct.unpack("<I", data[8:12])[0]
-
-
 def encode_record(kind, seq, payload):
     if len(payload) > MAX_PAYLOAD:
         raise StoreValueError(f"record of {len(payload)} bytes is too large")
     head = struct.pack("<II", kind | (len(payload) << 8), seq)
     return head + struct.pack("<I", crc32(payload, crc32(head))) + payload
-
-
-def decode_record(data, pos):
-    """(kind, seq, payload, end) for an intact record at `pos`, else None."""
-    if pos + RECORD_HEADER_SIZE > len(data):
-        return None
-    kind = data[pos]
-    if kind != COMMIT and kind != SNAPSHOT:
-        return None
-    word, seq, crc = struct.unpack("<III", data[pos:pos + RECORD_HEADER_SIZE])
-    end = pos + RECORD_HEADER_SIZE + (word >> 8)
-    if end > len(data):
-        return None
-    payload = data[pos + RECORD_HEADER_SIZE:end]
-    if crc32(payload, crc32(data[pos:pos + 8])) != crc:
-        return None
-    return kind, seq, payload, end
-
-
-def _decode_map(payload):
-    try:
-        value = codec.unpackb(payload)
-    except codec.CodecError:
-        return None
-    if not isinstance(value, dict):
-        return None
-    for k in value:
-        if not isinstance(k, str):
-            return None
-    return value
-
-
-class ParsedLog:
-    """What recovery found in a file: the state of its longest valid prefix and the tail."""
-
-    def __init__(self):
-        self.header_ok = False
-        self.generation = 0
-        self.state = {}
-        self.records = 0
-        self.last_seq = 0
-        self.good_end = HEADER_SIZE
-        self.snapshot_end = 0
-        self.tail = "clean"  # "clean", "torn" or "corrupt"
-        self.max_seq_after = 0  # the highest seq of a valid-looking record past the damage
-
-
-def parse_log(data):
-    """Replay `data`; never raises for damage, only StoreFormatError for a newer format."""
-    out = ParsedLog()
-    out.header_ok, out.generation = decode_header(data)
-    pos = HEADER_SIZE
-    seq = None
-    while pos < len(data):
-        rec = decode_record(data, pos)
-        if rec is None:
-            break
-        kind, rec_seq, payload, end = rec
-        if kind != (SNAPSHOT if seq is None else COMMIT):
-            break
-        if seq is not None and rec_seq != seq + 1:
-            break
-        changes = _decode_map(payload)
-        if changes is None:
-            break
-        if kind == SNAPSHOT:
-            out.state = changes
-            out.snapshot_end = end
-        else:
-            apply_changes(out.state, changes)
-        seq = rec_seq
-        out.records += 1
-        pos = end
-    out.last_seq = seq or 0
-    out.good_end = pos
-    if pos < len(data) or len(data) < HEADER_SIZE:
-        # from pos itself: an intact record there that is out of order is damage too
-        found, out.max_seq_after = _scan_for_valid(data, pos, seq)
-        out.tail = "corrupt" if found else "torn"
-    if len(data) > 0 and (not out.header_ok or out.records == 0):
-        # header and snapshot reach the file whole (fsync before rename): never torn
-        out.tail = "corrupt"
-    return out
-
-
-def _scan_for_valid(data, start, last_seq):
-    """Is there an intact record (newer than last_seq) anywhere at or after `start`?"""
-    found = False
-    best = 0
-    floor = -1 if last_seq is None else last_seq
-    end = len(data) - RECORD_HEADER_SIZE
-    pos = start
-    while pos <= end:
-        b = data[pos]
-        if b == COMMIT or b == SNAPSHOT:
-            rec = decode_record(data, pos)
-            if rec is not None and rec[1] > floor:
-                found = True
-                if rec[1] > best:
-                    best = rec[1]
-        pos += 1
-    return found, best
 
 
 def apply_changes(state, changes):

@@ -351,12 +351,13 @@ def test_nothing_the_board_keeps_running_names_the_start_up_modules():
     for mod in staying:
         assert not top_level_imports(mod) & set(BOOT_ONLY_MODULES), mod
         # nor later, inside a function: that would import the freed module again. The
-        # exceptions: a rare path, a store reopen rebuilds from agent.restore
+        # exceptions: a rare path, a store reopen rebuilds from agent.restore and reads
+        # the file back with agent.store_recovery
         # (tests/core/test_control_baseline_and_recovery.py runs it after a release); and
         # the door's __getattr__, which loads the key parser when a key name is asked for
         # (only the boot asks; tests/core/test_protocol.py asks again after a release),
         # and agent.config's, which loads its checks when a Config is made (test_plan.py).
-        later = {"agent.control": {"agent.restore"},
+        later = {"agent.control": {"agent.restore"}, "agent.store": {"agent.store_recovery"},
                  "agent.protocol": {"agent.protocol._keys"},
                  "agent.config": {"agent.config_rules"}}.get(mod, set())
         assert _every_import(mod) & set(BOOT_ONLY_MODULES) == later, mod

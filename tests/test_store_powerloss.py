@@ -29,7 +29,8 @@ from agent.store import (  # noqa: E402
     StoreFullError,
     StoreIOError,
 )
-from agent.store_format import HEADER_SIZE, RECORD_HEADER_SIZE, parse_log  # noqa: E402
+from agent.store_format import HEADER_SIZE, RECORD_HEADER_SIZE  # noqa: E402
+from agent.store_recovery import parse_log  # noqa: E402
 from firmware_shim.files import ENOSPC, FileSystem  # noqa: E402
 
 

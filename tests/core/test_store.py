@@ -355,6 +355,26 @@ def test_reopen_that_cannot_roll_back_reads_the_file_back_as_a_reboot_would():
         assert s2.get("stage") == shown  # memory now is exactly what a reboot shows
 
 
+
+def test_a_reopen_reads_the_file_back_after_a_board_released_its_reader():
+    # A board frees agent.store_recovery (the open path) once its agent runs
+    # (agent.boot.BOOT_ONLY_MODULES): a reopen that reads the file back imports it again.
+    import sys
+
+    from firmware_shim.board import Board
+
+    path = _path()
+    fs = FaultFS()
+    with corekit.closing(_failed_fsync_not_rolled_back(path, fs)) as s:
+        Board().release_modules(("agent.store_recovery",))
+        assert "agent.store_recovery" not in sys.modules
+        fs.fail("open_write", ENOSPC)  # no room for a rewrite: the file is read back
+        s.reopen()
+        assert "agent.store_recovery" in sys.modules and not s.needs_reopen
+        shown = s.get("stage")
+    with corekit.closing(_open(path, FaultFS())) as s2:
+        assert s2.get("stage") == shown
+
 def test_leftover_tmp_is_ignored_and_removed():
     path = _path()
     with corekit.closing(_open(path)) as s:
