@@ -23,9 +23,8 @@ from agent import health as health_mod
 from agent import transitions as tr
 from agent.config import Config
 from agent.control_checks import FLAG_PREFIX
-from agent.events import EventBus
+from agent.events import EventBus, History
 from agent.flags import FLAG_NAMES, FeatureFlags, check_flag_value
-from agent.history import History
 from agent.plan import Plan
 from agent.store import Store, StoreError
 from agent.transitions import (  # noqa: F401 - re-exported: callers catch these from here

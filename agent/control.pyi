@@ -4,10 +4,9 @@ from typing import Any, Literal, TypedDict
 
 from agent.config import Config as Config
 from agent.control_checks import FLAG_PREFIX as FLAG_PREFIX
-from agent.events import EventBus
+from agent.events import EventBus, History
 from agent.flags import FeatureFlags
 from agent.health import HealthWindow
-from agent.history import History
 from agent.plan import Plan
 from agent.services import Services
 from agent.store import Store

@@ -161,7 +161,7 @@ class StoreState:
 
     def peek(self, key):
         """The value of `key` as the store holds it, or None: NOT a copy, never edit it
-        (agent.history reads its entries this way instead of holding a second copy)."""
+        (agent.events.History reads its entries this way instead of holding a second copy)."""
         return self._state.get(key)
 
     def items(self):
