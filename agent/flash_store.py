@@ -62,7 +62,7 @@ from agent.store_format import (
     apply_changes,
 )
 from firmware_shim import codec
-from firmware_shim.checksum import crc32
+from firmware_shim.crypto import crc32
 
 MAGIC = b"FSNV"
 HEADER = 16

@@ -20,7 +20,7 @@ import struct
 from agent.errors import AgentError
 from agent.protocol import NOT_READY
 from firmware_shim import codec
-from firmware_shim.checksum import crc32
+from firmware_shim.crypto import crc32
 from firmware_shim.files import ENOSPC, oserror_errno
 
 MAGIC = b"FSTG"

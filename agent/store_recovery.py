@@ -23,7 +23,7 @@ from agent.store_format import (
     store_error,
 )
 from firmware_shim import codec
-from firmware_shim.checksum import crc32
+from firmware_shim.crypto import crc32
 
 
 def decode_header(data):

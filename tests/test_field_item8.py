@@ -8,7 +8,7 @@ import time
 
 from agent import protocol as P
 from agent.plan import Plan
-from firmware_shim.checksum import crc32
+from firmware_shim.crypto import crc32
 
 PLAN = Plan.default()
 

@@ -2,8 +2,7 @@
 import corekit
 
 from firmware_shim import codec, minipack
-from firmware_shim.checksum import crc32, crc32_pure
-from firmware_shim.crypto import compare_digest, hmac_sha256, hmac_sha256_pure
+from firmware_shim.crypto import compare_digest, crc32, crc32_pure, hmac_sha256, hmac_sha256_pure
 
 
 def test_crc32_matches_known_values_and_fallback():

@@ -254,7 +254,7 @@ def test_newer_format_version_is_refused_and_left_alone():
     with corekit.closing(_open(path)) as s:
         s.commit({"a": 1})
     from agent.store_format import encode_header
-    from firmware_shim.checksum import crc32
+    from firmware_shim.crypto import crc32
     head = bytearray(encode_header(7))
     head[4] = 2
     head[12:16] = crc32(bytes(head[:12])).to_bytes(4, "little")
