@@ -193,9 +193,10 @@ def build(config_path, platform):
 # parsed config leave the heap before the first stage change comes in. The key file's
 # parser (agent.protocol._keys) is one: the package loads it when a key name is asked
 # for (P.parse_key_file), and loads it again if one ever is later; so is the config's
-# validation (agent.config_rules: the loaded Config keeps no reference to it).
+# validation (agent.config_rules: the loaded Config keeps no reference to it), the plan's
+# (agent.plan_rules) and the store's open path (agent.store_recovery: a reopen loads it).
 BOOT_ONLY_MODULES = ("agent.boot", "agent.agent_config", "agent.restore", "agent.protocol._keys",
-                     "agent.config_rules", "agent.store_recovery")
+                     "agent.config_rules", "agent.store_recovery", "agent.plan_rules")
 
 
 def start(config_path, platform):

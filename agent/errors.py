@@ -37,3 +37,7 @@ class ConfigError(AgentError):
         self.field = field
         self.why = why
         self.reason = why
+
+
+class PlanError(AgentError):
+    """A plan that cannot be used, with the reason (agent.plan re-exports it)."""

@@ -1,13 +1,11 @@
 # Types of agent.plan (checked against the source by tests/test_stubs.py).
 from typing import Any
 
-from agent.errors import AgentError
+from agent.errors import PlanError as PlanError
 
 RISKS: tuple[Any, ...]
 CRITERIA: tuple[Any, ...]
 def default_plan() -> dict[str, Any]: ...
-
-class PlanError(AgentError): ...
 
 class Stage:
     number: Any

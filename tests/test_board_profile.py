@@ -356,10 +356,12 @@ def test_nothing_the_board_keeps_running_names_the_start_up_modules():
         # (tests/core/test_control_baseline_and_recovery.py runs it after a release); and
         # the door's __getattr__, which loads the key parser when a key name is asked for
         # (only the boot asks; tests/core/test_protocol.py asks again after a release),
-        # and agent.config's, which loads its checks when a Config is made (test_plan.py).
+        # and agent.config's, which loads its checks when a Config is made (test_plan.py),
+        # as agent.plan's do when a Plan is (test_plan.py too).
         later = {"agent.control": {"agent.restore"}, "agent.store": {"agent.store_recovery"},
                  "agent.protocol": {"agent.protocol._keys"},
-                 "agent.config": {"agent.config_rules"}}.get(mod, set())
+                 "agent.config": {"agent.config_rules"},
+                 "agent.plan": {"agent.plan_rules"}}.get(mod, set())
         assert _every_import(mod) & set(BOOT_ONLY_MODULES) == later, mod
     for main in (MAIN_PY, MAIN_PY_ROMFS % "code.romfs"):
         tree = ast.parse(main)

@@ -165,3 +165,28 @@ def test_a_config_loads_its_checks_again_after_a_board_released_them():
         sys.modules[name] = kept
         agent.config_rules = kept  # type: ignore[attr-defined]
     corekit.raises(AttributeError, getattr, agent.config, "no_such_name")
+
+
+def test_a_plan_loads_its_checks_again_after_a_board_released_them():
+    # A board frees agent.plan_rules once its agent runs (agent.boot.BOOT_ONLY_MODULES):
+    # a Plan made later, or a table asked for, loads it again.
+    import sys
+
+    import agent.plan
+    from firmware_shim.board import Board
+
+    name = "agent.plan_rules"
+    expected = Plan.default().hash
+    kept = sys.modules[name]
+    try:
+        Board().release_modules((name,))
+        assert name not in sys.modules
+        assert Plan.default().hash == expected and name in sys.modules
+        Board().release_modules((name,))
+        assert agent.plan.RISKS == ("low", "medium", "high", "critical")
+        corekit.raises(PlanError, Plan.from_dict, {"name": "x"})
+        corekit.raises(PlanError, Plan.from_json, "{")
+    finally:
+        sys.modules[name] = kept
+        agent.plan_rules = kept  # type: ignore[attr-defined]
+    corekit.raises(AttributeError, getattr, agent.plan, "no_such_name")
