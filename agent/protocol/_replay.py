@@ -82,7 +82,9 @@ class ReplayGuard:
         recent = recent or []
         if not isinstance(recent, list):
             raise GuardStateError(f"stored {cls.KEY_RECENT} is not a list")
-        found = [(e, None) for e in recent]
+        found = []  # (entry, slot); loops, not comprehensions: each is a function on a board
+        for entry in recent:
+            found.append((entry, None))
         for n in range(window):
             entry = state.get(cls.KEY_SLOT + str(n))
             if entry is not None:
@@ -94,9 +96,14 @@ class ReplayGuard:
                 kept.append((entry[1], n, entry))
         kept.sort(key=lambda k: k[0])
         kept = kept[-window:]
+        entries = []
+        slots = []
+        for _seq, n, entry in kept:
+            entries.append(entry)
+            slots.append(n)
         if legacy:  # slots are given out afresh when the list moves into them
-            return cls(last_seq, [k[2] for k in kept], window, None, True)
-        return cls(last_seq, [k[2] for k in kept], window, [k[1] for k in kept])
+            return cls(last_seq, entries, window, None, True)
+        return cls(last_seq, entries, window, slots)
 
     def state(self):
         """The store keys this guard stands for (the slot layout)."""
