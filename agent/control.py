@@ -521,7 +521,7 @@ class MigrationControl:
         """Adopt what the store holds (agent.restore reads and validates it). Imported
         here only: a board frees it once the agent runs (agent.boot.BOOT_ONLY_MODULES),
         and a store reopen, the one later caller, loads it again."""
-        from agent.restore import flags_to_commit, read_state
+        from agent.restore import flags_to_commit, read_history, read_state
 
         s = read_state(self.store, self.plan, self.config.restart_window_ms, self._wall_ms(),
                        self.recovered_notes)
@@ -532,7 +532,7 @@ class MigrationControl:
         self._auto_rollbacks = s.auto_rollbacks
         self._baseline = s.baseline
         self._stage_entered = s.stage_entered
-        self.history.restore(self.store.items())
+        self.history.restore(read_history(self.store.items()))
         self._cap_cooldown()
         self._restart_log = s.restarts
         now, wall = self.clock.monotonic_ms(), self._wall_ms()  # wall times onto this boot's

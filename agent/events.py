@@ -90,13 +90,15 @@ class History:
         self._entries = []  # newest first: (key, entry), or (key, None) with peek
         self._stale = []    # keys beyond `length` found on open, deleted on next commit
 
-    def restore(self, items):
-        """Load from the store's (key, value) pairs; ignores everything else."""
-        found = [(k, v) for k, v in items if k.startswith(PREFIX) and isinstance(v, dict)]
-        found.sort(key=lambda e: e[0])
-        found.reverse()
-        self._entries = [(k, None if self._peek else v) for k, v in found[: self.length]]
-        self._stale = [k for k, _ in found[self.length:]]
+    def restore(self, found):
+        """Load the entries the store holds, newest first: (key, entry) pairs, every key
+        under PREFIX (agent.restore.read_history picks them from the store's items)."""
+        self._entries = []
+        for key, entry in found[:self.length]:
+            self._entries.append((key, None if self._peek else entry))
+        self._stale = []  # a loop, not a comprehension: each is a function on a board
+        for key, _ in found[self.length:]:
+            self._stale.append(key)
 
     def changes_for(self, seq, entry):
         """Store changes that add `entry` and drop what no longer fits."""

@@ -12,6 +12,7 @@ MigrationControl._restore imports it, at open and at a rare store reopen.
 """
 from agent import transitions as tr
 from agent.control_checks import FLAG_PREFIX
+from agent.events import PREFIX  # the history's keys
 from agent.flags import FLAG_NAMES, FlagError, check_flag_map
 from agent.transitions import AT_STAGE
 
@@ -102,3 +103,12 @@ def _int_or(value, default, minimum, maximum, notes, what):
         notes.append(f"invalid {what} {value!r}; using {default!r}")
         return default
     return value
+
+
+def read_history(items):
+    """The migration history's entries among the store's (key, value) `items`, newest
+    first (History.restore keeps as many as it holds); ignores everything else."""
+    found = [(k, v) for k, v in items if k.startswith(PREFIX) and isinstance(v, dict)]
+    found.sort(key=lambda e: e[0])
+    found.reverse()
+    return found
