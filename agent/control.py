@@ -81,7 +81,7 @@ class MigrationControl:
         """Open (or create) the device state in `state_dir` and wire flags and services.
 
         fs, clock: the platform's (firmware_shim.files.FileSystem and
-        firmware_shim.clock.SystemClock on a device; agent.boot hands them in).
+        firmware_shim.machine.SystemClock on a device; agent.boot hands them in).
 
         plan: a Plan, a plan dict or the path of a plan JSON file (default: the runbook's).
         config: a Config, a config dict or the path of a config JSON file (default env).

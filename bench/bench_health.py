@@ -22,8 +22,8 @@ import tracemalloc
 from agent.control import MigrationControl
 from agent.health import MAX_SOURCES, HealthWindow
 from bench.__main__ import figure
-from firmware_shim.clock import ManualClock
 from firmware_shim.files import FileSystem
+from firmware_shim.machine import ManualClock
 
 WINDOW_MS = 300000
 RATES = (10, 100, 1000)

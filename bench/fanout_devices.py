@@ -14,8 +14,8 @@ from typing import Any
 from agent import protocol as P
 from agent.control import MigrationControl
 from agent.runtime import AgentRuntime
-from firmware_shim.clock import SystemClock
 from firmware_shim.files import FileSystem
+from firmware_shim.machine import SystemClock
 from firmware_shim.mqtt_paho import MqttConfig, PahoLink
 from tools.bucketing import Buckets, plan_addressing
 

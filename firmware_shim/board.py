@@ -19,9 +19,8 @@ A bad config or key stops it at start with the field at fault, printed; the
 watchdog (when the board has one) is fed from the loop, so a hung agent resets
 the board. Must never: import agent (the core sits above the shim; it is handed in).
 """
-from firmware_shim.clock import SystemClock
 from firmware_shim.files import FileSystem, FolderFlash
-from firmware_shim.machine import Watchdog, memory
+from firmware_shim.machine import SystemClock, Watchdog, memory
 from firmware_shim.mqtt_micro import MicroLink, MicroTlsUnsupported
 
 

@@ -29,8 +29,8 @@ import select
 import socket
 import struct
 
-from firmware_shim.clock import monotonic_ms
 from firmware_shim.crypto import jitter_bytes
+from firmware_shim.machine import monotonic_ms
 
 _ssl = False  # the ssl module, imported by the first mqtts:// link (None: the port has none)
 

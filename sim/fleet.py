@@ -22,7 +22,7 @@ from agent.control import MigrationControl
 from agent.desired import WAITING
 from agent.plan import Plan
 from agent.runtime import DESIRED_RETRY_MS, AgentRuntime
-from firmware_shim.clock import ManualClock
+from firmware_shim.machine import ManualClock
 from sim import report
 from sim.broker import LinkFaults, VirtualBroker, VirtualLink
 from sim.driver import OperatorKeys, SimOperator

@@ -16,8 +16,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from agent.control import MigrationControl
 from firmware_shim.app_api import HttpConn
 from firmware_shim.app_metrics import StatsdBatch
-from firmware_shim.clock import ManualClock
 from firmware_shim.files import FileSystem
+from firmware_shim.machine import ManualClock
 from firmware_shim.mqtt_paho import free_port
 from firmware_shim.probes import ProbeRunner, parse_systemctl_values
 from tests.agentkit import wait_until
@@ -510,8 +510,8 @@ def test_local_status_into_a_closed_pipe_exits_without_a_traceback(tmp_path):
 
     from agent import protocol as P
     from agent.control import MigrationControl
-    from firmware_shim.clock import SystemClock
     from firmware_shim.files import FileSystem
+    from firmware_shim.machine import SystemClock
     from tests.agentkit import REPO, AgentProcess
 
     agent = AgentProcess(str(tmp_path), _NoBroker(), "plant", P.new_fleet_key(), "gw1")

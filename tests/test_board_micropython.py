@@ -19,9 +19,9 @@ import pytest
 from agent import protocol as P
 from agent.control import MigrationControl
 from agent.flash_store import FlashStore
-from firmware_shim.clock import SystemClock
 from firmware_shim.files import FileSystem
 from firmware_shim.flash import FileFlash
+from firmware_shim.machine import SystemClock
 from firmware_shim.mqtt_micro import MicroMqttError, parse_packets
 from tests.agentkit import PLAN, REPO, AgentProcess, World
 

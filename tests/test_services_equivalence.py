@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "cor
 from test_services_kit import StageFlags  # noqa: E402
 
 from agent.services import Services, ServicesError  # noqa: E402
-from firmware_shim.clock import ManualClock  # noqa: E402
+from firmware_shim.machine import ManualClock  # noqa: E402
 
 AGENTS = st.sampled_from(["a", "b", "c", ""])
 KEYS = st.sampled_from(["k1", "k2", "k3"])

@@ -19,9 +19,8 @@ from agent.agent_config import ConfigError, load_config
 from agent.runtime import will_message
 from agent.store import StoreError
 from firmware_shim.app_metrics import StatsdListenError
-from firmware_shim.clock import SystemClock
 from firmware_shim.files import FileSystem
-from firmware_shim.machine import memory
+from firmware_shim.machine import SystemClock, memory
 from firmware_shim.mqtt_paho import MqttConfig, MqttError, PahoLink, Will
 from tools.app_side import AppSide, RunDirInUse
 from tools.local_cmd import ConsoleServer, StateDirLock, StateDirLocked

@@ -219,8 +219,8 @@ def _store_log(msg):
 def _direct(cfg, request):
     """No agent answers: take the lock and act on the store ourselves."""
     from agent import boot
-    from firmware_shim.clock import SystemClock
     from firmware_shim.files import FileSystem
+    from firmware_shim.machine import SystemClock
 
     if not cfg.state_partition and not os.path.exists(os.path.join(cfg.state_dir, STORE_FILE)):
         # an empty store made here would answer for a device whose agent keeps its

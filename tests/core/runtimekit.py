@@ -8,8 +8,8 @@ from corekit import tmpdir
 from agent import protocol as P
 from agent.control import MigrationControl
 from agent.runtime import AgentRuntime
-from firmware_shim.clock import ManualClock
 from firmware_shim.files import FileSystem
+from firmware_shim.machine import ManualClock
 
 FLEET_KEY = bytes(range(32))
 FLEET = "fl"

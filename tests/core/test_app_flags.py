@@ -3,8 +3,8 @@ import corekit
 
 from agent.app_flags import flagd_document, iso_utc, snapshot
 from agent.control import MigrationControl
-from firmware_shim.clock import ManualClock
 from firmware_shim.files import FileSystem
+from firmware_shim.machine import ManualClock
 
 
 def test_snapshot_follows_every_change_and_its_revision_only_grows():

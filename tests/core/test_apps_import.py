@@ -3,8 +3,8 @@ import corekit
 
 from agent import apps
 from agent.control import MigrationControl
-from firmware_shim.clock import ManualClock
 from firmware_shim.files import FileSystem
+from firmware_shim.machine import ManualClock
 
 FLAG = "use_genserver_telemetry"
 

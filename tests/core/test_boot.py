@@ -7,8 +7,8 @@ from runtimekit import MemoryLink
 from agent import boot
 from agent import protocol as P
 from agent.agent_config import ConfigError
-from firmware_shim.clock import ManualClock
 from firmware_shim.files import FileSystem
+from firmware_shim.machine import ManualClock
 
 FLEET_KEY = bytes(range(40, 72))
 

@@ -18,8 +18,8 @@ from agent.control import (
 from agent.flags import FLAG_NAMES, UnknownFlag
 from agent.plan import Plan, default_plan
 from agent.store import Store, StoreError
-from firmware_shim.clock import ManualClock
 from firmware_shim.files import FileSystem
+from firmware_shim.machine import ManualClock
 
 MINUTE = 60000
 

@@ -10,8 +10,8 @@ from agent import transitions as tr
 from agent.control import AT_STAGE, COOLDOWN, MigrationControl
 from agent.store import StoreError
 from firmware_shim.board import Board
-from firmware_shim.clock import ManualClock
 from firmware_shim.files import FileSystem
+from firmware_shim.machine import ManualClock
 
 MINUTE = 60000
 YEAR_S = 365 * 24 * 3600

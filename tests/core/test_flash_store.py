@@ -151,8 +151,8 @@ def test_a_board_whose_config_names_a_partition_keeps_its_state_there():
     from agent import boot
     from agent import protocol as P
     from agent.flash_store import FlashStore as Flash
-    from firmware_shim.clock import ManualClock
     from firmware_shim.files import FileSystem, join
+    from firmware_shim.machine import ManualClock
 
     flash = RamFlash(blocks=8, block_size=4096)
 

@@ -10,8 +10,8 @@ import corekit
 from agent.control import AT_STAGE, COOLDOWN, MigrationControl, NotReady, TransitionRefused
 from agent.flags import FLAG_NAMES
 from agent.plan import Plan
-from firmware_shim.clock import ManualClock
 from firmware_shim.files import FileSystem
+from firmware_shim.machine import ManualClock
 
 TICK = 30000
 PROD = {"environment": "prod", "cooldown_ms": 600000}

@@ -8,8 +8,8 @@ from agent import protocol as P
 from agent.control import MigrationControl
 from agent.runtime import AgentRuntime
 from firmware_shim import codec
-from firmware_shim.clock import ManualClock
 from firmware_shim.files import FileSystem
+from firmware_shim.machine import ManualClock
 
 DEV = "dev-1"
 KEY = device_key(DEV)

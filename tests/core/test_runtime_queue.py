@@ -9,8 +9,8 @@ from agent import protocol as P
 from agent.control import MigrationControl
 from agent.report_queue import ReportQueue
 from agent.runtime import AgentRuntime
-from firmware_shim.clock import ManualClock
 from firmware_shim.files import FileSystem
+from firmware_shim.machine import ManualClock
 
 DEV = "dev-q"
 KEY = device_key(DEV)

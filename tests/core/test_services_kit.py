@@ -2,7 +2,7 @@
 and the tests of the legacy global state itself: one slot per Services, no sharing.
 """
 from agent.services import LEGACY, NEW, Services, legacy_state
-from firmware_shim.clock import ManualClock
+from firmware_shim.machine import ManualClock
 
 # the runbook's stages, cumulative: stage n turns on its flags and keeps the earlier ones
 STAGE_FLAGS = {
