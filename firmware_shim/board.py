@@ -28,30 +28,6 @@ def log(msg):
     print("fleetstage-agent:", msg)
 
 
-def load_ca(cfg, fs, refuse):
-    """The CA bytes for mqtts://, or None for mqtt://.
-
-    A board never connects to a broker it cannot verify: mqtts:// without a
-    CA, or on a port whose ssl cannot verify, is refused at start
-    (refuse(field, why) raises the core's ConfigError).
-    """
-    if not cfg.tls:
-        return None
-    if cfg.tls_skip_hostname_check:
-        refuse("tls.insecure_skip_hostname_check",
-               "not supported on boards: the broker is always fully verified")
-    if not cfg.tls_ca:
-        refuse("tls.ca", "mqtts:// on a board needs the CA that signed the "
-                         "broker's certificate (a board has no system CA store)")
-    try:
-        ca = fs.read_bytes(cfg.tls_ca)
-    except OSError as exc:
-        refuse("tls.ca", "cannot read %s: %s" % (cfg.tls_ca, exc))
-    if not ca:
-        refuse("tls.ca", cfg.tls_ca + " does not exist or is empty")
-    return ca
-
-
 class Board:
     """The board's platform objects for agent.boot: flash, clock, log, link, watchdog.
 
@@ -70,10 +46,28 @@ class Board:
 
     def open_link(self, cfg, key, refuse):
         """The MQTT link, made before the flash is opened: a port that cannot verify
-        mqtts:// (or a config a board cannot serve) stops the start here."""
+        mqtts:// (or a config a board cannot serve) stops the start here.
+
+        A board never connects to a broker it cannot verify: mqtts:// without a
+        CA, or on a port whose ssl cannot verify, is refused at start
+        (refuse(field, why) raises the core's ConfigError). mqtt:// needs no CA.
+        """
         if cfg.tls_cert:
             refuse("tls.cert", "client certificates are not supported on boards yet")
-        ca = load_ca(cfg, self.fs, refuse)
+        ca = None
+        if cfg.tls:  # the CA bytes (one function here, not two: each is heap on a board)
+            if cfg.tls_skip_hostname_check:
+                refuse("tls.insecure_skip_hostname_check",
+                       "not supported on boards: the broker is always fully verified")
+            if not cfg.tls_ca:
+                refuse("tls.ca", "mqtts:// on a board needs the CA that signed the "
+                                 "broker's certificate (a board has no system CA store)")
+            try:
+                ca = self.fs.read_bytes(cfg.tls_ca)
+            except OSError as exc:
+                refuse("tls.ca", "cannot read %s: %s" % (cfg.tls_ca, exc))
+            if not ca:
+                refuse("tls.ca", cfg.tls_ca + " does not exist or is empty")
         try:
             return MicroLink(cfg.host, cfg.port, client_id=cfg.device_id, username=cfg.username,
                              password=cfg.password, keepalive=int(cfg.keepalive_s), will=None,
@@ -101,9 +95,16 @@ class Board:
         On the unix port a start that fails (a bad config) exits with its code, as
         `fleetstage agent` does; a board returns to its REPL instead of looping.
         """
+        import os
         import sys
 
-        root = bundle_root(main_file)
+        # the absolute folder that holds main.py ("/" on a board)
+        slash = main_file.rfind("/")
+        root = main_file[:slash] if slash > 0 else ("/" if slash == 0 else "")
+        if not root.startswith("/"):
+            cwd = os.getcwd()
+            root = cwd if not root else (cwd.rstrip("/") + "/" + root)
+        root = root.rstrip("/") or "/"
         self.fs = FileSystem() if root == "/" else FolderFlash(root)
         code = self.run_config("/config.json")
         if code and sys.platform in ("linux", "darwin"):
@@ -135,15 +136,3 @@ class Board:
             parent = sys.modules.get(name[:i]) if i > 0 else None
             if parent is not None and hasattr(parent, name[i + 1:]):
                 delattr(parent, name[i + 1:])
-
-
-def bundle_root(main_file):
-    """The absolute folder that holds main.py ("/" on a board)."""
-    import os
-
-    i = main_file.rfind("/")
-    folder = main_file[:i] if i > 0 else ("/" if i == 0 else "")
-    if not folder.startswith("/"):
-        cwd = os.getcwd()
-        folder = cwd if not folder else (cwd.rstrip("/") + "/" + folder)
-    return folder.rstrip("/") or "/"
