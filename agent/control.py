@@ -535,8 +535,11 @@ class MigrationControl:
         self.history.restore(read_history(self.store.items()))
         self._cap_cooldown()
         self._restart_log = s.restarts
-        now, wall = self.clock.monotonic_ms(), self._wall_ms()  # wall times onto this boot's
-        self.health.load_restarts([(now - (wall - t), n) for t, n in s.restarts])  # clock
+        now, wall = self.clock.monotonic_ms(), self._wall_ms()
+        restarts = []  # wall times onto this boot's clock (a loop: no function object kept)
+        for wall_ms, name in s.restarts:
+            restarts.append((now - (wall - wall_ms), name))
+        self.health.load_restarts(restarts)
         self.flags.apply(stage_flags=self.plan.flags_for_stage(self.stage),
                          overrides=self._overrides)
         changes, reason = flags_to_commit(self.store, s.plan_hash, self.plan.hash,
