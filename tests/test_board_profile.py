@@ -30,7 +30,7 @@ def unused():
 
 class Thing:
     def __init__(self):
-        self.x = 1
+        self.ops = TABLE  # a table named: its strings keep what they name
 
     def run_op(self):
         return used()
@@ -78,6 +78,21 @@ def test_drops_what_nothing_names_and_keeps_what_strings_and_calls_reach():
     assert "def never" not in out["pkg/lib.py"] and "__all__" not in out["pkg/lib.py"]
     assert "from pkg.other import helper\n" in out["pkg/lib.py"]  # the dropped name's import
     assert "def helper" in out["pkg/other.py"]
+
+
+def test_module_constants_nothing_names_go_and_their_imports_with_them():
+    consts = ('LEFT = ("a", "b")\nKEPT = {"k": LEFT}\nTABLE = {"x": 1}\n'
+              'CALLED = dict(a=1)\n_CACHE = None\n\n\n'
+              'def named():\n    global _CACHE\n    _CACHE = 1\n    return KEPT\n')
+    user = "from pkg.consts import TABLE, named\n\n\ndef run():\n    return named()\n"
+    out, dropped = shake({"pkg/consts.py": consts, "pkg/user.py": user},
+                         "from pkg.user import run\nrun()\n")
+    assert ("pkg/consts.py", "TABLE") in dropped  # imported, but nothing uses it
+    for name in ("LEFT", "KEPT", "CALLED", "_CACHE"):  # named; a call; rebound by global
+        assert ("pkg/consts.py", name) not in dropped, name
+    assert "TABLE" not in out["pkg/consts.py"] and "LEFT = " in out["pkg/consts.py"]
+    assert "from pkg.consts import named\n" in out["pkg/user.py"]
+    assert len(out["pkg/consts.py"].split("\n")) == len(consts.split("\n"))
 
 
 def test_keeps_line_numbers_and_valid_code():
@@ -135,7 +150,7 @@ COUNT = 0
 
 
 def size(n):
-    return min(n, LIMIT) // _CHUNK + SHARED
+    return min(n, LIMIT, BIG) // _CHUNK + SHARED
 
 
 def bump():
@@ -161,7 +176,7 @@ def test_integer_constants_only_their_module_names_become_consts(tmp_path):
     text = out["pkg/consts.py"]
     assert text.count("\n") == CONSTS.count("\n")
     assert "_LIMIT = const(32 * 1024)  # a comment stays\n" in text
-    assert "_CHUNK = const(1 << 10)\n" in text and "min(n, _LIMIT) // _CHUNK + SHARED" in text
+    assert "_CHUNK = const(1 << 10)\n" in text and "min(n, _LIMIT, BIG) // _CHUNK + SHARED" in text
     # named by another module, as an attribute, too big for a 32-bit small int, or rebound
     for line in ("SHARED = 7\n", "ATTR = 3\n", "BIG = 2**40\n", "COUNT = 0\n"):
         assert line in text

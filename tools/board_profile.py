@@ -10,11 +10,15 @@ function object, its bytecode and its qstrs in a board's heap.
 Reachability is by name, and conservative: a definition stays when its name
 appears anywhere in the board's kept code, as a name, an attribute, a keyword
 argument or an identifier-like string constant (CONTROL_OPS names the
-control's methods as strings; getattr/hasattr take strings). The roots are
-main.py, every statement of a module or class body that is not a def or class,
-dunder methods and functions (a package's module-level __getattr__), and the
-modules whose API is called by code that is not in
-the bundle: agent.apps (a gateway application on the board imports it) and
+control's methods as strings; getattr/hasattr take strings). Module constants
+count as definitions too: a module-level `NAME = value` whose value runs no code
+(literals, names, tuples, lists, dicts and sets of them, operators; no call,
+attribute or subscript) is left out when nothing names NAME, with its dict
+entry and its value (a tuple or a table nothing reads); one a function rebinds
+(`global NAME`) stays. The roots are main.py, every other statement of a module
+or class body that is not a def or class, dunder methods and functions (a
+package's module-level __getattr__), and the modules whose API is called by code
+that is not in the bundle: agent.apps (a gateway application on the board imports it) and
 agent.services (the stage-switched code paths the applications run).
 Imports of a dropped name are dropped with it; `__all__` goes (a board never
 star-imports). A package's `__init__` (agent.protocol, the one door) also loses
@@ -89,13 +93,34 @@ def _is_all(node: ast.stmt) -> bool:
         isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets)
 
 
-class _Unit:
-    """One def or class the profile may drop; `refs`: what keeping it keeps."""
+# what a module-level constant's value may be made of to be dropped: evaluating it
+# can have no effect (no call, no subscript, no attribute: nothing that runs code)
+_PURE = (ast.Constant, ast.Name, ast.Tuple, ast.List, ast.Set, ast.Dict, ast.BinOp,
+         ast.UnaryOp, ast.BoolOp, ast.Compare, ast.operator, ast.unaryop, ast.boolop,
+         ast.cmpop, ast.expr_context)
 
-    def __init__(self, rel: str, node: ast.AST, forced: bool, cls: ast.AST | None = None) -> None:
+
+def _constant_name(stmt: ast.stmt) -> str | None:
+    """NAME for a module-level `NAME = <value with no effect>` the profile may drop."""
+    if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 \
+            and isinstance(stmt.targets[0], ast.Name) \
+            and not stmt.targets[0].id.startswith("__") \
+            and all(isinstance(n, _PURE) for n in ast.walk(stmt.value)):
+        return stmt.targets[0].id
+    return None
+
+
+class _Unit:
+    """One def, class or module constant the profile may drop; `refs`: what keeping it
+    keeps."""
+
+    def __init__(self, rel: str, node: ast.AST, forced: bool, cls: ast.AST | None = None,
+                 name: str | None = None) -> None:
         self.rel, self.node, self.forced, self.cls = rel, node, forced, cls
-        self.name = node.name  # type: ignore[attr-defined]
-        if isinstance(node, ast.ClassDef):  # its own statements; methods are units
+        self.name = name or node.name  # type: ignore[attr-defined]
+        if isinstance(node, ast.Assign):
+            self.refs = _names([node.value])
+        elif isinstance(node, ast.ClassDef):  # its own statements; methods are units
             self.refs = _names(node.bases + node.keywords + node.decorator_list + [
                 s for s in node.body if not isinstance(s, _DEFS)])
         else:
@@ -114,11 +139,17 @@ def shake(sources: dict[str, str], roots: str) -> tuple[dict[str, str], list[tup
     """
     trees = {rel: ast.parse(text) for rel, text in sources.items()}
     live = _names([ast.parse(roots)])
+    # a name some function rebinds (`global X`) stays with its module-level value
+    rebound = {name for tree in trees.values() for node in ast.walk(tree)
+               if isinstance(node, (ast.Global, ast.Nonlocal)) for name in node.names}
     units: list[_Unit] = []
     for rel, tree in trees.items():
         whole = rel.startswith(KEEP_WHOLE_PREFIXES)
         for stmt in tree.body:
-            if isinstance(stmt, _DEFS):
+            constant = _constant_name(stmt)
+            if constant is not None:
+                units.append(_Unit(rel, stmt, whole or constant in rebound, name=constant))
+            elif isinstance(stmt, _DEFS):
                 units.append(_Unit(rel, stmt, whole or stmt.name.startswith("__")))
                 if isinstance(stmt, ast.ClassDef):
                     units.extend(_Unit(rel, m, whole or m.name.startswith("__"), stmt)
@@ -250,6 +281,9 @@ def _rewrite(text: str, tree: ast.Module, kept: set[int], dropped_defs: set[tupl
 
     for stmt in tree.body:
         if isinstance(stmt, _DEFS) and id(stmt) not in kept:
+            blank(stmt)
+        elif isinstance(stmt, ast.Assign) and _constant_name(stmt) is not None \
+                and id(stmt) not in kept:
             blank(stmt)
         elif isinstance(stmt, ast.ClassDef):
             methods = [m for m in stmt.body if isinstance(m, _DEFS)]
