@@ -11,6 +11,7 @@ The hash is the hex SHA-256 of the canonical msgpack of `to_dict()`, so it is
 the same on CPython and MicroPython and does not depend on key order.
 """
 import hashlib
+from binascii import hexlify
 
 from agent.errors import PlanError  # noqa: F401 - re-exported: callers catch it from here
 from firmware_shim.codec import canonical_digest
@@ -25,10 +26,6 @@ def __getattr__(name):
 
         return getattr(agent.plan_rules, name)
     raise AttributeError("module 'agent.plan' has no attribute '%s'" % name)
-
-
-def _hex(data):
-    return "".join(f"{b:02x}" for b in data)
 
 
 class Stage:
@@ -61,7 +58,8 @@ class Plan:
         self.name = name
         self.stages = stages
         self.description = description
-        self.hash = _hex(canonical_digest(self.to_dict(), hashlib.sha256()).digest())
+        digest = canonical_digest(self.to_dict(), hashlib.sha256()).digest()
+        self.hash = hexlify(digest).decode()
 
     # -- constructors -------------------------------------------------------
 

@@ -14,6 +14,7 @@ the resident set on a Pi.
 import gc
 import sys
 import time
+from binascii import hexlify
 
 try:
     import machine as _machine  # MicroPython boards (not the unix port)
@@ -25,7 +26,7 @@ def device_id(default=None):
     if default:
         return default
     if _machine is not None and hasattr(_machine, "unique_id"):
-        return "".join("%02x" % b for b in _machine.unique_id())
+        return hexlify(_machine.unique_id()).decode()
     try:
         import socket
 
