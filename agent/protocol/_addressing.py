@@ -192,10 +192,12 @@ def parse_topic(topic):
 def subscriptions(fleet, device_id, groups=()):
     """The device's cmd and desired topics for all, each of its groups, each prefix of
     its bucket, and itself."""
-    targets = ["all"] + [make_target("group", validate_id(g, "group name"))
-                         for g in sorted(set(groups))]
+    targets = ["all"]  # loops, not comprehensions: each is a function object on a board
+    for group in sorted(set(groups)):
+        targets.append(make_target("group", validate_id(group, "group name")))
     bucket = bucket_of(device_id)
-    targets += ["bucket:" + bucket[:n] for n in range(1, BUCKET_DEPTH + 1)]
+    for depth in range(1, BUCKET_DEPTH + 1):
+        targets.append("bucket:" + bucket[:depth])
     targets.append(make_target("device", device_id))
     out = []
     for t in targets:
