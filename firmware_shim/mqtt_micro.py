@@ -235,9 +235,8 @@ class MicroLink:
         self.password = password
         self.keepalive = keepalive
         self.will = will  # (topic, payload, qos, retain) or None
-        self.tls = tls
-        self.ca = ca
-        # Made here so a port that cannot verify the broker is refused at start.
+        # Made here so a port that cannot verify the broker is refused at start; the
+        # context keeps what it needs of `ca` (None: mqtt://, no TLS).
         self.tls_context = tls_context(ca) if tls else None
         self.clean_session = clean_session
         self.backoff_min_ms = backoff_min_ms
@@ -337,7 +336,7 @@ class MicroLink:
             except (AttributeError, OSError):  # some ports lack settimeout
                 pass
             sock.connect(addr)
-            if self.tls:
+            if self.tls_context is not None:
                 # verify_mode CERT_REQUIRED and the host name: a certificate not
                 # signed by our CA, or for another host, fails the handshake.
                 sock = self.tls_context.wrap_socket(sock, server_hostname=self.host)
