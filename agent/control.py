@@ -53,7 +53,7 @@ class MigrationControl:
         self._services = None  # agent.services, loaded when first used (the services property)
         self.health = health_mod.HealthWindow(config.window_ms, config.restart_window_ms,
                                               config.max_samples)
-        self.history = History(config.history_length, peek=lambda key: self.store.peek(key))
+        self.history = History(config.history_length, peek=store.peek)  # store: never replaced
         self.stage = 0
         self.state = AT_STAGE
         self.seq = 0
