@@ -367,7 +367,11 @@ class MigrationControl:
         now = self.clock.monotonic_ms()
         wall = self._wall_ms()
         self.health.record_restart(now, name)
-        log = [r for r in self._restart_log if r[0] >= wall - self.config.restart_window_ms]
+        since = wall - self.config.restart_window_ms
+        log = []
+        for restart in self._restart_log:
+            if restart[0] >= since:
+                log.append(restart)
         log.append([wall, name])
         log = log[-_MAX_PERSISTED_RESTARTS:]
         try:
@@ -397,9 +401,11 @@ class MigrationControl:
         cooldown_until = tr.cooldown_deadline(wall, self.config.cooldown_ms)
         quarantine = self._quarantine
         if new_state == QUARANTINED and quarantine is None:
+            messages = []
+            for violation in violations:
+                messages.append(violation["message"])
             quarantine = {"stage": to_stage, "from_stage": from_stage, "since": wall,
-                          "rollbacks": count,
-                          "reason": "; ".join(v["message"] for v in violations)}
+                          "rollbacks": count, "reason": "; ".join(messages)}
         more = {"ctl.auto_rollbacks": counts, "ctl.cooldown_until": cooldown_until,
                 "ctl.quarantine": quarantine}
         self._change_stage(checks.StageChange(to_stage, new_state, "auto_rollback", "health",

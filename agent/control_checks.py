@@ -148,10 +148,12 @@ def last_auto_rollback(entries):
     the latest automatic rollback in the history entries (newest first), or None."""
     for entry in entries:
         if entry.get("op") == "auto_rollback":
+            violations = []
+            for v in entry.get("violations") or ():
+                violations.append({"source": v.get("source"), "metric": v["metric"],
+                                   "value": v["value"], "limit": v["limit"]})
             return {"from": entry["from"], "to": entry["to"], "at": entry["at"],
-                    "violations": [{"source": v.get("source"), "metric": v["metric"],
-                                    "value": v["value"], "limit": v["limit"]}
-                                   for v in entry.get("violations") or ()]}
+                    "violations": violations}
     return None
 
 
@@ -163,11 +165,14 @@ def health_metrics(snapshot, verdict, baseline, note, last_rollback):
         sources[name] = {"samples": f["samples"], "errors": f["errors"],
                          "error_rate_lower": f["error_rate_lower"],
                          "latency_p50": f["latency_p50"], "in_grace": f["in_grace"]}
+    violations = []
+    for v in verdict["violations"]:
+        violations.append({"source": v["source"], "metric": v["metric"], "value": v["value"],
+                           "limit": v["limit"]})
     return {
         "verdict": verdict["verdict"],
         "verdict_reason": verdict["reason"],
-        "violations": [{"source": v["source"], "metric": v["metric"], "value": v["value"],
-                        "limit": v["limit"]} for v in verdict["violations"]],
+        "violations": violations,
         "sources": sources,
         "last_auto_rollback": last_rollback,
         "performance_impact": health_mod.performance_impact(snapshot, baseline),

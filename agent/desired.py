@@ -69,5 +69,8 @@ class Convergence:
 
 def table_text():
     """The table as text lines ("STATE --Event--> NEXT")."""
-    return [f"{state} --{event}--> {TRANSITIONS[state][event]}"
-            for state in STATES for event in sorted(TRANSITIONS[state])]
+    lines = []
+    for state in STATES:
+        for event in sorted(TRANSITIONS[state]):
+            lines.append(f"{state} --{event}--> {TRANSITIONS[state][event]}")
+    return lines

@@ -70,7 +70,10 @@ class EventBus:
 
     def handler_count(self, name=None):
         if name is None:
-            return sum(len(h) for h in self._handlers.values())
+            count = 0
+            for handlers in self._handlers.values():
+                count += len(handlers)
+            return count
         return len(self._handlers.get(name, ()))
 
 
@@ -119,10 +122,12 @@ class History:
 
     def entries(self, limit=None):
         peek = self._peek
-        if peek is None:
-            out = [dict(e) for _, e in self._entries]
-        else:
-            out = [dict(e) for e in (peek(k) for k, _ in self._entries) if e is not None]
+        out = []
+        for key, entry in self._entries:
+            if peek is not None:
+                entry = peek(key)
+            if entry is not None:
+                out.append(dict(entry))
         return out if limit is None else out[:limit]
 
     def __len__(self):

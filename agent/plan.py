@@ -113,10 +113,10 @@ class Plan:
         return on
 
     def to_dict(self):
-        return {
-            "name": self.name, "description": self.description,
-            "stages": [s.to_dict() for s in self.stages],
-        }
+        stages = []
+        for stage in self.stages:
+            stages.append(stage.to_dict())
+        return {"name": self.name, "description": self.description, "stages": stages}
 
     def summary(self):
         return {"name": self.name, "hash": self.hash, "stages": len(self.stages)}

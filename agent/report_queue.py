@@ -45,7 +45,11 @@ class ReportQueue:
         if kind is None:
             kind = kind_of(topic)
         if retain:
-            self.items = [it for it in self.items if not (it[3] and it[0] == topic)]
+            kept = []
+            for it in self.items:
+                if not (it[3] and it[0] == topic):
+                    kept.append(it)
+            self.items = kept
         self.items.append((topic, payload, qos, retain, kind))
         while len(self.items) > self.limit and self.items:
             self._evict()

@@ -364,13 +364,18 @@ class AgentRuntime:
         c = self.control
         st = c.report_status()
         health = st["system_health"]
-        summary = {k: health.get(k) for k in STATUS_HEALTH_KEYS}
+        summary = {}
+        for key in STATUS_HEALTH_KEYS:
+            summary[key] = health.get(key)
         summary["violations"] = len(health.get("violations") or ())
         last = st.get("last_auto_rollback")
         if last is not None:  # which source crossed which threshold, after the window reset
             summary["last_rollback"] = last
         q = st["quarantine"]
         flags = c.flags.values()
+        flag_sources = {}
+        for name in flags:
+            flag_sources[name] = c.flags.source(name)
         return P.encode_status(
             self.device_id, c.stage, flags, health=summary, plan_hash=c.plan.hash,
             agent_version=VERSION, uptime_s=self.uptime_s(), online=online, groups=self.groups,
@@ -380,7 +385,7 @@ class AgentRuntime:
                    "queue_dropped_by_kind": dict(self.queue.dropped_by_kind),
                    "console_hold": self._local_hold is not None,
                    "desired_held": self.counters["desired_held"],
-                   "flag_sources": {n: c.flags.source(n) for n in flags},
+                   "flag_sources": flag_sources,
                    "memory": memory},
             key=self.key, now=self._now(), fleet=self.fleet)
 
@@ -538,7 +543,10 @@ def _health_line(result):
     line = "health: {}".format(result.get("result"))
     if result.get("rolled_back_to") is not None:
         line += " to stage {}".format(result["rolled_back_to"])
-    messages = [v.get("message") for v in result.get("violations") or () if v.get("message")]
+    messages = []
+    for violation in result.get("violations") or ():
+        if violation.get("message"):
+            messages.append(violation.get("message"))
     if messages:
         line += ": " + "; ".join(messages)
     return line

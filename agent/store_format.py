@@ -143,9 +143,15 @@ def _same_canonical(a, b):
 def copy_value(value):
     # A caller that edits a list it got, then commits it, must see a real change.
     if isinstance(value, list):
-        return [copy_value(v) for v in value]
+        copied = []
+        for item in value:
+            copied.append(copy_value(item))
+        return copied
     if isinstance(value, dict):
-        return {k: copy_value(v) for k, v in value.items()}
+        copied = {}
+        for key in value:
+            copied[key] = copy_value(value[key])
+        return copied
     return value
 
 
@@ -166,7 +172,10 @@ class StoreState:
 
     def items(self):
         """Every (key, value), sorted by key (values copied as in get)."""
-        return [(k, copy_value(self._state[k])) for k in sorted(self._state)]
+        items = []
+        for key in sorted(self._state):
+            items.append((key, copy_value(self._state[key])))
+        return items
 
     def __contains__(self, key):
         return key in self._state

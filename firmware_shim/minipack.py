@@ -247,7 +247,10 @@ def _unpack(r, depth):
 def _unpack_array(r, n, depth):
     if n > r.remaining():  # every element takes at least one byte
         raise CodecError("array length %d exceeds input" % n)
-    return [_unpack(r, depth + 1) for _ in range(n)]
+    items = []
+    for _ in range(n):
+        items.append(_unpack(r, depth + 1))
+    return items
 
 
 def _unpack_map(r, n, depth):

@@ -132,7 +132,12 @@ def target_matches(target, device_id, groups=()):
 
 def select_devices(target, inventory):
     """The ids in inventory ({device_id: groups}) that `target` addresses, sorted."""
-    return sorted(d for d in inventory if target_matches(target, d, inventory[d] or ()))
+    selected = []
+    for device_id in inventory:
+        if target_matches(target, device_id, inventory[device_id] or ()):
+            selected.append(device_id)
+    selected.sort()
+    return selected
 
 
 # ---------------------------------------------------------------------- topics

@@ -119,7 +119,10 @@ def dispatch(control, op, args, extra_changes=None):
     if entry is None:
         raise LocalProtocolError(f"unknown op {op!r}")
     name, arg_names = entry
-    return getattr(control, name)(*[args[a] for a in arg_names], extra_changes=extra_changes)
+    values = []
+    for arg_name in arg_names:
+        values.append(args[arg_name])
+    return getattr(control, name)(*values, extra_changes=extra_changes)
 
 
 def new_command_id():

@@ -133,7 +133,11 @@ class ReplayGuard:
         entry = [msg.id, msg.seq, msg.digest]
         changes = {self.KEY_SEQ: max(self.last_seq, msg.seq)}
         if self.legacy:  # one last big commit: the old list into slots, oldest dropped
-            recent = [e for e in self.recent if e[0] != msg.id] + [entry]
+            recent = []
+            for e in self.recent:
+                if e[0] != msg.id:
+                    recent.append(e)
+            recent.append(entry)
             changes[self.KEY_RECENT] = None
             for n, e in enumerate(recent[-self.window:]):
                 changes[self.KEY_SLOT + str(n)] = list(e)
