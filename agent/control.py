@@ -383,7 +383,7 @@ class MigrationControl:
             return
         self._restart_log = log
 
-    def _on_service_restart(self, name, now_ms=None):
+    def _on_service_restart(self, name, now_ms):
         # The supervisor emits "services.restart" itself; here we only count it.
         self.record_restart(name)
 
@@ -613,7 +613,7 @@ class MigrationControl:
     def _wall_ms(self):
         return int(self.clock.wall_time() * 1000)
 
-    def _verdict(self, now, snapshot=None):
+    def _verdict(self, now, snapshot):
         if snapshot is None:
             snapshot = self.health.snapshot(now)
         criteria = self.plan.stage(self.stage).success_criteria if self.stage else None

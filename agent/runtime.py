@@ -189,7 +189,7 @@ class AgentRuntime:
                        plan_hash=self.control.plan.hash, max_stage=self.control.plan.max_stage,
                        insecure=self.insecure, fleet=self.fleet)
 
-    def _handle_command(self, payload, bucket=False):
+    def _handle_command(self, payload, bucket):
         try:
             cmd = self._decode(payload, P.decode_command)
             if self.guard.check(cmd) == P.DUPLICATE:

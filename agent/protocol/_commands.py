@@ -301,7 +301,7 @@ def seal(env, kind, fleet_key, devices, keys=None):
     return codec.packb(outer)
 
 
-def _encode(env, kind, fleet_key, devices, max_stage, keys=None):
+def _encode(env, kind, fleet_key, devices, max_stage, keys):
     try:  # the same checks as on the wire, but here the caller is at fault
         _validate(env, kind, max_stage)
     except CommandRejected as exc:
@@ -427,7 +427,7 @@ def _verify(body, sigs, kind, key, device_id, insecure):
 
 
 def _decode(payload, kind, key, device_id, groups, plan_hash, max_stage, insecure,
-            max_payload, fleet=None):
+            max_payload, fleet):
     body, sigs = _unwrap(payload, max_payload)
     _verify(body, sigs, kind, key, device_id, insecure)
     try:

@@ -25,7 +25,7 @@ from firmware_shim.crypto import compare_digest
 
 # --------------------------------------------------------------------- reports
 
-def _encode_report(kind, device_id, body, key, now, fleet=None):
+def _encode_report(kind, device_id, body, key, now, fleet):
     body["v"] = VERSION
     body["kind"] = kind
     body["device"] = validate_id(device_id)
