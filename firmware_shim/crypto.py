@@ -140,7 +140,10 @@ def jitter_bytes(n):
         return _urandom(n)
     import random
 
-    return bytes(random.getrandbits(8) for _ in range(n))
+    out = bytearray(n)
+    for index in range(n):
+        out[index] = random.getrandbits(8)
+    return bytes(out)
 
 
 # ---------------------------------------------------------------- CRC32

@@ -89,16 +89,18 @@ class ReplayGuard:
             entry = state.get(cls.KEY_SLOT + str(n))
             if entry is not None:
                 found.append((entry, n))
-        kept = []
-        for entry, n in found:  # an unreadable entry only weakens duplicate detection
+        kept = []  # (seq, index in found): equal seqs stay in the order found
+        for index, (entry, n) in enumerate(found):
+            # an unreadable entry only weakens duplicate detection
             if (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str)
                     and _is_int(entry[1]) and isinstance(entry[2], str)):
-                kept.append((entry[1], n, entry))
-        kept.sort(key=lambda k: k[0])
+                kept.append((entry[1], index))
+        kept.sort()
         kept = kept[-window:]
         entries = []
         slots = []
-        for _seq, n, entry in kept:
+        for _seq, index in kept:
+            entry, n = found[index]
             entries.append(entry)
             slots.append(n)
         if legacy:  # slots are given out afresh when the list moves into them
