@@ -32,7 +32,7 @@ class ReportQueue:
     retained status matters); that is a replacement, not a drop.
     """
 
-    def __init__(self, limit=256):
+    def __init__(self, limit):
         self.limit = limit
         self.items = []  # (topic, payload, qos, retain, kind), oldest first
         self.dropped_by_kind = {}

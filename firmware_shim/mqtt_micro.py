@@ -482,7 +482,7 @@ class MicroLink:
     def _handle(self, first, body):
         kind = first & 0xF0
         if kind == 0x30:
-            self._handle_publish(first, body)
+            self._handle_publish(first, body, oversized=False)
         elif kind == 0x40 and len(body) >= 2:  # PUBACK
             self.inflight.pop(struct.unpack(">H", body[:2])[0], None)
         elif kind in (0x90, 0xD0):  # SUBACK, PINGRESP
@@ -495,7 +495,7 @@ class MicroLink:
         self.log("skipped a PUBLISH of %d bytes (more than %d)" % (length, MAX_PACKET))
         self._handle_publish(first, head, oversized=True)
 
-    def _handle_publish(self, first, body, oversized=False):
+    def _handle_publish(self, first, body, oversized):
         qos = (first >> 1) & 3
         if len(body) < 2:
             raise MicroMqttError("short PUBLISH")
