@@ -90,7 +90,7 @@ class ReplayGuard:
             if entry is not None:
                 found.append((entry, n))
         kept = []  # (seq, index in found): equal seqs stay in the order found
-        for index, (entry, n) in enumerate(found):
+        for index, (entry, _slot) in enumerate(found):
             # an unreadable entry only weakens duplicate detection
             if (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str)
                     and _is_int(entry[1]) and isinstance(entry[2], str)):
