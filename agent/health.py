@@ -16,12 +16,11 @@ bucket has the same chance to be kept, one random draw per sample, O(1)).
 p50/p95 come from the union of the reservoirs, each value weighted by the
 calls it stands for; with fewer calls than the reservoir holds they are exact.
 Where the platform has bisect (CPython, not MicroPython: firmware_shim), a
-source also keeps its held latencies as one sorted array of 4-byte floats
-(~0.6 KB), updated as buckets fill and are reused (a bisect a latency), and a
-snapshot reads p50/p95 from it instead of sorting the 160 places: in a
-simulated fleet, where each check replaces one bucket of 15, the sort was ~19%
-of the CPU and the upkeep is ~14%. The figures are the same (a test in
-tests/core/test_health.py compares). A board keeps no copy and sorts.
+source also keeps its kept latencies as one sorted list, updated as buckets
+fill and are reused (~35 unpredictable comparisons a 15-call bucket, where
+sorting the window takes ~1,100), so a snapshot reads p50/p95 from it; the
+figures are the same (tests/core/test_health.py compares). A board has no
+such copy (160 boxed floats would be ~3 KB of its heap) and sorts.
 At most MAX_SOURCES sources are kept; later names are counted as "other".
 Restarts are counted the same way: RESTART_BUCKETS buckets over the restart
 window, for at most MAX_RESTART_NAMES names (then "other").
@@ -166,7 +165,7 @@ class _Source:
         self.grace_until = None
         self.ignored = 0
         if bisect_left is not None:  # never set (or read) on a board: no attribute there
-            self.order = array("f")  # every latency held in lat, sorted (None: unknown)
+            self.order = []  # every latency held in lat, sorted (None: not known)
 
     def clear(self):
         if bisect_left is not None:
@@ -174,7 +173,7 @@ class _Source:
         for i in range(BUCKETS):
             self.reuse(i, EMPTY)
         if bisect_left is not None:
-            self.order = array("f")
+            self.order = []
 
     def reuse(self, slot, number):
         """Give the slot to bucket `number`, empty (its kept latencies back to FREE)."""
@@ -298,8 +297,8 @@ class HealthWindow:
                 total = sum(new)
                 if min(new) > 0.0 and total - total == 0.0:
                     order = src.order
-                    for v in new:
-                        order.insert(bisect_left(order, v), v)
+                    order += new
+                    order.sort()
                 else:
                     src.order = None
             return
@@ -473,7 +472,7 @@ class HealthWindow:
                         held = values[:kept]
                         total = sum(held)
                         if total - total == 0.0:
-                            src.order = array("f", held)
+                            src.order = held
                 p50 = _tidy(percentile(values, 0.50, kept))
                 p95 = _tidy(percentile(values, 0.95, kept))
             return self._figures(src, now_ms, calls, errors, p50, p95)

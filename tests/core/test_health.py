@@ -435,7 +435,7 @@ def test_the_sorted_copy_gives_the_figures_a_sort_gives():
         for src in w._sources.values():
             if getattr(src, "order", None) is not None:  # the copy holds what the array holds
                 held = [v for v in src.lat if v != float("inf")]
-                assert list(src.order) == sorted(held)
+                assert src.order == sorted(held)
                 kept += 1
         assert repr(w.snapshot(now)) == repr(_sorted_snapshot(w, now)), step
     if bisect_left is not None:
