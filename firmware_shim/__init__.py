@@ -12,4 +12,4 @@ IS_MICROPYTHON = sys.implementation.name == "micropython"
 try:
     from bisect import bisect_left
 except ImportError:  # MicroPython has no bisect: a board keeps no sorted copy (agent.health)
-    bisect_left = None  # type: ignore[assignment]
+    bisect_left = None
