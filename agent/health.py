@@ -15,12 +15,6 @@ max_samples // BUCKETS latencies (Vitter's algorithm R: every latency of the
 bucket has the same chance to be kept, one random draw per sample, O(1)).
 p50/p95 come from the union of the reservoirs, each value weighted by the
 calls it stands for; with fewer calls than the reservoir holds they are exact.
-Where the platform has bisect (CPython, not MicroPython: firmware_shim), a
-source also keeps its kept latencies as one sorted list, updated as buckets
-fill and are reused (~35 unpredictable comparisons a 15-call bucket, where
-sorting the window takes ~1,100), so a snapshot reads p50/p95 from it; the
-figures are the same (tests/core/test_health.py compares). A board has no
-such copy (160 boxed floats would be ~3 KB of its heap) and sorts.
 At most MAX_SOURCES sources are kept; later names are counted as "other".
 Restarts are counted the same way: RESTART_BUCKETS buckets over the restart
 window, for at most MAX_RESTART_NAMES names (then "other").
@@ -55,8 +49,6 @@ try:
     from array import array
 except ImportError:  # pragma: no cover - every port we ship has array
     array = None
-
-from firmware_shim import bisect_left  # None on MicroPython: no sorted copy there
 
 BUCKETS = 10
 EMPTY = -2147483647  # a slot that holds no bucket yet (bucket numbers may be negative)
@@ -152,7 +144,7 @@ class _Source:
     """One source's buckets: flat arrays indexed by slot (and slot * per for latencies)."""
 
     __slots__ = ("per", "epoch", "calls", "errors", "seen", "lat", "grace_ms", "grace_until",
-                 "ignored", "order")
+                 "ignored")
 
     def __init__(self, per_bucket):
         self.per = per_bucket
@@ -164,16 +156,10 @@ class _Source:
         self.grace_ms = 0
         self.grace_until = None
         self.ignored = 0
-        if bisect_left is not None:  # never set (or read) on a board: no attribute there
-            self.order = []  # every latency held in lat, sorted (None: not known)
 
     def clear(self):
-        if bisect_left is not None:
-            self.order = None
         for i in range(BUCKETS):
             self.reuse(i, EMPTY)
-        if bisect_left is not None:
-            self.order = []
 
     def reuse(self, slot, number):
         """Give the slot to bucket `number`, empty (its kept latencies back to FREE)."""
@@ -181,13 +167,7 @@ class _Source:
         per = self.per
         base = slot * per
         lat = self.lat
-        end = base + (seen if seen < per else per)
-        if bisect_left is not None and seen:
-            order = self.order
-            if order is not None:
-                for v in lat[base:end]:
-                    del order[bisect_left(order, v)]
-        for i in range(base, end):
+        for i in range(base, base + (seen if seen < per else per)):
             lat[i] = FREE
         self.epoch[slot] = number
         self.calls[slot] = 0
@@ -289,21 +269,7 @@ class HealthWindow:
             n = len(latencies)
             lat[base + seen:base + seen + n] = _numbers_of(latencies)
             src.seen[slot] = seen + n
-            if bisect_left is not None and n and src.order is not None:
-                # merged into the sorted copy as the array holds them (4-byte floats);
-                # one not finite and > 0 drops the copy instead (a NaN has no place in
-                # it, and -0.0 == 0.0 could make its zero differ from the sort's)
-                new = lat[base + seen:base + seen + n].tolist()
-                total = sum(new)
-                if min(new) > 0.0 and total - total == 0.0:
-                    order = src.order
-                    order += new
-                    order.sort()
-                else:
-                    src.order = None
             return
-        if bisect_left is not None:
-            src.order = None  # places replaced: sorted again when a snapshot needs it
         for latency_ms in latencies:
             seen += 1
             if seen <= per:
@@ -337,15 +303,7 @@ class HealthWindow:
         per = src.per
         if seen <= per:
             src.lat[slot * per + seen - 1] = latency_ms
-            if bisect_left is not None and src.order is not None:
-                v = src.lat[slot * per + seen - 1]
-                if 0.0 < v < FREE:
-                    src.order.insert(bisect_left(src.order, v), v)
-                else:
-                    src.order = None
         else:
-            if bisect_left is not None:
-                src.order = None
             j = self._rng.below(seen)
             if j < per:
                 src.lat[slot * per + j] = latency_ms
@@ -464,15 +422,7 @@ class HealthWindow:
             # is FREE and sorts last: one sort of the whole array, no gathering.
             p50 = p95 = None
             if kept:
-                values = src.order if bisect_left is not None else None
-                if values is None or len(values) != kept:
-                    values = sorted(src.lat)
-                    if bisect_left is not None and values[0] > 0.0:
-                        # kept again when every held latency is finite and > 0
-                        held = values[:kept]
-                        total = sum(held)
-                        if total - total == 0.0:
-                            src.order = held
+                values = sorted(src.lat)
                 p50 = _tidy(percentile(values, 0.50, kept))
                 p95 = _tidy(percentile(values, 0.95, kept))
             return self._figures(src, now_ms, calls, errors, p50, p95)

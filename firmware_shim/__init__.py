@@ -8,8 +8,3 @@ naming what MicroPython lacks; there are no version checks anywhere else.
 import sys
 
 IS_MICROPYTHON = sys.implementation.name == "micropython"
-
-try:
-    from bisect import bisect_left
-except ImportError:  # MicroPython has no bisect: a board keeps no sorted copy (agent.health)
-    bisect_left = None

@@ -14,7 +14,6 @@ from agent.health import (
     performance_impact,
     wilson_lower,
 )
-from firmware_shim import bisect_left
 
 T = DEFAULT_THRESHOLDS
 
@@ -377,66 +376,3 @@ def test_one_sort_of_the_reservoirs_gives_the_gathered_percentiles():
     assert w.snapshot(later)["latency_p50"] is None
     w.record_calls(2, 0, [7.0, 5.0], later)
     assert (w.snapshot(later)["latency_p50"], w.snapshot(later)["latency_p95"]) == (5.0, 7.0)
-
-
-def _sorted_snapshot(w, now):
-    """The snapshot as a board computes it (no sorted copy: every source sorts)."""
-    orders = {}
-    for name, src in w._sources.items():
-        if hasattr(src, "order"):
-            orders[name] = src.order
-            src.order = None
-    snap = w.snapshot(now)
-    for name in orders:
-        w._sources[name].order = orders[name]
-    return snap
-
-
-class _Lcg:
-    """A seeded source that runs on both interpreters (MicroPython has no random.Random)."""
-
-    def __init__(self, seed):
-        self.x = seed
-
-    def random(self):
-        self.x = (self.x * 1103515245 + 12345) % 2147483648
-        return self.x / 2147483648
-
-    def choice(self, items):
-        return items[int(self.random() * len(items))]
-
-    def uniform(self, a, b):
-        return a + (b - a) * self.random()
-
-
-def test_the_sorted_copy_gives_the_figures_a_sort_gives():
-    # CPython keeps each source's latencies sorted as buckets fill and are reused; a
-    # board sorts them at each snapshot. Both must give the same p50/p95 whatever the
-    # traffic: batches, single calls, overflowing buckets, odd values, resets.
-    rnd = _Lcg(5)
-    w = HealthWindow(window_ms=60000, max_samples=40)
-    now = 0
-    odd = [0.0, -0.0, float("nan"), float("inf"), -1.0, 1e-40]
-    kept = 0  # snapshots that read the copy (on CPython)
-    for step in range(3000):
-        now += rnd.choice((0, 1, 700, 3000, 6000, 20000))
-        op = rnd.random()
-        source = rnd.choice(("app", "app", "probe"))
-        if op < 0.45:
-            n = rnd.choice((1, 2, 3, 4, 6))
-            lats = [rnd.choice(odd) if rnd.random() < 0.01 else rnd.uniform(5, 50)
-                    for _ in range(n)]
-            w.record_calls(n, 0, lats, now, source)
-        elif op < 0.9:
-            lat = rnd.choice(odd) if rnd.random() < 0.01 else round(rnd.uniform(5, 50), 1)
-            w.record_outcome(True, lat, now, source)
-        elif op < 0.92:
-            w.reset_outcomes(now)
-        for src in w._sources.values():
-            if getattr(src, "order", None) is not None:  # the copy holds what the array holds
-                held = [v for v in src.lat if v != float("inf")]
-                assert src.order == sorted(held)
-                kept += 1
-        assert repr(w.snapshot(now)) == repr(_sorted_snapshot(w, now)), step
-    if bisect_left is not None:
-        assert kept > 1000
