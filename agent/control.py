@@ -248,8 +248,22 @@ class MigrationControl:
         an ok or inconclusive result leaves its figures out ("health": None)."""
         self._refresh_timers()
         now = self.clock.monotonic_ms()
-        snapshot = self.health.snapshot(now)
-        verdict = self._verdict(now, snapshot)
+        snapshot = verdict = None
+        if not report:
+            # Its figures are only read if it finds a problem: without the latencies'
+            # sort while no latency rule could fire (agent.health.latency_bounded).
+            quick = self.health.snapshot(now, latency=False)
+            criteria = self.plan.stage(self.stage).success_criteria if self.stage else None
+            if health_mod.latency_bounded(quick, self.config.thresholds, self._baseline,
+                                          criteria):
+                verdict = self._verdict(now, quick)
+                if verdict["verdict"] == health_mod.UNHEALTHY:
+                    verdict = None  # reported: with the whole figures
+                else:
+                    snapshot = quick
+        if verdict is None:
+            snapshot = self.health.snapshot(now)
+            verdict = self._verdict(now, snapshot)
         self._note_verdict(now, verdict)
         if verdict["verdict"] == health_mod.INCONCLUSIVE:
             # No evidence either way: nothing is rolled back, and the stage's

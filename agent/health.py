@@ -399,15 +399,33 @@ class HealthWindow:
                 slots.append(slot)
         return slots
 
-    def _source_figures(self, src, now_ms, pairs_out):
+    def _source_figures(self, src, now_ms, pairs_out, latency=True):
         bms = self.bucket_ms
         first = -((self.window_ms - now_ms) // bms)
         last = now_ms // bms
         calls = errors = kept = 0
-        uniform = True   # every kept latency stands for one call
-        outside = False  # a slot outside the window still holds latencies
         per = src.per
         seen_at = src.seen
+        if not latency:
+            # no p50/p95 (no sort): the largest latency the window holds bounds both
+            top = None
+            lat = src.lat
+            base = 0
+            for number, n_calls, n_errors, seen in zip(src.epoch, src.calls, src.errors,
+                                                       seen_at):
+                if first <= number <= last and number != EMPTY:
+                    calls += n_calls
+                    errors += n_errors
+                    if seen:
+                        m = max(lat[base:base + (seen if seen < per else per)])
+                        if top is None or m > top or m != m:  # a NaN stays: no bound
+                            top = m
+                base += per
+            figures = self._figures(src, now_ms, calls, errors, None, None)
+            figures["latency_max"] = top
+            return figures
+        uniform = True   # every kept latency stands for one call
+        outside = False  # a slot outside the window still holds latencies
         for number, n_calls, n_errors, seen in zip(src.epoch, src.calls, src.errors, seen_at):
             if first <= number <= last and number != EMPTY:
                 calls += n_calls
@@ -466,14 +484,19 @@ class HealthWindow:
             "ignored_in_grace": src.ignored,
         }
 
-    def snapshot(self, now_ms):
-        """The figures for the window ending at now_ms, overall and per source."""
+    def snapshot(self, now_ms, latency=True):
+        """The figures for the window ending at now_ms, overall and per source.
+
+        latency=False leaves every p50/p95 None (no sort of the latencies) and gives
+        each source's "latency_max" instead: enough for evaluate when
+        latency_bounded() says no latency rule could fire (the agent's own
+        periodic check, whose figures nobody reads unless it finds a problem)."""
         sources = {}
         # pairs for the overall p50/p95; with one source its own figures are those
-        pairs = [] if len(self._sources) > 1 else None
+        pairs = [] if len(self._sources) > 1 and latency else None
         samples = errors = 0
         for name in sorted(self._sources):
-            figures = self._source_figures(self._sources[name], now_ms, pairs)
+            figures = self._source_figures(self._sources[name], now_ms, pairs, latency)
             sources[name] = figures
             samples += figures["samples"]
             errors += figures["errors"]
@@ -547,6 +570,33 @@ def _source_baseline(baseline, name):
         return baseline.get("latency_p50")
     entry = sources.get(name)
     return None if entry is None else entry.get("latency_p50")
+
+
+def latency_bounded(snapshot, thresholds, baseline=None, criteria=None):
+    """True when no latency rule of evaluate() could fire on this snapshot whatever
+    each source's p50 is, as long as it is at most the source's "latency_max"
+    (snapshot(now, latency=False)): evaluate() then gives the same verdict on it
+    as on the whole snapshot. The rules are monotonic in p50 (with a baseline
+    above 0), so they are tried on the bound itself."""
+    limits, stage_limits = _limits(thresholds, criteria)
+    max_impact = stage_limits.get("max_performance_impact")
+    sources = snapshot["sources"]
+    for name in sources:
+        s = sources[name]
+        top = s["latency_max"]
+        if top is None or s["samples"] < limits["min_samples"]:
+            continue  # no latency (p50 None), or not judged
+        base = _source_baseline(baseline, name)
+        if not base:
+            continue  # nothing to compare with (as _impact)
+        if not base > 0 or not top <= top:
+            return False  # a NaN, or a baseline the rules are not monotonic for
+        impact = _impact(_tidy(top), base)
+        if impact + 1.0 > limits["max_latency_ratio"]:
+            return False
+        if max_impact is not None and impact > max_impact:
+            return False
+    return True
 
 
 def _violation(metric, value, limit, message, source):

@@ -9,6 +9,7 @@ from agent.health import (
     MIN_ERRORS,
     HealthWindow,
     evaluate,
+    latency_bounded,
     make_baseline,
     percentile,
     performance_impact,
@@ -376,3 +377,64 @@ def test_one_sort_of_the_reservoirs_gives_the_gathered_percentiles():
     assert w.snapshot(later)["latency_p50"] is None
     w.record_calls(2, 0, [7.0, 5.0], later)
     assert (w.snapshot(later)["latency_p50"], w.snapshot(later)["latency_p95"]) == (5.0, 7.0)
+
+
+class _Lcg:
+    """A seeded source that runs on both interpreters (MicroPython has no random.Random)."""
+
+    def __init__(self, seed):
+        self.x = seed
+
+    def random(self):
+        self.x = (self.x * 1103515245 + 12345) % 2147483648
+        return self.x / 2147483648
+
+    def choice(self, items):
+        return items[int(self.random() * len(items))]
+
+
+def test_a_latency_bounded_quick_snapshot_gives_the_whole_snapshots_verdict():
+    # The agent's periodic check takes snapshot(now, latency=False) (no sort) and, when
+    # latency_bounded() says no latency rule could fire under each source's largest
+    # latency, judges that: the verdict must be the one the whole snapshot gets.
+    rnd = _Lcg(11)
+    bounded = judged = 0
+    for case in range(400):
+        w = HealthWindow(window_ms=60000, max_samples=40)
+        now = 0
+        mean = rnd.choice((10.0, 50.0, 200.0))
+        for _ in range(int(rnd.random() * 120)):
+            now += rnd.choice((0, 100, 900, 7000))
+            source = rnd.choice(("app", "app", "probe", "statsd"))
+            lat = mean * (0.5 + rnd.random() * rnd.choice((1.0, 1.2, 3.0)))
+            if rnd.random() < 0.03:
+                lat = rnd.choice((float("nan"), float("inf"), 0.0, None))
+            if rnd.random() < 0.5:
+                w.record_outcome(rnd.random() > 0.08, lat, now, source)
+            elif lat is not None:
+                w.record_calls(3, int(rnd.random() * 1.3), [lat, lat * 0.9, lat * 1.1], now,
+                               source)
+        base_at = rnd.choice((0.0, -1.0, mean * 0.6, mean, mean * 1.5, None))
+        baseline = None
+        if base_at is not None:
+            sources = {n: {"latency_p50": base_at, "latency_p95": base_at, "samples": 30}
+                       for n in ("app", "probe", "statsd") if rnd.random() < 0.8}
+            baseline = {"stage": 1, "latency_p50": base_at, "latency_p95": base_at,
+                        "samples": 30, "sources": sources}
+        criteria = rnd.choice((None, {}, {"max_performance_impact": 0.1},
+                               {"max_latency_ratio": 1.2}))
+        quick = w.snapshot(now, latency=False)
+        full = w.snapshot(now)
+        for name in full["sources"]:
+            top = quick["sources"][name]["latency_max"]
+            p50 = full["sources"][name]["latency_p50"]
+            assert (top is None) == (p50 is None)
+            if p50 is not None and p50 == p50 and top == top:
+                assert p50 <= round(top, 3)
+        want = evaluate(full, T, baseline, criteria)
+        if want["violations"]:
+            judged += 1
+        if latency_bounded(quick, T, baseline, criteria):
+            bounded += 1
+            assert evaluate(quick, T, baseline, criteria) == want, case
+    assert bounded > 100 and judged > 20  # both kinds of case were met
