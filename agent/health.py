@@ -52,7 +52,7 @@ except ImportError:  # pragma: no cover - every port we ship has array
 
 BUCKETS = 10
 EMPTY = -2147483647  # a slot that holds no bucket yet (bucket numbers may be negative)
-FREE = float("inf")  # a reservoir place that holds no latency: it sorts after every one
+FREE = float("-inf")  # a reservoir place that holds no latency: it sorts before every one
 MAX_SOURCES = 5  # e.g. 3 probes, statsd and the apps' own pushes ("app")
 DEFAULT_SOURCE = "app"
 OTHER_SOURCE = "other"
@@ -408,21 +408,17 @@ class HealthWindow:
         seen_at = src.seen
         if not latency:
             # no p50/p95 (no sort): the largest latency the window holds bounds both
-            top = None
-            lat = src.lat
-            base = 0
             for number, n_calls, n_errors, seen in zip(src.epoch, src.calls, src.errors,
                                                        seen_at):
                 if first <= number <= last and number != EMPTY:
                     calls += n_calls
                     errors += n_errors
-                    if seen:
-                        m = max(lat[base:base + (seen if seen < per else per)])
-                        if top is None or m > top or m != m:  # a NaN stays: no bound
-                            top = m
-                base += per
+                    kept += seen
             figures = self._figures(src, now_ms, calls, errors, None, None)
-            figures["latency_max"] = top
+            # FREE places sort first, so this is the largest latency held (a slot that
+            # slid out may add its own: still a bound); a NaN first in the array makes
+            # it NaN (no bound), and one after is passed over (it is no p50 to judge)
+            figures["latency_max"] = max(src.lat) if kept else None
             return figures
         uniform = True   # every kept latency stands for one call
         outside = False  # a slot outside the window still holds latencies
@@ -437,12 +433,13 @@ class HealthWindow:
                 outside = True
         if uniform and pairs_out is None and not outside:
             # Only the window's latencies are in the reservoirs, every other place
-            # is FREE and sorts last: one sort of the whole array, no gathering.
+            # is FREE and sorts first: one sort of the whole array, no gathering.
             p50 = p95 = None
             if kept:
                 values = sorted(src.lat)
-                p50 = _tidy(percentile(values, 0.50, kept))
-                p95 = _tidy(percentile(values, 0.95, kept))
+                del values[:len(values) - kept]
+                p50 = _tidy(percentile(values, 0.50))
+                p95 = _tidy(percentile(values, 0.95))
             return self._figures(src, now_ms, calls, errors, p50, p95)
         values = []
         lat = src.lat

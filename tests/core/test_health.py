@@ -358,7 +358,7 @@ def _by_hand(w, now, source="app"):
 
 def test_one_sort_of_the_reservoirs_gives_the_gathered_percentiles():
     # The snapshot sorts a source's whole reservoir array at once; the places that
-    # hold no latency (never used, or emptied when a bucket was reused) sort last.
+    # hold no latency (never used, or emptied when a bucket was reused) sort first.
     w = HealthWindow()  # 10 buckets of 30 s, 16 latencies each
     for k in range(25):  # the buckets are reused twice over
         now = 30000 * k + 1000
