@@ -249,21 +249,20 @@ class MigrationControl:
         self._refresh_timers()
         now = self.clock.monotonic_ms()
         snapshot = verdict = None
+        criteria = self.plan.stage(self.stage).success_criteria if self.stage else None
+        thresholds = self.config.thresholds
         if not report:
             # Its figures are only read if it finds a problem: without the latencies'
-            # sort while no latency rule could fire (agent.health.latency_bounded).
+            # sort while no latency rule could fire (agent.health.evaluate on a bound).
             quick = self.health.snapshot(now, latency=False)
-            criteria = self.plan.stage(self.stage).success_criteria if self.stage else None
-            if health_mod.latency_bounded(quick, self.config.thresholds, self._baseline,
-                                          criteria):
-                verdict = self._verdict(now, quick)
-                if verdict["verdict"] == health_mod.UNHEALTHY:
-                    verdict = None  # reported: with the whole figures
-                else:
-                    snapshot = quick
-        if verdict is None:
+            verdict = health_mod.evaluate(quick, thresholds, self._baseline, criteria)
+            if verdict is not None and verdict["verdict"] == health_mod.UNHEALTHY:
+                verdict = None  # reported: with the whole figures
+            else:
+                snapshot = quick
+        if verdict is None:  # as _verdict()
             snapshot = self.health.snapshot(now)
-            verdict = self._verdict(now, snapshot)
+            verdict = health_mod.evaluate(snapshot, thresholds, self._baseline, criteria)
         self._note_verdict(now, verdict)
         if verdict["verdict"] == health_mod.INCONCLUSIVE:
             # No evidence either way: nothing is rolled back, and the stage's

@@ -399,7 +399,7 @@ class HealthWindow:
                 slots.append(slot)
         return slots
 
-    def _source_figures(self, src, now_ms, pairs_out, latency=True):
+    def _source_figures(self, src, now_ms, pairs_out, latency):
         bms = self.bucket_ms
         first = -((self.window_ms - now_ms) // bms)
         last = now_ms // bms
@@ -485,9 +485,9 @@ class HealthWindow:
         """The figures for the window ending at now_ms, overall and per source.
 
         latency=False leaves every p50/p95 None (no sort of the latencies) and gives
-        each source's "latency_max" instead: enough for evaluate when
-        latency_bounded() says no latency rule could fire (the agent's own
-        periodic check, whose figures nobody reads unless it finds a problem)."""
+        each source's "latency_max" instead, a bound evaluate() can judge on (the
+        agent's own periodic check, whose figures nobody reads unless it finds a
+        problem)."""
         sources = {}
         # pairs for the overall p50/p95; with one source its own figures are those
         pairs = [] if len(self._sources) > 1 and latency else None
@@ -569,33 +569,6 @@ def _source_baseline(baseline, name):
     return None if entry is None else entry.get("latency_p50")
 
 
-def latency_bounded(snapshot, thresholds, baseline=None, criteria=None):
-    """True when no latency rule of evaluate() could fire on this snapshot whatever
-    each source's p50 is, as long as it is at most the source's "latency_max"
-    (snapshot(now, latency=False)): evaluate() then gives the same verdict on it
-    as on the whole snapshot. The rules are monotonic in p50 (with a baseline
-    above 0), so they are tried on the bound itself."""
-    limits, stage_limits = _limits(thresholds, criteria)
-    max_impact = stage_limits.get("max_performance_impact")
-    sources = snapshot["sources"]
-    for name in sources:
-        s = sources[name]
-        top = s["latency_max"]
-        if top is None or s["samples"] < limits["min_samples"]:
-            continue  # no latency (p50 None), or not judged
-        base = _source_baseline(baseline, name)
-        if not base:
-            continue  # nothing to compare with (as _impact)
-        if not base > 0 or not top <= top:
-            return False  # a NaN, or a baseline the rules are not monotonic for
-        impact = _impact(_tidy(top), base)
-        if impact + 1.0 > limits["max_latency_ratio"]:
-            return False
-        if max_impact is not None and impact > max_impact:
-            return False
-    return True
-
-
 def _violation(metric, value, limit, message, source):
     return {"metric": metric, "value": value, "limit": limit, "source": source,
             "message": message + " (source " + source + ")"}
@@ -624,21 +597,34 @@ def _judge_source(name, s, limits, stage_limits, baseline, violations):
         v["lower_bound"] = lower
         violations.append(v)
     base = _source_baseline(baseline, name)
-    impact = _impact(s["latency_p50"], base)
+    p50 = s["latency_p50"]
+    top = s.get("latency_max")  # only in a snapshot taken with latency=False
+    if top is not None and base:
+        # No p50, a bound on it: the rules below are monotonic in p50 (with a baseline
+        # above 0), so none can fire if none fires on the bound. True: undecided.
+        if not base > 0 or top != top:
+            return True
+        p50 = _tidy(top)
+    impact = _impact(p50, base)
     if impact is None:
-        return
+        return False
     ratio = impact + 1.0
     if ratio > limits["max_latency_ratio"]:
+        if top is not None:
+            return True
         violations.append(_violation(
             "latency", ratio, limits["max_latency_ratio"],
             "latency p50 {:.3g} ms = {:.3g}x baseline {:.3g} ms > {}x".format(
                 s["latency_p50"], ratio, base, limits["max_latency_ratio"]), name))
     max_impact = stage_limits.get("max_performance_impact")
     if max_impact is not None and impact > max_impact:
+        if top is not None:
+            return True
         violations.append(_violation(
             "performance_impact", impact, max_impact,
             "performance impact {:.1f}% > {:.1f}%".format(impact * 100, max_impact * 100),
             name))
+    return False
 
 
 def evaluate(snapshot, thresholds, baseline=None, criteria=None):
@@ -648,6 +634,11 @@ def evaluate(snapshot, thresholds, baseline=None, criteria=None):
     "violations": [...], "enough_samples": bool, "inconclusive": [source, ...],
     "reason": str or None}. Each violation is {"metric", "value", "limit",
     "source", "message"} (error-rate ones add "lower_bound").
+
+    On a snapshot(now, latency=False) (no p50s: each source's "latency_max"
+    instead) the latency rules are tried on that bound, and the verdict is the
+    whole snapshot's; None when a latency rule could fire under the bound (the
+    caller takes the whole snapshot then).
     """
     limits, stage_limits = _limits(thresholds, criteria)
     violations = []
@@ -666,7 +657,8 @@ def evaluate(snapshot, thresholds, baseline=None, criteria=None):
         s = sources[name]
         if s["samples"] >= limits["min_samples"]:
             conclusive.append(name)
-            _judge_source(name, s, limits, stage_limits, baseline, violations)
+            if _judge_source(name, s, limits, stage_limits, baseline, violations):
+                return None
         elif s["samples"] or s["in_grace"]:
             short.append(name)
     enough = bool(conclusive)
