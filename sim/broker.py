@@ -30,6 +30,10 @@ def topic_matches(filt: str, topic: str) -> bool:
     return len(fparts) == len(tparts)
 
 
+def _client_id(link: VirtualLink) -> str:
+    return link.client_id
+
+
 class BrokerDown(OSError):
     pass
 
@@ -125,6 +129,11 @@ class VirtualBroker:
         # device's own (a set a topic cost ~3 KB a device)
         self.exact: dict[str, VirtualLink | set[VirtualLink]] = {}
         self.wild: dict[str, set[VirtualLink]] = {}
+        # topic -> (wild_version, the links whose wildcard filters match it, by client
+        # id): a device's report topics are matched against the filters once, not at
+        # every report (the version moves whenever a wildcard subscription does)
+        self.wild_routes: dict[str, tuple[int, tuple[VirtualLink, ...]]] = {}
+        self.wild_version = 0
         # topic -> (payload, sender): a retained copy keeps its place in its sender's order
         self.retained: dict[str, tuple[bytes, VirtualLink | None]] = {}
         self.queue: list = []
@@ -163,6 +172,7 @@ class VirtualBroker:
         for filt, _qos in ([] if link.persistent else link.subscriptions):
             if "+" in filt or "#" in filt:
                 self.wild.get(filt, set()).discard(link)
+                self.wild_version += 1
             else:
                 subs = self.exact.get(filt)
                 if subs is link:
@@ -177,6 +187,7 @@ class VirtualBroker:
     def subscribe(self, link: VirtualLink, filt: str) -> None:
         if "+" in filt or "#" in filt:
             self.wild.setdefault(filt, set()).add(link)
+            self.wild_version += 1
             hits = [(t, r) for t, r in self.retained.items() if topic_matches(filt, t)]
         else:
             subs = self.exact.get(filt)
@@ -199,11 +210,21 @@ class VirtualBroker:
             else:
                 self.retained.pop(topic, None)
         subs = self.exact.get(topic)
-        targets = set(subs) if isinstance(subs, set) else set() if subs is None else {subs}
-        for filt, links in self.wild.items():
-            if links and topic_matches(filt, topic):
-                targets.update(links)
-        for link in sorted(targets, key=lambda lk: lk.client_id):
+        route = self.wild_routes.get(topic)
+        if route is None or route[0] != self.wild_version:
+            matched: set[VirtualLink] = set()
+            for filt, links in self.wild.items():
+                if links and topic_matches(filt, topic):
+                    matched.update(links)
+            route = (self.wild_version, tuple(sorted(matched, key=_client_id)))
+            self.wild_routes[topic] = route
+        if subs is None:
+            targets = route[1]  # already in client id order
+        else:
+            union = set(subs) if isinstance(subs, set) else {subs}
+            union.update(route[1])
+            targets = tuple(sorted(union, key=_client_id))
+        for link in targets:
             self._schedule(link, topic, payload, False, qos, sender)
 
     def _schedule(self, link: VirtualLink, topic: str, payload: bytes, retain: bool,
