@@ -14,6 +14,7 @@ import heapq
 import math
 import random
 import time
+from array import array
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -299,7 +300,9 @@ class Simulation:
         self.outages = sorted(prof.broker_outages)
         self.traffic = prof.traffic
         self.call_gap_ms = int(1000 / prof.traffic.calls_per_s)
-        self.latencies: dict[float, list[float]] = {}  # mean latency -> its table
+        # mean latency -> its table, as the health window keeps latencies (4-byte
+        # floats): a wake's stretch is copied into the window's reservoir as bytes
+        self.latencies: dict[float, array] = {}
         self.devices: list[SimDevice] = []
         for i in range(settings.devices):
             device_id = "gw-%05d" % i
@@ -321,12 +324,14 @@ class Simulation:
         self.wave_health: list[dict] = []
         self.operator.on_result = self._wave_health
 
-    def latency_table(self, mean_ms: float) -> list[float]:
-        """LATENCY_TABLE latencies uniform within +-latency_jitter of mean_ms (seeded)."""
+    def latency_table(self, mean_ms: float) -> array:
+        """LATENCY_TABLE latencies uniform within +-latency_jitter of mean_ms (seeded), as
+        4-byte floats (what the health window would round each to)."""
         spread = self.traffic.latency_jitter * mean_ms
         low, width = mean_ms - spread, 2 * spread
         rnd = random.Random("%d:latencies:%r" % (self.settings.seed, mean_ms)).random
-        table = self.latencies[mean_ms] = [low + width * rnd() for _ in range(LATENCY_TABLE)]
+        table = self.latencies[mean_ms] = array(
+            "f", [low + width * rnd() for _ in range(LATENCY_TABLE)])
         return table
 
     def fleet_latency_p95(self) -> float | None:
