@@ -254,7 +254,7 @@ class MigrationControl:
         if not report:
             # Its figures are only read if it finds a problem: without the latencies'
             # sort while no latency rule could fire (agent.health.evaluate on a bound).
-            quick = self.health.snapshot(now, latency=False)
+            quick = self.health.snapshot(now, False if self._baseline is not None else None)
             verdict = health_mod.evaluate(quick, thresholds, self._baseline, criteria)
             if verdict is not None and verdict["verdict"] == health_mod.UNHEALTHY:
                 verdict = None  # reported: with the whole figures

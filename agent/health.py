@@ -418,7 +418,7 @@ class HealthWindow:
             # FREE places sort first, so this is the largest latency held (a slot that
             # slid out may add its own: still a bound); a NaN first in the array makes
             # it NaN (no bound), and one after is passed over (it is no p50 to judge)
-            figures["latency_max"] = max(src.lat) if kept else None
+            figures["latency_max"] = max(src.lat) if kept and latency is False else None
             return figures
         uniform = True   # every kept latency stands for one call
         outside = False  # a slot outside the window still holds latencies
@@ -487,7 +487,8 @@ class HealthWindow:
         latency=False leaves every p50/p95 None (no sort of the latencies) and gives
         each source's "latency_max" instead, a bound evaluate() can judge on (the
         agent's own periodic check, whose figures nobody reads unless it finds a
-        problem)."""
+        problem); latency=None gives no latency figure at all (a check with no
+        baseline, which no latency rule can judge)."""
         sources = {}
         # pairs for the overall p50/p95; with one source its own figures are those
         pairs = [] if len(self._sources) > 1 and latency else None
