@@ -414,12 +414,12 @@ class HealthWindow:
                     calls += n_calls
                     errors += n_errors
                     kept += seen
-            figures = self._figures(src, now_ms, calls, errors, None, None)
-            # FREE places sort first, so this is the largest latency held (a slot that
-            # slid out may add its own: still a bound); a NaN first in the array makes
-            # it NaN (no bound), and one after is passed over (it is no p50 to judge)
-            figures["latency_max"] = max(src.lat) if kept and latency is False else None
-            return figures
+            # p95: the largest latency held, a bound on p50 and p95 (FREE places sort
+            # first; a slot that slid out may add its own: still a bound). A NaN first
+            # in the array makes it NaN (no bound), one after is passed over (it is no
+            # p50 to judge).
+            return self._figures(src, now_ms, calls, errors, None,
+                                 max(src.lat) if kept and latency is False else None)
         uniform = True   # every kept latency stands for one call
         outside = False  # a slot outside the window still holds latencies
         for number, n_calls, n_errors, seen in zip(src.epoch, src.calls, src.errors, seen_at):
@@ -484,11 +484,11 @@ class HealthWindow:
     def snapshot(self, now_ms, latency=True):
         """The figures for the window ending at now_ms, overall and per source.
 
-        latency=False leaves every p50/p95 None (no sort of the latencies) and gives
-        each source's "latency_max" instead, a bound evaluate() can judge on (the
-        agent's own periodic check, whose figures nobody reads unless it finds a
-        problem); latency=None gives no latency figure at all (a check with no
-        baseline, which no latency rule can judge)."""
+        latency=False sorts no latencies: every p50 is None, the overall p95 too, and
+        each source's p95 is the largest latency it holds, a bound evaluate() can
+        judge on (the agent's own periodic check, whose figures nobody reads unless
+        it finds a problem); latency=None gives no latency figure at all (a check
+        with no baseline, which no latency rule can judge)."""
         sources = {}
         # pairs for the overall p50/p95; with one source its own figures are those
         pairs = [] if len(self._sources) > 1 and latency else None
@@ -500,7 +500,7 @@ class HealthWindow:
             errors += figures["errors"]
         if pairs is None:
             p50 = p95 = None
-            for figures in sources.values():
+            for figures in sources.values() if latency else ():
                 p50, p95 = figures["latency_p50"], figures["latency_p95"]
         else:
             p50, p95 = weighted_percentiles(pairs, (0.50, 0.95))
@@ -599,7 +599,9 @@ def _judge_source(name, s, limits, stage_limits, baseline, violations):
         violations.append(v)
     base = _source_baseline(baseline, name)
     p50 = s["latency_p50"]
-    top = s.get("latency_max")  # only in a snapshot taken with latency=False
+    # p50 None with a p95: a snapshot(now, latency=False), its p95 a bound on p50 (a
+    # whole snapshot has both or neither)
+    top = s["latency_p95"] if p50 is None else None
     if top is not None and base:
         # No p50, a bound on it: the rules below are monotonic in p50 (with a baseline
         # above 0), so none can fire if none fires on the bound. True: undecided.
@@ -636,8 +638,8 @@ def evaluate(snapshot, thresholds, baseline=None, criteria=None):
     "reason": str or None}. Each violation is {"metric", "value", "limit",
     "source", "message"} (error-rate ones add "lower_bound").
 
-    On a snapshot(now, latency=False) (no p50s: each source's "latency_max"
-    instead) the latency rules are tried on that bound, and the verdict is the
+    On a snapshot(now, latency=False) (no p50s; each p95 the source's largest
+    latency) the latency rules are tried on that bound, and the verdict is the
     whole snapshot's; None when a latency rule could fire under the bound (the
     caller takes the whole snapshot then).
     """

@@ -394,8 +394,9 @@ class _Lcg:
 
 def test_a_quick_snapshot_gets_the_whole_snapshots_verdict_or_none():
     # The agent's periodic check takes snapshot(now, latency=False) (no sort): evaluate
-    # tries the latency rules on each source's largest latency, and gives the verdict
-    # the whole snapshot gets, or None when a rule could fire under that bound.
+    # tries the latency rules on each source's largest latency (its p95 there), and
+    # gives the verdict the whole snapshot gets, or None when a rule could fire under
+    # that bound.
     rnd = _Lcg(11)
     bounded = judged = 0
     for case in range(400):
@@ -425,7 +426,8 @@ def test_a_quick_snapshot_gets_the_whole_snapshots_verdict_or_none():
         quick = w.snapshot(now, latency=False)
         full = w.snapshot(now)
         for name in full["sources"]:
-            top = quick["sources"][name]["latency_max"]
+            top = quick["sources"][name]["latency_p95"]  # the bound: the largest latency
+            assert quick["sources"][name]["latency_p50"] is None
             p50 = full["sources"][name]["latency_p50"]
             assert (top is None) == (p50 is None)
             if p50 is not None and p50 == p50 and top == top:
