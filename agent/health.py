@@ -143,8 +143,8 @@ class _Rng:
 class _Source:
     """One source's buckets: flat arrays indexed by slot (and slot * per for latencies)."""
 
-    __slots__ = ("per", "epoch", "calls", "errors", "seen", "lat", "grace_ms", "grace_until",
-                 "ignored")
+    __slots__ = ("per", "epoch", "calls", "errors", "seen", "lat", "max", "grace_ms",
+                 "grace_until", "ignored")
 
     def __init__(self, per_bucket):
         self.per = per_bucket
@@ -153,6 +153,8 @@ class _Source:
         self.errors = _numbers("I", BUCKETS, 0)
         self.seen = _numbers("I", BUCKETS, 0)    # calls that carried a latency
         self.lat = _numbers("f", BUCKETS * per_bucket, FREE)
+        # each slot's largest latency since its reuse (NaN sticks): the quick check's bound
+        self.max = _numbers("f", BUCKETS, FREE)
         self.grace_ms = 0
         self.grace_until = None
         self.ignored = 0
@@ -170,6 +172,7 @@ class _Source:
         for i in range(base, base + (seen if seen < per else per)):
             lat[i] = FREE
         self.epoch[slot] = number
+        self.max[slot] = FREE
         self.calls[slot] = 0
         self.errors[slot] = 0
         self.seen[slot] = 0
@@ -258,6 +261,10 @@ class HealthWindow:
             return
         src.calls[slot] += calls
         src.errors[slot] += errors
+        if latencies:
+            top = max(latencies)  # NaN only if first: a later one is passed over (see snapshot)
+            if top > src.max[slot] or top != top:
+                src.max[slot] = top
         # _keep_latency, inlined: the same draws in the same order, without a call a sample
         seen = src.seen[slot]
         per = src.per
@@ -298,6 +305,8 @@ class HealthWindow:
         return src, slot
 
     def _keep_latency(self, src, slot, latency_ms):
+        if latency_ms > src.max[slot] or latency_ms != latency_ms:
+            src.max[slot] = latency_ms
         seen = src.seen[slot] + 1
         src.seen[slot] = seen
         per = src.per
@@ -408,18 +417,22 @@ class HealthWindow:
         seen_at = src.seen
         if not latency:
             # no p50/p95 (no sort): the largest latency the window holds bounds both
-            for number, n_calls, n_errors, seen in zip(src.epoch, src.calls, src.errors,
-                                                       seen_at):
+            top = FREE
+            for number, n_calls, n_errors, seen, most in zip(src.epoch, src.calls, src.errors,
+                                                             seen_at, src.max):
                 if first <= number <= last and number != EMPTY:
                     calls += n_calls
                     errors += n_errors
                     kept += seen
-            # p95: the largest latency held, a bound on p50 and p95 (FREE places sort
-            # first; a slot that slid out may add its own: still a bound). A NaN first
-            # in the array makes it NaN (no bound), one after is passed over (it is no
-            # p50 to judge).
+                    if most > top or most != most:
+                        top = most  # a NaN sticks: no bound
+            # p95: the largest latency the window's slots took (each slot keeps its own
+            # since its reuse, one it later dropped included: still a bound on p50 and
+            # p95). A NaN makes it NaN (no bound), except one that came after the first
+            # of a record_calls batch: passed over, it is no p50 to judge (a p50 of a
+            # window holding it is some held value, an average of two, or NaN).
             return self._figures(src, now_ms, calls, errors, None,
-                                 max(src.lat) if kept and latency is False else None)
+                                 top if kept and latency is False else None)
         uniform = True   # every kept latency stands for one call
         outside = False  # a slot outside the window still holds latencies
         for number, n_calls, n_errors, seen in zip(src.epoch, src.calls, src.errors, seen_at):
