@@ -111,8 +111,11 @@ else:
             d = depth + 1
             if keys and d > 32:
                 _too_deep()
-            return {k: value[k] if type(value[k]) in _SCALAR else _sorted_copy(value[k], d)
-                    for k in keys}
+            out = {}  # a loop, not a comprehension: no frame of its own a map (CPython 3.11)
+            for k in keys:
+                v = value[k]
+                out[k] = v if type(v) in _SCALAR else _sorted_copy(v, d)
+            return out
         if isinstance(value, (list, tuple)):
             d = depth + 1
             if value and d > 32:
