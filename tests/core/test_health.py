@@ -442,3 +442,15 @@ def test_a_quick_snapshot_gets_the_whole_snapshots_verdict_or_none():
             bounded += 1
             assert got == want, case
     assert bounded > 100 and judged > 20  # both kinds of case were met
+
+
+def test_a_reused_slot_forgets_its_old_largest_latency():
+    # Each slot keeps the largest latency it took since its reuse (the quick check's
+    # bound): once the window has slid past a slow call, the bound is the new calls'.
+    w = HealthWindow(window_ms=60000, max_samples=40)
+    w.record_outcome(True, 900.0, 0, "app")
+    for i in range(30):
+        w.record_outcome(True, 10.0 + i % 3, 120000 + i * 100, "app")
+    quick = w.snapshot(123000, latency=False)["sources"]["app"]
+    assert quick["latency_p95"] == 12.0
+    assert w.snapshot(123000)["sources"]["app"]["latency_p95"] <= 12.0
