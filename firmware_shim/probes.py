@@ -20,6 +20,7 @@ what is due and hands finished results to the sink, on the loop's thread:
 from __future__ import annotations
 
 import http.client
+import math
 import time
 from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import urlsplit
@@ -138,10 +139,17 @@ def prometheus_scrape(probe: dict, timeout: float) -> dict[str, float | None]:
         else 1000.0
     lat_sum = _total(samples, latency + "_sum") if latency else None
     # a labelled counter that has not counted yet has no sample: that is 0
-    return {"requests": _total(samples, probe["requests"]) or 0.0,
-            "errors": _total(samples, probe["errors"]) or 0.0,
-            "latency_sum_ms": None if lat_sum is None else lat_sum * scale,
-            "latency_count": _total(samples, latency + "_count") if latency else None}
+    counters = {"requests": _total(samples, probe["requests"]) or 0.0,
+                "errors": _total(samples, probe["errors"]) or 0.0,
+                "latency_sum_ms": None if lat_sum is None else lat_sum * scale,
+                "latency_count": _total(samples, latency + "_count") if latency else None}
+    for field, value in counters.items():
+        # NaN or an infinity (the text format allows both) would reach the health window
+        # as a latency no percentile can order: the scrape fails instead, said once
+        if value is not None and not math.isfinite(value):
+            raise ProbeError("scrape %s: %s is %r, not a finite number" % (
+                probe["url"], field, value))
+    return counters
 
 
 class _Probe:
@@ -225,6 +233,8 @@ class ProbeRunner:
             n = result["latency_count"] - prev["latency_count"]
             if n > 0:
                 latency = (result["latency_sum_ms"] - prev["latency_sum_ms"]) / n
+                if latency < 0:
+                    latency = None  # the sum fell while the count rose: no mean to trust
         if calls > 0:
             self.sink.outcomes(int(calls), int(min(errors, calls)), latency, p.name)
 

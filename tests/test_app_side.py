@@ -358,6 +358,36 @@ def test_prometheus_probe_takes_differences_between_scrapes():
     server.shutdown()
 
 
+def test_a_prometheus_scrape_with_a_nan_latency_sum_fails_and_feeds_no_latency():
+    # The text format allows NaN and +Inf: such a mean would reach the health window as a
+    # latency no percentile can order. The scrape fails instead (a failed outcome, the
+    # error said once), and a good scrape after it is taken as usual.
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Metrics)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    text = ("# TYPE reqs counter\nreqs_total %d\n# TYPE lat summary\n"
+            "lat_sum %s\nlat_count %d\n")
+    _Metrics.body = (text % (10, "0.5", 10)).encode()
+    sink = _ProbeSink()
+    runner = ProbeRunner([{
+        "type": "prometheus", "name": "prom", "interval_s": 0.05, "timeout_s": 2,
+        "initial_delay_s": 0, "url": "http://127.0.0.1:%d/metrics" % server.server_address[1],
+        "requests": "reqs_total", "errors": "errs_total", "latency": "lat"}], sink)
+    _run_until(runner, lambda: runner.probes[0].last is not None)
+    _Metrics.body = (text % (20, "NaN", 20)).encode()
+    _run_until(runner, lambda: runner.probes[0].errors > 0)
+    assert "latency_sum_ms is nan, not a finite number" in runner.probes[0].last_error
+    assert (False, None, "prom") in sink.single and sink.bulk == []
+    _Metrics.body = (text % (30, "1.5", 30)).encode()
+    _run_until(runner, lambda: sink.bulk)
+    calls, errors, latency, source = sink.bulk[0]
+    assert (calls, errors, source) == (20, 0, "prom") and abs(latency - 50.0) < 1e-6
+    _Metrics.body = (text % (40, "1.0", 40)).encode()  # the sum fell: no mean to trust
+    _run_until(runner, lambda: len(sink.bulk) > 1)
+    assert sink.bulk[1] == (10, 0, None, "prom")
+    runner.close()
+    server.shutdown()
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.binary(max_size=300), max_size=8))
 def test_any_bytes_into_the_http_parser_get_an_answer_or_wait(chunks):
