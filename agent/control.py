@@ -175,7 +175,7 @@ class MigrationControl:
         problem = tr.migrate_target_problem(n, self.stage, self.plan.max_stage, self.plan.name)
         reasons = checks.readiness_reasons(problem, self.state, self._quarantine,
                                           self._cooldown_info(),
-                                          self._verdict(None, snapshot)["violations"])
+                                          self._verdict(snapshot)["violations"])
         return {"ready": not reasons, "reasons": reasons, "stage": n,
                 "current_stage": self.stage, "state": self.state}
 
@@ -249,20 +249,18 @@ class MigrationControl:
         self._refresh_timers()
         now = self.clock.monotonic_ms()
         snapshot = verdict = None
-        criteria = self.plan.stage(self.stage).success_criteria if self.stage else None
-        thresholds = self.config.thresholds
         if not report:
             # Its figures are only read if it finds a problem: without the latencies'
             # sort while no latency rule could fire (agent.health.evaluate on a bound).
             quick = self.health.snapshot(now, False if self._baseline is not None else None)
-            verdict = health_mod.evaluate(quick, thresholds, self._baseline, criteria)
+            verdict = self._verdict(quick)
             if verdict is not None and verdict["verdict"] == health_mod.UNHEALTHY:
                 verdict = None  # reported: with the whole figures
             else:
                 snapshot = quick
-        if verdict is None:  # as _verdict()
+        if verdict is None:
             snapshot = self.health.snapshot(now)
-            verdict = health_mod.evaluate(snapshot, thresholds, self._baseline, criteria)
+            verdict = self._verdict(snapshot)
         self._note_verdict(now, verdict)
         if verdict["verdict"] == health_mod.INCONCLUSIVE:
             # No evidence either way: nothing is rolled back, and the stage's
@@ -285,7 +283,7 @@ class MigrationControl:
     def metrics(self):
         now = self.clock.monotonic_ms()
         snapshot = self.health.snapshot(now)
-        out = checks.health_metrics(snapshot, self._verdict(now, snapshot), self._baseline,
+        out = checks.health_metrics(snapshot, self._verdict(snapshot), self._baseline,
                                     self._baseline_note(), self._last_auto_rollback())
         out.update({
             "stage": self.stage,
@@ -626,9 +624,9 @@ class MigrationControl:
     def _wall_ms(self):
         return int(self.clock.wall_time() * 1000)
 
-    def _verdict(self, now, snapshot):
-        if snapshot is None:
-            snapshot = self.health.snapshot(now)
+    def _verdict(self, snapshot):
+        """evaluate() on `snapshot` with this stage's thresholds, baseline and criteria
+        (None for a snapshot(now, latency=False) when a latency rule could fire)."""
         criteria = self.plan.stage(self.stage).success_criteria if self.stage else None
         return health_mod.evaluate(snapshot, self.config.thresholds, self._baseline, criteria)
 
@@ -651,7 +649,7 @@ class MigrationControl:
 
     def _system_health(self, now):
         snapshot = self.health.snapshot(now)
-        return self._health_report(snapshot, self._verdict(now, snapshot))
+        return self._health_report(snapshot, self._verdict(snapshot))
 
     def _baseline_note(self):
         return checks.baseline_note(self._baseline, self.stage,
