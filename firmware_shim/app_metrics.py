@@ -8,7 +8,8 @@ datagrams per poll, and turning what they carry into outcomes:
     <latency>:12|ms   one call's latency (a timer; |h and |d are taken too)
 Counts gathered in one poll become outcomes then: errors first, the rest ok,
 the latencies spread over them. With no "requests" name, each latency is a
-call. Unknown names and bad lines are counted and ignored. Outcomes from
+call. Unknown names and bad lines are counted and ignored (the first bad JSON
+line is logged; the counts are in /v1/health's "inputs"). Outcomes from
 statsd have the source "statsd"; JSON lines have their "source" or "app".
 """
 from __future__ import annotations
@@ -128,7 +129,7 @@ class MetricsListener:
         try:
             text = data.decode("utf-8")
         except UnicodeError:
-            self.bad += 1
+            self._bad("a datagram that is not UTF-8")
             return
         for line in text.splitlines():
             line = line.strip()
@@ -137,15 +138,24 @@ class MetricsListener:
             if line.startswith("{"):
                 try:
                     ok, latency, source = parse_outcome(json.loads(line))
-                except (ValueError, OutcomeError):
-                    self.bad += 1
+                except (ValueError, OutcomeError) as exc:
+                    self._bad("outcome line %r: %s" % (line[:80], exc))
                     continue
                 self.record(ok, latency, source)
             else:
                 self.batch.line(line)
 
+    def _bad(self, what: str) -> None:
+        """Count it; say the first one (an app pushing a wrong format pushes it all day)."""
+        self.bad += 1
+        if self.bad == 1:
+            self.log("metrics: refused %s (later ones are only counted: /v1/health "
+                     "inputs.bad)" % what)
+
     def stats(self) -> dict[str, Any]:
-        return {"received": self.received, "bad": self.bad, "ignored": self.batch.ignored}
+        """What /v1/health shows under "inputs": datagrams taken, bad ones (not UTF-8, or a
+        JSON outcome line refused) and statsd lines ignored (unknown name or not a metric)."""
+        return {"datagrams": self.received, "bad": self.bad, "ignored": self.batch.ignored}
 
     def close(self) -> None:
         for sock in self._socks:

@@ -27,9 +27,10 @@ from tools.appclient import FlagsClient
 FLAG = "use_genserver_telemetry"
 
 
-def _side(tmp_path, health=None):
+def _side(tmp_path, health=None, log=None):
     control = MigrationControl.open(str(tmp_path / "state"), FileSystem(), ManualClock())
-    side = AppSide(str(tmp_path / "run"), health or {"probes": [], "statsd": None}, control)
+    side = AppSide(str(tmp_path / "run"), health or {"probes": [], "statsd": None}, control,
+                   log=log)
     return side, control
 
 
@@ -196,9 +197,10 @@ def test_helper_follows_a_replaced_snapshot_even_when_its_revision_is_lower(tmp_
 
 def test_statsd_over_udp_and_json_lines_on_the_metrics_socket(tmp_path):
     port = free_port()
+    said = []
     side, control = _side(tmp_path, {"probes": [], "statsd": {
         "listen": ("127.0.0.1", port), "requests": "gw.req", "errors": "gw.err",
-        "latency": "gw.lat"}})
+        "latency": "gw.lat"}}, log=said.append)
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     for i in range(10):
         lines = ["gw.req:1|c", "gw.lat:%d|ms" % (10 + i)]
@@ -214,7 +216,13 @@ def test_statsd_over_udp_and_json_lines_on_the_metrics_socket(tmp_path):
     sources = control.status()["system_health"]["sources"]
     assert (sources["statsd"]["samples"], sources["statsd"]["errors"]) == (20, 3)
     assert (sources["app"]["samples"], sources["app"]["errors"]) == (1, 1)
-    assert side.metrics.stats()["bad"] == 1 and side.metrics.stats()["ignored"] == 2
+    # the app can see what it got wrong: counted in /v1/health, the first one logged
+    assert wait_until(lambda: (side.poll(), side.health()["inputs"]["datagrams"])[1] >= 12, 10)
+    assert side.health()["inputs"] == {"datagrams": 12, "bad": 1, "ignored": 2, "refused": 0}
+    dgram.sendto(b"\xff\xfe not text", str(tmp_path / "run" / "metrics.sock"))
+    assert wait_until(lambda: (side.poll(), side.health()["inputs"]["bad"])[1] == 2, 10)
+    said = [line for line in said if "metrics: refused" in line]
+    assert len(said) == 1 and "'{\"ok\": 1}'" in said[0] and "ok" in said[0], said
     side.close()
     control.close()
 
@@ -426,9 +434,12 @@ def test_any_datagram_is_an_outcome_or_counted_as_bad(datagrams):
     listener.record = lambda ok, lat, src: got.append((ok, lat, src))
     listener.batch = StatsdBatch({"requests": "gw.req", "errors": "gw.err", "latency": "gw.lat"})
     listener.bad = listener.received = 0
+    said = []
+    listener.log = said.append
     for d in datagrams:
         listener._datagram(d)
     listener.batch.flush(listener.record)
+    assert len(said) == (1 if listener.bad else 0)  # the first bad one is said, once
     for ok, lat, src in got:
         assert ok in (True, False) and (lat is None or 0 <= lat < float("inf"))
         assert src is None or isinstance(src, str)

@@ -78,7 +78,8 @@ class AppSide:
     def health(self) -> dict:
         status = self.control.status()
         return {"system_health": status["system_health"], "monitoring": status["monitoring"],
-                "stage": status["current_stage"], "state": status["state"]}
+                "stage": status["current_stage"], "state": status["state"],
+                "inputs": dict(self.metrics.stats(), refused=self.rejected)}
 
     def record(self, ok: bool, latency_ms: float | None, source: str | None) -> None:
         try:
