@@ -22,6 +22,7 @@ import pytest
 
 from firmware_shim.mqtt_paho import free_port
 from tests.appkit import Gateway, gateway_lab
+from tools.appclient import FlagsClient
 
 STANDINS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "standins")
 FLAG = "use_genserver_telemetry"
@@ -124,6 +125,15 @@ def test_errors_pushed_over_statsd_roll_the_device_back(gateway):
     g.publish_stage(3)
     _rolled_back_to_2(g, "error_rate", "statsd")
     _app_recovers(g)
+    # a datagram gets no answer: /v1/health is where the app sees a wrong format
+    client = FlagsClient(g.run_dir)
+    inputs = client.get("/v1/health")[1]["inputs"]
+    assert inputs["datagrams"] > 0 and inputs["bad"] == 0, inputs
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.sendto(b'{"ok": "yes"}', os.path.join(g.run_dir, "metrics.sock"))
+    sock.close()
+    assert g.wait(lambda: client.get("/v1/health")[1]["inputs"]["bad"] == 1, 10)
+    assert g.wait(lambda: "metrics: refused outcome line" in g.agent_log(), 10), g.agent_log()
 
 
 def test_a_three_times_slower_path_crosses_twice_the_baseline(gateway):
