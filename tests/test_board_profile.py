@@ -176,10 +176,14 @@ def test_integer_constants_only_their_module_names_become_consts(tmp_path):
     text = out["pkg/consts.py"]
     assert text.count("\n") == CONSTS.count("\n")
     assert "_LIMIT = const(32 * 1024)  # a comment stays\n" in text
-    assert "_CHUNK = const(1 << 10)\n" in text and "min(n, _LIMIT, BIG) // _CHUNK + SHARED" in text
-    # named by another module, as an attribute, too big for a 32-bit small int, or rebound
-    for line in ("SHARED = 7\n", "ATTR = 3\n", "BIG = 2**40\n", "COUNT = 0\n"):
+    assert "_CHUNK = const(1 << 10)\n" in text and "min(n, _LIMIT, BIG) // _CHUNK + (7)" in text
+    # named as a class attribute too, too big for a 32-bit small int, or rebound
+    for line in ("ATTR = 3\n", "BIG = 2**40\n", "COUNT = 0\n"):
         assert line in text
+    # a literal named by another module: each use is the literal (tools/board_literals.py)
+    assert "SHARED = 7" not in text
+    assert "return size(64 * 1024) + (7)" in out["pkg/user.py"]
+    assert "SHARED" not in out["pkg/user.py"]
     # MicroPython's compiler folds them: the same answers, and no global left for them
     os.makedirs(tmp_path / "pkg")
     for rel, source in out.items():
@@ -401,3 +405,46 @@ def _every_import(mod):
             found.add(node.module)
             found.update(node.module + "." + alias.name for alias in node.names)
     return found
+
+
+INLINE_LIB = '''IDLE = "IDLE"
+OP = "go"
+LOCAL = "loc"
+TEXT = "txt"
+WIDE = "more than ten"
+
+
+def state(x=IDLE):
+    return IDLE if x == OP else f"{TEXT}"
+
+
+def shadowed(LOCAL=1):
+    return LOCAL
+
+
+def wide():
+    return WIDE
+'''
+INLINE_USER = '''from pkg import lib as L
+from pkg.lib import OP, IDLE, state
+
+
+def run(op=OP):
+    return state(op), IDLE, L.OP, L.LOCAL
+'''
+
+
+def test_short_constants_become_literals_and_their_names_go():
+    out, dropped = shake({"pkg/lib.py": INLINE_LIB, "pkg/user.py": INLINE_USER},
+                         "from pkg.user import run\nprint(run(), wide(), shadowed())\n")
+    lib, user = out["pkg/lib.py"], out["pkg/user.py"]
+    assert lib.count("\n") == INLINE_LIB.count("\n") and user.count("\n") == INLINE_USER.count("\n")
+    assert "return ('IDLE') if x == ('go') else f\"{TEXT}\"" in lib  # f-strings keep names
+    assert "def state(x=('IDLE')):" in lib
+    assert "return state(op), ('IDLE'), ('go'), L.LOCAL" in user
+    assert "from pkg.lib import state" in user and "def run(op=('go')):" in user
+    # IDLE's only string is its own value: it goes; LOCAL is bound again in a module;
+    # TEXT is still named (the f-string); WIDE is no qstr (more than 10 characters)
+    assert ("pkg/lib.py", "IDLE") in dropped and ("pkg/lib.py", "OP") in dropped
+    for line in ('LOCAL = "loc"', 'TEXT = "txt"', 'WIDE = "more than ten"'):
+        assert line in lib

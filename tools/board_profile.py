@@ -26,6 +26,12 @@ the re-exports nothing outside the module that defines them names. Dropped
 lines become blank lines, so a traceback's line numbers on the board are the
 source's.
 
+Short constants (tools/board_literals.py, first): each use of a module-level name for a
+string of at most 10 characters, a small int, True, False or None, in its module or
+in one that imports it, becomes the literal (a qstr or an immediate in the bytecode),
+so the definition and the imports go by the rule above: a dict slot less in each module
+(16 bytes of heap each on a 64-bit port). A name rebound anywhere in a module stays there.
+
 Integer constants: a module-level `NAME = 32 * 1024` that no other module can
 name (by the same rule) and that its own module uses only as a plain name
 becomes `_NAME = const(32 * 1024)` on the board, and its uses `_NAME`:
@@ -61,12 +67,17 @@ from __future__ import annotations
 import ast
 import keyword
 import re
-from typing import Callable, Iterator
+from typing import Callable
+
+from tools.board_literals import inline_constants, pool_texts  # noqa: F401 (bundle_cmd)
 
 # modules whose every definition stays: their callers are not in the bundle
 KEEP_WHOLE_PREFIXES = ("agent/apps.py", "agent/services/")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DEFS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+
+
+_UNNAMED: set[str] = set()  # shake(): names no string of the source holds (board_literals)
 
 
 def _names(nodes: list[ast.AST]) -> set[str]:
@@ -82,7 +93,7 @@ def _names(nodes: list[ast.AST]) -> set[str]:
         elif isinstance(node, ast.keyword) and node.arg:
             out.add(node.arg)
         elif isinstance(node, ast.Constant) and isinstance(node.value, str) \
-                and _IDENT.match(node.value):
+                and _IDENT.match(node.value) and node.value not in _UNNAMED:
             out.add(node.value)
         stack.extend(ast.iter_child_nodes(node))
     return out
@@ -137,6 +148,16 @@ def shake(sources: dict[str, str], roots: str) -> tuple[dict[str, str], list[tup
 
     roots: the code the board starts from (main.py's text).
     """
+    sources, unnamed = inline_constants(sources, KEEP_WHOLE_PREFIXES)  # tools/board_literals.py
+    _UNNAMED.clear()
+    _UNNAMED.update(unnamed)
+    try:
+        return _shake(sources, roots)
+    finally:
+        _UNNAMED.clear()
+
+
+def _shake(sources: dict[str, str], roots: str) -> tuple[dict[str, str], list[tuple[str, str]]]:
     trees = {rel: ast.parse(text) for rel, text in sources.items()}
     live = _names([ast.parse(roots)])
     # a name some function rebinds (`global X`) stays with its module-level value
@@ -487,128 +508,3 @@ def _imports(tree: ast.Module, package: str) -> bool:
                 or (node.module == parent and any(a.name == last for a in node.names))):
             return True
     return False
-
-
-# --- long strings in one constant per module (applied when the bundle is compiled) ---
-POOL_MIN = 11  # mpy-cross keeps a string of 10 characters or fewer as a qstr
-_MARK = "__board_texts__"  # stands for the module's pool in the rewritten text
-
-
-class _Texts:
-    """The long strings a module's functions use, each found once in the pool."""
-
-    def __init__(self) -> None:
-        self.parts: list[str] = []
-        self.at: dict[str, tuple[int, int]] = {}
-        self.size = 0
-
-    def span(self, text: str) -> tuple[int, int]:
-        if text not in self.at:
-            self.at[text] = (self.size, self.size + len(text))
-            self.parts.append(text)
-            self.size += len(text)
-        return self.at[text]
-
-
-def _format_text(node: ast.JoinedStr) -> tuple[str, list[ast.expr]] | None:
-    """An f-string as str.format's text and arguments (what MicroPython's compiler makes
-    of it), or None for one this cannot spell (a format spec with fields of its own)."""
-    text, args = [], []
-    for part in node.values:
-        if isinstance(part, ast.Constant) and isinstance(part.value, str):
-            text.append(part.value.replace("{", "{{").replace("}", "}}"))
-        elif isinstance(part, ast.FormattedValue):
-            field = "{"
-            if part.conversion != -1:
-                field += "!" + chr(part.conversion)
-            if part.format_spec is not None:
-                spec = part.format_spec
-                if not (isinstance(spec, ast.JoinedStr) and all(
-                        isinstance(v, ast.Constant) for v in spec.values)):
-                    return None
-                field += ":" + "".join(v.value for v in spec.values)  # type: ignore[attr-defined]
-            text.append(field + "}")
-            args.append(part.value)
-        else:
-            return None
-    return "".join(text), args
-
-
-def pool_texts(text: str) -> str:
-    """Each long string constant (and f-string) that a function body uses becomes a slice
-    of one string constant of its module, `POOL[a:b]` (f-strings `POOL[a:b].format(..)`).
-
-    mpy-cross makes every string of more than 10 characters a str object of its own
-    (about 40 bytes of a board's heap each from ROMFS, its text too from a .mpy file);
-    the module's pool is one such object, and a slice is made only when the function
-    runs, then collected. Strings a module or class body evaluates at load (tables,
-    defaults, decorators) stay: a slice of them would be resident. Identifier-like ones
-    are qstrs already (see _intern_strings); docstrings are dropped by mpy-cross. Each
-    replacement keeps its lines (newlines inside the parentheses), so line numbers in
-    a board's tracebacks stay the source's.
-    """
-    tree = ast.parse(text)
-    spots: list[tuple[ast.expr, str]] = []  # (node, its replacement with the _MARK)
-    texts = _Texts()
-    seen: set[int] = set()
-
-    def visit_body(stmts: list[ast.AST]) -> None:
-        for stmt in stmts:
-            for node in _walk_no_defaults(stmt):
-                if id(node) in seen:
-                    continue
-                if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
-                    seen.add(id(node.value))  # a docstring, or a bare constant: not compiled
-                elif isinstance(node, ast.JoinedStr):
-                    seen.update(id(sub) for sub in ast.walk(node))
-                    made = _format_text(node)
-                    if made is None or len(made[0]) < POOL_MIN:
-                        continue
-                    a, b = texts.span(made[0])
-                    args = ", ".join("(%s)" % ast.unparse(arg) for arg in made[1])
-                    spots.append((node, "%s[%d:%d].format(%s)" % (_MARK, a, b, args)))
-                elif isinstance(node, ast.Constant) and isinstance(node.value, str) \
-                        and len(node.value) >= POOL_MIN and not _IDENT.match(node.value):
-                    a, b = texts.span(node.value)
-                    spots.append((node, "%s[%d:%d]" % (_MARK, a, b)))
-
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            visit_body(list(node.body))
-        elif isinstance(node, ast.Lambda):
-            visit_body([node.body])
-    if not spots:
-        return text
-    pool = repr("".join(texts.parts))
-    lines = [line.encode() for line in text.split("\n")]  # ast offsets are UTF-8 bytes
-    done: list[tuple[tuple[int, int], tuple[int, int]]] = []
-    for node, new in sorted(spots, key=lambda s: (s[0].lineno, s[0].col_offset), reverse=True):
-        first, last = node.lineno - 1, node.end_lineno - 1  # type: ignore[operator]
-        start, end = node.col_offset, node.end_col_offset or 0
-        span = ((first, start), (last, end))
-        if any(span[0] < d[1] and d[0] < span[1] for d in done):
-            continue  # overlaps one already replaced: left as it is
-        done.append(span)
-        head, tail = lines[first][:start], lines[last][end:]  # type: ignore[index]
-        replaced = ("(" + new.replace(_MARK, pool) + ")").encode()
-        if first == last:
-            lines[first] = head + replaced + tail
-        else:
-            lines[first] = head + replaced[:-1]
-            for i in range(first + 1, last):
-                lines[i] = b""
-            lines[last] = b")" + tail
-    return "\n".join(line.decode() for line in lines)
-
-
-def _walk_no_defaults(stmt: ast.AST) -> Iterator[ast.AST]:
-    """ast.walk of a function's statement, without what runs when a nested def or lambda is
-    made (defaults, decorators: evaluated once, so resident) or the nested bodies
-    themselves (visited as functions of their own)."""
-    stack: list[ast.AST] = [stmt]
-    while stack:
-        node = stack.pop()
-        yield node
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
-            continue
-        stack.extend(ast.iter_child_nodes(node))
