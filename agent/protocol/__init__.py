@@ -201,19 +201,18 @@ from agent.protocol._wire import (
     CommandInvalid,
     CommandRejected,
     GuardStateError,
-    KeyFileError,
     LocalProtocolError,
     ProtocolError,
     RemoteProtocolError,
     ReportError,
 )
 
-# The key names come from agent.protocol._keys, loaded when one is first asked for
-# (__getattr__ below, on CPython and MicroPython alike): only the start-up reads a key
+# The key names (KeyFileError too) come from agent.protocol._keys, loaded when one is first
+# asked for (__getattr__ below, on CPython and MicroPython alike): only the start-up reads a key
 # file, so a board frees that module once its agent runs (agent.boot.BOOT_ONLY_MODULES).
 _LAZY_MODULE = "agent.protocol._keys"
-_LAZY_NAMES = ("KeyInfo", "agent_key", "derive_device_key", "format_key_file", "new_fleet_key",
-               "parse_key_file")
+_LAZY_NAMES = ("KeyFileError", "KeyInfo", "agent_key", "derive_device_key", "format_key_file",
+               "new_fleet_key", "parse_key_file")
 
 
 def __getattr__(name):

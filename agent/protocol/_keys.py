@@ -5,8 +5,14 @@ and the key-file format. Must never: read or write files (bytes in, bytes out).
 Private: use agent.protocol.
 """
 from agent.protocol._addressing import validate_id
-from agent.protocol._wire import _HEX, KEY_BYTES, BadId, KeyFileError, _hexstr
+from agent.protocol._wire import _HEX, KEY_BYTES, BadId, LocalProtocolError, _hexstr
 from firmware_shim.crypto import hmac_sha256, random_bytes
+
+
+class KeyFileError(LocalProtocolError):
+    """A key or key file that is not one (here, not in _wire: only the start-up reads a
+    key file, and a board frees this module once its agent runs)."""
+
 
 # ------------------------------------------------------------------------ keys
 

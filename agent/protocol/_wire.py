@@ -120,10 +120,6 @@ class BadTopic(LocalProtocolError):
     pass
 
 
-class KeyFileError(LocalProtocolError):
-    pass
-
-
 class CommandInvalid(LocalProtocolError):
     """encode_command / encode_desired refused what the agent would refuse.
 
