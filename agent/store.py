@@ -108,12 +108,6 @@ STORE_TRANSITIONS = {
     NEEDS_REOPEN: {DAMAGED: NEEDS_REOPEN, REWRITTEN: OPEN, READ_BACK: OPEN, CLOSE: CLOSED},
     CLOSED: {},
 }
-# What commit() and compact() raise in the states that refuse them.
-WRITES_REFUSED = {
-    NEEDS_REOPEN: (StoreNeedsReopenError, "must be reopened: an earlier commit may or may "
-                                          "not be on flash"),
-    CLOSED: (StoreClosedError, "is closed"),
-}
 
 
 # ---------------------------------------------------------------- the store
@@ -273,10 +267,12 @@ class Store(StoreState):
     # ------------------------------------------------------------ internals
 
     def _check_open(self):
-        refused = WRITES_REFUSED.get(self.state)
-        if refused is not None:
-            error, why = refused
-            raise error(f"store {self.path} {why}")
+        """What commit() and compact() raise in the states that refuse them."""
+        if self.state == NEEDS_REOPEN:
+            raise StoreNeedsReopenError(f"store {self.path} must be reopened: an earlier "
+                                        "commit may or may not be on flash")
+        if self.state == CLOSED:
+            raise StoreClosedError(f"store {self.path} is closed")
 
     def _move(self, event):
         nxt = STORE_TRANSITIONS[self.state].get(event)

@@ -309,8 +309,18 @@ class WithBody(BaseError):
     code = 3
 
 
+class MidError(BaseError):
+    pass
+
+
+class LeafError(MidError):
+    pass
+
+
 def run(n):
     try:
+        if n == 5:
+            raise LeafError("five")
         if n == 1:
             raise RaisedOnly("one")
         if n == 2:
@@ -331,17 +341,19 @@ def test_exception_classes_nothing_tells_apart_become_their_base(tmp_path):
     text = out["pkg/errs.py"]
     assert text.count("\n") == ERRORS.count("\n")
     assert "RaisedOnly = BaseError\n" in text and "class RaisedOnly" not in text
+    # a base only empty classes that go name goes too
+    assert "MidError = BaseError\n" in text and "LeafError = MidError\n" in text
     # caught by name, in isinstance(), a base of another class, or with a body: classes still
     for name in ("BaseError", "Caught", "Checked", "Parent", "Child", "WithBody"):
         assert "class %s(" % name in text
     os.makedirs(tmp_path / "pkg")
     (tmp_path / "pkg" / "errs.py").write_text(text)
     (tmp_path / "pkg" / "__init__.py").write_text("")
-    script = "from pkg.errs import run\nprint(run(1), run(2), run(3), run(4), sep='|')\n"
+    script = "from pkg.errs import run\nprint(run(1), run(2), run(3), run(4), run(5), sep='|')\n"
     for argv in ([MICROPYTHON, "-c", script], [sys.executable, "-c", script]):
         r = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=30)
-        assert r.stdout.strip() == "False True one|caught|False True three|False True four", (
-            r.stderr)
+        assert r.stdout.strip() == ("False True one|caught|False True three|False True four|"
+                                    "False True five"), r.stderr
 
 
 def test_a_class_a_kept_whole_module_names_stays_a_class():

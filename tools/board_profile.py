@@ -55,7 +55,9 @@ Exception classes nothing on the board tells apart: `class X(Base): pass` (or a
 docstring only) becomes `X = Base` when the board's code and main.py name X only
 to call it (`raise X(...)`, `P.X(...)`) or to import it: never in an except
 clause, isinstance(), a comparison, as a base or as a value passed on, and no
-module kept whole (agent.apps, agent.services) names or imports it. Every handler
+module kept whole (agent.apps, agent.services) names or imports it (naming it as the
+base of such a class that goes does not count: `StoreNeedsReopenError = StoreIOError`,
+`StoreIOError = StoreError`). Every handler
 then catches exactly what it caught before (one that catches X's base or an
 ancestor still does; one for a sibling never did), the message is the same; only
 the class's name differs where a log prints it (an error logged as `StoreError:
@@ -239,12 +241,14 @@ def _empty_exceptions(tree: ast.Module) -> dict[str, str]:
     return found
 
 
-def _raised_only(trees: dict[str, ast.Module], roots: str) -> set[str]:
+def _raised_only(trees: dict[str, ast.Module], roots: str, skip: set[int] | None = None
+                 ) -> set[str]:
     """Names that the board's code (and main.py) uses only to call (`raise X(...)`, `P.X(..)`)
-    or to import: never in an except clause, isinstance(), a comparison, or passed on."""
+    or to import: never in an except clause, isinstance(), a comparison, or passed on.
+    `skip`: nodes not counted (the bases of the empty exception classes)."""
     other: set[str] = set()
     for tree in list(trees.values()) + [ast.parse(roots)]:
-        calls = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
+        calls = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)} | (skip or set())
         for node in ast.walk(tree):
             if isinstance(node, (ast.Name, ast.Attribute)) and id(node) not in calls:
                 if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
@@ -259,12 +263,25 @@ def _alias_exceptions(out: dict[str, str], roots: str) -> tuple[dict[str, str], 
     The modules kept whole (their callers are not in the bundle) keep their classes, and a
     class any of them names stays too."""
     trees = {rel: ast.parse(text) for rel, text in out.items()}
-    told_apart = _raised_only(trees, roots)
+    whole: set[str] = set()
     for rel, tree in trees.items():
         if rel.startswith(KEEP_WHOLE_PREFIXES):  # what they name or import, code outside may
-            told_apart |= _names([tree]) | {a.asname or a.name for n in ast.walk(tree)
-                                            if isinstance(n, (ast.Import, ast.ImportFrom))
-                                            for a in n.names}
+            whole |= _names([tree]) | {a.asname or a.name for n in ast.walk(tree)
+                                       if isinstance(n, (ast.Import, ast.ImportFrom))
+                                       for a in n.names}
+    # a base named only by empty exception classes that become aliases is no more told
+    # apart than they are (`class B(A)`, `class C(B)`: B = A, C = B)
+    bases = {s.name: s.bases[0] for rel, tree in trees.items()
+             if not rel.startswith(KEEP_WHOLE_PREFIXES)
+             for s in tree.body if isinstance(s, ast.ClassDef)
+             and s.name in _empty_exceptions(tree)}
+    skip = {id(b) for b in bases.values()}
+    while True:
+        told_apart = _raised_only(trees, roots, skip) | whole
+        kept = {id(b) for name, b in bases.items() if name in told_apart and id(b) in skip}
+        if not kept:
+            break
+        skip -= kept  # an empty class that stays a class tells its base apart
     result, aliased = dict(out), []
     for rel, tree in trees.items():
         if rel.startswith(KEEP_WHOLE_PREFIXES):
