@@ -187,7 +187,7 @@ class MigrationControl:
         snapshot = self.health.snapshot(self.clock.monotonic_ms())
         readiness = self._readiness(n, snapshot)
         if not readiness["ready"]:
-            raise NotReady(self.state, event, readiness["reasons"])
+            raise tr.not_ready(self.state, event, readiness["reasons"])
         baseline = health_mod.make_baseline(snapshot, self.stage,
                                             self.config.thresholds["min_samples"])
         # Always replace the baseline: when this stage had too few samples to

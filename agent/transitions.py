@@ -87,36 +87,34 @@ class ControlError(AgentError):
 
 
 class TransitionRefused(ControlError):
-    refusal = NOT_READY
+    """`refusal`: the ack's reason code; `detail`: what the ack says (the reason in a list
+    by default). Its two kinds below say only who raised them, so that on a board (the
+    board profile) all three are one class."""
 
-    def __init__(self, state, event, reason):
+    def __init__(self, state, event, reason, refusal=NOT_READY, detail=None):
         super().__init__(f"{event} refused in state {state}: {reason}")
         self.state = state
         self.event = event
         self.reason = reason
+        self.refusal = refusal
+        self.detail = [reason] if detail is None else detail
 
     def refusal_detail(self):
-        return [self.reason]
+        return self.detail
 
 
 class NotReady(TransitionRefused):
-    """validate_readiness_for_stage said no; `.reasons` lists why."""
-
-    def __init__(self, state, event, reasons):
-        super().__init__(state, event, "; ".join(reasons))
-        self.reasons = list(reasons)
-
-    def refusal_detail(self):
-        return list(self.reasons)
+    """validate_readiness_for_stage said no: not_ready(state, event, reasons) makes one,
+    its detail the list of reasons."""
 
 
 class Quarantined(TransitionRefused):
-    """The device is quarantined and will not advance."""
+    """The device is quarantined and will not advance: in_quarantine, the reason as text."""
 
-    refusal = IN_QUARANTINE
 
-    def refusal_detail(self):
-        return self.reason
+def not_ready(state, event, reasons):
+    """The NotReady for readiness `reasons` (a list of texts)."""
+    return NotReady(state, event, "; ".join(reasons), NOT_READY, list(reasons))
 
 
 def next_state(state, event):
@@ -130,7 +128,7 @@ def next_state(state, event):
     if reason is None:
         reason = "unknown event" if event not in EVENTS else "not allowed in this state"
     if state == QUARANTINED and event == MigrateRequested:
-        raise Quarantined(state, event, reason)
+        raise Quarantined(state, event, reason, IN_QUARANTINE, reason)
     raise TransitionRefused(state, event, reason)
 
 

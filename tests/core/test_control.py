@@ -179,7 +179,7 @@ def test_readiness_reasons():
         r = c.validate_readiness_for_stage(1)
         assert not r["ready"] and r["reasons"][0].startswith("unhealthy: restart frequency")
         exc = corekit.raises(NotReady, c.migrate_to_stage, 1)
-        assert exc.reasons == r["reasons"] and exc.state == AT_STAGE
+        assert exc.refusal_detail() == r["reasons"] and exc.state == AT_STAGE
         assert exc.event == "MigrateRequested"
         assert c.stage == 0
 

@@ -1,4 +1,6 @@
 """agent.errors on both interpreters: one root, one ConfigError, errors that say how to answer."""
+import corekit
+
 from agent import agent_config, config, errors, flags, plan, store, transitions
 from agent import protocol as P
 from agent.services import base as services_base
@@ -23,10 +25,12 @@ def test_one_config_error_names_its_field_both_ways():
 def test_each_error_says_how_a_refused_command_is_answered():
     refused = transitions.TransitionRefused("COOLDOWN", "MigrateRequested", "cooling down")
     assert (refused.refusal, refused.refusal_detail()) == (P.NOT_READY, ["cooling down"])
-    not_ready = transitions.NotReady("AT_STAGE", "MigrateRequested", ["a", "b"])
+    not_ready = transitions.not_ready("AT_STAGE", "MigrateRequested", ["a", "b"])
+    assert isinstance(not_ready, transitions.NotReady) and str(not_ready).endswith("a; b")
     assert (not_ready.refusal, not_ready.refusal_detail()) == (P.NOT_READY, ["a", "b"])
-    quarantined = transitions.Quarantined("QUARANTINED", "MigrateRequested", "held")
-    assert (quarantined.refusal, quarantined.refusal_detail()) == (P.IN_QUARANTINE, "held")
+    exc = corekit.raises(transitions.Quarantined, transitions.next_state, "QUARANTINED",
+                         "MigrateRequested")
+    assert (exc.refusal, exc.refusal_detail()) == (P.IN_QUARANTINE, exc.reason)
     full = store.StoreFullError("no space")
     assert (full.refusal, full.refusal_detail()) == (P.NOT_READY, ["storage error: no space"])
     bad_flag = flags.UnknownFlag("nope")
