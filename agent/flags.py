@@ -55,14 +55,18 @@ class FlagError(AgentError):
 
 
 class UnknownFlag(FlagError):
-    def __init__(self, name):
-        super().__init__("unknown flag {!r} (known: {})".format(name, ", ".join(FLAG_NAMES)))
-        self.name = name
+    """A name not in the catalogue; `.name` is it (unknown_flag() makes one)."""
+
+
+def unknown_flag(name):
+    exc = UnknownFlag("unknown flag {!r} (known: {})".format(name, ", ".join(FLAG_NAMES)))
+    exc.name = name
+    return exc
 
 
 def check_flag_value(name, value):
     if name not in CATALOGUE:
-        raise UnknownFlag(name)
+        raise unknown_flag(name)
     if value is not True and value is not False:
         raise FlagError(f"flag {name} must be true or false, not {value!r}")
 
@@ -124,7 +128,7 @@ class FeatureFlags:
 
     def source(self, name):
         if name not in CATALOGUE:
-            raise UnknownFlag(name)
+            raise unknown_flag(name)
         return self._sources[name]
 
     def list_all(self):
@@ -177,7 +181,7 @@ class FeatureFlags:
 
     def clear_override(self, name):
         if name not in CATALOGUE:
-            raise UnknownFlag(name)
+            raise unknown_flag(name)
         over = dict(self._overrides)
         over.pop(name, None)
         return self.apply(overrides=over)

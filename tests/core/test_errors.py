@@ -33,6 +33,6 @@ def test_each_error_says_how_a_refused_command_is_answered():
     assert (exc.refusal, exc.refusal_detail()) == (P.IN_QUARANTINE, exc.reason)
     full = store.StoreFullError("no space")
     assert (full.refusal, full.refusal_detail()) == (P.NOT_READY, ["storage error: no space"])
-    bad_flag = flags.UnknownFlag("nope")
+    bad_flag = flags.unknown_flag("nope")
     assert bad_flag.refusal == P.MALFORMED and "nope" in bad_flag.refusal_detail()
     assert transitions.ControlError("x").refusal_detail() == "x"
