@@ -126,20 +126,6 @@ def wilson_lower(errors, samples, z=WILSON_Z):
     return low if low > 0 else 0.0
 
 
-class _Rng:
-    """Wichmann-Hill's first two generators: every product stays below 2**23, so a
-    board with 31-bit small ints never allocates; the combined draw is < 2**30."""
-
-    def __init__(self):
-        self.a = 1
-        self.b = 2
-
-    def below(self, n):
-        self.a = (self.a * 171) % 30269
-        self.b = (self.b * 172) % 30307
-        return (self.a * 30307 + self.b) % n
-
-
 class _Source:
     """One source's buckets: flat arrays indexed by slot (and slot * per for latencies)."""
 
@@ -178,16 +164,6 @@ class _Source:
         self.seen[slot] = 0
 
 
-class _Restarts:
-    """Restarts of one name in RESTART_BUCKETS time buckets over the restart window."""
-
-    __slots__ = ("epoch", "count")
-
-    def __init__(self):
-        self.epoch = _numbers("i", RESTART_BUCKETS, EMPTY)
-        self.count = _numbers("I", RESTART_BUCKETS, 0)
-
-
 def _numbers(code, n, value):
     if array is None:
         return [value] * n
@@ -213,8 +189,17 @@ class HealthWindow:
         self.restart_bucket_ms = (restart_window_ms + RESTART_BUCKETS - 1) // RESTART_BUCKETS
         self._sources = {}
         self._grace = {}   # source -> grace_ms, kept across resets
-        self._restarts = {}  # name -> _Restarts
-        self._rng = _Rng()
+        self._restarts = {}  # name -> (epoch, count): RESTART_BUCKETS time buckets each
+        self._rng_a = 1  # _below()'s generators
+        self._rng_b = 2
+
+    def _below(self, n):
+        """A draw in [0, n): Wichmann-Hill's first two generators, whose products stay
+        below 2**23, so a board with 31-bit small ints never allocates (the combined
+        draw is < 2**30)."""
+        self._rng_a = a = (self._rng_a * 171) % 30269
+        self._rng_b = b = (self._rng_b * 172) % 30307
+        return (a * 30307 + b) % n
 
     # -- sources and grace ------------------------------------------------
     def _source(self, name):
@@ -282,7 +267,7 @@ class HealthWindow:
             if seen <= per:
                 lat[base + seen - 1] = latency_ms
             else:
-                j = self._rng.below(seen)
+                j = self._below(seen)
                 if j < per:
                     lat[base + j] = latency_ms
         src.seen[slot] = seen
@@ -313,7 +298,7 @@ class HealthWindow:
         if seen <= per:
             src.lat[slot * per + seen - 1] = latency_ms
         else:
-            j = self._rng.below(seen)
+            j = self._below(seen)
             if j < per:
                 src.lat[slot * per + j] = latency_ms
 
@@ -344,30 +329,31 @@ class HealthWindow:
                 key = OTHER_SOURCE
                 entry = self._restarts.get(key)
             if entry is None:
-                entry = _Restarts()
+                entry = (_numbers("i", RESTART_BUCKETS, EMPTY), _numbers("I", RESTART_BUCKETS, 0))
                 self._restarts[key] = entry
+        epoch, count = entry
         number = now_ms // self.restart_bucket_ms
         slot = number % RESTART_BUCKETS
-        held = entry.epoch[slot]
+        held = epoch[slot]
         if held != number:
             if held > number:
                 return  # older than the restart window
-            entry.epoch[slot] = number
-            entry.count[slot] = 0
-        entry.count[slot] += 1
+            epoch[slot] = number
+            count[slot] = 0
+        count[slot] += 1
 
     def restarts(self, now_ms):
         """{name: restarts in the restart window ending at now_ms}."""
         cutoff = now_ms - self.restart_window_ms
         out = {}
         for name in self._restarts:
-            entry = self._restarts[name]
+            epoch, count = self._restarts[name]
             n = 0
             for slot in range(RESTART_BUCKETS):
-                number = entry.epoch[slot]
+                number = epoch[slot]
                 start = number * self.restart_bucket_ms
                 if number != EMPTY and cutoff <= start <= now_ms:
-                    n += entry.count[slot]
+                    n += count[slot]
             if n:
                 out[name] = n
         return out

@@ -31,29 +31,29 @@ _ARRAY = (list, tuple)
 
 def _pack_int(v, out):
     if 0 <= v <= 0x7F:
-        out.extend(_pack1("B", v))
+        out(_pack1("B", v))
     elif -32 <= v < 0:
-        out.extend(_pack1("B", v & 0xFF))
+        out(_pack1("B", v & 0xFF))
     elif v >= 0:
         if v <= 0xFF:
-            out.extend(_pack1(">BB", 0xCC, v))
+            out(_pack1(">BB", 0xCC, v))
         elif v <= 0xFFFF:
-            out.extend(_pack1(">BH", 0xCD, v))
+            out(_pack1(">BH", 0xCD, v))
         elif v <= 0xFFFFFFFF:
-            out.extend(_pack1(">BI", 0xCE, v))
+            out(_pack1(">BI", 0xCE, v))
         elif v <= 0xFFFFFFFFFFFFFFFF:
-            out.extend(_pack1(">BQ", 0xCF, v))
+            out(_pack1(">BQ", 0xCF, v))
         else:
             raise CodecError("int too large for msgpack: %d" % v)
     else:
         if v >= -0x80:
-            out.extend(_pack1(">Bb", 0xD0, v))
+            out(_pack1(">Bb", 0xD0, v))
         elif v >= -0x8000:
-            out.extend(_pack1(">Bh", 0xD1, v))
+            out(_pack1(">Bh", 0xD1, v))
         elif v >= -0x80000000:
-            out.extend(_pack1(">Bi", 0xD2, v))
+            out(_pack1(">Bi", 0xD2, v))
         elif v >= -0x8000000000000000:
-            out.extend(_pack1(">Bq", 0xD3, v))
+            out(_pack1(">Bq", 0xD3, v))
         else:
             raise CodecError("int too small for msgpack: %d" % v)
 
@@ -61,13 +61,13 @@ def _pack_int(v, out):
 def _pack_len(n, fix_base, fix_max, codes, out):
     # codes: (8-bit or None, 16-bit, 32-bit) type bytes
     if n <= fix_max and fix_base is not None:
-        out.extend(_pack1("B", fix_base | n))
+        out(_pack1("B", fix_base | n))
     elif n <= 0xFF and codes[0] is not None:
-        out.extend(_pack1("BB", codes[0], n))
+        out(_pack1("BB", codes[0], n))
     elif n <= 0xFFFF:
-        out.extend(_pack1(">BH", codes[1], n))
+        out(_pack1(">BH", codes[1], n))
     elif n <= 0xFFFFFFFF:
-        out.extend(_pack1(">BI", codes[2], n))
+        out(_pack1(">BI", codes[2], n))
     else:
         raise CodecError("object too large for msgpack")
 
@@ -76,23 +76,23 @@ def _pack(v, out, sort_keys, depth):
     if depth > MAX_DEPTH:
         raise CodecError("nesting deeper than %d" % MAX_DEPTH)
     if v is None:
-        out.extend(b"\xc0")
+        out(b"\xc0")
     elif v is True:
-        out.extend(b"\xc3")
+        out(b"\xc3")
     elif v is False:
-        out.extend(b"\xc2")
+        out(b"\xc2")
     elif isinstance(v, int):
         _pack_int(v, out)
     elif isinstance(v, float):
-        out.extend(_pack1(">Bd", 0xCB, v))
+        out(_pack1(">Bd", 0xCB, v))
     elif isinstance(v, str):
         b = v.encode("utf-8")
         _pack_len(len(b), 0xA0, 31, (0xD9, 0xDA, 0xDB), out)
-        out.extend(b)
+        out(b)
     elif isinstance(v, _BINARY):
         b = v if type(v) is bytes else bytes(v)
         _pack_len(len(b), None, -1, (0xC4, 0xC5, 0xC6), out)
-        out.extend(b)
+        out(b)
     elif isinstance(v, _ARRAY):
         _pack_len(len(v), 0x90, 15, (None, 0xDC, 0xDD), out)
         for item in v:
@@ -126,36 +126,30 @@ def _sorted_keys(keys):
     return sorted(keys, key=_key_order)
 
 
-# The packers write into one bytearray (`out.extend`): a board's heap then holds the
-# message once as it grows, not a small bytes object per value plus a list of them.
+# The packers hand each piece to `out` (one bytearray's extend, or a hash's update): a
+# board's heap then holds the message once as it grows, not a small bytes object per
+# value plus a list of them.
 def packb(value):
     """The value's bytes as a bytearray (bytes-like, as the link and the store take it):
     not copied into a bytes object, a second block of the message's size at the moment a
     board's status report is made, the peak of a stage change (bench board: -1 KB)."""
     out = bytearray()
-    _pack(value, out, False, 0)
+    _pack(value, out.extend, False, 0)
     return out
 
 
 def canonical(value):
     """Bytes that depend only on the value: map keys are sorted."""
     out = bytearray()
-    _pack(value, out, True, 0)
+    _pack(value, out.extend, True, 0)
     return bytes(out)
-
-
-class _Feed:
-    """An `out` for _pack that hands each piece to a hash as it is made."""
-
-    def __init__(self, h):
-        self.extend = h.update
 
 
 def canonical_digest(value, h):
     """h.update() with canonical(value), piece by piece; returns h. A board hashes a
     value (the plan) this way without holding all of its bytes in one block of a
     fragmented heap."""
-    _pack(value, _Feed(h), True, 0)
+    _pack(value, h.update, True, 0)
     return h
 
 
