@@ -341,10 +341,12 @@ def test_exception_classes_nothing_tells_apart_become_their_base(tmp_path):
     text = out["pkg/errs.py"]
     assert text.count("\n") == ERRORS.count("\n")
     assert "RaisedOnly = BaseError\n" in text and "class RaisedOnly" not in text
-    # a base only empty classes that go name goes too
+    # a chain of them: each its base
     assert "MidError = BaseError\n" in text and "LeafError = MidError\n" in text
-    # caught by name, in isinstance(), a base of another class, or with a body: classes still
-    for name in ("BaseError", "Caught", "Checked", "Parent", "Child", "WithBody"):
+    # a base only (Parent; Child's base is no *Error): its subclass takes its base
+    assert "Parent = BaseError\n" in text and "class Child(Parent):" in text
+    # caught by name, in isinstance(), or with a body: classes still
+    for name in ("BaseError", "Caught", "Checked", "WithBody"):
         assert "class %s(" % name in text
     os.makedirs(tmp_path / "pkg")
     (tmp_path / "pkg" / "errs.py").write_text(text)

@@ -55,9 +55,9 @@ Exception classes nothing on the board tells apart: `class X(Base): pass` (or a
 docstring only) becomes `X = Base` when the board's code and main.py name X only
 to call it (`raise X(...)`, `P.X(...)`) or to import it: never in an except
 clause, isinstance(), a comparison, as a base or as a value passed on, and no
-module kept whole (agent.apps, agent.services) names or imports it (naming it as the
-base of such a class that goes does not count: `StoreNeedsReopenError = StoreIOError`,
-`StoreIOError = StoreError`). Every handler
+module kept whole (agent.apps, agent.services) names or imports it. Naming it as a base
+does not count (`StoreIOError = StoreError`, then `StoreNeedsReopenError = StoreIOError`;
+`ControlError = AgentError` under `class TransitionRefused(ControlError)`). Every handler
 then catches exactly what it caught before (one that catches X's base or an
 ancestor still does; one for a sibling never did), the message is the same; only
 the class's name differs where a log prints it (an error logged as `StoreError:
@@ -269,19 +269,11 @@ def _alias_exceptions(out: dict[str, str], roots: str) -> tuple[dict[str, str], 
             whole |= _names([tree]) | {a.asname or a.name for n in ast.walk(tree)
                                        if isinstance(n, (ast.Import, ast.ImportFrom))
                                        for a in n.names}
-    # a base named only by empty exception classes that become aliases is no more told
-    # apart than they are (`class B(A)`, `class C(B)`: B = A, C = B)
-    bases = {s.name: s.bases[0] for rel, tree in trees.items()
-             if not rel.startswith(KEEP_WHOLE_PREFIXES)
-             for s in tree.body if isinstance(s, ast.ClassDef)
-             and s.name in _empty_exceptions(tree)}
-    skip = {id(b) for b in bases.values()}
-    while True:
-        told_apart = _raised_only(trees, roots, skip) | whole
-        kept = {id(b) for name, b in bases.items() if name in told_apart and id(b) in skip}
-        if not kept:
-            break
-        skip -= kept  # an empty class that stays a class tells its base apart
+    # naming a class as a base does not tell it apart: an empty class that goes leaves
+    # its subclasses its own base, and every handler catches what it caught before
+    skip = {id(b) for rel, tree in trees.items() if not rel.startswith(KEEP_WHOLE_PREFIXES)
+            for s in ast.walk(tree) if isinstance(s, ast.ClassDef) for b in s.bases}
+    told_apart = _raised_only(trees, roots, skip) | whole
     result, aliased = dict(out), []
     for rel, tree in trees.items():
         if rel.startswith(KEEP_WHOLE_PREFIXES):
