@@ -20,7 +20,6 @@ REWRITTEN: str
 READ_BACK: str
 CLOSE: str
 STORE_TRANSITIONS: dict[str, dict[str, str]]
-WRITES_REFUSED: dict[str, tuple[type[Exception], str]]
 
 class Store:
     path: str

@@ -21,7 +21,7 @@ the board. Must never: import agent (the core sits above the shim; it is handed 
 """
 from firmware_shim.files import FileSystem, FolderFlash
 from firmware_shim.machine import SystemClock, Watchdog, memory
-from firmware_shim.mqtt_micro import MicroLink, MicroTlsUnsupported
+from firmware_shim.mqtt_micro import MicroLink, MicroMqttError
 
 
 def log(msg):
@@ -74,7 +74,7 @@ class Board:
                              tls=cfg.tls, ca=ca, clean_session=cfg.clean_session,
                              backoff_min_ms=int(cfg.backoff_min_s * 1000),
                              backoff_max_ms=int(cfg.backoff_max_s * 1000), log=log)
-        except MicroTlsUnsupported as exc:
+        except MicroMqttError as exc:  # MicroTlsUnsupported: the one a link's making raises
             refuse("tls.ca", "mqtts:// refused: %s" % exc)
 
     def open_partition(self, name):
