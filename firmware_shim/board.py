@@ -19,7 +19,7 @@ A bad config or key stops it at start with the field at fault, printed; the
 watchdog (when the board has one) is fed from the loop, so a hung agent resets
 the board. Must never: import agent (the core sits above the shim; it is handed in).
 """
-from firmware_shim.files import FileSystem, FolderFlash
+from firmware_shim.files import FileSystem
 from firmware_shim.machine import SystemClock, Watchdog, memory
 from firmware_shim.mqtt_micro import MicroLink, MicroMqttError
 
@@ -105,7 +105,7 @@ class Board:
             cwd = os.getcwd()
             root = cwd if not root else (cwd.rstrip("/") + "/" + root)
         root = root.rstrip("/") or "/"
-        self.fs = FileSystem() if root == "/" else FolderFlash(root)
+        self.fs = FileSystem(None if root == "/" else root)
         code = self.run_config("/config.json")
         if code and sys.platform in ("linux", "darwin"):
             sys.exit(code)

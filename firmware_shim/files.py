@@ -73,18 +73,43 @@ def read_text(fs, path):
 
 
 class FileSystem:
-    """The real file system. One instance may serve many stores."""
+    """The real file system. One instance may serve many stores.
+
+    FileSystem(ROOT) serves a folder as a board's flash: "/x" means ROOT/x, as "x"
+    does. The unix port runs a bundle this way (`cd BUNDLE && micropython main.py`):
+    the config's absolute paths (/config.json, /device.key, /state) resolve inside the
+    bundle, as they do on the board's own flash. (Mounting the folder at "/" with
+    VfsPosix would do the same, but its rename of absolute paths fails on the unix
+    port, and the store renames.) One class for both: a board holds one.
+    """
+
+    root = None  # a subclass that does not call __init__ serves the host's paths
+
+    def __init__(self, root=None):
+        self.root = None if root is None else (root.rstrip("/") or "/")
+
+    def path(self, p):
+        """Where `p` is on the host (itself without a root)."""
+        root = self.root
+        if root is None:
+            return p
+        p = p.lstrip("/")
+        while p.startswith("./"):
+            p = p[2:]
+        if p in ("", "."):
+            return root
+        return join(root, p)
 
     def open_append(self, path):
-        return open(path, "ab")
+        return open(self.path(path), "ab")
 
     def open_write(self, path):
-        return open(path, "wb")
+        return open(self.path(path), "wb")
 
     def read_bytes(self, path):
         """The whole file, or None when it does not exist."""
         try:
-            with open(path, "rb") as f:
+            with open(self.path(path), "rb") as f:
                 return f.read()
         except OSError as exc:
             if oserror_errno(exc) == ENOENT:
@@ -109,11 +134,11 @@ class FileSystem:
         f.close()
 
     def rename(self, src, dst):
-        os.rename(src, dst)
+        os.rename(self.path(src), self.path(dst))
 
     def remove(self, path):
         try:
-            os.remove(path)
+            os.remove(self.path(path))
         except OSError as exc:
             if oserror_errno(exc) != ENOENT:
                 raise
@@ -123,7 +148,7 @@ class FileSystem:
         if _fsync is None:
             return  # MicroPython/littlefs: metadata is committed with the file
         try:
-            fd = os.open(path, os.O_RDONLY)
+            fd = os.open(self.path(path), os.O_RDONLY)
         except (OSError, AttributeError):
             return
         try:
@@ -134,78 +159,38 @@ class FileSystem:
             os.close(fd)
 
     def listdir(self, path):
-        return os.listdir(path)
-
-    def exists(self, path):
-        try:
-            os.stat(path)
-            return True
-        except OSError:
-            return False
-
-    def size(self, path):
-        return os.stat(path)[6]
-
-    def makedirs(self, path):
-        if not path or self.exists(path):
-            return
-        parent = dirname(path)
-        if parent not in (".", "/", path):
-            self.makedirs(parent)
-        try:
-            os.mkdir(path)
-        except OSError as exc:
-            if oserror_errno(exc) != EEXIST:
-                raise
-
-
-class FolderFlash(FileSystem):
-    """A folder served as a board's flash: "/x" means ROOT/x, as "x" does.
-
-    The unix port runs a bundle this way (`cd BUNDLE && micropython main.py`):
-    the config's absolute paths (/config.json, /device.key, /state) resolve
-    inside the bundle, as they do on the board's own flash. (Mounting the
-    folder at "/" with VfsPosix would do the same, but its rename of absolute
-    paths fails on the unix port, and the store renames.)
-    """
-
-    def __init__(self, root):
-        self.root = root.rstrip("/") or "/"
-
-    def path(self, p):
-        p = p.lstrip("/")
-        while p.startswith("./"):
-            p = p[2:]
-        if p in ("", "."):
-            return self.root
-        return join(self.root, p)
-
-    def open_append(self, path):
-        return open(self.path(path), "ab")
-
-    def open_write(self, path):
-        return open(self.path(path), "wb")
-
-    def read_bytes(self, path):
-        return FileSystem.read_bytes(self, self.path(path))
-
-    def rename(self, src, dst):
-        os.rename(self.path(src), self.path(dst))
-
-    def remove(self, path):
-        FileSystem.remove(self, self.path(path))
-
-    def fsync_dir(self, path):
-        FileSystem.fsync_dir(self, self.path(path))
-
-    def listdir(self, path):
         return os.listdir(self.path(path))
 
     def exists(self, path):
-        return FileSystem.exists(self, self.path(path))
+        return _exists(self.path(path))
 
     def size(self, path):
         return os.stat(self.path(path))[6]
 
     def makedirs(self, path):
-        FileSystem().makedirs(self.path(path))
+        _makedirs(self.path(path))
+
+
+class FolderFlash(FileSystem):
+    """FileSystem(root) under the name it had (a folder served as a board's flash)."""
+
+
+def _exists(path):
+    try:
+        os.stat(path)
+        return True
+    except OSError:
+        return False
+
+
+def _makedirs(path):
+    if not path or _exists(path):
+        return
+    parent = dirname(path)
+    if parent not in (".", "/", path):
+        _makedirs(parent)
+    try:
+        os.mkdir(path)
+    except OSError as exc:
+        if oserror_errno(exc) != EEXIST:
+            raise
