@@ -15,9 +15,9 @@ if that clock is wrong.
 
 Rolling back (by hand, automatically, or the emergency rollback to stage 0) is
 allowed in every state: going back is always the safe direction. A pair that
-is not in TRANSITIONS is refused with TransitionRefused, which names the state,
-the event and the reason from REFUSALS. Must never: touch the store, the flags
-or the clock; MigrationControl does that once the table says yes.
+is not allowed in the table (_TABLE; TRANSITIONS) is refused with TransitionRefused,
+which names the state, the event and the reason (REFUSALS). Must never: touch the
+store, the flags or the clock; MigrationControl does that once the table says yes.
 """
 from agent.errors import AgentError
 from agent.protocol import IN_QUARANTINE, NOT_READY
@@ -38,48 +38,71 @@ FlagOverrideRequested = "FlagOverrideRequested"
 EVENTS = (MigrateRequested, RollbackRequested, EmergencyRollback, HealthViolation,
           RepeatedHealthViolation, CooldownExpired, QuarantineCleared, FlagOverrideRequested)
 
-TRANSITIONS = {
-    AT_STAGE: {
-        MigrateRequested: AT_STAGE,
-        RollbackRequested: AT_STAGE,
-        EmergencyRollback: AT_STAGE,
-        HealthViolation: COOLDOWN,
-        RepeatedHealthViolation: QUARANTINED,
-        FlagOverrideRequested: AT_STAGE,
-    },
-    COOLDOWN: {
-        RollbackRequested: COOLDOWN,
-        EmergencyRollback: COOLDOWN,
-        HealthViolation: COOLDOWN,
-        RepeatedHealthViolation: QUARANTINED,
-        CooldownExpired: AT_STAGE,
-        QuarantineCleared: AT_STAGE,
-        FlagOverrideRequested: COOLDOWN,
-    },
-    QUARANTINED: {
-        RollbackRequested: QUARANTINED,
-        EmergencyRollback: QUARANTINED,
-        HealthViolation: QUARANTINED,
-        RepeatedHealthViolation: QUARANTINED,
-        QuarantineCleared: AT_STAGE,
-        FlagOverrideRequested: QUARANTINED,
-    },
-}
+# The table, one (state, event) pair a line: "STATE Event NEXT" where it is allowed,
+# "STATE Event - reason" where it is refused with that reason. A pair not here is
+# refused too ("not allowed in this state"). One string, so a board holds one object
+# for it (its text stays in flash): TRANSITIONS and REFUSALS, the same table as dicts,
+# are made from it when asked for (__getattr__ below).
+_TABLE = """
+AT_STAGE MigrateRequested AT_STAGE
+AT_STAGE RollbackRequested AT_STAGE
+AT_STAGE EmergencyRollback AT_STAGE
+AT_STAGE HealthViolation COOLDOWN
+AT_STAGE RepeatedHealthViolation QUARANTINED
+AT_STAGE FlagOverrideRequested AT_STAGE
+AT_STAGE CooldownExpired - not cooling down
+AT_STAGE QuarantineCleared - not quarantined
+COOLDOWN RollbackRequested COOLDOWN
+COOLDOWN EmergencyRollback COOLDOWN
+COOLDOWN HealthViolation COOLDOWN
+COOLDOWN RepeatedHealthViolation QUARANTINED
+COOLDOWN CooldownExpired AT_STAGE
+COOLDOWN QuarantineCleared AT_STAGE
+COOLDOWN FlagOverrideRequested COOLDOWN
+COOLDOWN MigrateRequested - cooling down after an automatic rollback
+QUARANTINED RollbackRequested QUARANTINED
+QUARANTINED EmergencyRollback QUARANTINED
+QUARANTINED HealthViolation QUARANTINED
+QUARANTINED RepeatedHealthViolation QUARANTINED
+QUARANTINED QuarantineCleared AT_STAGE
+QUARANTINED FlagOverrideRequested QUARANTINED
+QUARANTINED MigrateRequested - quarantined after repeated automatic rollbacks; an operator \
+must clear_quarantine first
+QUARANTINED CooldownExpired - quarantined, not cooling down
+"""
+TRANSITIONS: dict  # {state: {event: next state}}, made from _TABLE when asked for
+REFUSALS: dict  # {state: {event: reason}}, the same
 
-REFUSALS = {
-    AT_STAGE: {
-        CooldownExpired: "not cooling down",
-        QuarantineCleared: "not quarantined",
-    },
-    COOLDOWN: {
-        MigrateRequested: "cooling down after an automatic rollback",
-    },
-    QUARANTINED: {
-        MigrateRequested: "quarantined after repeated automatic rollbacks; "
-                          "an operator must clear_quarantine first",
-        CooldownExpired: "quarantined, not cooling down",
-    },
-}
+
+def _entry(state, event):
+    """What _TABLE says for the pair: the next state, "- reason", or None."""
+    key = "\n%s %s " % (state, event)
+    i = _TABLE.find(key)
+    if i < 0:
+        return None
+    i += len(key)
+    return _TABLE[i:_TABLE.index("\n", i)]
+
+
+def _tables():
+    """(TRANSITIONS, REFUSALS) made from _TABLE."""
+    allowed, refused = {}, {}
+    for line in _TABLE.split("\n"):
+        if line:
+            state, event, then = line.split(" ", 2)
+            if then.startswith("- "):
+                refused.setdefault(state, {})[event] = then[2:]
+            else:
+                allowed.setdefault(state, {})[event] = then
+    return allowed, refused
+
+
+def __getattr__(name):
+    if name == "TRANSITIONS":
+        return _tables()[0]
+    if name == "REFUSALS":
+        return _tables()[1]
+    raise AttributeError("module 'agent.transitions' has no attribute '%s'" % name)
 
 
 class ControlError(AgentError):
@@ -119,13 +142,14 @@ def not_ready(state, event, reasons):
 
 def next_state(state, event):
     """The state after `event`, or TransitionRefused (Quarantined when that is why)."""
-    if state not in TRANSITIONS:
+    if state not in STATES:
         raise TransitionRefused(state, event, "unknown state")
-    allowed = TRANSITIONS[state]
-    if event in allowed:
-        return allowed[event]
-    reason = REFUSALS.get(state, {}).get(event)
-    if reason is None:
+    then = _entry(state, event)
+    if then is not None and not then.startswith("- "):
+        return then
+    if then is not None:
+        reason = then[2:]
+    else:
         reason = "unknown event" if event not in EVENTS else "not allowed in this state"
     if state == QUARANTINED and event == MigrateRequested:
         raise Quarantined(state, event, reason, IN_QUARANTINE, reason)
@@ -185,11 +209,12 @@ def table_text():
     """The table as text lines ("STATE --Event--> NEXT", then the refusals). The README's
     state diagram is this text (tests/test_readme_tables.py checks it), so the
     diagram is drawn from the same table the code obeys."""
+    moves, refusals = _tables()
     lines = []
     for state in STATES:
-        for event in sorted(TRANSITIONS[state]):
-            lines.append(f"{state} --{event}--> {TRANSITIONS[state][event]}")
+        for event in sorted(moves[state]):
+            lines.append(f"{state} --{event}--> {moves[state][event]}")
     for state in STATES:
-        for event in sorted(REFUSALS.get(state, {})):
-            lines.append(f"{state} --{event}--x refused: {REFUSALS[state][event]}")
+        for event in sorted(refusals.get(state, {})):
+            lines.append(f"{state} --{event}--x refused: {refusals[state][event]}")
     return lines
