@@ -86,7 +86,7 @@ def _quiet(msg):
 
 # ---------------------------------------------------------------- its states
 
-# One state at a time; STORE_TRANSITIONS is every move the store makes.
+# One state at a time; _MOVES (STORE_TRANSITIONS) is every move the store makes.
 OPEN = "OPEN"                  # memory is what flash holds; commits append
 NEEDS_REPAIR = "NEEDS_REPAIR"  # flash may hold a torn record (or no snapshot yet): reads
 #                                work, the next commit, compact() or close() rewrites first
@@ -101,13 +101,35 @@ REWRITTEN = "Rewritten"          # a snapshot of memory is durable on flash
 READ_BACK = "ReadBack"           # memory dropped and read back from flash (reopen)
 CLOSE = "Close"
 
-STORE_TRANSITIONS = {
-    OPEN: {DAMAGED: NEEDS_REPAIR, REWRITTEN: OPEN, READ_BACK: OPEN, CLOSE: CLOSED},
-    NEEDS_REPAIR: {DAMAGED: NEEDS_REPAIR, COMMIT_UNSURE: NEEDS_REOPEN, REWRITTEN: OPEN,
-                   READ_BACK: OPEN, CLOSE: CLOSED},
-    NEEDS_REOPEN: {DAMAGED: NEEDS_REOPEN, REWRITTEN: OPEN, READ_BACK: OPEN, CLOSE: CLOSED},
-    CLOSED: {},
-}
+# Every move, one a line: "STATE Event NEXT" (one string: a board holds one object for
+# it, its text in flash); STORE_TRANSITIONS, the same as a dict, is made when asked for.
+_MOVES = """
+OPEN Damaged NEEDS_REPAIR
+OPEN Rewritten OPEN
+OPEN ReadBack OPEN
+OPEN Close CLOSED
+NEEDS_REPAIR Damaged NEEDS_REPAIR
+NEEDS_REPAIR CommitUnsure NEEDS_REOPEN
+NEEDS_REPAIR Rewritten OPEN
+NEEDS_REPAIR ReadBack OPEN
+NEEDS_REPAIR Close CLOSED
+NEEDS_REOPEN Damaged NEEDS_REOPEN
+NEEDS_REOPEN Rewritten OPEN
+NEEDS_REOPEN ReadBack OPEN
+NEEDS_REOPEN Close CLOSED
+"""
+STORE_TRANSITIONS: dict  # {state: {event: next state}}, made from _MOVES when asked for
+
+
+def __getattr__(name):
+    if name == "STORE_TRANSITIONS":
+        table = {state: {} for state in STORE_STATES}
+        for line in _MOVES.split("\n"):
+            if line:
+                state, event, nxt = line.split(" ")
+                table[state][event] = nxt
+        return table
+    raise AttributeError("module 'agent.store' has no attribute '%s'" % name)
 
 
 # ---------------------------------------------------------------- the store
@@ -275,10 +297,15 @@ class Store(StoreState):
             raise StoreClosedError(f"store {self.path} is closed")
 
     def _move(self, event):
-        nxt = STORE_TRANSITIONS[self.state].get(event)
-        if nxt is None:  # a bug in this module, never bad input
+        key = "\n%s %s " % (self.state, event)
+        i = _MOVES.find(key)
+        if i < 0:  # a bug in this module, never bad input
             raise StoreError(f"store {self.path}: {event} in state {self.state}")
-        self.state = nxt
+        i += len(key)
+        nxt = _MOVES[i:_MOVES.index("\n", i)]
+        for state in STORE_STATES:  # the constant itself, not a slice of the table
+            if state == nxt:
+                self.state = state
 
     def _due_for_compaction(self):
         limit = self._snapshot_size * self.compact_factor
