@@ -33,11 +33,35 @@ Overtaken = "Overtaken"  # a later command or the console hold made the pending 
 Failed = "Failed"        # the try raised (a bug, a broken store): dropped; the runtime counts it
 EVENTS = (Arrived, RetryDue, Reached, Refused, Overtaken, Failed)
 
-TRANSITIONS = {
-    IDLE: {Arrived: TRYING, Overtaken: IDLE},
-    TRYING: {Reached: IDLE, Refused: WAITING, Failed: IDLE},
-    WAITING: {Arrived: TRYING, RetryDue: TRYING, Overtaken: IDLE},
-}
+# Every move, one a line: "STATE Event NEXT" (one string: a board holds one object for
+# it, its text in flash); TRANSITIONS, the same as a dict, is made when asked for.
+_MOVES = """
+IDLE Arrived TRYING
+IDLE Overtaken IDLE
+TRYING Reached IDLE
+TRYING Refused WAITING
+TRYING Failed IDLE
+WAITING Arrived TRYING
+WAITING RetryDue TRYING
+WAITING Overtaken IDLE
+"""
+TRANSITIONS: dict  # {state: {event: next state}}, made from _MOVES when asked for
+
+
+def _table():
+    table = {}
+    for line in _MOVES.split("\n"):
+        if line:
+            state, event, nxt = line.split(" ")
+            table.setdefault(state, {})[event] = nxt
+    return table
+
+
+def __getattr__(name):
+    if name == "TRANSITIONS":
+        return _table()
+    raise AttributeError("module 'agent.desired' has no attribute '%s'" % name)
+
 ACKS_REFUSAL = {Arrived: True, RetryDue: False}
 
 GUARD_ONLY = "guard_only"
@@ -52,9 +76,15 @@ class Convergence:
         self.retry_at = 0
 
     def move(self, event, pending=None, now=0):
-        nxt = TRANSITIONS[self.state].get(event)
-        if nxt is None:  # a bug in the runtime, never bad input
+        key = "\n%s %s " % (self.state, event)
+        i = _MOVES.find(key)
+        if i < 0:  # a bug in the runtime, never bad input
             raise ValueError(f"desired state: {event} in state {self.state}")
+        i += len(key)
+        nxt = _MOVES[i:_MOVES.index("\n", i)]
+        for known in STATES:  # the constant itself, not a slice of the table
+            if known == nxt:
+                nxt = known
         self.state = nxt
         if nxt == IDLE:
             self.pending = None
@@ -69,8 +99,9 @@ class Convergence:
 
 def table_text():
     """The table as text lines ("STATE --Event--> NEXT")."""
+    moves = _table()
     lines = []
     for state in STATES:
-        for event in sorted(TRANSITIONS[state]):
-            lines.append(f"{state} --{event}--> {TRANSITIONS[state][event]}")
+        for event in sorted(moves[state]):
+            lines.append(f"{state} --{event}--> {moves[state][event]}")
     return lines
