@@ -19,8 +19,9 @@ A bad config or key stops it at start with the field at fault, printed; the
 watchdog (when the board has one) is fed from the loop, so a hung agent resets
 the board. Must never: import agent (the core sits above the shim; it is handed in).
 """
+from firmware_shim import machine
 from firmware_shim.files import FileSystem
-from firmware_shim.machine import SystemClock, Watchdog, memory
+from firmware_shim.machine import Watchdog, memory
 from firmware_shim.mqtt_micro import MicroLink, MicroMqttError
 
 
@@ -38,7 +39,8 @@ class Board:
     def __init__(self, start=None, fs=None, clock=None, watchdog_ms=30000):
         self.start = start
         self.fs = fs if fs is not None else FileSystem()
-        self.clock = clock if clock is not None else SystemClock()
+        # the module's monotonic_ms() and wall_time() are SystemClock's: no instance of it
+        self.clock = clock if clock is not None else machine
         self.log = log
         self.watchdog_ms = watchdog_ms
         self._wdt = None
