@@ -12,9 +12,10 @@ such a name (`OP_MIGRATE`, or `P.OP_MIGRATE` through a module alias) becomes the
 and the board profile (tools/board_profile.py) then leaves out the definitions and the
 imports nothing names any more. CPython and the source keep the names.
 
-What is inlined: a module-level `NAME = <str of at most 10 characters | small int | True |
-False | None>` bound nowhere else in its module, and the names other modules import it
-under (`from M import NAME [as ALIAS]`, re-exports followed). A use is replaced only in a
+What is inlined: a module-level `NAME = <str of at most 10 characters | small int, or an
+int expression of literals (`32 * 1024`) | True | False | None>` bound nowhere else in its
+module, and the names other modules import it under (`from M import NAME [as ALIAS]`,
+re-exports followed). A use is replaced only in a
 module that binds the name nowhere else (no argument, local, loop or `global` of that
 name anywhere in it), outside f-strings, and never in the modules kept whole
 (agent.apps, agent.services: code outside the bundle calls them). Line numbers stay.
@@ -27,7 +28,7 @@ import ast
 import re
 from typing import Iterator
 
-SMALL_INT = 2 ** 30  # a 32-bit port's small int
+SMALL_INT = 2 ** 30  # a 32-bit port's small int: needs no heap object, const() of it either
 SHORT_STR = 10  # mpy-cross keeps a string of 10 characters or fewer as a qstr
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -37,8 +38,32 @@ def _module_name(rel: str) -> str:
     return mod[:-len(".__init__")] if mod.endswith(".__init__") else mod
 
 
+_FOLDABLE = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b,
+             ast.Mult: lambda a, b: a * b, ast.FloorDiv: lambda a, b: a // b,
+             ast.Pow: lambda a, b: a ** b, ast.LShift: lambda a, b: a << b,
+             ast.BitOr: lambda a, b: a | b, ast.BitAnd: lambda a, b: a & b}
+
+
+def int_value(node: ast.AST) -> int | None:
+    """The value of an integer constant expression (literals, + - * // ** << | &)."""
+    if isinstance(node, ast.Constant):
+        return node.value if type(node.value) is int else None
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        inner = int_value(node.operand)
+        return None if inner is None else -inner
+    if isinstance(node, ast.BinOp) and type(node.op) in _FOLDABLE:
+        left, right = int_value(node.left), int_value(node.right)
+        if left is None or right is None or (isinstance(node.op, ast.Pow) and right > 64):
+            return None
+        return _FOLDABLE[type(node.op)](left, right)
+    return None
+
+
 def _literal(node: ast.AST) -> tuple[bool, object]:
     if not isinstance(node, ast.Constant):
+        folded = int_value(node)  # 256 * 1024: the int it is
+        if folded is not None and -SMALL_INT < folded < SMALL_INT:
+            return True, folded
         return False, None
     v = node.value
     if v is None or v is True or v is False:

@@ -32,13 +32,10 @@ in one that imports it, becomes the literal (a qstr or an immediate in the bytec
 so the definition and the imports go by the rule above: a dict slot less in each module
 (16 bytes of heap each on a 64-bit port). A name rebound anywhere in a module stays there.
 
-Integer constants: a module-level `NAME = 32 * 1024` that no other module can
-name (by the same rule) and that its own module uses only as a plain name
-becomes `_NAME = const(32 * 1024)` on the board, and its uses `_NAME`:
-MicroPython's compiler folds each use into the bytecode and keeps no global
-for a `_`-named const, so the module's dict entry and the name's qstr go
-(about 56 bytes of heap each). Only values a 32-bit board holds as a small
-int (|v| < 2**30) are folded; the source, and CPython, keep the plain name.
+Integer constants: an int expression (`32 * 1024`, `1 << 10`) counts as its value
+there, so its uses are the int too (MicroPython's compiler puts a small int in the
+bytecode: no global, no qstr for the name). Only values a 32-bit board holds as a small
+int (|v| < 2**30) are inlined; the source, and CPython, keep the plain name.
 
 Identifier-like strings: mpy-cross makes a string constant longer than 10
 characters a str object (about 40 bytes of heap on a board, its text too from
@@ -211,12 +208,6 @@ def _shake(sources: dict[str, str], roots: str) -> tuple[dict[str, str], list[tu
     own = {rel: _names([s for s in tree.body if not isinstance(s, (ast.Import, ast.ImportFrom))
                         and not _is_all(s)]) for rel, tree in trees.items()}
     for rel, text in sources.items():
-        outside = _names([ast.parse(roots)])  # what main.py and the other modules can name
-        for other, names in named.items():
-            if other != rel:
-                outside |= names
-        text = text if rel.startswith(KEEP_WHOLE_PREFIXES) else _fold_constants(
-            text, trees[rel], outside)
         out[rel] = _rewrite(text, trees[rel], kept, dropped_defs, rel, reexport_reached)
     out, aliased = _alias_exceptions(out, roots)
     out = _intern_strings(out, roots)
@@ -340,89 +331,6 @@ def _rewrite(text: str, tree: ast.Module, kept: set[int], dropped_defs: set[tupl
                 blank(stmt, "%sfrom %s%s import %s" % (
                     indent, "." * stmt.level, stmt.module, names) if left else None)
     return "\n".join(lines)
-
-
-_FOLDABLE = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b,
-             ast.Mult: lambda a, b: a * b, ast.FloorDiv: lambda a, b: a // b,
-             ast.Pow: lambda a, b: a ** b, ast.LShift: lambda a, b: a << b,
-             ast.BitOr: lambda a, b: a | b, ast.BitAnd: lambda a, b: a & b}
-SMALL_INT = 2 ** 30  # a 32-bit port's small int: const() of it needs no heap object
-
-
-def _int_value(node: ast.AST) -> int | None:
-    """The value of an integer constant expression (literals, + - * // ** << | &)."""
-    if isinstance(node, ast.Constant):
-        return node.value if type(node.value) is int else None
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-        inner = _int_value(node.operand)
-        return None if inner is None else -inner
-    if isinstance(node, ast.BinOp) and type(node.op) in _FOLDABLE:
-        left, right = _int_value(node.left), _int_value(node.right)
-        if left is None or right is None or (isinstance(node.op, ast.Pow) and right > 64):
-            return None
-        return _FOLDABLE[type(node.op)](left, right)
-    return None
-
-
-def _fold_constants(text: str, tree: ast.Module, outside: set[str]) -> str:
-    """Module-level integer constants that only their module names, as `_NAME = const(..)`
-    (see the module docstring). Line numbers stay; anything unusual leaves a name as it is."""
-    candidates = {}
-    for stmt in tree.body:
-        if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 \
-                and isinstance(stmt.targets[0], ast.Name) and stmt.lineno == stmt.end_lineno:
-            value = _int_value(stmt.value)
-            name = stmt.targets[0].id
-            if value is not None and -SMALL_INT < value < SMALL_INT and name not in outside \
-                    and not name.startswith("__"):
-                candidates[name] = stmt
-    if not candidates:
-        return text
-    uses: dict[str, list[ast.Name]] = {name: [] for name in candidates}
-    spoiled = set()
-    every = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.JoinedStr):  # positions inside f-strings: not trusted
-            spoiled |= _names([node])
-        elif isinstance(node, ast.Name):
-            every.add(node.id)
-            if node.id in uses:
-                uses[node.id].append(node)
-        elif isinstance(node, (ast.Global, ast.Nonlocal)):
-            spoiled |= set(node.names)
-        elif isinstance(node, ast.arg):
-            spoiled.add(node.arg)
-        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            spoiled.add(node.name)
-        elif isinstance(node, ast.alias):
-            spoiled.add(node.asname or node.name)
-        elif isinstance(node, ast.Attribute):
-            spoiled.add(node.attr)
-        elif isinstance(node, ast.keyword) and node.arg:
-            spoiled.add(node.arg)
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
-            spoiled.add(node.value)
-    lines = text.split("\n")
-    edits: list[tuple[int, int, str, str]] = []  # (line index, col, old, new)
-    for name, stmt in candidates.items():
-        new = name if name.startswith("_") else "_" + name
-        stores = [n for n in uses[name] if not isinstance(n.ctx, ast.Load)]
-        if name in spoiled or (new != name and new in every) or stores != [stmt.targets[0]] \
-                or "globals" in every:
-            continue
-        spots = [(n.lineno - 1, n.col_offset) for n in uses[name]]
-        if any(lines[i][c:c + len(name)] != name for i, c in spots):
-            continue
-        edits += [(i, c, name, new) for i, c in spots if (i, c) != (stmt.lineno - 1,
-                                                                    stmt.col_offset)]
-        line = lines[stmt.lineno - 1]
-        expr = line[stmt.value.col_offset:stmt.value.end_col_offset]
-        lines[stmt.lineno - 1] = "%s%s = const(%s)%s" % (
-            line[:stmt.col_offset], new, expr, line[stmt.value.end_col_offset:])
-    for i, c, old, new in sorted(edits, reverse=True):
-        lines[i] = lines[i][:c] + new + lines[i][c + len(old):]
-    return "\n".join(lines)
-
 
 
 def imports_at_load(tree: ast.Module) -> set[str]:
