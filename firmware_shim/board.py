@@ -21,7 +21,7 @@ the board. Must never: import agent (the core sits above the shim; it is handed 
 """
 from firmware_shim import machine
 from firmware_shim.files import FileSystem
-from firmware_shim.machine import Watchdog, memory
+from firmware_shim.machine import memory, watchdog
 from firmware_shim.mqtt_micro import MicroLink, MicroMqttError
 
 
@@ -87,9 +87,11 @@ class Board:
 
     def poll(self):
         """Called once the agent is built, then every loop turn: arm, then feed the watchdog."""
-        if self._wdt is None:
-            self._wdt = Watchdog(self.watchdog_ms)
-        self._wdt.feed()
+        wdt = self._wdt
+        if wdt is None:  # False once armed on a port without a watchdog
+            wdt = self._wdt = watchdog(self.watchdog_ms) or False
+        if wdt:
+            wdt.feed()
 
     def run_bundle(self, main_file):
         """main.py's entry: boot from /config.json of the flash the bundle lives on.

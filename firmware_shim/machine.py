@@ -41,15 +41,12 @@ def reset():
     sys.exit(3)
 
 
-class Watchdog:
-    def __init__(self, timeout_ms):
-        self._wdt = None
-        if _machine is not None and hasattr(_machine, "WDT"):
-            self._wdt = _machine.WDT(timeout=timeout_ms)
-
-    def feed(self):
-        if self._wdt is not None:
-            self._wdt.feed()
+def watchdog(timeout_ms):
+    """The board's machine.WDT armed for `timeout_ms` (feed() it), or None on a port
+    without one (the unix port, CPython): nothing to feed there."""
+    if _machine is not None and hasattr(_machine, "WDT"):
+        return _machine.WDT(timeout=timeout_ms)
+    return None
 
 
 def memory():

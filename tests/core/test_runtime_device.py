@@ -116,7 +116,7 @@ def _boot_board(hang_at=None):
         link.watchdog = made[-1]
         return made[-1]
 
-    real, board.Watchdog = board.Watchdog, watchdog  # machine.WDT's stand-in
+    real, board.watchdog = board.watchdog, watchdog  # machine.WDT's stand-in
     stand_in = StandInBoard(link, clock)
     try:
         stand_in.run_config(join(d, "config.json"))
@@ -126,7 +126,7 @@ def _boot_board(hang_at=None):
     except PowerOff:
         ended = "power off"
     finally:
-        board.Watchdog = real
+        board.watchdog = real
     return link, made, ended, stand_in
 
 
