@@ -194,8 +194,7 @@ class MigrationControl:
         # measure one, None (latency checks skipped) is right; keeping an older
         # stage's figure would judge stage n against a stage two steps back.
         more = {"ctl.baseline": baseline}
-        entry = self._change_stage(checks.StageChange(n, new_state, "migrate", "operator",
-                                                      more, extra_changes))
+        entry = self._change_stage(n, new_state, "migrate", "operator", more, extra_changes)
         self._baseline = baseline
         stage = self.plan.stage(n)
         self.events.emit("migration.stage_enabled", {
@@ -212,8 +211,8 @@ class MigrationControl:
             raise TransitionRefused(self.state, event, problem)
         if not isinstance(reason, str):
             raise ControlError("rollback reason must be a string")
-        entry = self._change_stage(checks.StageChange(n, new_state, "rollback", reason,
-                                                      extra_changes=extra_changes))
+        entry = self._change_stage(n, new_state, "rollback", reason,
+                                   extra_changes=extra_changes)
         self.events.emit("migration.rollback", {
             "from": entry["from"], "to": n, "reason": reason, "automatic": False,
             "seq": self.seq})
@@ -227,9 +226,9 @@ class MigrationControl:
         event = tr.EmergencyRollback
         new_state = tr.next_state(self.state, event)
         dropped = sorted(self._overrides)
-        entry = self._change_stage(checks.StageChange(
+        entry = self._change_stage(
             0, new_state, "emergency_rollback", reason, extra_changes=extra_changes,
-            overrides={}, details={"overrides_dropped": dropped} if dropped else None))
+            overrides={}, details={"overrides_dropped": dropped} if dropped else None)
         self.events.emit("migration.emergency_rollback", {
             "from": entry["from"], "to": 0, "reason": reason, "overrides_dropped": dropped,
             "seq": self.seq})
@@ -419,8 +418,8 @@ class MigrationControl:
                           "rollbacks": count, "reason": "; ".join(messages)}
         more = {"ctl.auto_rollbacks": counts, "ctl.cooldown_until": cooldown_until,
                 "ctl.quarantine": quarantine}
-        self._change_stage(checks.StageChange(to_stage, new_state, "auto_rollback", "health",
-                                              more, violations=violations))
+        self._change_stage(to_stage, new_state, "auto_rollback", "health", more,
+                           violations=violations)
         self._auto_rollbacks = counts
         self._cooldown_until = cooldown_until
         self._quarantine = quarantine
@@ -448,10 +447,14 @@ class MigrationControl:
             return  # still counted; the next healthy check tries again
         self._auto_rollbacks = counts
 
-    def _change_stage(self, change):
-        """Commit a StageChange in one store commit, then update memory."""
-        n, new_state = change.to_stage, change.new_state
-        overrides = self._overrides if change.overrides is None else change.overrides
+    def _change_stage(self, n, new_state, op, reason, more=None, extra_changes=None,
+                      overrides=None, violations=None, details=None):
+        """Commit one stage change in one store commit, then update memory: to stage n,
+        the state after, what the history entry says (op, reason, violations, details),
+        the extra store keys of the operation (`more`), the caller's `extra_changes`,
+        and the overrides that hold afterwards (None: keep the current ones)."""
+        if overrides is None:
+            overrides = self._overrides
         stage_flags = self.plan.flags_for_stage(n)
         values = self.flags.preview(stage_flags, overrides)
         wall = self._wall_ms()
@@ -463,13 +466,14 @@ class MigrationControl:
         }
         for name in FLAG_NAMES:
             changes[FLAG_PREFIX + name] = values[name]
-        changes.update(change.more)
-        entry = self._entry(change.op, n, new_state, change.reason)
-        if change.violations:
-            entry["violations"] = change.violations
-        if change.details:
-            entry.update(change.details)
-        self._commit(changes, entry, change.extra_changes, new_state)
+        if more:
+            changes.update(more)
+        entry = self._entry(op, n, new_state, reason)
+        if violations:
+            entry["violations"] = violations
+        if details:
+            entry.update(details)
+        self._commit(changes, entry, extra_changes, new_state)
         self.stage = n
         self._overrides = dict(overrides)
         self._stage_entered = wall

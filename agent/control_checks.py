@@ -17,25 +17,6 @@ FLAG_PREFIX = "flag."  # the flags in force; agent.restore reads back what is wr
 RESERVED = ("ctl.", FLAG_PREFIX, "health.")  # the store keys MigrationControl writes
 
 
-class StageChange:
-    """One stage change, as _change_stage commits it: where to, the state after, what
-    the history entry says (op, reason, violations, details), the extra store keys
-    of the operation (`more`), the caller's `extra_changes`, and the overrides that
-    hold afterwards (None: keep the current ones)."""
-
-    def __init__(self, to_stage, new_state, op, reason, more=None, extra_changes=None,
-                 overrides=None, violations=None, details=None):
-        self.to_stage = to_stage
-        self.new_state = new_state
-        self.op = op
-        self.reason = reason
-        self.more = more or {}
-        self.extra_changes = extra_changes
-        self.overrides = overrides
-        self.violations = violations
-        self.details = details
-
-
 def check_extra(extra):
     """The caller's extra store keys of an operation, refused if they touch ours."""
     if not isinstance(extra, dict):
