@@ -95,19 +95,22 @@ else:
         # Same key order as minipack.canonical; CPython dicts keep insertion order,
         # so the C packer then writes the same bytes (tests/test_codec_canonical.py).
         # All-str keys (nearly every map) sort as plain str: code-point order is
-        # UTF-8 byte order, which is what _key_order gives for str.
+        # UTF-8 byte order, which is what _key_order gives for str. A plain sort that
+        # works with a str first had only str keys (a str compares with no other key
+        # type), without a loop over the keys to see it.
         if depth > 32:
             _too_deep()
         if type(value) in _SCALAR:
             return value
         if isinstance(value, dict):
             keys = list(value)
-            for k in keys:
-                if type(k) is not str:
-                    keys = sorted(keys, key=_key_order)
-                    break
-            else:
+            try:
                 keys.sort()
+                mixed = keys and type(keys[0]) is not str
+            except TypeError:
+                mixed = True
+            if mixed:
+                keys.sort(key=_key_order)
             d = depth + 1
             if keys and d > 32:
                 _too_deep()
