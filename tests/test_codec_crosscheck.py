@@ -188,6 +188,38 @@ def test_ext_types_are_refused_by_both_decoders():
 
 
 
+def test_timestamps_and_deep_nesting_are_refused_by_both_decoders():
+    """codec.unpackb skips its type walk for small bytes with few map/array/ext heads:
+    the values that walk refuses (a timestamp, nesting past 32) still fail, and nesting
+    of 32 containers still decodes."""
+    import datetime
+
+    stamps = [msgpack.Timestamp(1, 0), msgpack.Timestamp(2**33, 0), msgpack.Timestamp(1, 5),
+              msgpack.Timestamp.from_datetime(datetime.datetime(1960, 1, 1,
+                                                                tzinfo=datetime.timezone.utc))]
+    for stamp in stamps:
+        for value in (stamp, [stamp], {"at": stamp}, {stamp: 1}):
+            data = msgpack.packb(value, datetime=False)
+            for decode in (minipack.unpackb, codec.unpackb):
+                try:
+                    decode(data)
+                except codec.CodecError:
+                    continue
+                raise AssertionError("timestamp accepted: %r" % data)
+    for depth, ok in ((31, True), (32, False)):  # 32 nested containers, or 33
+        for inner in ([1], {"k": 1}):
+            value = inner
+            for i in range(depth):
+                value = [value] if i % 2 else {"k": value}
+            data = msgpack.packb(value)
+            for decode in (minipack.unpackb, codec.unpackb):
+                try:
+                    got = decode(data)
+                except codec.CodecError:
+                    got = codec.CodecError
+                assert (got is not codec.CodecError) == ok, (depth, inner, decode)
+
+
 @settings(max_examples=300)
 @given(st.binary(max_size=200), st.binary(max_size=300))
 def test_shim_hmac_is_the_standard_hmac_for_any_key(key, msg):
