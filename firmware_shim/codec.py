@@ -44,6 +44,12 @@ else:
                                                      or b in (0xC7, 0xD6, 0xD7)))
     _NOT_EXT = bytes(b for b in range(256) if b not in (0xC7, 0xD6, 0xD7))
 
+    # Packers kept for reuse (msgpack.packb makes one, and its buffer, a call): a call
+    # takes one off the list and puts it back after, so two threads never share one
+    # (one that raised is dropped: its buffer may hold a part; a new one is made).
+    _packers = []
+    _Packer = _msgpack.Packer
+
     def _refuse_ext(code, data):
         raise CodecError("ext type %d not accepted" % code)
 
@@ -74,7 +80,13 @@ else:
 
     def packb(value):
         try:
-            return _msgpack.packb(value, use_bin_type=True)
+            try:
+                packer = _packers.pop()
+            except IndexError:
+                packer = _Packer(use_bin_type=True)
+            data = packer.pack(value)
+            _packers.append(packer)
+            return data
         except (TypeError, ValueError, OverflowError) as exc:
             raise CodecError("cannot encode: %s" % exc) from None
 
@@ -140,7 +152,13 @@ else:
     def canonical(value):
         """Bytes that depend only on the value: map keys sorted (as minipack.canonical)."""
         try:
-            return _msgpack.packb(_sorted_copy(value, 0), use_bin_type=True)
+            try:
+                packer = _packers.pop()
+            except IndexError:
+                packer = _Packer(use_bin_type=True)
+            data = packer.pack(_sorted_copy(value, 0))
+            _packers.append(packer)
+            return data
         except (TypeError, ValueError, OverflowError) as exc:
             raise CodecError("cannot encode: %s" % exc) from None
 
