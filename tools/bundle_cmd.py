@@ -29,6 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("agent", "firmware_shim")
 CPYTHON_ONLY = {
     "firmware_shim/mqtt_paho.py",
+    "firmware_shim/codec_msgpack.py",  # the codec on the msgpack package
     # the Pi's side for the gateway's applications (a board has agent.apps instead)
     "firmware_shim/unix_server.py", "firmware_shim/app_api.py", "firmware_shim/app_files.py",
     "firmware_shim/app_metrics.py", "firmware_shim/probes.py",
