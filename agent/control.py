@@ -157,14 +157,13 @@ class MigrationControl:
         }
 
     def report_status(self):
-        """What a status report carries of status(), built alone (a board's heap at a
-        report holds these, not the history, the plan summary and the rest)."""
+        """(health, quarantined): what a status report carries of status(), built alone
+        (checks.status_health: not the whole health report, history, plan and the rest)."""
         self._refresh_timers()
-        return {
-            "system_health": self._system_health(self.clock.monotonic_ms()),
-            "quarantine": None if self._quarantine is None else dict(self._quarantine),
-            "last_auto_rollback": self._last_auto_rollback(),
-        }
+        snapshot = self.health.snapshot(self.clock.monotonic_ms())
+        return (checks.status_health(snapshot, self._verdict(snapshot), self._baseline,
+                                     self._last_auto_rollback()),
+                self._quarantine is not None)
 
     def validate_readiness_for_stage(self, n):
         """{"ready": bool, "reasons": [...]}: may the device go to stage n now?"""

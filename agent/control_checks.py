@@ -124,6 +124,20 @@ def health_report(snapshot, verdict, baseline, note):
     }
 
 
+def status_health(snapshot, verdict, baseline, last_rollback):
+    """What a status report carries of health_report() (the same figures, in this
+    order), the violations as a count, and last_auto_rollback() when there is one."""
+    out = {"healthy": verdict["healthy"], "verdict": verdict["verdict"],
+           "error_rate": snapshot["error_rate"],
+           "restart_frequency": snapshot["restarts_per_min"], "samples": snapshot["samples"],
+           "latency_p50": snapshot["latency_p50"], "latency_p95": snapshot["latency_p95"],
+           "performance_impact": health_mod.performance_impact(snapshot, baseline),
+           "violations": len(verdict["violations"])}
+    if last_rollback is not None:  # which source crossed which threshold, after the reset
+        out["last_rollback"] = last_rollback
+    return out
+
+
 def last_auto_rollback(entries):
     """{"from", "to", "at", "violations": [{"source", "metric", "value", "limit"}]} of
     the latest automatic rollback in the history entries (newest first), or None."""

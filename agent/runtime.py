@@ -30,8 +30,6 @@ from agent.errors import AgentError
 from agent.report_queue import ReportQueue
 from agent.store import StoreError
 
-STATUS_HEALTH_KEYS = ("healthy", "verdict", "error_rate", "restart_frequency", "samples",
-                      "latency_p50", "latency_p95", "performance_impact")
 DESIRED_RETRY_MS = D.RETRY_MS
 # The console hold: committed with a console (local) emergency rollback. While it
 # is set, EVERY desired state is ignored (logged and counted), and only an explicit
@@ -362,16 +360,7 @@ class AgentRuntime:
     def status_payload(self, online=True):
         memory = self.memory_report()  # first: what the agent holds, not this report's parts
         c = self.control
-        st = c.report_status()
-        health = st["system_health"]
-        summary = {}
-        for key in STATUS_HEALTH_KEYS:
-            summary[key] = health.get(key)
-        summary["violations"] = len(health.get("violations") or ())
-        last = st.get("last_auto_rollback")
-        if last is not None:  # which source crossed which threshold, after the window reset
-            summary["last_rollback"] = last
-        q = st["quarantine"]
+        summary, quarantined = c.report_status()
         flags = c.flags.values()
         flag_sources = {}
         for name in flags:
@@ -379,7 +368,7 @@ class AgentRuntime:
         return P.encode_status(
             self.device_id, c.stage, flags, health=summary, plan_hash=c.plan.hash,
             agent_version=VERSION, uptime_s=self.uptime_s(), online=online, groups=self.groups,
-            quarantined=q is not None, hw=self.hw,
+            quarantined=quarantined, hw=self.hw,
             extra={"state": c.state, "seq": c.seq, "guard_seq": self.guard.last_seq,
                    "queue_dropped": self.queue.dropped,
                    "queue_dropped_by_kind": dict(self.queue.dropped_by_kind),

@@ -4,7 +4,6 @@ from typing import Any
 from agent.control import ControlError as ControlError
 from agent.control import MigrationControl
 
-STATUS_HEALTH_KEYS: tuple[Any, ...]
 DESIRED_RETRY_MS: Any
 KEY_LOCAL_HOLD: str
 
