@@ -606,7 +606,7 @@ def _judge_source(name, s, limits, stage_limits, baseline, violations):
         # above 0), so none can fire if none fires on the bound. True: undecided.
         if not base > 0 or top != top:
             return True
-        p50 = _tidy(top)
+        p50 = top + 0.001  # at least _tidy(top) (no round: ~2k instructions), still a bound
     impact = _impact(p50, base)
     if impact is None:
         return False
