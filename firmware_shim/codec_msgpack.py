@@ -134,15 +134,10 @@ def _sorted_copy(value, depth):
 def canonical(value):
     """Bytes that depend only on the value: map keys sorted (as minipack.canonical)."""
     try:
-        try:
-            packer = _packers.pop()
-        except IndexError:
-            packer = _Packer(use_bin_type=True)
-        data = packer.pack(_sorted_copy(value, 0))
-        _packers.append(packer)
-        return data
+        value = _sorted_copy(value, 0)
     except (TypeError, ValueError, OverflowError) as exc:
         raise CodecError("cannot encode: %s" % exc) from None
+    return packb(value)
 
 
 def canonical_digest(value, h):
